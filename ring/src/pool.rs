@@ -1,0 +1,1346 @@
+//! A slab pool of fixed-size chunks in shared memory: size classes, lock-free loan and release,
+//! one owner per chunk at every moment, per-owner quotas, and reclaim of everything a dead owner held.
+//!
+//! # Layout
+//!
+//! ```text
+//! PoolHeader | ClassHeader x classes | OwnerEntry x max_owners | per class: ChunkHeader x count
+//!            | per class: chunk data (chunk_size x count, 128-byte aligned, chunk_size % 64 == 0)
+//! ```
+//!
+//! Each class keeps a Treiber free list whose head word packs `tag:24 | free:20 | index+1:20`; the tag
+//! changes on every push and pop (ABA protection), and the free count rides along in the same CAS, so
+//! stats cost nothing on the hot path.
+//!
+//! Each chunk header holds `owner = generation:32 | owner_id:32` (owner 0 = free). The generation
+//! changes on every loan, so a [`ChunkId`] (class, index, generation) names one loan, and a stale or
+//! forged id is refused. Ownership moves by compare-exchange on that word:
+//! `FREE -> owner (loan) -> other owner (transfer / adopt) -> FREE (release or reclaim)`.
+//!
+//! Owners are registered in the owner table with their [`ProcessToken`]; when an owner's process
+//! dies, [`Pool::reclaim_dead`] returns all of its chunks and frees its entry.
+//!
+//! ```
+//! use shm_ring::{pool::{Pool, PoolConfig}, Region};
+//!
+//! let config = PoolConfig::small();
+//! let region = Region::heap(Pool::bytes_for(&config));
+//! Pool::init(&region, &config).unwrap();
+//! let pool = Pool::attach(&region).unwrap();
+//! let me = pool.register_owner().unwrap();
+//! let mut loan = pool.loan(me, 100).unwrap();
+//! loan.as_mut_slice()[..5].copy_from_slice(b"hello");
+//! assert!(loan.len() >= 100);
+//! drop(loan); // back to the pool
+//! assert_eq!(pool.stats().in_use(), 0);
+//! ```
+
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::memory::{align_up, Region, REGION_ALIGN};
+use crate::process::{claim_slot, release_slot, Claimed, ProcessToken};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Magic of an initialised pool header ("POOL").
+pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"POOL");
+const POOL_VERSION: u32 = 1;
+
+/// Alignment of every chunk's data.
+pub const CHUNK_ALIGN: usize = 64;
+/// Most size classes.
+pub const MAX_CLASSES: usize = 16;
+/// Most chunks per class (20-bit index in the free-list head).
+pub const MAX_CHUNKS_PER_CLASS: u32 = (1 << 20) - 2;
+
+const IDX_BITS: u32 = 20;
+const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
+const COUNT_SHIFT: u32 = 20;
+const TAG_SHIFT: u32 = 40;
+
+#[inline]
+fn pack_head(tag: u64, free: u64, idx1: u64) -> u64 {
+    (tag << TAG_SHIFT) | ((free & IDX_MASK) << COUNT_SHIFT) | (idx1 & IDX_MASK)
+}
+
+/// One size class of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeClass {
+    /// Bytes per chunk (rounded up to a multiple of 64).
+    pub chunk_size: usize,
+    /// Number of chunks.
+    pub count: u32,
+}
+
+/// Shape of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Size classes, in increasing chunk size.
+    pub classes: Vec<SizeClass>,
+    /// Most owners (registered processes or clients) at once.
+    pub max_owners: u32,
+    /// Most chunks one owner may hold at once, over all classes.
+    pub quota: u32,
+}
+
+impl PoolConfig {
+    /// 256 B .. 1 MiB in powers of four, about 24 MiB in all, 64 owners.
+    pub fn standard() -> PoolConfig {
+        PoolConfig {
+            classes: vec![
+                SizeClass {
+                    chunk_size: 256,
+                    count: 4096,
+                },
+                SizeClass {
+                    chunk_size: 1024,
+                    count: 2048,
+                },
+                SizeClass {
+                    chunk_size: 4096,
+                    count: 1024,
+                },
+                SizeClass {
+                    chunk_size: 16 << 10,
+                    count: 256,
+                },
+                SizeClass {
+                    chunk_size: 64 << 10,
+                    count: 64,
+                },
+                SizeClass {
+                    chunk_size: 256 << 10,
+                    count: 16,
+                },
+                SizeClass {
+                    chunk_size: 1 << 20,
+                    count: 4,
+                },
+            ],
+            max_owners: 64,
+            quota: 1024,
+        }
+    }
+
+    /// A small pool for tests and examples (a few hundred KiB).
+    pub fn small() -> PoolConfig {
+        PoolConfig {
+            classes: vec![
+                SizeClass {
+                    chunk_size: 256,
+                    count: 64,
+                },
+                SizeClass {
+                    chunk_size: 4096,
+                    count: 16,
+                },
+            ],
+            max_owners: 8,
+            quota: 32,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct PoolHeader {
+    magic: AtomicU32,
+    version: AtomicU32,
+    class_count: AtomicU32,
+    max_owners: AtomicU32,
+    quota: AtomicU32,
+    reserved: AtomicU32,
+    total_len: AtomicU64,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct ClassHeader {
+    /// Free-list head: tag | free count | index + 1.
+    free: CachePadded<AtomicU64>,
+    chunk_size: AtomicU64,
+    headers_offset: AtomicU64,
+    data_offset: AtomicU64,
+    count: AtomicU32,
+    /// Fewest free chunks ever seen (high-water mark of use = count - low_water).
+    low_water: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct ChunkHeader {
+    /// generation << 32 | owner id (0 = free).
+    owner: AtomicU64,
+    /// Next free chunk's index + 1 (0 = end), meaningful while free.
+    next: AtomicU32,
+    reserved: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct OwnerEntry {
+    token: AtomicU64,
+    in_use: AtomicU32,
+    high_water: AtomicU32,
+}
+
+#[cfg(not(shm_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<PoolHeader>() == 32);
+    assert!(std::mem::size_of::<ChunkHeader>() == 16);
+    assert!(std::mem::size_of::<OwnerEntry>() == 16);
+    assert!(std::mem::offset_of!(ClassHeader, chunk_size) == 128);
+};
+
+/// An owner of chunks: a registered process, or a client the runtime registered. Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerId(u32);
+
+impl OwnerId {
+    /// The raw id (1-based index into the owner table).
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// An id from its raw value (validated by the pool when used).
+    pub fn from_raw(raw: u32) -> Option<OwnerId> {
+        (raw != 0).then_some(OwnerId(raw))
+    }
+}
+
+/// Names one loan of one chunk: `class:8 | index:24 | generation:32`. Safe to pass to other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkId(u64);
+
+impl ChunkId {
+    fn new(class: u8, index: u32, generation: u32) -> ChunkId {
+        ChunkId(
+            (u64::from(class) << 56) | (u64::from(index & 0xFF_FFFF) << 32) | u64::from(generation),
+        )
+    }
+    /// The raw value, e.g. for a ring descriptor.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+    /// From a raw value (untrusted: the pool checks it on use).
+    pub fn from_raw(raw: u64) -> ChunkId {
+        ChunkId(raw)
+    }
+    /// Size class index.
+    pub fn class(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+    /// Chunk index within the class.
+    pub fn index(self) -> u32 {
+        ((self.0 >> 32) & 0xFF_FFFF) as u32
+    }
+    /// Generation of the loan.
+    pub fn generation(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// Why a pool could not be initialised or attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolAttachError {
+    /// The configuration is unusable.
+    #[error("invalid pool configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The region is smaller than the pool needs.
+    #[error("region of {available} bytes is too small; the pool needs {needed}")]
+    RegionTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// No initialised pool there.
+    #[error("no initialised pool in this region (magic {0:#x})")]
+    NotInitialised(u32),
+    /// The header contradicts itself or the region.
+    #[error("pool header is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Why a loan failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoanError {
+    /// Larger than the largest class.
+    #[error("{size} bytes is larger than the largest chunk ({max} bytes)")]
+    TooLarge {
+        /// Requested size.
+        size: usize,
+        /// Largest chunk size.
+        max: usize,
+    },
+    /// Every chunk of every fitting class is in use.
+    #[error("the pool has no free chunk of {size} bytes or more")]
+    Exhausted {
+        /// Requested size.
+        size: usize,
+    },
+    /// The owner already holds its quota.
+    #[error("owner {owner} already holds its quota of {quota} chunks")]
+    QuotaExceeded {
+        /// Owner id.
+        owner: u32,
+        /// Its quota.
+        quota: u32,
+    },
+    /// The owner id is not registered in this pool.
+    #[error("owner {0} is not registered in this pool")]
+    UnknownOwner(u32),
+    /// The deadline passed while the pool stayed exhausted.
+    #[error("timed out waiting for a free chunk of {size} bytes")]
+    TimedOut {
+        /// Requested size.
+        size: usize,
+    },
+    /// The free list contradicts itself: a peer wrote garbage.
+    #[error("the pool's free list is corrupt")]
+    Corrupted,
+}
+
+/// Why a chunk id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Class or index out of range.
+    #[error("chunk id {0:#x} is out of range")]
+    OutOfRange(u64),
+    /// The chunk is not held by the expected owner under that generation (stale, forged, or
+    /// already released).
+    #[error("chunk id {id:#x} is not held by owner {expected} (owner word {found:#x})")]
+    NotOwned {
+        /// The id.
+        id: u64,
+        /// Expected owner.
+        expected: u32,
+        /// Owner word found.
+        found: u64,
+    },
+    /// The new owner is not registered.
+    #[error("owner {0} is not registered in this pool")]
+    UnknownOwner(u32),
+}
+
+/// Why an owner could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("all {0} owner entries are held by live processes")]
+pub struct OwnersFull(pub u32);
+
+/// Per-class figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Bytes per chunk.
+    pub chunk_size: usize,
+    /// Chunks in the class.
+    pub count: u32,
+    /// Chunks free now.
+    pub free: u32,
+    /// Most chunks ever in use at once.
+    pub high_water: u32,
+}
+
+/// A snapshot of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Per class, in class order.
+    pub classes: Vec<ClassStats>,
+    /// Registered owners.
+    pub owners: u32,
+}
+
+impl PoolStats {
+    /// Chunks in use over all classes.
+    pub fn in_use(&self) -> u32 {
+        self.classes.iter().map(|c| c.count - c.free).sum()
+    }
+    /// Chunks in all classes.
+    pub fn capacity(&self) -> u32 {
+        self.classes.iter().map(|c| c.count).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClassInfo {
+    chunk_size: usize,
+    count: u32,
+    hdr: NonNull<ClassHeader>,
+    headers: NonNull<ChunkHeader>,
+    data: NonNull<u8>,
+}
+
+/// A handle to a pool in a region. Cheap to share between threads (`Send + Sync`).
+#[derive(Debug)]
+pub struct Pool {
+    _region: Region,
+    owners: NonNull<OwnerEntry>,
+    max_owners: u32,
+    quota: u32,
+    classes: Box<[ClassInfo]>,
+}
+
+// SAFETY: every shared word is an atomic; chunk data is reached only through a Loan, which owns the
+// chunk exclusively (owner word), so handing &Pool to several threads is sound.
+unsafe impl Send for Pool {}
+// SAFETY: as for Send.
+unsafe impl Sync for Pool {}
+
+struct Layout {
+    classes_off: usize,
+    owners_off: usize,
+    headers_off: Vec<usize>,
+    data_off: Vec<usize>,
+    total: usize,
+}
+
+fn layout(config: &PoolConfig) -> Layout {
+    let classes_off = align_up(std::mem::size_of::<PoolHeader>(), REGION_ALIGN);
+    let owners_off = align_up(
+        classes_off + config.classes.len() * std::mem::size_of::<ClassHeader>(),
+        REGION_ALIGN,
+    );
+    let mut at = align_up(
+        owners_off + config.max_owners as usize * std::mem::size_of::<OwnerEntry>(),
+        REGION_ALIGN,
+    );
+    let mut headers_off = Vec::new();
+    for c in &config.classes {
+        headers_off.push(at);
+        at = align_up(
+            at + c.count as usize * std::mem::size_of::<ChunkHeader>(),
+            REGION_ALIGN,
+        );
+    }
+    let mut data_off = Vec::new();
+    for c in &config.classes {
+        data_off.push(at);
+        at = align_up(
+            at + c.count as usize * align_up(c.chunk_size, CHUNK_ALIGN),
+            REGION_ALIGN,
+        );
+    }
+    Layout {
+        classes_off,
+        owners_off,
+        headers_off,
+        data_off,
+        total: at,
+    }
+}
+
+fn check_config(config: &PoolConfig) -> Result<(), PoolAttachError> {
+    let bad = PoolAttachError::InvalidConfig;
+    if config.classes.is_empty() || config.classes.len() > MAX_CLASSES {
+        return Err(bad("between 1 and 16 size classes"));
+    }
+    if config.max_owners == 0 || config.max_owners > 1 << 20 {
+        return Err(bad("max_owners must be 1 ..= 2^20"));
+    }
+    if config.quota == 0 {
+        return Err(bad("quota must be at least 1"));
+    }
+    let mut prev = 0;
+    for c in &config.classes {
+        if c.count == 0 || c.count > MAX_CHUNKS_PER_CLASS {
+            return Err(bad("every class needs 1 ..= 2^20-2 chunks"));
+        }
+        if c.chunk_size == 0 || c.chunk_size > 1 << 32 || c.chunk_size <= prev {
+            return Err(bad(
+                "chunk sizes must be increasing, non-zero, at most 4 GiB",
+            ));
+        }
+        prev = c.chunk_size;
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Bytes a pool of this shape needs.
+    pub fn bytes_for(config: &PoolConfig) -> usize {
+        layout(config).total
+    }
+
+    /// Writes a fresh pool (every chunk free) into `region`. Call once, before anyone attaches.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolAttachError::InvalidConfig`] or [`PoolAttachError::RegionTooSmall`].
+    pub fn init(region: &Region, config: &PoolConfig) -> Result<(), PoolAttachError> {
+        check_config(config)?;
+        let l = layout(config);
+        if region.len() < l.total {
+            return Err(PoolAttachError::RegionTooSmall {
+                needed: l.total,
+                available: region.len(),
+            });
+        }
+        let base = region.as_ptr().as_ptr();
+        // SAFETY: every write below is inside `l.total <= region.len()` bytes at offsets aligned for
+        // its type (layout() aligns each table to REGION_ALIGN and the region is REGION_ALIGN-aligned);
+        // init runs before any handle attaches.
+        unsafe {
+            base.cast::<PoolHeader>().write(PoolHeader {
+                magic: AtomicU32::new(0),
+                version: AtomicU32::new(POOL_VERSION),
+                class_count: AtomicU32::new(config.classes.len() as u32),
+                max_owners: AtomicU32::new(config.max_owners),
+                quota: AtomicU32::new(config.quota),
+                reserved: AtomicU32::new(0),
+                total_len: AtomicU64::new(l.total as u64),
+            });
+            for (ci, c) in config.classes.iter().enumerate() {
+                let n = u64::from(c.count);
+                base.add(l.classes_off)
+                    .cast::<ClassHeader>()
+                    .add(ci)
+                    .write(ClassHeader {
+                        // Free list 0 -> 1 -> ... -> n-1: head holds index 0 (+1), all n free.
+                        free: CachePadded::new(AtomicU64::new(pack_head(0, n, 1))),
+                        chunk_size: AtomicU64::new(align_up(c.chunk_size, CHUNK_ALIGN) as u64),
+                        headers_offset: AtomicU64::new(l.headers_off[ci] as u64),
+                        data_offset: AtomicU64::new(l.data_off[ci] as u64),
+                        count: AtomicU32::new(c.count),
+                        low_water: AtomicU32::new(c.count),
+                    });
+                let headers = base.add(l.headers_off[ci]).cast::<ChunkHeader>();
+                for i in 0..c.count {
+                    let next = if i + 1 < c.count { i + 2 } else { 0 };
+                    headers.add(i as usize).write(ChunkHeader {
+                        owner: AtomicU64::new(0),
+                        next: AtomicU32::new(next),
+                        reserved: AtomicU32::new(0),
+                    });
+                }
+            }
+            let owners = base.add(l.owners_off).cast::<OwnerEntry>();
+            for i in 0..config.max_owners as usize {
+                owners.add(i).write(OwnerEntry {
+                    token: AtomicU64::new(0),
+                    in_use: AtomicU32::new(0),
+                    high_water: AtomicU32::new(0),
+                });
+            }
+        }
+        // SAFETY: the header was initialised above.
+        let hdr = unsafe { &*base.cast::<PoolHeader>() };
+        // SYNC(magic): Release publishes the initialised pool; pairs with the Acquire in `attach`.
+        hdr.magic.store(POOL_MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    /// Attaches to the pool initialised in `region`, copying and checking its shape once.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolAttachError::NotInitialised`], [`PoolAttachError::Corrupt`] when the header contradicts
+    /// itself or the region.
+    pub fn attach(region: &Region) -> Result<Pool, PoolAttachError> {
+        let hdr = region
+            .ptr_at::<PoolHeader>(0)
+            .ok_or(PoolAttachError::RegionTooSmall {
+                needed: std::mem::size_of::<PoolHeader>(),
+                available: region.len(),
+            })?;
+        // SAFETY: in bounds and aligned; atomics only.
+        let h = unsafe { hdr.as_ref() };
+        // SYNC(magic): Acquire pairs with the Release in `init`.
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != POOL_MAGIC {
+            return Err(PoolAttachError::NotInitialised(magic));
+        }
+        if h.version.load(Ordering::Relaxed) != POOL_VERSION {
+            return Err(PoolAttachError::Corrupt("unknown pool format version"));
+        }
+        let class_count = h.class_count.load(Ordering::Relaxed) as usize;
+        let max_owners = h.max_owners.load(Ordering::Relaxed);
+        let quota = h.quota.load(Ordering::Relaxed);
+        if class_count == 0 || class_count > MAX_CLASSES || max_owners == 0 || max_owners > 1 << 20
+        {
+            return Err(PoolAttachError::Corrupt(
+                "class or owner count out of range",
+            ));
+        }
+        // Re-derive the layout from the (copied) shape and compare with what the header claims.
+        let classes_off = align_up(std::mem::size_of::<PoolHeader>(), REGION_ALIGN);
+        let mut config = PoolConfig {
+            classes: Vec::new(),
+            max_owners,
+            quota,
+        };
+        for ci in 0..class_count {
+            let c = region
+                .ptr_at::<ClassHeader>(classes_off + ci * std::mem::size_of::<ClassHeader>())
+                .ok_or(PoolAttachError::Corrupt("class table outside the region"))?;
+            // SAFETY: in bounds and aligned (ptr_at); atomics only.
+            let c = unsafe { c.as_ref() };
+            config.classes.push(SizeClass {
+                chunk_size: c.chunk_size.load(Ordering::Relaxed) as usize,
+                count: c.count.load(Ordering::Relaxed),
+            });
+        }
+        check_config(&config).map_err(|_| PoolAttachError::Corrupt("class shapes are invalid"))?;
+        let l = layout(&config);
+        if l.total > region.len() || h.total_len.load(Ordering::Relaxed) != l.total as u64 {
+            return Err(PoolAttachError::Corrupt(
+                "pool size disagrees with its classes",
+            ));
+        }
+        let base = region.as_ptr();
+        let mut classes = Vec::with_capacity(class_count);
+        for (ci, c) in config.classes.iter().enumerate() {
+            let chdr = region
+                .ptr_at::<ClassHeader>(classes_off + ci * std::mem::size_of::<ClassHeader>())
+                .ok_or(PoolAttachError::Corrupt("class table outside the region"))?;
+            // SAFETY: as above.
+            let ch = unsafe { chdr.as_ref() };
+            if ch.headers_offset.load(Ordering::Relaxed) != l.headers_off[ci] as u64
+                || ch.data_offset.load(Ordering::Relaxed) != l.data_off[ci] as u64
+                || c.chunk_size % CHUNK_ALIGN != 0
+            {
+                return Err(PoolAttachError::Corrupt(
+                    "class offsets disagree with the layout",
+                ));
+            }
+            // SAFETY: both offsets lie inside l.total <= region.len().
+            let (headers, data) = unsafe {
+                (
+                    base.add(l.headers_off[ci]).cast::<ChunkHeader>(),
+                    base.add(l.data_off[ci]),
+                )
+            };
+            classes.push(ClassInfo {
+                chunk_size: c.chunk_size,
+                count: c.count,
+                hdr: chdr,
+                headers,
+                data,
+            });
+        }
+        // SAFETY: owners_off lies inside the region (l.total checked).
+        let owners = unsafe { base.add(l.owners_off).cast::<OwnerEntry>() };
+        Ok(Pool {
+            _region: region.clone(),
+            owners,
+            max_owners,
+            quota,
+            classes: classes.into_boxed_slice(),
+        })
+    }
+
+    fn owner_entry(&self, owner: OwnerId) -> Option<&OwnerEntry> {
+        let i = owner.0.checked_sub(1)?;
+        if i >= self.max_owners {
+            return None;
+        }
+        // SAFETY: i < max_owners; the owner table was checked to fit at attach.
+        Some(unsafe { &*self.owners.as_ptr().add(i as usize) })
+    }
+
+    fn chunk_header(&self, class: &ClassInfo, index: u32) -> &ChunkHeader {
+        debug_assert!(index < class.count);
+        // SAFETY: callers pass index < class.count (checked against the local copy of count).
+        unsafe { &*class.headers.as_ptr().add(index as usize) }
+    }
+
+    /// Registers the calling process as a new owner (taking over the entry of a dead one, after
+    /// reclaiming its chunks).
+    ///
+    /// # Errors
+    ///
+    /// [`OwnersFull`] when every entry is held by a live process.
+    pub fn register_owner(&self) -> Result<OwnerId, OwnersFull> {
+        let me = ProcessToken::current();
+        for i in 0..self.max_owners {
+            let id = OwnerId(i + 1);
+            let entry = self.owner_entry(id).expect("index in range");
+            match claim_slot(&entry.token, me) {
+                Ok(Claimed::Fresh) => return Ok(id),
+                Ok(Claimed::TookOver(_)) => {
+                    self.reclaim(id);
+                    entry.high_water.store(0, Ordering::Relaxed);
+                    return Ok(id);
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(OwnersFull(self.max_owners))
+    }
+
+    /// Returns every chunk `owner` holds and frees its entry (for an owner leaving cleanly).
+    pub fn unregister_owner(&self, owner: OwnerId) -> usize {
+        let n = self.reclaim(owner);
+        if let Some(entry) = self.owner_entry(owner) {
+            release_slot(&entry.token, ProcessToken::current());
+        }
+        n
+    }
+
+    /// The process token registered for `owner`, if any.
+    pub fn owner_token(&self, owner: OwnerId) -> Option<ProcessToken> {
+        ProcessToken::from_raw(self.owner_entry(owner)?.token.load(Ordering::Acquire))
+    }
+
+    /// Chunks `owner` holds now.
+    pub fn held_by(&self, owner: OwnerId) -> u32 {
+        self.owner_entry(owner)
+            .map_or(0, |e| e.in_use.load(Ordering::Relaxed))
+    }
+
+    /// Largest chunk size.
+    pub fn max_chunk_size(&self) -> usize {
+        self.classes.last().map_or(0, |c| c.chunk_size)
+    }
+
+    /// Loans a chunk of at least `size` bytes to `owner`, from the smallest class that fits and has
+    /// a free chunk. Never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`LoanError::TooLarge`], [`LoanError::Exhausted`], [`LoanError::QuotaExceeded`],
+    /// [`LoanError::UnknownOwner`], [`LoanError::Corrupted`].
+    #[inline]
+    pub fn loan(&self, owner: OwnerId, size: usize) -> Result<Loan<'_>, LoanError> {
+        let entry = self
+            .owner_entry(owner)
+            .ok_or(LoanError::UnknownOwner(owner.0))?;
+        let first = self
+            .classes
+            .iter()
+            .position(|c| c.chunk_size >= size)
+            .ok_or(LoanError::TooLarge {
+                size,
+                max: self.max_chunk_size(),
+            })?;
+        // Quota first: one RMW, undone if no chunk is found.
+        let held = entry.in_use.fetch_add(1, Ordering::Relaxed);
+        if held >= self.quota {
+            entry.in_use.fetch_sub(1, Ordering::Relaxed);
+            return Err(LoanError::QuotaExceeded {
+                owner: owner.0,
+                quota: self.quota,
+            });
+        }
+        if held + 1 > entry.high_water.load(Ordering::Relaxed) {
+            entry.high_water.fetch_max(held + 1, Ordering::Relaxed);
+        }
+        for ci in first..self.classes.len() {
+            match self.pop_free(ci) {
+                Ok(Some(index)) => {
+                    let class = &self.classes[ci];
+                    let h = self.chunk_header(class, index);
+                    // We own the chunk exclusively (popped it); bump the generation and set owner.
+                    let generation =
+                        ((h.owner.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+                    // SYNC(owner): Release so a process that adopts this chunk by id (after receiving
+                    // the id through a ring, itself Release/Acquire) sees a consistent owner word.
+                    h.owner.store(
+                        (u64::from(generation) << 32) | u64::from(owner.0),
+                        Ordering::Release,
+                    );
+                    return Ok(Loan {
+                        pool: self,
+                        class: ci as u8,
+                        index,
+                        generation,
+                        owner,
+                    });
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    entry.in_use.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        entry.in_use.fetch_sub(1, Ordering::Relaxed);
+        Err(LoanError::Exhausted { size })
+    }
+
+    /// [`loan`](Self::loan), waiting (with backoff, then short sleeps) while the pool is exhausted,
+    /// until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`LoanError::TimedOut`] at the deadline; other errors of [`loan`](Self::loan) at once.
+    pub fn loan_until(
+        &self,
+        owner: OwnerId,
+        size: usize,
+        deadline: Instant,
+    ) -> Result<Loan<'_>, LoanError> {
+        let mut sleep = Duration::from_micros(1);
+        loop {
+            match self.loan(owner, size) {
+                Err(LoanError::Exhausted { .. }) | Err(LoanError::QuotaExceeded { .. }) => {}
+                other => return other,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LoanError::TimedOut { size });
+            }
+            std::thread::sleep(sleep.min(deadline - now));
+            sleep = (sleep * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Pops a free chunk of class `ci`: `Ok(None)` when the class is empty.
+    #[inline]
+    fn pop_free(&self, ci: usize) -> Result<Option<u32>, LoanError> {
+        let class = &self.classes[ci];
+        // SAFETY: class headers were validated at attach and live as long as the region.
+        let ch = unsafe { class.hdr.as_ref() };
+        // SYNC(free): Acquire pairs with the Release CAS in `push_free`, so the `next` link and the
+        // owner word written before the push are visible.
+        let mut head = ch.free.load(Ordering::Acquire);
+        loop {
+            let idx1 = head & IDX_MASK;
+            if idx1 == 0 {
+                return Ok(None);
+            }
+            let index = (idx1 - 1) as u32;
+            if index >= class.count {
+                return Err(LoanError::Corrupted);
+            }
+            // May be stale if another thread pops this chunk meanwhile; the tag makes our CAS fail.
+            let next = u64::from(self.chunk_header(class, index).next.load(Ordering::Relaxed));
+            let free = (head >> COUNT_SHIFT) & IDX_MASK;
+            if next > u64::from(class.count) || free == 0 {
+                return Err(LoanError::Corrupted);
+            }
+            let tag = (head >> TAG_SHIFT).wrapping_add(1);
+            let new = pack_head(tag, free - 1, next);
+            // Failure ordering Acquire: we retry with the new head and read its `next` link.
+            match ch
+                .free
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let free_now = (free - 1) as u32;
+                    if free_now < ch.low_water.load(Ordering::Relaxed) {
+                        ch.low_water.fetch_min(free_now, Ordering::Relaxed);
+                    }
+                    return Ok(Some(index));
+                }
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    #[inline]
+    fn push_free(&self, ci: usize, index: u32) {
+        let class = &self.classes[ci];
+        // SAFETY: as in pop_free.
+        let ch = unsafe { class.hdr.as_ref() };
+        let h = self.chunk_header(class, index);
+        let mut head = ch.free.load(Ordering::Relaxed);
+        loop {
+            h.next.store((head & IDX_MASK) as u32, Ordering::Relaxed);
+            let free = ((head >> COUNT_SHIFT) & IDX_MASK) + 1;
+            let tag = (head >> TAG_SHIFT).wrapping_add(1);
+            let new = pack_head(tag, free, u64::from(index) + 1);
+            // SYNC(free): Release publishes `next` (and the freed owner word) to `pop_free`'s Acquire.
+            match ch
+                .free
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    fn locate(&self, id: ChunkId) -> Result<(&ClassInfo, &ChunkHeader), ChunkError> {
+        let class = self
+            .classes
+            .get(usize::from(id.class()))
+            .ok_or(ChunkError::OutOfRange(id.0))?;
+        if id.index() >= class.count {
+            return Err(ChunkError::OutOfRange(id.0));
+        }
+        Ok((class, self.chunk_header(class, id.index())))
+    }
+
+    /// Moves chunk `id` from `from` to `to` (compare-exchange on its owner word) and returns it as a
+    /// loan of `to`. This is how a receiver takes ownership of a chunk named in a descriptor.
+    ///
+    /// # Errors
+    ///
+    /// [`ChunkError::OutOfRange`] for a bad id, [`ChunkError::NotOwned`] when `from` does not hold it
+    /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`].
+    pub fn adopt(&self, id: ChunkId, from: OwnerId, to: OwnerId) -> Result<Loan<'_>, ChunkError> {
+        let (_, h) = self.locate(id)?;
+        let to_entry = self.owner_entry(to).ok_or(ChunkError::UnknownOwner(to.0))?;
+        let from_entry = self
+            .owner_entry(from)
+            .ok_or(ChunkError::UnknownOwner(from.0))?;
+        let expected = (u64::from(id.generation()) << 32) | u64::from(from.0);
+        let new = (u64::from(id.generation()) << 32) | u64::from(to.0);
+        // SYNC(owner): AcqRel: acquire what the previous owner wrote into the chunk, release to the
+        // next CAS on this word.
+        h.owner
+            .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|found| ChunkError::NotOwned {
+                id: id.0,
+                expected: from.0,
+                found,
+            })?;
+        from_entry.in_use.fetch_sub(1, Ordering::Relaxed);
+        to_entry.in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(Loan {
+            pool: self,
+            class: id.class(),
+            index: id.index(),
+            generation: id.generation(),
+            owner: to,
+        })
+    }
+
+    /// Returns chunk `id` held by `owner` to the pool.
+    ///
+    /// # Errors
+    ///
+    /// As for [`adopt`](Self::adopt): an id not held by `owner` under that generation is refused, so
+    /// a double release is harmless.
+    pub fn release(&self, id: ChunkId, owner: OwnerId) -> Result<(), ChunkError> {
+        let (_, h) = self.locate(id)?;
+        self.free_owned(id.class(), id.index(), h, id.generation(), owner)
+            .then_some(())
+            .ok_or_else(|| ChunkError::NotOwned {
+                id: id.0,
+                expected: owner.0,
+                found: h.owner.load(Ordering::Relaxed),
+            })
+    }
+
+    #[inline]
+    fn free_owned(
+        &self,
+        class: u8,
+        index: u32,
+        h: &ChunkHeader,
+        generation: u32,
+        owner: OwnerId,
+    ) -> bool {
+        let expected = (u64::from(generation) << 32) | u64::from(owner.0);
+        // SYNC(owner): Release so the next loan's user sees our writes as finished; failure means
+        // someone else released or reclaimed it (never push it twice).
+        if h.owner
+            .compare_exchange(
+                expected,
+                u64::from(generation) << 32,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(e) = self.owner_entry(owner) {
+            e.in_use.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.push_free(usize::from(class), index);
+        true
+    }
+
+    /// Returns every chunk held by `owner` to the pool; returns how many. Call it only for an owner
+    /// that is gone (its process died, or it left): a live owner's loans would be pulled from under it.
+    pub fn reclaim(&self, owner: OwnerId) -> usize {
+        let mut n = 0;
+        for (ci, class) in self.classes.iter().enumerate() {
+            for index in 0..class.count {
+                let h = self.chunk_header(class, index);
+                let w = h.owner.load(Ordering::Acquire);
+                if w as u32 == owner.0
+                    && self.free_owned(ci as u8, index, h, (w >> 32) as u32, owner)
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Reclaims the chunks of every owner whose process has died and frees their entries. Returns
+    /// (owners reclaimed, chunks returned).
+    pub fn reclaim_dead(&self) -> (usize, usize) {
+        let (mut owners, mut chunks) = (0, 0);
+        for i in 0..self.max_owners {
+            let id = OwnerId(i + 1);
+            let entry = self.owner_entry(id).expect("index in range");
+            let raw = entry.token.load(Ordering::Acquire);
+            if let Some(t) = ProcessToken::from_raw(raw) {
+                if !t.is_alive() {
+                    chunks += self.reclaim(id);
+                    // Free the entry only if nobody took it over meanwhile.
+                    if entry
+                        .token
+                        .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        owners += 1;
+                    }
+                }
+            }
+        }
+        (owners, chunks)
+    }
+
+    /// A snapshot: free chunks and high-water mark per class, registered owners.
+    pub fn stats(&self) -> PoolStats {
+        let classes = self
+            .classes
+            .iter()
+            .map(|c| {
+                // SAFETY: validated at attach.
+                let ch = unsafe { c.hdr.as_ref() };
+                let free = ((ch.free.load(Ordering::Relaxed) >> COUNT_SHIFT) & IDX_MASK) as u32;
+                let low = ch.low_water.load(Ordering::Relaxed).min(c.count);
+                ClassStats {
+                    chunk_size: c.chunk_size,
+                    count: c.count,
+                    free: free.min(c.count),
+                    high_water: c.count - low,
+                }
+            })
+            .collect();
+        let owners = (0..self.max_owners)
+            .filter(|i| self.owner_token(OwnerId(i + 1)).is_some())
+            .count() as u32;
+        PoolStats { classes, owners }
+    }
+}
+
+/// A chunk on loan: exclusively this owner's until dropped (released), transferred, or turned into an
+/// id with [`into_id`](Loan::into_id).
+#[derive(Debug)]
+pub struct Loan<'a> {
+    pool: &'a Pool,
+    class: u8,
+    index: u32,
+    generation: u32,
+    owner: OwnerId,
+}
+
+impl<'a> Loan<'a> {
+    fn data(&self) -> NonNull<u8> {
+        let class = &self.pool.classes[usize::from(self.class)];
+        // SAFETY: index < count (checked when the loan was made), so the chunk lies in the data area.
+        unsafe { class.data.add(self.index as usize * class.chunk_size) }
+    }
+
+    /// Usable bytes (the class's chunk size, at least what was asked).
+    pub fn len(&self) -> usize {
+        self.pool.classes[usize::from(self.class)].chunk_size
+    }
+
+    /// Always false: chunks are never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Start of the chunk (64-byte aligned).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.data().as_ptr()
+    }
+
+    /// The chunk's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the owner word makes this chunk ours alone for the life of the loan; peers that
+        // follow the protocol do not touch it (a buggy peer writing here only changes bytes, which
+        // any &[u8] content may be).
+        unsafe { std::slice::from_raw_parts(self.data().as_ptr(), self.len()) }
+    }
+
+    /// The chunk's bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for as_slice; &mut self makes this the only live view in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.data().as_ptr(), self.len()) }
+    }
+
+    /// The id naming this loan.
+    pub fn id(&self) -> ChunkId {
+        ChunkId::new(self.class, self.index, self.generation)
+    }
+
+    /// The owner holding it.
+    pub fn owner(&self) -> OwnerId {
+        self.owner
+    }
+
+    /// Gives up the handle without releasing the chunk (it stays with its owner, e.g. to be adopted
+    /// by another process through its id).
+    pub fn into_id(self) -> ChunkId {
+        let id = self.id();
+        std::mem::forget(self);
+        id
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        let class = &self.pool.classes[usize::from(self.class)];
+        let h = self.pool.chunk_header(class, self.index);
+        // A failure means the chunk was reclaimed from under us (our owner was declared gone): it is
+        // already back in the pool, so there is nothing to do.
+        let _ = self
+            .pool
+            .free_owned(self.class, self.index, h, self.generation, self.owner);
+    }
+}
+
+#[cfg(all(test, not(shm_loom)))]
+mod tests {
+    use super::*;
+
+    fn pool(config: &PoolConfig) -> Pool {
+        let region = Region::heap(Pool::bytes_for(config));
+        Pool::init(&region, config).unwrap();
+        Pool::attach(&region).unwrap()
+    }
+
+    #[test]
+    fn loans_are_aligned_distinct_and_come_back() {
+        let p = pool(&PoolConfig::small());
+        let me = p.register_owner().unwrap();
+        let mut loans: Vec<_> = (0..10).map(|_| p.loan(me, 200).unwrap()).collect();
+        let mut ptrs: Vec<usize> = loans.iter_mut().map(|l| l.as_mut_ptr() as usize).collect();
+        assert!(ptrs.iter().all(|a| a % CHUNK_ALIGN == 0));
+        ptrs.sort();
+        ptrs.dedup();
+        assert_eq!(ptrs.len(), 10);
+        assert_eq!(p.held_by(me), 10);
+        assert_eq!(p.stats().classes[0].free, 54);
+        drop(loans);
+        let s = p.stats();
+        assert_eq!(s.in_use(), 0);
+        assert_eq!(s.classes[0].high_water, 10);
+        assert_eq!(p.held_by(me), 0);
+    }
+
+    #[test]
+    fn picks_the_smallest_fitting_class_and_falls_back_to_larger() {
+        let config = PoolConfig {
+            classes: vec![
+                SizeClass {
+                    chunk_size: 64,
+                    count: 1,
+                },
+                SizeClass {
+                    chunk_size: 128,
+                    count: 2,
+                },
+            ],
+            max_owners: 2,
+            quota: 10,
+        };
+        let p = pool(&config);
+        let me = p.register_owner().unwrap();
+        let a = p.loan(me, 10).unwrap();
+        assert_eq!(a.len(), 64);
+        let b = p.loan(me, 10).unwrap();
+        assert_eq!(b.len(), 128, "falls back to the next class");
+        assert_eq!(
+            p.loan(me, 129).unwrap_err(),
+            LoanError::TooLarge {
+                size: 129,
+                max: 128
+            }
+        );
+        let _c = p.loan(me, 100).unwrap();
+        assert_eq!(p.loan(me, 1).unwrap_err(), LoanError::Exhausted { size: 1 });
+        drop(a);
+        let _d = p.loan(me, 1).unwrap();
+        drop(b);
+    }
+
+    #[test]
+    fn quota_is_enforced_per_owner() {
+        let mut config = PoolConfig::small();
+        config.quota = 3;
+        let p = pool(&config);
+        let a = p.register_owner().unwrap();
+        let held: Vec<_> = (0..3).map(|_| p.loan(a, 1).unwrap()).collect();
+        assert_eq!(
+            p.loan(a, 1).unwrap_err(),
+            LoanError::QuotaExceeded {
+                owner: a.get(),
+                quota: 3
+            }
+        );
+        drop(held);
+        assert!(p.loan(a, 1).is_ok());
+    }
+
+    #[test]
+    fn exhausted_pool_errors_at_once_or_times_out() {
+        let config = PoolConfig {
+            classes: vec![SizeClass {
+                chunk_size: 64,
+                count: 2,
+            }],
+            max_owners: 2,
+            quota: 8,
+        };
+        let p = pool(&config);
+        let me = p.register_owner().unwrap();
+        let _a = p.loan(me, 1).unwrap();
+        let _b = p.loan(me, 1).unwrap();
+        assert_eq!(p.loan(me, 1).unwrap_err(), LoanError::Exhausted { size: 1 });
+        let start = Instant::now();
+        let r = p.loan_until(me, 1, start + Duration::from_millis(20));
+        assert_eq!(r.unwrap_err(), LoanError::TimedOut { size: 1 });
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn adopt_moves_ownership_once_and_refuses_stale_ids() {
+        let p = pool(&PoolConfig::small());
+        let client = p.register_owner().unwrap();
+        let server = p.register_owner().unwrap();
+        assert_ne!(client, server);
+        let mut loan = p.loan(client, 10).unwrap();
+        loan.as_mut_slice()[0] = 42;
+        let id = loan.into_id();
+        assert_eq!(p.held_by(client), 1);
+        let got = p.adopt(id, client, server).unwrap();
+        assert_eq!(got.as_slice()[0], 42);
+        assert_eq!((p.held_by(client), p.held_by(server)), (0, 1));
+        assert!(matches!(
+            p.adopt(id, client, server),
+            Err(ChunkError::NotOwned { .. })
+        ));
+        drop(got);
+        assert!(
+            matches!(p.release(id, server), Err(ChunkError::NotOwned { .. })),
+            "double release refused"
+        );
+        // The free list is LIFO, so the same chunk comes back, under a new generation.
+        let again = p.loan(client, 10).unwrap();
+        assert_eq!(again.id().index(), id.index());
+        assert_ne!(again.id().generation(), id.generation());
+        assert!(p.adopt(id, client, server).is_err(), "an old id stays dead");
+        assert!(matches!(
+            p.adopt(ChunkId::from_raw(u64::MAX), client, server),
+            Err(ChunkError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            p.adopt(again.id(), client, OwnerId(999)),
+            Err(ChunkError::UnknownOwner(999))
+        ));
+    }
+
+    #[test]
+    fn reclaim_returns_everything_an_owner_held() {
+        let p = pool(&PoolConfig::small());
+        let a = p.register_owner().unwrap();
+        let b = p.register_owner().unwrap();
+        let ids: Vec<_> = (0..5)
+            .map(|i| {
+                p.loan(a, if i % 2 == 0 { 10 } else { 1000 })
+                    .unwrap()
+                    .into_id()
+            })
+            .collect();
+        let keep = p.loan(b, 10).unwrap();
+        assert_eq!(p.stats().in_use(), 6);
+        assert_eq!(p.reclaim(a), 5);
+        assert_eq!(p.stats().in_use(), 1);
+        assert_eq!(p.held_by(a), 0);
+        for id in ids {
+            assert!(p.release(id, a).is_err());
+        }
+        drop(keep);
+        assert_eq!(p.stats().in_use(), 0);
+    }
+
+    const DEAD: u64 = 0xFFFF_FFFE_0000_0063; // pid 0xFFFFFFFE: no such process
+
+    #[test]
+    fn dead_owner_is_reclaimed_and_its_entry_freed() {
+        let p = pool(&PoolConfig::small());
+        let a = p.register_owner().unwrap();
+        for _ in 0..4 {
+            let _ = p.loan(a, 10).unwrap().into_id();
+        }
+        p.owner_entry(a)
+            .unwrap()
+            .token
+            .store(DEAD, Ordering::Relaxed);
+        assert_eq!(p.reclaim_dead(), (1, 4));
+        let s = p.stats();
+        assert_eq!((s.in_use(), s.owners), (0, 0));
+    }
+
+    #[test]
+    fn taking_over_a_dead_owner_entry_reclaims_first() {
+        let p = pool(&PoolConfig::small());
+        let a = p.register_owner().unwrap();
+        for _ in 0..3 {
+            let _ = p.loan(a, 10).unwrap().into_id();
+        }
+        p.owner_entry(a)
+            .unwrap()
+            .token
+            .store(DEAD, Ordering::Relaxed);
+        let again = p.register_owner().unwrap();
+        assert_eq!(again, a);
+        assert_eq!(p.held_by(again), 0);
+        assert_eq!(p.stats().in_use(), 0);
+    }
+
+    #[test]
+    fn corrupt_free_list_is_reported_not_followed() {
+        let p = pool(&PoolConfig::small());
+        let me = p.register_owner().unwrap();
+        // SAFETY: test-only write through the class header's atomics.
+        let ch = unsafe { p.classes[0].hdr.as_ref() };
+        ch.free.store(pack_head(0, 5, 1000), Ordering::Relaxed);
+        assert_eq!(p.loan(me, 1).unwrap_err(), LoanError::Corrupted);
+        assert_eq!(p.held_by(me), 0, "quota undone");
+    }
+
+    #[test]
+    fn threads_share_a_small_class_without_double_loans() {
+        let config = PoolConfig {
+            classes: vec![SizeClass {
+                chunk_size: 64,
+                count: 3,
+            }],
+            max_owners: 4,
+            quota: 8,
+        };
+        let region = Region::heap(Pool::bytes_for(&config));
+        Pool::init(&region, &config).unwrap();
+        let rounds = if cfg!(miri) { 20 } else { 20_000 };
+        let threads: Vec<_> = (0..3u8)
+            .map(|t| {
+                let region = region.clone();
+                std::thread::spawn(move || {
+                    let p = Pool::attach(&region).unwrap();
+                    let me = p.register_owner().unwrap();
+                    for _ in 0..rounds {
+                        let Ok(mut loan) = p.loan(me, 64) else {
+                            continue;
+                        };
+                        loan.as_mut_slice().fill(t);
+                        std::hint::black_box(&mut loan);
+                        assert!(
+                            loan.as_slice().iter().all(|&b| b == t),
+                            "chunk shared with another loan"
+                        );
+                    }
+                    p.unregister_owner(me);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let p = Pool::attach(&region).unwrap();
+        let s = p.stats();
+        assert_eq!((s.in_use(), s.owners), (0, 0));
+    }
+}

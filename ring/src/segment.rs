@@ -1,0 +1,637 @@
+//! Named shared-memory segments: a file under `/dev/shm`, mapped with memmap2.
+//!
+//! # Creation protocol
+//!
+//! 1. The creator makes a private temporary file (`O_EXCL`, the requested mode, exactly: the umask is
+//!    overridden with `fchmod`), takes an exclusive `flock` on it, sizes it and writes the header with
+//!    `layout_version = 0`.
+//! 2. It stores the layout version last, with Release: a segment is usable only once that is non-zero.
+//! 3. It `link`s the file to its public name, which fails if the name exists, so two creators can never
+//!    both win; then it removes the temporary name.
+//!
+//! The creator keeps its `flock` for its whole life; the kernel drops it when the process dies, even by
+//! `kill -9`. So "is the creator alive" is one non-blocking `flock` probe, with no pid-reuse trap.
+//!
+//! # Trust
+//!
+//! The segment is created with mode 0600 by default: only the same user can open it. Same-user
+//! processes are trusted not to be malicious, but may be buggy: every value read from the header is
+//! copied into the handle once and checked, and the header is only ever accessed through atomics.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::MmapRaw;
+
+use crate::memory::{Memory, MEMORY_ALIGN};
+use crate::process::ProcessToken;
+
+/// Magic number opening every segment: "SHMRING" and a format byte.
+pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\x01");
+
+/// Version of the segment header layout. Bumped on any incompatible change.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Where the user area starts: the header has the first page to itself.
+pub const USER_OFFSET: usize = MEMORY_ALIGN;
+
+/// Default directory for segment files.
+pub const DEFAULT_DIR: &str = "/dev/shm";
+
+/// Prefix of every segment file name, so that `ls /dev/shm` and cleanup can tell them apart.
+pub const FILE_PREFIX: &str = "shmr.";
+
+/// The segment header at offset 0. An ABI: `#[repr(C)]`, atomics only, offsets asserted below.
+///
+/// # Safety (trust model)
+///
+/// Another process may write these bytes at any time; they are only ever read through atomics, and
+/// values are copied into the handle once and validated before use.
+#[repr(C)]
+#[derive(Debug)]
+pub struct SegmentHeader {
+    magic: AtomicU64,
+    layout_version: AtomicU32,
+    header_size: AtomicU32,
+    total_size: AtomicU64,
+    user_offset: AtomicU64,
+    user_version: AtomicU32,
+    creator_pid: AtomicU32,
+    creator_token: AtomicU64,
+    created_unix_ms: AtomicU64,
+    reserved: [AtomicU64; 1],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<SegmentHeader>() == 64);
+    assert!(std::mem::offset_of!(SegmentHeader, magic) == 0);
+    assert!(std::mem::offset_of!(SegmentHeader, layout_version) == 8);
+    assert!(std::mem::offset_of!(SegmentHeader, total_size) == 16);
+    assert!(std::mem::offset_of!(SegmentHeader, user_offset) == 24);
+    assert!(std::mem::offset_of!(SegmentHeader, user_version) == 32);
+    assert!(std::mem::offset_of!(SegmentHeader, creator_token) == 40);
+    assert!(USER_OFFSET >= std::mem::size_of::<SegmentHeader>());
+};
+
+/// Options for [`Segment::create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Size of the user area in bytes (rounded up to a page).
+    pub size: usize,
+    /// File mode (0600 by default: owner only).
+    pub mode: u32,
+    /// Directory of segment files (`/dev/shm` by default).
+    pub dir: PathBuf,
+    /// Application protocol version, checked by [`SegmentOpenOptions::user_version`] on open.
+    pub user_version: u32,
+    /// Replace a segment of the same name whose creator has died (true by default).
+    pub replace_stale: bool,
+}
+
+impl CreateOptions {
+    /// Defaults with a user area of `size` bytes.
+    pub fn new(size: usize) -> CreateOptions {
+        CreateOptions {
+            size,
+            mode: 0o600,
+            dir: PathBuf::from(DEFAULT_DIR),
+            user_version: 0,
+            replace_stale: true,
+        }
+    }
+}
+
+/// Options for [`Segment::open_with`].
+#[derive(Debug, Clone)]
+pub struct SegmentOpenOptions {
+    /// Directory of segment files (`/dev/shm` by default).
+    pub dir: PathBuf,
+    /// Refuse the segment unless its application protocol version is this.
+    pub user_version: Option<u32>,
+    /// Open a segment whose creator has died (for inspection and cleanup); refused by default.
+    pub allow_stale: bool,
+}
+
+impl Default for SegmentOpenOptions {
+    fn default() -> Self {
+        SegmentOpenOptions {
+            dir: PathBuf::from(DEFAULT_DIR),
+            user_version: None,
+            allow_stale: false,
+        }
+    }
+}
+
+/// Why a segment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The name is empty, too long, or has characters other than `[A-Za-z0-9._-]`.
+    #[error("invalid segment name {0:?}: use 1-200 characters from [A-Za-z0-9._-], not starting with '.'")]
+    InvalidName(String),
+    /// A live process already serves this name.
+    #[error("segment {name:?} already exists and its creator (pid {pid}) is alive")]
+    AlreadyExists {
+        /// Segment name.
+        name: String,
+        /// Creator's pid as recorded in the header (0 if unreadable).
+        pid: u32,
+    },
+    /// A segment of this name exists, its creator is dead, and `replace_stale` is off.
+    #[error("segment {0:?} exists but its creator has died; remove it or allow replacing stale segments")]
+    Stale(String),
+    /// The requested size is zero or too large.
+    #[error("invalid segment size {0}")]
+    InvalidSize(usize),
+    /// A system call failed.
+    #[error("creating segment {name:?} failed: {source}")]
+    Io {
+        /// Segment name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a segment could not be opened. Each cause is distinct, so callers can react precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The name is not valid (see [`CreateError::InvalidName`]).
+    #[error("invalid segment name {0:?}")]
+    InvalidName(String),
+    /// No segment of this name exists.
+    #[error("no segment named {0:?} (is the server running?)")]
+    NotFound(String),
+    /// The file exists but this user may not open it.
+    #[error("permission denied opening segment {0:?} (segments are private to the user that created them)")]
+    PermissionDenied(String),
+    /// The file is smaller than its header says, or than a header.
+    #[error("segment {name:?} is too small ({len} bytes)")]
+    TooSmall {
+        /// Segment name.
+        name: String,
+        /// File length.
+        len: u64,
+    },
+    /// The file is not a segment of this crate.
+    #[error("{0:?} is not a shm-ring segment (bad magic)")]
+    BadMagic(String),
+    /// The creator has not finished initialising it (or died while doing so).
+    #[error("segment {0:?} is not initialised yet")]
+    NotInitialised(String),
+    /// The layout or the application protocol version differs.
+    #[error("segment {name:?} has {what} version {found}, expected {expected}")]
+    VersionMismatch {
+        /// Segment name.
+        name: String,
+        /// "layout" or "protocol".
+        what: &'static str,
+        /// Version found in the header.
+        found: u32,
+        /// Version this process speaks.
+        expected: u32,
+    },
+    /// The creator has died; the segment is stale.
+    #[error("segment {0:?} is stale: the process that created it has died")]
+    CreatorGone(String),
+    /// A system call failed.
+    #[error("opening segment {name:?} failed: {source}")]
+    Io {
+        /// Segment name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a segment could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// The name is not valid.
+    #[error("invalid segment name {0:?}")]
+    InvalidName(String),
+    /// No such segment.
+    #[error("no segment named {0:?}")]
+    NotFound(String),
+    /// Its creator is alive: removing it would pull it from under a running server.
+    #[error("segment {0:?} is in use by a live process; stop that process first")]
+    InUse(String),
+    /// A system call failed.
+    #[error("removing segment {name:?} failed: {source}")]
+    Io {
+        /// Segment name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A named shared-memory segment mapped into this process.
+///
+/// The creator holds an exclusive `flock` on the file for as long as the `Segment` lives and removes
+/// the name on drop; openers map the same file and can ask whether the creator is still alive.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    user_len: usize,
+    user_version: u32,
+    creator: bool,
+}
+
+/// Checks a service name: 1-200 of `[A-Za-z0-9._-]`, not starting with '.', so it cannot leave the
+/// segment directory or hide.
+pub fn validate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn segment_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{name}"))
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether some process holds the creator's exclusive lock on `file`.
+fn creator_lock_held(file: &File) -> io::Result<bool> {
+    match flock(file, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => {
+            flock(file, libc::LOCK_UN)?;
+            Ok(false)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+impl Segment {
+    /// Creates segment `name` with a user area of `opts.size` bytes, replacing a stale one whose creator
+    /// died (unless `opts.replace_stale` is off).
+    ///
+    /// # Errors
+    ///
+    /// See [`CreateError`]: a live segment of that name, a stale one when replacing is off, an invalid
+    /// name or size, or a failing system call.
+    pub fn create(name: &str, opts: &CreateOptions) -> Result<Segment, CreateError> {
+        if !validate_name(name) {
+            return Err(CreateError::InvalidName(name.to_owned()));
+        }
+        let io_err = |source| CreateError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let user_len = crate::memory::align_up(opts.size.max(1), MEMORY_ALIGN);
+        let total = USER_OFFSET
+            .checked_add(user_len)
+            .filter(|_| opts.size != 0 && opts.size <= (1 << 40))
+            .ok_or(CreateError::InvalidSize(opts.size))?;
+        let path = segment_path(&opts.dir, name);
+
+        // 1. A private temporary file, locked before anyone could see it under the public name.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = opts.dir.join(format!(
+            ".{FILE_PREFIX}{name}.tmp.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode)
+            .open(&tmp)
+            .map_err(io_err)?;
+        let cleanup_tmp = TempName(&tmp);
+        // The umask may have narrowed the mode; set exactly what was asked.
+        file.set_permissions(std::fs::Permissions::from_mode(opts.mode))
+            .map_err(io_err)?;
+        flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)?;
+        file.set_len(total as u64).map_err(io_err)?;
+        let map = MmapRaw::map_raw(&file).map_err(io_err)?;
+
+        // 2. Initialise the header; the layout version goes last, with Release.
+        let hdr = map.as_mut_ptr().cast::<SegmentHeader>();
+        let me = ProcessToken::current();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // SAFETY: the mapping is at least USER_OFFSET >= size_of::<SegmentHeader>() bytes, page
+        // aligned, and nobody else can reach this file yet (private temporary name, O_EXCL).
+        unsafe {
+            hdr.write(SegmentHeader {
+                magic: AtomicU64::new(SEGMENT_MAGIC),
+                layout_version: AtomicU32::new(0),
+                header_size: AtomicU32::new(std::mem::size_of::<SegmentHeader>() as u32),
+                total_size: AtomicU64::new(total as u64),
+                user_offset: AtomicU64::new(USER_OFFSET as u64),
+                user_version: AtomicU32::new(opts.user_version),
+                creator_pid: AtomicU32::new(me.pid()),
+                creator_token: AtomicU64::new(me.raw()),
+                created_unix_ms: AtomicU64::new(now_ms),
+                reserved: [AtomicU64::new(0)],
+            });
+        }
+        // SAFETY: just initialised above; the header is only accessed through atomics.
+        let header = unsafe { &*hdr };
+        // SYNC(layout): Release publishes the initialised header (and, through the link below, the
+        // file); pairs with the Acquire load in `open_with`.
+        header
+            .layout_version
+            .store(LAYOUT_VERSION, Ordering::Release);
+
+        // 3. Publish under the real name; link fails if the name exists.
+        loop {
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Self::resolve_existing(name, &path, opts)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        drop(cleanup_tmp);
+        Ok(Segment {
+            name: name.to_owned(),
+            path,
+            file,
+            map,
+            user_len,
+            user_version: opts.user_version,
+            creator: true,
+        })
+    }
+
+    /// A name is taken: fail if its creator lives, else remove the stale file so the caller retries.
+    fn resolve_existing(name: &str, path: &Path, opts: &CreateOptions) -> Result<(), CreateError> {
+        let io_err = |source| CreateError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let old = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(e)),
+        };
+        // Exclusive lock: held by a live creator means live; getting it means the creator is gone.
+        match flock(&old, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                return Err(CreateError::AlreadyExists {
+                    name: name.to_owned(),
+                    pid: read_pid(&old),
+                })
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        if !opts.replace_stale {
+            return Err(CreateError::Stale(name.to_owned()));
+        }
+        // Unlink only if the name still refers to the file we locked (another creator may have
+        // replaced it meanwhile).
+        let ours = old.metadata().map_err(io_err)?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io_err(e)),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens segment `name` in `/dev/shm`, refusing stale segments.
+    ///
+    /// # Errors
+    ///
+    /// See [`OpenError`].
+    pub fn open(name: &str) -> Result<Segment, OpenError> {
+        Segment::open_with(name, &SegmentOpenOptions::default())
+    }
+
+    /// Opens segment `name` with options.
+    ///
+    /// # Errors
+    ///
+    /// See [`OpenError`]: each failure has its own variant (not found, permission denied, too small,
+    /// bad magic, not initialised, version mismatch, creator gone, I/O).
+    pub fn open_with(name: &str, opts: &SegmentOpenOptions) -> Result<Segment, OpenError> {
+        if !validate_name(name) {
+            return Err(OpenError::InvalidName(name.to_owned()));
+        }
+        let path = segment_path(&opts.dir, name);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match e.kind() {
+                    io::ErrorKind::NotFound => OpenError::NotFound(name.to_owned()),
+                    io::ErrorKind::PermissionDenied => OpenError::PermissionDenied(name.to_owned()),
+                    _ => OpenError::Io {
+                        name: name.to_owned(),
+                        source: e,
+                    },
+                })
+            }
+        };
+        let io_err = |source| OpenError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let len = file.metadata().map_err(io_err)?.len();
+        if len < USER_OFFSET as u64 {
+            return Err(OpenError::TooSmall {
+                name: name.to_owned(),
+                len,
+            });
+        }
+        let map = MmapRaw::map_raw(&file).map_err(io_err)?;
+        // SAFETY: the mapping is at least USER_OFFSET bytes (checked) and page aligned; the header is
+        // all atomics, so a concurrent writer cannot make this reference unsound.
+        let header = unsafe { &*map.as_mut_ptr().cast::<SegmentHeader>() };
+        // SYNC(layout): Acquire pairs with the Release store in `create`.
+        let version = header.layout_version.load(Ordering::Acquire);
+        let magic = header.magic.load(Ordering::Relaxed);
+        if magic != SEGMENT_MAGIC {
+            return Err(if magic == 0 && version == 0 {
+                OpenError::NotInitialised(name.to_owned())
+            } else {
+                OpenError::BadMagic(name.to_owned())
+            });
+        }
+        if version == 0 {
+            return Err(OpenError::NotInitialised(name.to_owned()));
+        }
+        if version != LAYOUT_VERSION {
+            return Err(OpenError::VersionMismatch {
+                name: name.to_owned(),
+                what: "layout",
+                found: version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        let total = header.total_size.load(Ordering::Relaxed);
+        let user_offset = header.user_offset.load(Ordering::Relaxed);
+        if total != len || user_offset != USER_OFFSET as u64 || total % MEMORY_ALIGN as u64 != 0 {
+            return Err(OpenError::TooSmall {
+                name: name.to_owned(),
+                len,
+            });
+        }
+        let user_version = header.user_version.load(Ordering::Relaxed);
+        if let Some(expected) = opts.user_version {
+            if expected != user_version {
+                return Err(OpenError::VersionMismatch {
+                    name: name.to_owned(),
+                    what: "protocol",
+                    found: user_version,
+                    expected,
+                });
+            }
+        }
+        if !opts.allow_stale && !creator_lock_held(&file).map_err(io_err)? {
+            return Err(OpenError::CreatorGone(name.to_owned()));
+        }
+        Ok(Segment {
+            name: name.to_owned(),
+            path,
+            file,
+            map,
+            user_len: (total as usize) - USER_OFFSET,
+            user_version,
+            creator: false,
+        })
+    }
+
+    /// Removes segment `name` if its creator is dead.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoveError::InUse`] when a live process created it; not found; I/O.
+    pub fn remove(name: &str, dir: &Path) -> Result<(), RemoveError> {
+        if !validate_name(name) {
+            return Err(RemoveError::InvalidName(name.to_owned()));
+        }
+        let path = segment_path(dir, name);
+        let io_err = |source| RemoveError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RemoveError::NotFound(name.to_owned()))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => std::fs::remove_file(&path).map_err(io_err),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                Err(RemoveError::InUse(name.to_owned()))
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// Whether the process that created this segment is still alive (one `flock` probe).
+    pub fn creator_alive(&self) -> bool {
+        self.creator || creator_lock_held(&self.file).unwrap_or(false)
+    }
+
+    /// Pid of the creator as recorded in the header.
+    pub fn creator_pid(&self) -> u32 {
+        self.header().creator_pid.load(Ordering::Relaxed)
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path of the backing file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The application protocol version stored at creation.
+    pub fn user_version(&self) -> u32 {
+        self.user_version
+    }
+
+    /// Whether this handle created the segment.
+    pub fn is_creator(&self) -> bool {
+        self.creator
+    }
+
+    fn header(&self) -> &SegmentHeader {
+        // SAFETY: the mapping covers the header (checked at create/open); atomics only.
+        unsafe { &*self.map.as_mut_ptr().cast::<SegmentHeader>() }
+    }
+}
+
+fn read_pid(file: &File) -> u32 {
+    let Ok(map) = MmapRaw::map_raw(file) else {
+        return 0;
+    };
+    if map.len() < std::mem::size_of::<SegmentHeader>() {
+        return 0;
+    }
+    // SAFETY: the mapping covers a header; only an atomic field is read.
+    let header = unsafe { &*map.as_mut_ptr().cast::<SegmentHeader>() };
+    header.creator_pid.load(Ordering::Relaxed)
+}
+
+struct TempName<'a>(&'a Path);
+
+impl Drop for TempName<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.creator {
+            // Remove the name only if it is still ours (a successor may have replaced a segment it
+            // judged stale).
+            if let (Ok(ours), Ok(now)) = (self.file.metadata(), std::fs::metadata(&self.path)) {
+                if ours.ino() == now.ino() && ours.dev() == now.dev() {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
+        }
+    }
+}
+
+// SAFETY: the mapping covers USER_OFFSET + user_len bytes (checked against the file length at create
+// and open), page aligned, and lives as long as the Segment.
+unsafe impl Memory for Segment {
+    fn base(&self) -> NonNull<u8> {
+        // SAFETY: USER_OFFSET is inside the mapping; mmap never returns null on success.
+        unsafe { NonNull::new_unchecked(self.map.as_mut_ptr().add(USER_OFFSET)) }
+    }
+    fn len(&self) -> usize {
+        self.user_len
+    }
+}

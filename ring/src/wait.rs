@@ -1,0 +1,320 @@
+//! Wait strategies and the park/wake protocol on a futex word in shared memory.
+//!
+//! The protocol (a Dekker handshake, so no wake-up is lost and the waker makes no syscall unless a
+//! waiter announced itself):
+//!
+//! ```text
+//! waiter                                   waker
+//! waiters += 1            (SeqCst)         publish data            (Release)
+//! fence(SeqCst)                            fence(SeqCst)
+//! s = seq                                  if waiters != 0 {
+//! if ready() { waiters -= 1; return }          seq += 1
+//! futex_wait(seq, s, timeout)                  futex_wake(seq)
+//! waiters -= 1                             }
+//! ```
+//!
+//! Either the waker sees `waiters != 0`, or the waiter's `ready()` sees the data (the two SeqCst
+//! fences order each side's store before its load). If the waker bumps `seq` after the waiter read
+//! `s`, `futex_wait` returns at once because the word no longer holds `s`.
+
+use std::time::{Duration, Instant};
+
+use crate::sync::{fence, AtomicU32, Ordering};
+
+/// The shared part of a wait point: a futex word and the count of parked waiters. Lives in shared
+/// memory, one per direction of each ring.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WaitWord {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+    #[cfg(shm_loom)]
+    kernel: loom_futex::Kernel,
+}
+
+#[cfg(not(shm_loom))]
+const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
+
+impl WaitWord {
+    /// A word with no waiters.
+    pub(crate) fn new() -> WaitWord {
+        WaitWord {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+            #[cfg(shm_loom)]
+            kernel: loom_futex::Kernel::new(),
+        }
+    }
+
+    /// Wakes every parked waiter; free (no syscall) when nobody is parked.
+    ///
+    /// Call after publishing what waiters wait for.
+    #[inline]
+    pub fn notify(&self) {
+        // SYNC(park): this fence pairs with the fence in `park`: either we see the waiter's
+        // increment, or the waiter's `ready()` sees our publication.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) != 0 {
+            self.wake_all();
+        }
+    }
+
+    /// [`notify`](Self::notify) for a caller that has just published with a SeqCst read-modify-write
+    /// (such as a `swap`): that RMW already orders the publication before this load, so the fence
+    /// is not needed. Free (one load) when nobody is parked.
+    #[inline]
+    pub fn notify_after_rmw(&self) {
+        // SYNC(park): SeqCst load after the caller's SeqCst RMW; pairs with the fence in `park`.
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.wake_all();
+        }
+    }
+
+    #[cold]
+    fn wake_all(&self) {
+        // SYNC(seq): Release so a waiter that reads the new value also sees the publication.
+        self.seq.fetch_add(1, Ordering::Release);
+        self.futex_wake();
+    }
+
+    /// Parks until `ready()` holds, `deadline` passes, or a wake-up arrives (callers loop).
+    fn park(&self, deadline: Instant, ready: &mut impl FnMut() -> bool) -> bool {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // SYNC(park): pairs with the fence in `notify`.
+        fence(Ordering::SeqCst);
+        let s = self.seq.load(Ordering::Acquire);
+        let done = ready();
+        if !done {
+            let now = Instant::now();
+            if now < deadline {
+                self.futex_wait(s, deadline - now);
+            }
+        }
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        done
+    }
+
+    #[cfg(not(shm_loom))]
+    fn futex_wait(&self, expected: u32, timeout: Duration) {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: `seq` is a live, 4-byte aligned u32 for the duration of the call; FUTEX_WAIT (not
+        // _PRIVATE) because other processes map the same word. Errors (EAGAIN when the word
+        // changed, EINTR, ETIMEDOUT) all mean "re-check", which every caller does.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.seq.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                &ts as *const libc::timespec,
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+
+    #[cfg(not(shm_loom))]
+    fn futex_wake(&self) {
+        // SAFETY: `seq` is a live, aligned u32; waking never touches memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.seq.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+            );
+        }
+    }
+
+    #[cfg(shm_loom)]
+    fn futex_wait(&self, expected: u32, _timeout: Duration) {
+        self.kernel.wait(&self.seq, expected);
+    }
+
+    #[cfg(shm_loom)]
+    fn futex_wake(&self) {
+        self.kernel.wake();
+    }
+}
+
+/// How a blocked side waits for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the condition: lowest latency, burns a core while waiting.
+    BusySpin,
+    /// Spin, yielding the time slice between checks.
+    Yield,
+    /// Spin for `spin`, then park on the futex word (the default).
+    SpinThenPark {
+        /// How long to spin before parking.
+        spin: Duration,
+    },
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// The wait ended because its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the wait timed out")]
+pub struct WaitTimedOut;
+
+impl WaitStrategy {
+    /// Waits until `ready()` returns true or `deadline` passes.
+    ///
+    /// `word` is where the other side calls [`WaitWord::notify`] after making `ready()` true.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitTimedOut`] when the deadline passed first.
+    pub fn wait_until(
+        &self,
+        word: &WaitWord,
+        deadline: Instant,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), WaitTimedOut> {
+        let spin_until = match *self {
+            WaitStrategy::BusySpin | WaitStrategy::Yield => deadline,
+            WaitStrategy::SpinThenPark { spin } => Instant::now() + spin,
+        };
+        let mut i: u32 = 0;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            i = i.wrapping_add(1);
+            if *self == WaitStrategy::Yield {
+                crate::sync::yield_now();
+            } else {
+                crate::sync::spin_hint();
+            }
+            // Reading the clock costs ~20 ns: check it every 64 rounds.
+            if i % 64 == 0 {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(WaitTimedOut);
+                }
+                if now >= spin_until {
+                    break;
+                }
+            }
+        }
+        loop {
+            if self.park_once(word, deadline, &mut ready) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return if ready() { Ok(()) } else { Err(WaitTimedOut) };
+            }
+        }
+    }
+
+    fn park_once(
+        &self,
+        word: &WaitWord,
+        deadline: Instant,
+        ready: &mut impl FnMut() -> bool,
+    ) -> bool {
+        word.park(deadline, ready) || ready()
+    }
+}
+
+#[cfg(shm_loom)]
+mod loom_futex {
+    //! The kernel's futex semantics, modelled for loom: the value check and the sleep are atomic
+    //! with respect to wake, as the futex hash-bucket lock makes them.
+    use loom::sync::{Condvar, Mutex};
+
+    use crate::sync::{AtomicU32, Ordering};
+
+    #[derive(Debug)]
+    pub(crate) struct Kernel {
+        lock: Mutex<()>,
+        cv: Condvar,
+    }
+
+    impl Kernel {
+        pub(crate) fn new() -> Kernel {
+            Kernel {
+                lock: Mutex::new(()),
+                cv: Condvar::new(),
+            }
+        }
+
+        pub(crate) fn wait(&self, word: &AtomicU32, expected: u32) {
+            let guard = self.lock.lock().unwrap();
+            if word.load(Ordering::SeqCst) == expected {
+                drop(self.cv.wait(guard).unwrap());
+            }
+        }
+
+        pub(crate) fn wake(&self) {
+            let _guard = self.lock.lock().unwrap();
+            self.cv.notify_all();
+        }
+    }
+}
+
+#[cfg(all(test, not(shm_loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicU64;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_strategy_sees_a_notify_from_another_thread() {
+        for strategy in [
+            WaitStrategy::BusySpin,
+            WaitStrategy::Yield,
+            WaitStrategy::SpinThenPark {
+                spin: Duration::ZERO,
+            },
+            WaitStrategy::default(),
+        ] {
+            let shared = Arc::new((WaitWord::new(), AtomicU64::new(0)));
+            let peer = Arc::clone(&shared);
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                peer.1.store(1, Ordering::Release);
+                peer.0.notify();
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            strategy
+                .wait_until(&shared.0, deadline, || {
+                    shared.1.load(Ordering::Acquire) == 1
+                })
+                .unwrap();
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn wait_times_out_when_nothing_happens() {
+        let word = WaitWord::new();
+        let start = Instant::now();
+        let r =
+            WaitStrategy::default().wait_until(&word, start + Duration::from_millis(30), || false);
+        assert_eq!(r, Err(WaitTimedOut));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(
+            word.waiters.load(Ordering::Relaxed),
+            0,
+            "waiter count restored"
+        );
+    }
+
+    #[test]
+    fn notify_without_waiters_leaves_seq_alone() {
+        let word = WaitWord::new();
+        word.notify();
+        assert_eq!(word.seq.load(Ordering::Relaxed), 0);
+    }
+}
