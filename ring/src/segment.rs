@@ -591,7 +591,7 @@ impl Segment {
 }
 
 fn read_pid(file: &File) -> u32 {
-    let Ok(map) = MmapRaw::map_raw(file) else {
+    let Ok(map) = memmap2::MmapOptions::new().map_raw_read_only(file) else {
         return 0;
     };
     if map.len() < std::mem::size_of::<SegmentHeader>() {

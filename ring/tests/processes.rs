@@ -1,0 +1,626 @@
+//! Cross-process tests: real child processes (this test binary re-executed) share real segments in
+//! /dev/shm; kill -9 tests show that every structure recovers and nothing leaks.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig};
+use shm_ring::{
+    mpmc, spsc, CreateError, CreateOptions, OpenError, Region, RemoveError, Segment, WaitStrategy,
+};
+
+const CHILD_ROLE: &str = "SHM_RING_TEST_ROLE";
+const CHILD_SEGMENT: &str = "SHM_RING_TEST_SEGMENT";
+const CHILD_ARG: &str = "SHM_RING_TEST_ARG";
+
+// Fixed places of the structures inside the test segments.
+const SPSC_AT: usize = 0;
+const SPSC_CAP: usize = 1024;
+const MPMC_AT: usize = 64 << 10;
+const MPMC_CAP: usize = 256;
+const HANDOFF_AT: usize = 128 << 10;
+const POOL_AT: usize = 256 << 10;
+const SEGMENT_SIZE: usize = 2 << 20;
+
+fn secs(n: u64) -> Instant {
+    Instant::now() + Duration::from_secs(n)
+}
+
+fn unique_name(test: &str) -> String {
+    format!(
+        "test-{}-{}-{}",
+        std::process::id(),
+        test,
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+fn regions(seg: Segment) -> (Region, Region, Region, Region) {
+    let all = Region::new(Arc::new(seg));
+    (
+        all.slice(SPSC_AT, MPMC_AT - SPSC_AT).unwrap(),
+        all.slice(MPMC_AT, HANDOFF_AT - MPMC_AT).unwrap(),
+        all.slice(HANDOFF_AT, POOL_AT - HANDOFF_AT).unwrap(),
+        all.slice(POOL_AT, all.len() - POOL_AT).unwrap(),
+    )
+}
+
+/// Creates a segment holding an SPSC ring, an MPMC ring, a hand-off SPSC ring of [u64; 2], and a pool.
+fn fixture(test: &str) -> (String, Region, Region, Region, Region) {
+    let name = unique_name(test);
+    let seg = Segment::create(&name, &CreateOptions::new(SEGMENT_SIZE)).unwrap();
+    let (s, m, h, p) = regions(seg);
+    spsc::init::<u64>(&s, SPSC_CAP).unwrap();
+    mpmc::init::<u64>(&m, MPMC_CAP, 16).unwrap();
+    spsc::init::<[u64; 2]>(&h, 64).unwrap();
+    Pool::init(&p, &PoolConfig::small()).unwrap();
+    (name, s, m, h, p)
+}
+
+struct Kid {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    reaped: bool,
+}
+
+impl Drop for Kid {
+    /// A failing test must not leave its child behind.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Kid {
+    /// Re-executes this test binary running only `child_entry`, in role `role`.
+    fn spawn(role: &str, segment: &str, arg: &str) -> Kid {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ROLE, role)
+            .env(CHILD_SEGMENT, segment)
+            .env(CHILD_ARG, arg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Kid {
+            child,
+            out,
+            reaped: false,
+        }
+    }
+
+    /// Waits for a line starting with `prefix` and returns the rest.
+    fn expect(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "child exited before printing {prefix:?}");
+            // The harness may have printed "test child_entry ... " without a newline first.
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..].trim().to_owned();
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        // SAFETY: sends a signal to our own child's pid; no memory involved.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(r, 0);
+    }
+
+    fn wait_success(mut self) {
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        assert!(status.success(), "child failed: {status:?}");
+    }
+
+    fn wait_killed(mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "child was not killed: {status:?}"
+        );
+    }
+}
+
+/// Prints one line to the parent and flushes it at once (the parent waits for it).
+fn say(line: String) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// The child side of every test. Does nothing unless spawned by a test with a role.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(CHILD_ROLE) else {
+        return;
+    };
+    let name = std::env::var(CHILD_SEGMENT).unwrap();
+    let arg: u64 = std::env::var(CHILD_ARG).unwrap().parse().unwrap_or(0);
+    if role == "create-and-hang" {
+        let _seg = Segment::create(&name, &CreateOptions::new(1 << 16)).unwrap();
+        say("READY".into());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    if role == "open-only" {
+        match Segment::open(&name) {
+            Ok(_) => say("RESULT ok".into()),
+            Err(OpenError::PermissionDenied(_)) => say("RESULT permission-denied".into()),
+            Err(e) => say(format!("RESULT other {e}")),
+        }
+        std::process::exit(0);
+    }
+    let (s, m, h, p) = regions(Segment::open(&name).unwrap());
+    let strategy = WaitStrategy::default();
+    match role.as_str() {
+        "spsc-produce" => {
+            let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
+            say("READY".into());
+            for i in arg..arg + 100_000 {
+                tx.push_blocking(i, &strategy, secs(30)).unwrap();
+            }
+        }
+        "spsc-produce-forever" => {
+            let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
+            say("READY".into());
+            let mut i = 0;
+            loop {
+                tx.push_blocking(i, &strategy, secs(60)).unwrap();
+                i += 1;
+            }
+        }
+        "spsc-consume-forever" => {
+            let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+            say("READY".into());
+            loop {
+                std::hint::black_box(rx.pop_blocking(&strategy, secs(60)).unwrap());
+            }
+        }
+        "spsc-consume-check" => {
+            let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+            let first = rx.pop_blocking(&strategy, secs(30)).unwrap();
+            for k in 1..arg {
+                assert_eq!(rx.pop_blocking(&strategy, secs(30)).unwrap(), first + k);
+            }
+            say(format!("FIRST {first}"));
+        }
+        "spsc-wait-one" => {
+            let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+            say("READY".into());
+            let v = rx.pop_blocking(&strategy, secs(20)).unwrap();
+            say(format!("GOT {v}"));
+        }
+        "mpmc-produce" => {
+            let tx = mpmc::Producer::<u64>::attach(&m).unwrap();
+            say("READY".into());
+            for i in 0..arg {
+                tx.push_blocking(
+                    (u64::from(std::process::id()) << 32) | i,
+                    &strategy,
+                    secs(30),
+                )
+                .unwrap();
+            }
+        }
+        "mpmc-die-mid-push" => {
+            let tx = mpmc::Producer::<u64>::attach(&m).unwrap();
+            for i in 0..arg {
+                tx.push(i).unwrap();
+            }
+            tx.push_with(|slot| {
+                *slot = 0xDEAD;
+                say("CLAIMED".into());
+                // SAFETY: raising SIGKILL on ourselves; never returns.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            })
+            .unwrap();
+            unreachable!("killed inside push_with");
+        }
+        "mpmc-push-range" => {
+            let tx = mpmc::Producer::<u64>::attach(&m).unwrap();
+            for i in arg..arg + 10 {
+                tx.push(i).unwrap();
+            }
+        }
+        "pool-hold" => {
+            let pool = Pool::attach(&p).unwrap();
+            let me = pool.register_owner().unwrap();
+            for i in 0..arg {
+                let loan = pool.loan(me, if i % 2 == 0 { 100 } else { 3000 }).unwrap();
+                let _ = loan.into_id();
+            }
+            say(format!("READY {}", me.get()));
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        "pool-send" => {
+            let pool = Pool::attach(&p).unwrap();
+            let me = pool.register_owner().unwrap();
+            let mut tx = spsc::Producer::<[u64; 2]>::attach(&h).unwrap();
+            let mut loan = pool.loan(me, 200).unwrap();
+            loan.as_mut_slice()[..11].copy_from_slice(b"from child!");
+            let id = loan.into_id();
+            tx.push([id.raw(), u64::from(me.get())]).unwrap();
+            say("SENT".into());
+            // Stay alive until the parent has adopted the chunk (it pushes back a byte).
+            let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+            rx.pop_blocking(&strategy, secs(30)).unwrap();
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn spsc_streams_in_order_between_processes() {
+    let (name, s, ..) = fixture("spsc-order");
+    let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("spsc-produce", &name, "5");
+    kid.expect("READY");
+    for i in 5..100_005 {
+        assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
+    }
+    kid.wait_success();
+    assert!(rx.is_abandoned(), "producer role released at exit");
+    assert_eq!(rx.pop(), Err(spsc::PopError::Empty));
+}
+
+#[test]
+fn spsc_parked_consumer_is_woken_by_another_process() {
+    let (name, s, ..) = fixture("spsc-wake");
+    let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("spsc-wait-one", &name, "0");
+    kid.expect("READY");
+    // Long enough for the default strategy to stop spinning and park on the futex.
+    std::thread::sleep(Duration::from_millis(200));
+    tx.push(77).unwrap();
+    assert_eq!(kid.expect("GOT"), "77");
+    kid.wait_success();
+}
+
+#[test]
+fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
+    let (name, s, ..) = fixture("spsc-kill-producer");
+    let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("spsc-produce-forever", &name, "0");
+    kid.expect("READY");
+    let mut next = 0;
+    while next < 50_000 {
+        assert_eq!(
+            rx.pop_blocking(&WaitStrategy::default(), secs(30)),
+            Ok(next)
+        );
+        next += 1;
+    }
+    kid.kill9();
+    kid.wait_killed();
+    // Everything it published arrives, in order, with no gap and nothing half-written.
+    while let Ok(v) = rx.pop() {
+        assert_eq!(v, next);
+        next += 1;
+    }
+    assert!(rx.is_abandoned(), "a dead producer counts as gone");
+    // A new producer process takes the role over and the stream continues.
+    let kid = Kid::spawn("spsc-produce", &name, "1000000000");
+    for i in 1_000_000_000..1_000_100_000 {
+        assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
+    }
+    kid.wait_success();
+}
+
+#[test]
+fn spsc_consumer_killed_mid_stream_is_replaced() {
+    let (name, s, ..) = fixture("spsc-kill-consumer");
+    let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("spsc-consume-forever", &name, "0");
+    kid.expect("READY");
+    let mut next = 0u64;
+    while next < 50_000 {
+        tx.push_blocking(next, &WaitStrategy::default(), secs(30))
+            .unwrap();
+        next += 1;
+    }
+    kid.kill9();
+    kid.wait_killed();
+    assert!(tx.is_abandoned());
+    // Fill the ring: a blocked push notices that nobody will drain it.
+    let r = loop {
+        match tx.push_blocking(next, &WaitStrategy::default(), secs(30)) {
+            Ok(()) => next += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(r, spsc::PushError::Abandoned(_)), "{r:?}");
+    // A new consumer resumes exactly where the dead one stopped publishing its progress.
+    let kid = Kid::spawn("spsc-consume-check", &name, "2000");
+    let mut kid = kid;
+    for _ in 0..2000 {
+        tx.push_blocking(next, &WaitStrategy::default(), secs(30))
+            .unwrap();
+        next += 1;
+    }
+    let first: u64 = kid.expect("FIRST").parse().unwrap();
+    assert!(
+        first <= 50_000 && first + 2000 <= next,
+        "resumed at {first}"
+    );
+    kid.wait_success();
+}
+
+#[test]
+fn mpmc_two_producer_processes_deliver_everything_once_in_order() {
+    let (name, _s, m, ..) = fixture("mpmc-two");
+    let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
+    let per = 50_000u64;
+    let kids: Vec<Kid> = (0..2)
+        .map(|_| Kid::spawn("mpmc-produce", &name, &per.to_string()))
+        .collect();
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..2 * per {
+        let v = rx.pop_blocking(&WaitStrategy::default(), secs(30)).unwrap();
+        let e = next.entry(v >> 32).or_insert(0u64);
+        assert_eq!(v & 0xFFFF_FFFF, *e, "per-producer FIFO");
+        *e += 1;
+    }
+    assert_eq!(next.len(), 2);
+    for k in kids {
+        k.wait_success();
+    }
+    assert_eq!(rx.pop(), Err(mpmc::PopError::Empty));
+}
+
+#[test]
+fn mpmc_producer_killed_between_claim_and_publish_does_not_block_the_ring() {
+    let (name, _s, m, ..) = fixture("mpmc-kill-claim");
+    let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
+    let mut kid = Kid::spawn("mpmc-die-mid-push", &name, "10");
+    kid.expect("CLAIMED");
+    kid.wait_killed();
+    // Another producer process pushes behind the dead claim.
+    Kid::spawn("mpmc-push-range", &name, "100").wait_success();
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        got.push(rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap());
+    }
+    let expected: Vec<u64> = (0..10).chain(100..110).collect();
+    assert_eq!(
+        got, expected,
+        "the dead claim is skipped, nothing else is lost"
+    );
+    assert_eq!(rx.pop(), Err(mpmc::PopError::Empty));
+    // The ring keeps working for whole laps.
+    let tx = mpmc::Producer::<u64>::attach(&m).unwrap();
+    for lap in 0..3u64 {
+        for i in 0..MPMC_CAP as u64 {
+            tx.push(lap * 1000 + i).unwrap();
+        }
+        for i in 0..MPMC_CAP as u64 {
+            assert_eq!(rx.pop(), Ok(lap * 1000 + i));
+        }
+    }
+}
+
+#[test]
+fn pool_loan_holder_killed_is_reclaimed_without_leaks() {
+    let (name, .., p) = fixture("pool-kill");
+    let pool = Pool::attach(&p).unwrap();
+    let before = pool.stats();
+    let mut kid = Kid::spawn("pool-hold", &name, "10");
+    let owner: u32 = kid.expect("READY").parse().unwrap();
+    assert_eq!(pool.stats().in_use(), 10);
+    assert_eq!(pool.held_by(OwnerId::from_raw(owner).unwrap()), 10);
+    assert_eq!(
+        pool.reclaim_dead(),
+        (0, 0),
+        "a live owner is never reclaimed"
+    );
+    kid.kill9();
+    kid.wait_killed();
+    assert_eq!(pool.reclaim_dead(), (1, 10));
+    let after = pool.stats();
+    assert_eq!(after.in_use(), 0);
+    assert_eq!(after.owners, before.owners);
+    assert_eq!(
+        after.classes.iter().map(|c| c.free).collect::<Vec<_>>(),
+        before.classes.iter().map(|c| c.free).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn pool_chunk_moves_between_processes_by_id() {
+    let (name, s, _m, h, p) = fixture("pool-handoff");
+    let pool = Pool::attach(&p).unwrap();
+    let me = pool.register_owner().unwrap();
+    let mut rx = spsc::Consumer::<[u64; 2]>::attach(&h).unwrap();
+    let mut ack = spsc::Producer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("pool-send", &name, "0");
+    kid.expect("SENT");
+    let [id, from] = rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap();
+    let from = OwnerId::from_raw(from as u32).unwrap();
+    let loan = pool.adopt(ChunkId::from_raw(id), from, me).unwrap();
+    assert_eq!(&loan.as_slice()[..11], b"from child!");
+    assert!(
+        pool.adopt(ChunkId::from_raw(id), from, me).is_err(),
+        "adopted once"
+    );
+    ack.push(1).unwrap();
+    kid.wait_success();
+    drop(loan);
+    assert_eq!(pool.stats().in_use(), 0);
+}
+
+#[test]
+fn segment_errors_are_distinct() {
+    let dir = std::path::Path::new("/dev/shm");
+    let name = unique_name("seg-errors");
+    assert!(matches!(Segment::open(&name), Err(OpenError::NotFound(_))));
+    for bad in [
+        "",
+        "../etc/passwd",
+        "a/b",
+        ".hidden",
+        "sp ace",
+        &"x".repeat(201),
+    ] {
+        assert!(
+            matches!(Segment::open(bad), Err(OpenError::InvalidName(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            Segment::create(bad, &CreateOptions::new(4096)),
+            Err(CreateError::InvalidName(_))
+        ));
+    }
+    let path = dir.join(format!("shmr.{name}"));
+    // Too small to hold a header.
+    std::fs::write(&path, b"short").unwrap();
+    assert!(matches!(
+        Segment::open(&name),
+        Err(OpenError::TooSmall { .. })
+    ));
+    // Big enough, all zero: a creator that never finished.
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    assert!(matches!(
+        Segment::open(&name),
+        Err(OpenError::NotInitialised(_))
+    ));
+    // Garbage: not a segment.
+    std::fs::write(&path, vec![0xA5u8; 8192]).unwrap();
+    assert!(matches!(Segment::open(&name), Err(OpenError::BadMagic(_))));
+    // Right magic, layout version from the future.
+    let mut bytes = vec![0u8; 8192];
+    bytes[..8].copy_from_slice(&shm_ring::segment::SEGMENT_MAGIC.to_le_bytes());
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Segment::open(&name),
+        Err(OpenError::VersionMismatch {
+            what: "layout",
+            found: 99,
+            ..
+        })
+    ));
+    // A file whose creator is gone is stale; create replaces it.
+    let seg = Segment::create(&name, &CreateOptions::new(8192)).unwrap();
+    let mut opts = shm_ring::SegmentOpenOptions::default();
+    opts.user_version = Some(3);
+    assert!(matches!(
+        Segment::open_with(&name, &opts),
+        Err(OpenError::VersionMismatch {
+            what: "protocol",
+            found: 0,
+            expected: 3,
+            ..
+        })
+    ));
+    assert!(Segment::open(&name).is_ok());
+    assert!(
+        matches!(Segment::remove(&name, dir), Err(RemoveError::InUse(_))),
+        "live segments are never removed"
+    );
+    drop(seg);
+    assert!(!path.exists(), "the creator removes its name on drop");
+}
+
+#[test]
+fn segment_is_private_to_its_user_by_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = unique_name("seg-mode");
+    let seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+    let mode = std::fs::metadata(seg.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let name2 = unique_name("seg-mode-640");
+    let mut opts = CreateOptions::new(4096);
+    opts.mode = 0o640;
+    let seg2 = Segment::create(&name2, &opts).unwrap();
+    assert_eq!(
+        std::fs::metadata(seg2.path()).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}
+
+#[test]
+fn another_user_cannot_open_a_segment() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to run a child as another user (uid 65534)");
+        return;
+    }
+    let name = unique_name("seg-perm");
+    let _seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, "open-only")
+        .env(CHILD_SEGMENT, &name)
+        .env(CHILD_ARG, "0")
+        .uid(65534)
+        .gid(65534)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("RESULT permission-denied"), "{text}");
+        }
+        other => panic!(
+            "could not run the test binary as uid 65534 ({other:?}); the target directory must be \
+             readable by other users"
+        ),
+    }
+}
+
+#[test]
+fn live_segment_refuses_a_second_creator_and_stale_one_is_replaced() {
+    let name = unique_name("seg-stale");
+    let mut kid = Kid::spawn("create-and-hang", &name, "0");
+    kid.expect("READY");
+    let seg = Segment::open(&name).unwrap();
+    assert!(seg.creator_alive());
+    assert_eq!(seg.creator_pid(), kid.child.id());
+    let second = Segment::create(&name, &CreateOptions::new(4096));
+    assert!(
+        matches!(&second, Err(CreateError::AlreadyExists { pid, .. }) if *pid == kid.child.id()),
+        "{second:?}"
+    );
+    kid.kill9();
+    kid.wait_killed();
+    assert!(
+        !seg.creator_alive(),
+        "the kernel dropped the dead creator's lock"
+    );
+    assert!(matches!(
+        Segment::open(&name),
+        Err(OpenError::CreatorGone(_))
+    ));
+    let mut no_replace = CreateOptions::new(4096);
+    no_replace.replace_stale = false;
+    assert!(matches!(
+        Segment::create(&name, &no_replace),
+        Err(CreateError::Stale(_))
+    ));
+    let fresh = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+    assert!(fresh.is_creator());
+    assert!(Segment::open(&name).unwrap().creator_alive());
+    drop(fresh);
+    assert!(
+        matches!(Segment::open(&name), Err(OpenError::NotFound(_))),
+        "nothing left behind"
+    );
+}
