@@ -1,1 +1,1 @@
-//! Benchmark workloads.
+//! Benchmark workloads shared by the criterion suites and the `report` binary.

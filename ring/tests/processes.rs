@@ -518,8 +518,10 @@ fn segment_errors_are_distinct() {
     ));
     // A file whose creator is gone is stale; create replaces it.
     let seg = Segment::create(&name, &CreateOptions::new(8192)).unwrap();
-    let mut opts = shm_ring::SegmentOpenOptions::default();
-    opts.user_version = Some(3);
+    let opts = shm_ring::SegmentOpenOptions {
+        user_version: Some(3),
+        ..Default::default()
+    };
     assert!(matches!(
         Segment::open_with(&name, &opts),
         Err(OpenError::VersionMismatch {

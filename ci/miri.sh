@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the heap-backed unit tests under miri (strict provenance) when a nightly with miri exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+  if ! rustup component add miri --toolchain nightly >/dev/null 2>&1; then
+    echo "miri: SKIPPED (no nightly toolchain with the miri component can be installed on this machine)"
+    exit 0
+  fi
+fi
+MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" \
+  cargo +nightly miri test -p shm-ring --lib -- spsc:: mpmc:: pool:: wait::notify
