@@ -9,4 +9,6 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
   fi
 fi
 MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" \
-  cargo +nightly miri test -p shm-ring --lib -- spsc:: mpmc:: pool:: wait::notify
+  timeout 900 cargo +nightly miri test -p shm-ring --lib -- \
+    spsc::tests::fifo spsc::tests::batch spsc::tests::roles mpmc::tests::fifo mpmc::tests::panicking \
+    pool::tests::loans pool::tests::adopt pool::tests::reclaim_returns wait::tests::notify_without
