@@ -1,1 +1,11 @@
-//! Benchmark workloads shared by the criterion suites and the `report` binary.
+//! Benchmark workloads shared by the criterion suites and the `report` binary, plus the report
+//! writer (JSON, Markdown, PNG chart).
+//!
+//! Cross-process workloads re-execute the current binary as a child: a binary that uses them must
+//! call [`child::dispatch`] first thing in `main` (the `report` binary and the criterion suites do).
+
+pub mod child;
+pub mod plot;
+pub mod report;
+pub mod ring_work;
+pub mod stats;
