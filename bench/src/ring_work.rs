@@ -128,6 +128,23 @@ fn spin_for<T>(mut f: impl FnMut() -> Option<T>) -> Result<T> {
     }
 }
 
+/// Like [`spin_for`], but yields the core after a short spin: for workloads with more busy processes
+/// than cores, where a spinning waiter would burn the time slice its peer needs.
+#[inline]
+fn spin_then_yield_for<T>(mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let mut spins = 0u32;
+    spin_for(|| {
+        let r = f();
+        if r.is_none() {
+            spins += 1;
+            if spins > 64 {
+                std::thread::yield_now();
+            }
+        }
+        r
+    })
+}
+
 /// The floor: one cache line bounced between two threads pinned to different cores. Returns the
 /// one-way latency percentiles (round trip / 2), ns.
 ///
@@ -310,12 +327,20 @@ pub fn mpmc_throughput(items_per_producer: u64, producers: usize) -> Result<f64>
     let ctl = b.control()?;
     ctl.wait_for(ctl.ready(), producers as u32)?;
     let _pin = (producers < num_cores()).then(|| pin_to(0));
+    let oversubscribed = producers >= num_cores();
+    let wait = |f: &mut dyn FnMut() -> Option<Desc>| {
+        if oversubscribed {
+            spin_then_yield_for(f)
+        } else {
+            spin_for(f)
+        }
+    };
     let mut next = vec![0u64; producers];
     let total = items_per_producer * producers as u64;
     let start = Instant::now();
     ctl.go().store(1, Ordering::Release);
     for _ in 0..total {
-        let d = spin_for(|| rx.pop().ok())?;
+        let d = wait(&mut || rx.pop().ok())?;
         let p = d[1] as usize;
         ensure!(p < producers, "descriptor from unknown producer {p}");
         ensure!(
@@ -341,8 +366,13 @@ fn mpmc_producer(name: &str, items: u64, id: u64, producers: usize) -> Result<()
     let ctl = b.control()?;
     ctl.ready().fetch_add(1, Ordering::AcqRel);
     ctl.wait_go()?;
+    let oversubscribed = producers >= num_cores();
     for i in 0..items {
-        spin_for(|| tx.push([i, id]).ok())?;
+        if oversubscribed {
+            spin_then_yield_for(|| tx.push([i, id]).ok())?;
+        } else {
+            spin_for(|| tx.push([i, id]).ok())?;
+        }
     }
     Ok(())
 }
