@@ -181,7 +181,7 @@ impl Region {
     }
 
     /// Pointer to a `T` at `offset` inside the region, checked for bounds and alignment.
-    pub(crate) fn ptr_at<T>(&self, offset: usize) -> Option<NonNull<T>> {
+    pub fn ptr_at<T>(&self, offset: usize) -> Option<NonNull<T>> {
         let end = offset.checked_add(std::mem::size_of::<T>())?;
         if end > self.len || (self.offset + offset) % std::mem::align_of::<T>() != 0 {
             return None;

@@ -627,6 +627,15 @@ impl<T: Pod> Consumer<T> {
         self.shared.cap as usize
     }
 
+    /// Whether nothing is published past the consumers' position (a hint: another consumer may
+    /// take what is there first).
+    pub fn is_empty(&self) -> bool {
+        let h = self.shared.hdr();
+        // SYNC(tail): SeqCst so a waiter's readiness check pairs with the producers' SeqCst
+        // publication (the park/wake handshake, see wait.rs).
+        h.tail.load(Ordering::SeqCst) == h.head.load(Ordering::SeqCst)
+    }
+
     /// Pops one entry without waiting, skipping slots claimed by producers that died.
     ///
     /// # Errors

@@ -873,6 +873,11 @@ impl Pool {
     pub fn adopt(&self, id: ChunkId, from: OwnerId, to: OwnerId) -> Result<Loan<'_>, ChunkError> {
         let (_, h) = self.locate(id)?;
         let to_entry = self.owner_entry(to).ok_or(ChunkError::UnknownOwner(to.0))?;
+        // A vacant owner entry cannot receive chunks: nobody would ever return them. (A receiver
+        // that leaves between this check and the CAS is caught by `reclaim_orphans`.)
+        if to_entry.token.load(Ordering::Acquire) == 0 {
+            return Err(ChunkError::UnknownOwner(to.0));
+        }
         let from_entry = self
             .owner_entry(from)
             .ok_or(ChunkError::UnknownOwner(from.0))?;
@@ -896,6 +901,39 @@ impl Pool {
             generation: id.generation(),
             owner: to,
         })
+    }
+
+    /// The bytes of chunk `id`, if `owner` holds it under that generation (checked now; the caller
+    /// keeps to the ownership protocol for as long as it uses them).
+    ///
+    /// # Errors
+    ///
+    /// As for [`adopt`](Self::adopt).
+    pub fn chunk_slice(&self, id: ChunkId, owner: OwnerId) -> Result<&[u8], ChunkError> {
+        let (class, h) = self.locate(id)?;
+        let expected = (u64::from(id.generation()) << 32) | u64::from(owner.0);
+        // SYNC(owner): Acquire pairs with the Release/AcqRel of the CAS that gave us the chunk, so
+        // the previous owner's writes are visible.
+        let found = h.owner.load(Ordering::Acquire);
+        if found != expected {
+            return Err(ChunkError::NotOwned {
+                id: id.0,
+                expected: owner.0,
+                found,
+            });
+        }
+        // SAFETY: index < count (locate), so the chunk lies inside the data area; the owner word
+        // says it is `owner`'s, and peers following the protocol do not write it (a buggy peer
+        // writing here only changes bytes, which any &[u8] content may be).
+        unsafe {
+            Ok(std::slice::from_raw_parts(
+                class
+                    .data
+                    .add(id.index() as usize * class.chunk_size)
+                    .as_ptr(),
+                class.chunk_size,
+            ))
+        }
     }
 
     /// Returns chunk `id` held by `owner` to the pool.
@@ -986,6 +1024,34 @@ impl Pool {
             }
         }
         (owners, chunks)
+    }
+
+    /// Returns every chunk whose owner entry is vacant (its owner left or was reclaimed while a
+    /// chunk was being handed to it). Returns how many. Safe to run at any time: a chunk is freed
+    /// only if its owner word still holds the generation observed while the entry was vacant, and a
+    /// new loan always bumps the generation.
+    pub fn reclaim_orphans(&self) -> usize {
+        let mut n = 0;
+        for (ci, class) in self.classes.iter().enumerate() {
+            for index in 0..class.count {
+                let h = self.chunk_header(class, index);
+                // SYNC(owner): Acquire, then the entry's token with Acquire: a loan by a newly
+                // registered owner was made after its token store, so seeing the loan's owner word
+                // implies seeing the token (and we skip the chunk).
+                let w = h.owner.load(Ordering::Acquire);
+                let owner = w as u32;
+                if owner == 0 {
+                    continue;
+                }
+                let vacant = OwnerId::from_raw(owner)
+                    .and_then(|o| self.owner_entry(o))
+                    .is_some_and(|e| e.token.load(Ordering::Acquire) == 0);
+                if vacant && self.free_owned(ci as u8, index, h, (w >> 32) as u32, OwnerId(owner)) {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// A snapshot: free chunks and high-water mark per class, registered owners.

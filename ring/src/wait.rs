@@ -36,8 +36,10 @@ pub struct WaitWord {
 const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
 
 impl WaitWord {
-    /// A word with no waiters.
-    pub(crate) fn new() -> WaitWord {
+    /// A word with no waiters. Construct it in place (`ptr::write`) in shared memory before any
+    /// other process can see it.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> WaitWord {
         WaitWord {
             seq: AtomicU32::new(0),
             waiters: AtomicU32::new(0),

@@ -1,7 +1,52 @@
 //! shm-runtime: co-located processes send inference requests to a model server through shared
-//! memory and read the answers in place.
+//! memory, without copies.
 //!
-//! This crate is the runtime layer (protocol, server, scheduler, client). It builds on [`shm_ring`],
-//! re-exported here, which provides the segments, rings, pool and wait strategies.
+//! # What it guarantees
+//!
+//! * **Zero copy.** A client serializes its request (rkyv) straight into a chunk of the service's
+//!   shared pool and passes a 16-byte descriptor on a ring; the server validates the archive in
+//!   place and writes its answer straight into another chunk, which the client reads in place.
+//! * **Nothing from shared memory is trusted.** Descriptors, chunk ownership, archives (bytecheck)
+//!   and semantic limits are checked before use; bad input gets a typed error answer, never a panic
+//!   in the server.
+//! * **Every accepted request gets exactly one final answer** (result, error, timeout, cancellation
+//!   or shutdown), unless its client died; a dead client's slot, queued work and chunks are
+//!   reclaimed.
+//! * **A dead server is noticed**: blocked client calls return [`Error::ServerGone`] within about
+//!   20 ms.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use shm_runtime::protocol::{Input, Params, Request, Task};
+//! use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+//!
+//! let server = Server::start(ServerConfig::new("doc-svc", vec![ModelConfig::new("echo", "echo")]))?;
+//! let client = Client::connect("doc-svc")?;
+//! let answer = client.infer(&Request {
+//!     id: 0,
+//!     model: "echo".into(),
+//!     task: Task::Generate,
+//!     input: Input::Text("hello".into()),
+//!     params: Params::default(),
+//! })?;
+//! println!("{:?}", answer.response()?.body);
+//! # drop(server);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub use shm_ring as ring;
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+
+pub use client::{Client, ClientOptions, ResponseView, Ticket};
+pub use config::{ModelConfig, ServerConfig};
+pub use error::Error;
+pub use server::{Server, ServerError};

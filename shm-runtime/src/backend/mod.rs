@@ -1,0 +1,67 @@
+//! Model backends behind one trait. Built in: [`echo`] and [`sleep`] (a configurable delay), used
+//! to test and measure everything but the model libraries.
+
+pub mod echo;
+pub mod sleep;
+
+use std::time::Instant;
+
+use crate::protocol::{ArchivedRequest, Body, StreamChunk, Task};
+
+/// Why a run stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The client cancelled the request.
+    Cancelled,
+    /// The deadline passed.
+    TimedOut,
+    /// The client is gone.
+    ClientGone,
+}
+
+/// Why a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The request does not suit this model (wrong task, tensor names, shapes...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The run was stopped between steps.
+    #[error("stopped: {0:?}")]
+    Stopped(Stop),
+    /// The model failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a backend sees of the server while it runs a request: the deadline, the cancel flag, and
+/// the stream it may emit chunks to.
+pub trait RunContext {
+    /// Whether to stop now (cancelled, deadline passed, client gone). Backends call it between
+    /// steps; it may also take in new requests, so call it at least every few milliseconds.
+    fn should_stop(&mut self) -> Option<Stop>;
+    /// Sends one stream chunk to the client (only when the request asked to stream).
+    ///
+    /// # Errors
+    ///
+    /// [`Stop`] when the run should end instead.
+    fn emit(&mut self, chunk: StreamChunk) -> Result<(), Stop>;
+    /// The request's deadline.
+    fn deadline(&self) -> Instant;
+}
+
+/// A loaded model.
+pub trait Backend: Send + Sync + 'static {
+    /// The tasks it does.
+    fn tasks(&self) -> &[Task];
+    /// Runs one request, validated against the protocol limits already. Returns the final body.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError`].
+    fn run(&self, req: &ArchivedRequest, ctx: &mut dyn RunContext) -> Result<Body, BackendError>;
+}
+
+/// Bit mask of tasks, as stored in the model table.
+pub fn task_mask(tasks: &[Task]) -> u32 {
+    tasks.iter().fold(0, |m, t| m | (1 << (*t as u32)))
+}

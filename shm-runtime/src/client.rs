@@ -1,0 +1,586 @@
+//! The client library: attach to a service by name, submit requests serialized straight into
+//! shared memory, receive answers as zero-copy views.
+//!
+//! A [`Client`] is `Send + Sync` and cheap to clone: threads of one process share one connection
+//! (one client slot). Answers arrive on one response ring; whichever waiting thread holds the
+//! "leader" role pops it and routes it to the ticket it belongs to.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use shm_ring::pool::{ChunkId, OwnerId, Pool};
+use shm_ring::process::ProcessToken;
+use shm_ring::{mpmc, OpenError, Segment, SegmentOpenOptions, WaitStrategy};
+
+use crate::error::Error;
+use crate::protocol::{
+    access_response, desc, encode_into, parse_desc, ArchivedBody, ArchivedResponse, Desc, DescKind,
+    ErrorCode, Request, PROTOCOL_VERSION,
+};
+use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
+
+/// How a client waits.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How a thread waiting for an answer waits.
+    pub wait: WaitStrategy,
+    /// Deadline of calls that do not give one.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            wait: WaitStrategy::default(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(pub u32);
+
+#[derive(Debug)]
+struct Pending {
+    lane: usize,
+    request_id: u64,
+    arrived: VecDeque<Desc>,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    leader: bool,
+    pending: HashMap<u32, Pending>,
+}
+
+struct Inner {
+    svc: Service,
+    pool: Pool,
+    owner: OwnerId,
+    slot: usize,
+    epoch: u32,
+    requests: Vec<mpmc::Producer<Desc>>,
+    responses: mpmc::Consumer<Desc>,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    next_ticket: AtomicU32,
+    nonce: u64,
+    options: ClientOptions,
+}
+
+/// A connection to a service.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("slot", &self.inner.slot)
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+fn open_error(name: &str, e: OpenError) -> Error {
+    match e {
+        OpenError::NotFound(_) | OpenError::CreatorGone(_) | OpenError::NotInitialised(_) => {
+            Error::ServiceNotFound(name.to_owned())
+        }
+        OpenError::VersionMismatch {
+            found, expected, ..
+        } => Error::VersionMismatch { found, expected },
+        other => Error::Attach(other.to_string()),
+    }
+}
+
+impl Client {
+    /// Attaches to the service `name` with default options.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ServiceNotFound`], [`Error::VersionMismatch`], [`Error::Attach`], or
+    /// [`Error::Busy`] when every client slot is taken.
+    pub fn connect(name: &str) -> Result<Client, Error> {
+        Client::connect_with(name, ClientOptions::default())
+    }
+
+    /// Attaches to the service `name`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`connect`](Self::connect).
+    pub fn connect_with(name: &str, options: ClientOptions) -> Result<Client, Error> {
+        let opts = SegmentOpenOptions {
+            user_version: Some(PROTOCOL_VERSION),
+            ..SegmentOpenOptions::default()
+        };
+        let seg = Segment::open_with(name, &opts).map_err(|e| open_error(name, e))?;
+        let svc = Service::attach(Arc::new(seg)).map_err(|e| match e {
+            LayoutError::NotReady => Error::ServiceNotFound(name.to_owned()),
+            LayoutError::Version { found, expected } => Error::VersionMismatch { found, expected },
+            other => Error::Attach(other.to_string()),
+        })?;
+        let pool = Pool::attach(&svc.pool_region()).map_err(|e| Error::Attach(e.to_string()))?;
+        let owner = pool
+            .register_owner()
+            .map_err(|e| Error::Busy(format!("no pool owner entry free: {e}")))?;
+        let me = ProcessToken::current().raw();
+        let slot = (0..svc.layout.max_clients).find(|&c| {
+            svc.client(c)
+                .token
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
+        let Some(slot) = slot else {
+            pool.unregister_owner(owner);
+            return Err(Error::Busy("every client slot is taken".into()));
+        };
+        let e = svc.client(slot);
+        let setup = || -> Result<(Vec<mpmc::Producer<Desc>>, mpmc::Consumer<Desc>), Error> {
+            let responses = mpmc::Consumer::attach(&svc.response_ring(slot))
+                .map_err(|e| Error::Attach(e.to_string()))?;
+            let requests = (0..svc.layout.lanes)
+                .map(|l| mpmc::Producer::attach(&svc.request_ring(slot, l)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Attach(e.to_string()))?;
+            Ok((requests, responses))
+        };
+        let (requests, responses) = match setup() {
+            Ok(v) => v,
+            Err(err) => {
+                e.token.store(0, Ordering::Release);
+                pool.unregister_owner(owner);
+                return Err(err);
+            }
+        };
+        // Answers left for a previous holder of this slot: return their chunks.
+        while let Ok(d) = responses.pop() {
+            if let Some((_, chunk, _, _)) = parse_desc(d) {
+                let _ = pool.release(ChunkId::from_raw(chunk), owner);
+            }
+        }
+        e.owner.store(owner.get(), Ordering::Relaxed);
+        e.inflight.store(0, Ordering::Relaxed);
+        let epoch = e.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        // SYNC(state): Release publishes owner and epoch to workers' Acquire in sync_clients.
+        e.state.store(CLIENT_ACTIVE, Ordering::Release);
+        svc.header().active.fetch_or(1u64 << slot, Ordering::AcqRel);
+        let nonce = (u64::from(std::process::id()) << 32) ^ (u64::from(epoch) << 16) ^ slot as u64;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                svc,
+                pool,
+                owner,
+                slot,
+                epoch,
+                requests,
+                responses,
+                inbox: Mutex::new(Inbox::default()),
+                arrived: Condvar::new(),
+                next_ticket: AtomicU32::new(1),
+                nonce: nonce << 24,
+                options,
+            }),
+        })
+    }
+
+    /// The models the service serves.
+    pub fn models(&self) -> Vec<String> {
+        let svc = &self.inner.svc;
+        let n = svc.header().models.load(Ordering::Acquire) as usize;
+        (0..n.min(crate::service::MAX_MODELS))
+            .filter_map(|i| svc.model_name(i))
+            .collect()
+    }
+
+    /// Sends a request without waiting for the answer. The request is serialized straight into a
+    /// shared chunk; its `id` is replaced by one unique to this connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModelNotFound`] for a model the service does not serve,
+    /// [`Error::InvalidRequest`] when it does not fit the largest chunk, [`Error::Busy`] when
+    /// the pool or the request ring is full, [`Error::ServerGone`].
+    pub fn submit(&self, request: &Request) -> Result<Ticket, Error> {
+        let inner = &*self.inner;
+        if !inner.svc.server_alive() {
+            return Err(Error::ServerGone);
+        }
+        let (lane, tasks) = inner
+            .svc
+            .find_model(&request.model)
+            .ok_or_else(|| Error::ModelNotFound(request.model.clone()))?;
+        if tasks & (1 << (request.task as u32)) == 0 {
+            return Err(Error::ModelNotFound(format!(
+                "model {:?} does not do {:?}",
+                request.model, request.task
+            )));
+        }
+        let producer = inner
+            .requests
+            .get(lane)
+            .ok_or_else(|| Error::Protocol(format!("lane {lane} out of range")))?;
+        let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let request_id = inner.nonce | u64::from(ticket & 0xFF_FFFF);
+        let mut req = request.clone();
+        req.id = request_id;
+        let max = inner.pool.max_chunk_size();
+        let mut size = estimate(&req).min(max);
+        let (chunk, len) = loop {
+            let mut loan = inner
+                .pool
+                .loan(inner.owner, size)
+                .map_err(|e| Error::Busy(format!("no shared memory for the request: {e}")))?;
+            match encode_into(&req, loan.as_mut_slice()) {
+                Ok(len) => break (loan.into_id(), len),
+                Err(_) if size < max => size = (size * 2).min(max),
+                Err(_) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "the request does not fit the largest chunk ({max} bytes)"
+                    )))
+                }
+            }
+        };
+        inner.inbox().pending.insert(
+            ticket,
+            Pending {
+                lane,
+                request_id,
+                arrived: VecDeque::new(),
+            },
+        );
+        if let Err(e) = producer.push(desc(DescKind::Request, chunk.raw(), len as u32, ticket)) {
+            inner.inbox().pending.remove(&ticket);
+            let _ = inner.pool.release(chunk, inner.owner);
+            return Err(Error::Busy(format!("the request ring is full: {e}")));
+        }
+        inner.svc.lane(lane).doorbell.notify();
+        Ok(Ticket(ticket))
+    }
+
+    /// The next answer for `ticket`: a stream chunk or the final answer. After the final answer the
+    /// ticket is done.
+    ///
+    /// # Errors
+    ///
+    /// The error answer of the server ([`Error::TimedOut`], [`Error::Cancelled`],
+    /// [`Error::InvalidRequest`]...), [`Error::TimedOut`] when `timeout` passes first (the request
+    /// stays in flight), [`Error::ServerGone`], [`Error::UnknownTicket`].
+    pub fn recv(&self, ticket: Ticket, timeout: Duration) -> Result<ResponseView, Error> {
+        let deadline = Instant::now() + timeout;
+        let d = self.inner.next_for(ticket.0, deadline)?;
+        self.view(ticket.0, d)
+    }
+
+    fn view(&self, ticket: u32, d: Desc) -> Result<ResponseView, Error> {
+        let inner = &*self.inner;
+        let (kind, chunk, len, _) =
+            parse_desc(d).ok_or_else(|| Error::Protocol("unknown descriptor kind".into()))?;
+        let final_ = kind != DescKind::Partial;
+        let request_id = {
+            let mut inbox = inner.inbox();
+            let id = inbox.pending.get(&ticket).map(|p| p.request_id);
+            if final_ {
+                inbox.pending.remove(&ticket);
+            }
+            id.unwrap_or(0)
+        };
+        if kind == DescKind::InlineError {
+            let code = ErrorCode::from_u8(len as u8)
+                .ok_or_else(|| Error::Protocol(format!("unknown error code {len}")))?;
+            return Err(Error::from_code(code, format!("{code:?}")));
+        }
+        let view = ResponseView {
+            client: self.inner.clone(),
+            chunk: ChunkId::from_raw(chunk),
+            len: len as usize,
+            is_final: final_,
+        };
+        let resp = view.response()?;
+        if resp.id != request_id {
+            return Err(Error::Protocol(format!(
+                "answer for request {} arrived for {request_id}",
+                resp.id
+            )));
+        }
+        if let ArchivedBody::Error(e) = &resp.body {
+            return Err(Error::from_code(
+                e.code.to_native(),
+                e.message.as_str().to_owned(),
+            ));
+        }
+        Ok(view)
+    }
+
+    /// Submits and waits for the final answer (streamed chunks are skipped).
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit) and [`recv`](Self::recv). On a client-side timeout the
+    /// request is cancelled.
+    pub fn infer(&self, request: &Request) -> Result<ResponseView, Error> {
+        self.infer_timeout(request, self.inner.options.timeout)
+    }
+
+    /// [`infer`](Self::infer) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As for [`infer`](Self::infer).
+    pub fn infer_timeout(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<ResponseView, Error> {
+        let ticket = self.submit(request)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(ticket, left) {
+                Ok(v) if v.is_final() => return Ok(v),
+                Ok(_) => continue,
+                Err(Error::TimedOut) if Instant::now() >= deadline => {
+                    let _ = self.cancel(ticket);
+                    self.inner.inbox().pending.remove(&ticket.0);
+                    return Err(Error::TimedOut);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Submits a request with `stream` set and returns an iterator over its chunks; the last item
+    /// is the final answer.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit).
+    pub fn stream(&self, request: &Request) -> Result<Stream, Error> {
+        let mut req = request.clone();
+        req.params.stream = true;
+        let ticket = self.submit(&req)?;
+        Ok(Stream {
+            client: self.clone(),
+            ticket,
+            done: false,
+            deadline: Instant::now() + self.inner.options.timeout,
+        })
+    }
+
+    /// Asks the server to cancel a request (queued or running). Its final answer is `Cancelled`
+    /// unless it finished first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTicket`], [`Error::Busy`] when the ring is full.
+    pub fn cancel(&self, ticket: Ticket) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let lane = inner
+            .inbox()
+            .pending
+            .get(&ticket.0)
+            .map(|p| p.lane)
+            .ok_or(Error::UnknownTicket(ticket.0))?;
+        inner.requests[lane]
+            .push(desc(DescKind::Cancel, 0, 0, ticket.0))
+            .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
+        inner.svc.lane(lane).doorbell.notify();
+        Ok(())
+    }
+
+    /// Requests this client has in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inner.inbox().pending.len()
+    }
+}
+
+impl Inner {
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the next descriptor of `ticket`, taking the leader role (popping the ring and
+    /// routing) when nobody holds it.
+    fn next_for(&self, ticket: u32, deadline: Instant) -> Result<Desc, Error> {
+        let mut inbox = self.inbox();
+        loop {
+            match inbox.pending.get_mut(&ticket) {
+                None => return Err(Error::UnknownTicket(ticket)),
+                Some(p) => {
+                    if let Some(d) = p.arrived.pop_front() {
+                        return Ok(d);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::TimedOut);
+            }
+            if inbox.leader {
+                let slice = (deadline - now).min(Duration::from_millis(20));
+                inbox = self
+                    .arrived
+                    .wait_timeout(inbox, slice)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            inbox.leader = true;
+            drop(inbox);
+            let slice = deadline.min(now + Duration::from_millis(20));
+            let popped = self.responses.pop_blocking(&self.options.wait, slice);
+            inbox = self.inbox();
+            inbox.leader = false;
+            match popped {
+                Ok(d) => {
+                    let t = d[1] as u32;
+                    match inbox.pending.get_mut(&t) {
+                        Some(p) => p.arrived.push_back(d),
+                        None => {
+                            // An answer nobody waits for (abandoned after a timeout): return it.
+                            if let Some((_, chunk, _, _)) = parse_desc(d) {
+                                let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
+                            }
+                        }
+                    }
+                }
+                Err(_) => {
+                    if !self.svc.server_alive() {
+                        self.arrived.notify_all();
+                        return Err(Error::ServerGone);
+                    }
+                }
+            }
+            self.arrived.notify_all();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let e = self.svc.client(self.slot);
+        let me = ProcessToken::current().raw();
+        if e.epoch.load(Ordering::Acquire) == self.epoch && e.token.load(Ordering::Acquire) == me {
+            e.state.store(CLIENT_FREE, Ordering::Release);
+            self.svc
+                .header()
+                .active
+                .fetch_and(!(1u64 << self.slot), Ordering::AcqRel);
+            // Answers still on the ring are ours: return them with the rest of our chunks.
+            self.pool.unregister_owner(self.owner);
+            let _ = e
+                .token
+                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+fn estimate(req: &Request) -> usize {
+    use crate::protocol::Input;
+    let input = match &req.input {
+        Input::Text(t) => t.len(),
+        Input::Tokens(t) => t.len() * 4,
+        Input::Chat(m) => m.iter().map(|m| m.content.len() + m.role.len() + 16).sum(),
+        Input::Tensors(ts) => ts
+            .iter()
+            .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
+            .sum(),
+    };
+    input + req.model.len() + req.params.stop.iter().map(|s| s.len() + 8).sum::<usize>() + 256
+}
+
+/// An answer in shared memory, read in place; its chunk returns to the pool on drop.
+pub struct ResponseView {
+    client: Arc<Inner>,
+    chunk: ChunkId,
+    len: usize,
+    is_final: bool,
+}
+
+impl std::fmt::Debug for ResponseView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseView")
+            .field("chunk", &self.chunk)
+            .field("len", &self.len)
+            .field("final", &self.is_final)
+            .finish()
+    }
+}
+
+impl ResponseView {
+    /// The archived response (validated on every call: the bytes are in shared memory).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
+    pub fn response(&self) -> Result<&ArchivedResponse, Error> {
+        let bytes = self
+            .client
+            .pool
+            .chunk_slice(self.chunk, self.client.owner)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = bytes
+            .get(..self.len)
+            .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))?;
+        access_response(bytes).map_err(Error::Protocol)
+    }
+
+    /// Whether this is the final answer of its request.
+    pub fn is_final(&self) -> bool {
+        self.is_final
+    }
+
+    /// Size of the archived answer in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the archive is empty (never, for a valid answer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for ResponseView {
+    fn drop(&mut self) {
+        let _ = self.client.pool.release(self.chunk, self.client.owner);
+    }
+}
+
+/// The chunks of a streamed answer, then its final answer.
+#[derive(Debug)]
+pub struct Stream {
+    client: Client,
+    ticket: Ticket,
+    done: bool,
+    deadline: Instant,
+}
+
+impl Stream {
+    /// The request's ticket (for [`Client::cancel`]).
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Result<ResponseView, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let r = self.client.recv(self.ticket, left);
+        match &r {
+            Ok(v) if !v.is_final() => {}
+            _ => self.done = true,
+        }
+        Some(r)
+    }
+}

@@ -1,0 +1,201 @@
+//! Server configuration: from a TOML file or built in code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shm_ring::pool::PoolConfig;
+use shm_ring::WaitStrategy;
+
+use crate::protocol::Limits;
+
+/// One model to load.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients use.
+    pub name: String,
+    /// `echo`, `sleep` (built in), `onnx` or `gguf` (features).
+    pub backend: String,
+    /// Model file, for backends that load one.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Task for backends that do several.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Backend options.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+impl ModelConfig {
+    /// A model with no file or options.
+    pub fn new(name: &str, backend: &str) -> ModelConfig {
+        ModelConfig {
+            name: name.to_owned(),
+            backend: backend.to_owned(),
+            path: None,
+            task: None,
+            options: toml::Table::new(),
+        }
+    }
+}
+
+/// Everything a server needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Service name (the segment's name).
+    pub name: String,
+    /// Models, one lane each.
+    pub models: Vec<ModelConfig>,
+    /// Client slots (<= 64).
+    pub max_clients: usize,
+    /// Entries per ring (power of two).
+    pub ring_capacity: usize,
+    /// Pool size classes.
+    pub pool: PoolConfig,
+    /// Worker threads per lane.
+    pub workers_per_lane: usize,
+    /// CPUs to pin workers to, in order (empty: no pinning).
+    pub cores: Vec<usize>,
+    /// How idle workers wait.
+    pub wait: WaitStrategy,
+    /// Most requests one client may have in flight.
+    pub max_inflight: u32,
+    /// Deadline for requests that do not set `timeout_ms`.
+    pub default_timeout: Duration,
+    /// Semantic limits.
+    pub limits: Limits,
+    /// Copy each request into worker-private memory before validating it.
+    pub hardened: bool,
+}
+
+impl ServerConfig {
+    /// Defaults for a service `name` serving `models`.
+    pub fn new(name: &str, models: Vec<ModelConfig>) -> ServerConfig {
+        ServerConfig {
+            name: name.to_owned(),
+            models,
+            max_clients: 32,
+            ring_capacity: 256,
+            pool: PoolConfig::standard(),
+            workers_per_lane: 1,
+            cores: Vec::new(),
+            wait: WaitStrategy::default(),
+            max_inflight: 64,
+            default_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            hardened: false,
+        }
+    }
+}
+
+/// The TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default, rename = "model")]
+    models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    max_clients: Option<usize>,
+    ring_capacity: Option<usize>,
+    workers_per_lane: Option<usize>,
+    cores: Option<Vec<usize>>,
+    wait: Option<String>,
+    max_inflight: Option<u32>,
+    default_timeout_ms: Option<u64>,
+    hardened: Option<bool>,
+}
+
+/// Parses a wait strategy name: `busy`, `yield`, `park` (default) or `park:MICROS`.
+///
+/// # Errors
+///
+/// For any other text.
+pub fn parse_wait(s: &str) -> Result<WaitStrategy, String> {
+    match s {
+        "busy" => Ok(WaitStrategy::BusySpin),
+        "yield" => Ok(WaitStrategy::Yield),
+        "park" => Ok(WaitStrategy::default()),
+        other => match other.strip_prefix("park:").map(str::parse::<u64>) {
+            Some(Ok(us)) => Ok(WaitStrategy::SpinThenPark {
+                spin: Duration::from_micros(us),
+            }),
+            _ => Err(format!(
+                "unknown wait strategy {other:?} (busy, yield, park, park:MICROS)"
+            )),
+        },
+    }
+}
+
+/// Reads a TOML configuration file. `name` overrides the file's `service`.
+///
+/// ```toml
+/// service = "demo"
+/// [server]
+/// workers_per_lane = 1
+/// cores = [1]
+/// wait = "park"
+/// [[model]]
+/// name = "echo"
+/// backend = "echo"
+/// ```
+///
+/// # Errors
+///
+/// A sentence naming the file and what is wrong.
+pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let f: File = toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let name = name.map(str::to_owned).or(f.service).ok_or_else(|| {
+        format!(
+            "config {}: no service name (set `service` or pass --name)",
+            path.display()
+        )
+    })?;
+    let mut c = ServerConfig::new(&name, f.models);
+    let s = f.server;
+    if let Some(v) = s.max_clients {
+        c.max_clients = v;
+    }
+    if let Some(v) = s.ring_capacity {
+        c.ring_capacity = v;
+    }
+    if let Some(v) = s.workers_per_lane {
+        c.workers_per_lane = v;
+    }
+    if let Some(v) = s.cores {
+        c.cores = v;
+    }
+    if let Some(v) = s.wait {
+        c.wait = parse_wait(&v)?;
+    }
+    if let Some(v) = s.max_inflight {
+        c.max_inflight = v;
+    }
+    if let Some(v) = s.default_timeout_ms {
+        c.default_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = s.hardened {
+        c.hardened = v;
+    }
+    // Relative model paths are relative to the config file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for m in &mut c.models {
+        if let Some(p) = &m.path {
+            if p.is_relative() {
+                m.path = Some(base.join(p));
+            }
+        }
+    }
+    Ok(c)
+}

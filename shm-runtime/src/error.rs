@@ -1,0 +1,68 @@
+//! The errors a client sees.
+
+use crate::protocol::ErrorCode;
+
+/// Why a call on a [`Client`](crate::Client) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No service of that name is running (no segment, or its server died).
+    #[error("no service named {0:?} is running")]
+    ServiceNotFound(String),
+    /// The service speaks another protocol version.
+    #[error("the service speaks protocol {found}, this client {expected}")]
+    VersionMismatch {
+        /// The service's version.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The service segment cannot be used (permissions, corruption).
+    #[error("cannot attach to the service: {0}")]
+    Attach(String),
+    /// The server stopped or died while the call was waiting.
+    #[error("the server has gone")]
+    ServerGone,
+    /// Too many requests in flight, or no free client slot or memory: try again later.
+    #[error("the service is busy: {0}")]
+    Busy(String),
+    /// The deadline passed.
+    #[error("the request timed out")]
+    TimedOut,
+    /// The request was cancelled.
+    #[error("the request was cancelled")]
+    Cancelled,
+    /// The request is malformed or breaks a limit.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No such model, or it does not do that task.
+    #[error("model not found: {0}")]
+    ModelNotFound(String),
+    /// The model backend failed.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// The server is shutting down and takes no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The ticket is not one of this client's requests in flight.
+    #[error("unknown ticket {0}")]
+    UnknownTicket(u32),
+    /// The server sent something this client cannot read.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The client-side error for an error answer of the server.
+    pub fn from_code(code: ErrorCode, message: String) -> Error {
+        match code {
+            ErrorCode::InvalidRequest => Error::InvalidRequest(message),
+            ErrorCode::ModelNotFound => Error::ModelNotFound(message),
+            ErrorCode::Busy => Error::Busy(message),
+            ErrorCode::TimedOut => Error::TimedOut,
+            ErrorCode::Cancelled => Error::Cancelled,
+            ErrorCode::Backend => Error::Backend(message),
+            ErrorCode::ShuttingDown => Error::ShuttingDown,
+            ErrorCode::ResourceExhausted => Error::Busy(message),
+        }
+    }
+}

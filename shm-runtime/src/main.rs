@@ -1,0 +1,302 @@
+//! The `shm-runtime` command: `serve`, `status`, `ping`, `cleanup`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::ring::{Segment, SegmentOpenOptions};
+use shm_runtime::service::Service;
+use shm_runtime::{config, Client, ModelConfig, Server, ServerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "shm-runtime",
+    version,
+    about = "Zero-copy shared-memory model server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve models under a service name until SIGINT or SIGTERM (then drain and stop).
+    Serve {
+        /// Service name (the shared-memory segment's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// TOML configuration file ([server] section and [[model]] entries).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A model as NAME=BACKEND (built in: echo, sleep); may repeat.
+        #[arg(long = "model", value_name = "NAME=BACKEND")]
+        models: Vec<String>,
+        /// Wait strategy of idle workers: busy, yield, park, park:MICROS.
+        #[arg(long)]
+        wait: Option<String>,
+        /// CPUs to pin workers to, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        cores: Vec<usize>,
+        /// Copy each request into worker-private memory before validating it.
+        #[arg(long)]
+        hardened: bool,
+        /// Seconds queued and running requests may take to finish on shutdown.
+        #[arg(long, default_value_t = 5)]
+        grace: u64,
+    },
+    /// Print a running service's counters.
+    Status {
+        /// Service name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send echo requests and print round-trip times.
+    Ping {
+        /// Service name.
+        name: String,
+        /// Model to ping (an echo model).
+        #[arg(long, default_value = "echo")]
+        model: String,
+        /// Number of requests.
+        #[arg(short, long, default_value_t = 5)]
+        count: u32,
+    },
+    /// Remove a service segment whose server has died (never a live one).
+    Cleanup {
+        /// Service name.
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            name,
+            config,
+            models,
+            wait,
+            cores,
+            hardened,
+            grace,
+        } => serve(name, config, models, wait, cores, hardened, grace),
+        Cmd::Status { name, json } => status(&name, json),
+        Cmd::Ping { name, model, count } => ping(&name, &model, count),
+        Cmd::Cleanup { name } => cleanup(&name),
+    }
+}
+
+fn serve(
+    name: Option<String>,
+    config_path: Option<PathBuf>,
+    models: Vec<String>,
+    wait: Option<String>,
+    cores: Vec<usize>,
+    hardened: bool,
+    grace: u64,
+) -> Result<()> {
+    let mut cfg = match &config_path {
+        Some(p) => config::load(p, name.as_deref()).map_err(anyhow::Error::msg)?,
+        None => {
+            let Some(name) = name else {
+                bail!("give a service name with --name (or a --config file that sets one)");
+            };
+            ServerConfig::new(&name, Vec::new())
+        }
+    };
+    for m in &models {
+        let Some((n, b)) = m.split_once('=') else {
+            bail!("--model wants NAME=BACKEND, got {m:?}");
+        };
+        cfg.models.push(ModelConfig::new(n, b));
+    }
+    if cfg.models.is_empty() {
+        bail!("no models: pass --model NAME=BACKEND or a --config file with [[model]] entries");
+    }
+    if let Some(w) = wait {
+        cfg.wait = config::parse_wait(&w).map_err(anyhow::Error::msg)?;
+    }
+    if !cores.is_empty() {
+        cfg.cores = cores;
+    }
+    cfg.hardened |= hardened;
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let server = Server::start(cfg)?;
+    println!("serving {:?}; stop with Ctrl-C", server.name());
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("draining (up to {grace} s)");
+    server.shutdown(Duration::from_secs(grace));
+    Ok(())
+}
+
+fn open_service(name: &str) -> Result<Service> {
+    let seg = Segment::open_with(
+        name,
+        &SegmentOpenOptions {
+            allow_stale: true,
+            ..SegmentOpenOptions::default()
+        },
+    )
+    .with_context(|| format!("opening service {name:?}"))?;
+    Service::attach(Arc::new(seg)).with_context(|| format!("reading service {name:?}"))
+}
+
+fn status(name: &str, json: bool) -> Result<()> {
+    let svc = open_service(name)?;
+    let h = svc.header();
+    let st = svc.stats();
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let state = match h.state.load(Ordering::Acquire) {
+        0 => "starting",
+        1 => "running",
+        2 => "draining",
+        _ => "stopped",
+    };
+    let alive = svc.server_alive();
+    let lanes: Vec<_> = (0..svc.layout.lanes)
+        .map(|l| {
+            let lh = svc.lane(l);
+            serde_json::json!({
+                "model": svc.model_name(l),
+                "queued": ld(&lh.queued),
+                "running": ld(&lh.running),
+                "accepted": ld(&lh.accepted),
+                "completed": ld(&lh.completed),
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..svc.layout.max_clients)
+        .filter_map(|c| {
+            let e = svc.client(c);
+            let token = e.token.load(Ordering::Relaxed);
+            (token != 0).then(|| {
+                serde_json::json!({
+                    "slot": c,
+                    "pid": token >> 32,
+                    "inflight": e.inflight.load(Ordering::Relaxed),
+                    "requests": ld(&e.requests),
+                    "errors": ld(&e.errors),
+                })
+            })
+        })
+        .collect();
+    let names = [
+        "",
+        "invalid_request",
+        "model_not_found",
+        "busy",
+        "timed_out",
+        "cancelled",
+        "backend",
+        "shutting_down",
+        "resource_exhausted",
+    ];
+    let errors: serde_json::Map<_, _> = (1..names.len())
+        .map(|i| (names[i].to_owned(), serde_json::json!(ld(&st.errors[i]))))
+        .collect();
+    let hist: Vec<u64> = st.latency_us_log2.iter().map(ld).collect();
+    let pool = shm_runtime::ring::pool::Pool::attach(&svc.pool_region())?.stats();
+    let pool_json: Vec<_> = pool
+        .classes
+        .iter()
+        .map(|c| serde_json::json!({"chunk_size": c.chunk_size, "free": c.free, "count": c.count, "high_water": c.high_water}))
+        .collect();
+    let v = serde_json::json!({
+        "service": name,
+        "state": state,
+        "server_alive": alive,
+        "server_pid": h.server_pid.load(Ordering::Relaxed),
+        "requests": ld(&st.requests),
+        "ok": ld(&st.ok),
+        "errors": errors,
+        "clients_reaped": ld(&st.clients_reaped),
+        "chunks_reclaimed": ld(&st.chunks_reclaimed),
+        "latency_us_log2_buckets": hist,
+        "lanes": lanes,
+        "clients": clients,
+        "pool": pool_json,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "service {name:?}: {state}, server pid {} ({})",
+        v["server_pid"],
+        if alive { "alive" } else { "dead" }
+    );
+    println!(
+        "requests {}  ok {}  errors {}",
+        v["requests"],
+        v["ok"],
+        serde_json::Value::Object(errors)
+    );
+    for l in &lanes {
+        println!(
+            "lane {}: queued {} running {} accepted {} completed {}",
+            l["model"], l["queued"], l["running"], l["accepted"], l["completed"]
+        );
+    }
+    println!("clients: {}", clients.len());
+    for c in &clients {
+        println!(
+            "  slot {} pid {} inflight {} requests {} errors {}",
+            c["slot"], c["pid"], c["inflight"], c["requests"], c["errors"]
+        );
+    }
+    for c in &pool.classes {
+        println!(
+            "pool {:>8} B: {}/{} free, high water {}",
+            c.chunk_size, c.free, c.count, c.high_water
+        );
+    }
+    Ok(())
+}
+
+fn ping(name: &str, model: &str, count: u32) -> Result<()> {
+    let client = Client::connect(name)?;
+    for i in 0..count {
+        let t = Instant::now();
+        let v = client.infer(&Request {
+            id: 0,
+            model: model.to_owned(),
+            task: Task::Generate,
+            input: Input::Text(format!("ping {i}")),
+            params: Params::default(),
+        })?;
+        let rtt = t.elapsed();
+        let bytes = v.len();
+        println!(
+            "answer {i}: {bytes} bytes in {:.1} us",
+            rtt.as_secs_f64() * 1e6
+        );
+    }
+    Ok(())
+}
+
+fn cleanup(name: &str) -> Result<()> {
+    match Segment::remove(name, std::path::Path::new("/dev/shm")) {
+        Ok(()) => {
+            println!("removed the stale segment of {name:?}");
+            Ok(())
+        }
+        Err(e) => bail!("{e}"),
+    }
+}

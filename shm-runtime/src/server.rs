@@ -1,0 +1,1073 @@
+//! The server: creates the service segment, loads the models, and runs the lanes' workers and a
+//! housekeeper.
+//!
+//! A worker of lane `l` takes requests from every active client's request ring for `l` (a few per
+//! client per round, round-robin), validates each in place, queues it in the lane's [`Scheduler`],
+//! and runs the most urgent queued job. Results are serialized straight into a response chunk,
+//! handed to the client's pool owner and announced on the client's response ring. The housekeeper
+//! notices dead clients and returns everything they held.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shm_ring::pool::{ChunkId, OwnerId, Pool};
+use shm_ring::process::ProcessToken;
+use shm_ring::{mpmc, CreateOptions, Segment};
+
+use crate::backend::{self, Backend, BackendError, RunContext, Stop};
+use crate::config::{ModelConfig, ServerConfig};
+use crate::protocol::{
+    access_request, check_request, desc, encode_into, parse_desc, ArchivedRequest, Body, Desc,
+    DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PROTOCOL_VERSION,
+};
+use crate::scheduler::{Job, Scheduler};
+use crate::service::{
+    self, Layout, Service, CLIENT_ACTIVE, CLIENT_FREE, MAX_CLIENTS, MAX_MODELS, MAX_NAME,
+    RING_PARTICIPANTS, SERVICE_MAGIC, STATE_DRAINING, STATE_RUNNING, STATE_STOPPED,
+};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A model could not be loaded.
+    #[error("cannot load model {name:?}: {reason}")]
+    Model {
+        /// The model.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The segment could not be created (name in use by a live server, permissions...).
+    #[error("cannot create service {name:?}: {source}")]
+    Segment {
+        /// Service name.
+        name: String,
+        /// The cause.
+        source: shm_ring::CreateError,
+    },
+    /// Setting up a structure in the segment failed.
+    #[error("cannot set up the service segment: {0}")]
+    Setup(String),
+}
+
+/// Builds the backend a model configuration names.
+///
+/// # Errors
+///
+/// For an unknown backend or bad options.
+pub fn load_backend(m: &ModelConfig) -> Result<Box<dyn Backend>, String> {
+    match m.backend.as_str() {
+        "echo" => Ok(Box::new(backend::echo::Echo)),
+        "sleep" => {
+            let ms = match m.options.get("step_ms") {
+                None => 10.0,
+                Some(v) => v
+                    .as_float()
+                    .or_else(|| v.as_integer().map(|i| i as f64))
+                    .ok_or("option step_ms must be a number")?,
+            };
+            if !(0.0..=60_000.0).contains(&ms) {
+                return Err(format!("step_ms {ms} out of range 0..=60000"));
+            }
+            Ok(Box::new(backend::sleep::Sleep {
+                step: Duration::from_secs_f64(ms / 1000.0),
+            }))
+        }
+        other => Err(format!(
+            "unknown backend {other:?} (built in: echo, sleep; onnx and gguf need their features)"
+        )),
+    }
+}
+
+struct Lane {
+    name: String,
+    backend: Box<dyn Backend>,
+    sched: Scheduler,
+    cancels: Mutex<HashSet<(u16, u32, u32)>>,
+    cancels_pending: AtomicUsize,
+}
+
+struct Shared {
+    svc: Service,
+    pool: Pool,
+    owner: OwnerId,
+    lanes: Vec<Lane>,
+    config: ServerConfig,
+    /// Set when draining starts; requests arriving later are answered `ShuttingDown`.
+    draining: AtomicBool,
+    /// Nanoseconds since `epoch` after which queued work is answered `ShuttingDown`.
+    drain_deadline_ns: AtomicU64,
+    /// Workers and housekeeper exit.
+    exit: AtomicBool,
+    epoch: Instant,
+    workers_running: AtomicU32,
+}
+
+/// A running server. Dropping it drains for up to 5 seconds and stops.
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.shared.config.name)
+            .field("lanes", &self.shared.lanes.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Creates the service segment, loads the models and starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError`]: a bad configuration, a model that does not load, a service name held by a
+    /// live server.
+    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let c = &config;
+        if c.models.is_empty() {
+            return Err(ServerError::Config("no models configured".into()));
+        }
+        if c.models.len() > MAX_MODELS {
+            return Err(ServerError::Config(format!(
+                "{} models; at most {MAX_MODELS}",
+                c.models.len()
+            )));
+        }
+        if c.max_clients == 0 || c.max_clients > MAX_CLIENTS {
+            return Err(ServerError::Config(format!(
+                "max_clients must be 1..={MAX_CLIENTS}"
+            )));
+        }
+        if c.workers_per_lane == 0 || c.workers_per_lane * c.models.len() + 2 > RING_PARTICIPANTS {
+            return Err(ServerError::Config(format!(
+                "workers_per_lane x models must be 1..={}",
+                RING_PARTICIPANTS - 2
+            )));
+        }
+        let mut names = HashSet::new();
+        for m in &c.models {
+            if m.name.is_empty() || m.name.len() > MAX_NAME || !names.insert(m.name.clone()) {
+                return Err(ServerError::Config(format!(
+                    "model names must be unique and 1..={MAX_NAME} bytes: {:?}",
+                    m.name
+                )));
+            }
+        }
+        let mut lanes = Vec::new();
+        for m in &c.models {
+            let backend = load_backend(m).map_err(|reason| ServerError::Model {
+                name: m.name.clone(),
+                reason,
+            })?;
+            lanes.push(Lane {
+                name: m.name.clone(),
+                backend,
+                sched: Scheduler::new(c.max_clients * c.max_inflight as usize),
+                cancels: Mutex::new(HashSet::new()),
+                cancels_pending: AtomicUsize::new(0),
+            });
+        }
+        let layout = Layout::new(c.max_clients, lanes.len(), c.ring_capacity, &c.pool);
+        let mut opts = CreateOptions::new(layout.total);
+        opts.user_version = PROTOCOL_VERSION;
+        let seg = Segment::create(&c.name, &opts).map_err(|source| ServerError::Segment {
+            name: c.name.clone(),
+            source,
+        })?;
+        let svc = init_segment(Arc::new(seg), &layout, c, &lanes)?;
+        let pool =
+            Pool::attach(&svc.pool_region()).map_err(|e| ServerError::Setup(e.to_string()))?;
+        let owner = pool
+            .register_owner()
+            .map_err(|e| ServerError::Setup(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            svc,
+            pool,
+            owner,
+            lanes,
+            config: config.clone(),
+            draining: AtomicBool::new(false),
+            drain_deadline_ns: AtomicU64::new(u64::MAX),
+            exit: AtomicBool::new(false),
+            epoch: Instant::now(),
+            workers_running: AtomicU32::new(0),
+        });
+        let mut threads = Vec::new();
+        let mut core_i = 0;
+        for lane in 0..shared.lanes.len() {
+            for w in 0..config.workers_per_lane {
+                let core = config
+                    .cores
+                    .get(core_i % config.cores.len().max(1))
+                    .copied();
+                core_i += 1;
+                let sh = shared.clone();
+                sh.workers_running.fetch_add(1, Ordering::AcqRel);
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("lane{lane}-w{w}"))
+                        .spawn(move || {
+                            if let Some(core) = core {
+                                if !core_affinity::set_for_current(core_affinity::CoreId {
+                                    id: core,
+                                }) {
+                                    tracing::warn!(core, "could not pin worker");
+                                }
+                            }
+                            Worker::new(&sh, lane).run();
+                            sh.workers_running.fetch_sub(1, Ordering::AcqRel);
+                        })
+                        .map_err(|e| ServerError::Setup(e.to_string()))?,
+                );
+            }
+        }
+        let sh = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("housekeeper".into())
+                .spawn(move || housekeeper(&sh))
+                .map_err(|e| ServerError::Setup(e.to_string()))?,
+        );
+        shared
+            .svc
+            .header()
+            .state
+            .store(STATE_RUNNING, Ordering::Release);
+        tracing::info!(
+            service = %config.name,
+            models = ?config.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            bytes = layout.total,
+            "serving"
+        );
+        Ok(Server { shared, threads })
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// Stops taking new requests, lets queued and running ones finish until `grace` has passed,
+    /// answers the rest `ShuttingDown`, then stops every thread and removes the segment.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let sh = &self.shared;
+        if sh.exit.load(Ordering::Acquire) {
+            return;
+        }
+        let deadline = sh.epoch.elapsed() + grace;
+        sh.drain_deadline_ns
+            .store(deadline.as_nanos() as u64, Ordering::Release);
+        sh.draining.store(true, Ordering::Release);
+        sh.svc
+            .header()
+            .state
+            .store(STATE_DRAINING, Ordering::Release);
+        wake_workers(sh);
+        // Wait until every queue is empty and nothing runs (or the grace period and a margin end).
+        let hard = Instant::now() + grace + Duration::from_secs(2);
+        while Instant::now() < hard {
+            let busy = (0..sh.lanes.len()).any(|l| {
+                let lh = sh.svc.lane(l);
+                !sh.lanes[l].sched.is_empty() || lh.running.load(Ordering::Acquire) > 0
+            });
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sh.svc
+            .header()
+            .state
+            .store(STATE_STOPPED, Ordering::Release);
+        sh.exit.store(true, Ordering::Release);
+        wake_workers(sh);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        tracing::info!(service = %sh.config.name, "stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+fn wake_workers(sh: &Shared) {
+    for l in 0..sh.lanes.len() {
+        sh.svc.lane(l).doorbell.notify();
+    }
+}
+
+fn init_segment(
+    seg: Arc<Segment>,
+    layout: &Layout,
+    c: &ServerConfig,
+    lanes: &[Lane],
+) -> Result<Service, ServerError> {
+    let region = shm_ring::Region::new(seg.clone());
+    let setup = |e: String| ServerError::Setup(e);
+    let hdr = region
+        .ptr_at::<service::ServiceHeader>(0)
+        .ok_or_else(|| setup("segment too small".into()))?;
+    // SAFETY: the segment was just created by us, is zero-filled and nobody can attach before the
+    // magic is published; the header is atomics only (zero is a valid value of each).
+    let h = unsafe { hdr.as_ref() };
+    h.protocol.store(PROTOCOL_VERSION, Ordering::Relaxed);
+    h.max_clients
+        .store(layout.max_clients as u32, Ordering::Relaxed);
+    h.lanes.store(layout.lanes as u32, Ordering::Relaxed);
+    h.models.store(lanes.len() as u32, Ordering::Relaxed);
+    h.ring_capacity.store(
+        layout.ring_capacity.next_power_of_two() as u32,
+        Ordering::Relaxed,
+    );
+    h.server_pid.store(std::process::id(), Ordering::Relaxed);
+    h.ring_bytes
+        .store(layout.ring_bytes as u64, Ordering::Relaxed);
+    h.pool_offset.store(layout.pool as u64, Ordering::Relaxed);
+    h.pool_bytes
+        .store(layout.pool_bytes as u64, Ordering::Relaxed);
+    h.max_inflight.store(c.max_inflight, Ordering::Relaxed);
+    for c_ in 0..layout.max_clients {
+        let resp = region
+            .slice(layout.response_ring(c_), layout.ring_bytes)
+            .map_err(|e| setup(e.to_string()))?;
+        mpmc::init::<Desc>(&resp, layout.ring_capacity, RING_PARTICIPANTS)
+            .map_err(|e| setup(e.to_string()))?;
+        for l in 0..layout.lanes {
+            let req = region
+                .slice(layout.request_ring(c_, l), layout.ring_bytes)
+                .map_err(|e| setup(e.to_string()))?;
+            mpmc::init::<Desc>(&req, layout.ring_capacity, RING_PARTICIPANTS)
+                .map_err(|e| setup(e.to_string()))?;
+        }
+    }
+    let pool_region = region
+        .slice(layout.pool, layout.pool_bytes)
+        .map_err(|e| setup(e.to_string()))?;
+    Pool::init(&pool_region, &c.pool).map_err(|e| setup(e.to_string()))?;
+    // Publish: Service::attach checks the magic, so build a Service over the unpublished segment
+    // by hand for the model table.
+    let svc_tmp = Service {
+        region: region.clone(),
+        segment: seg.clone(),
+        layout: *layout,
+    };
+    for (i, lane) in lanes.iter().enumerate() {
+        let m = svc_tmp.model(i);
+        service::write_name(m, &lane.name);
+        m.lane.store(i as u32, Ordering::Relaxed);
+        m.tasks
+            .store(backend::task_mask(lane.backend.tasks()), Ordering::Relaxed);
+    }
+    // SYNC(magic): Release publishes everything above; pairs with the Acquire in Service::attach.
+    h.magic.store(SERVICE_MAGIC, Ordering::Release);
+    Service::attach(seg).map_err(|e| setup(e.to_string()))
+}
+
+/// Checks clients' liveness about every 10 ms and returns what dead ones held.
+fn housekeeper(sh: &Shared) {
+    let mut tick: u64 = 0;
+    while !sh.exit.load(Ordering::Acquire) {
+        tick += 1;
+        sh.svc.header().heartbeat.fetch_add(1, Ordering::Relaxed);
+        for c in 0..sh.svc.layout.max_clients {
+            let e = sh.svc.client(c);
+            let raw = e.token.load(Ordering::Acquire);
+            let Some(token) = ProcessToken::from_raw(raw) else {
+                continue;
+            };
+            if token.is_alive() {
+                continue;
+            }
+            reap_client(sh, c, raw);
+        }
+        let (owners, chunks) = sh.pool.reclaim_dead();
+        let orphans = if tick % 10 == 0 {
+            sh.pool.reclaim_orphans()
+        } else {
+            0
+        };
+        if chunks + orphans > 0 {
+            sh.svc
+                .stats()
+                .chunks_reclaimed
+                .fetch_add((chunks + orphans) as u64, Ordering::Relaxed);
+            tracing::info!(owners, chunks, orphans, "reclaimed chunks of dead owners");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn reap_client(sh: &Shared, c: usize, raw: u64) {
+    let e = sh.svc.client(c);
+    tracing::info!(
+        client = c,
+        pid = raw >> 32,
+        "client died; reclaiming its slot"
+    );
+    e.state.store(CLIENT_FREE, Ordering::Release);
+    sh.svc
+        .header()
+        .active
+        .fetch_and(!(1u64 << c), Ordering::AcqRel);
+    // Jobs of the dead epoch are dropped by workers (epoch check); bump it so late answers are not
+    // delivered to a successor.
+    e.epoch.fetch_add(1, Ordering::AcqRel);
+    e.inflight.store(0, Ordering::Release);
+    for lane in &sh.lanes {
+        if lane.cancels_pending.load(Ordering::Acquire) > 0 {
+            let mut set = lane.cancels.lock().unwrap_or_else(|p| p.into_inner());
+            set.retain(|k| usize::from(k.0) != c);
+            lane.cancels_pending.store(set.len(), Ordering::Release);
+        }
+    }
+    if let Some(owner) = OwnerId::from_raw(e.owner.load(Ordering::Acquire)) {
+        sh.pool.reclaim(owner);
+    }
+    sh.svc
+        .stats()
+        .clients_reaped
+        .fetch_add(1, Ordering::Relaxed);
+    // Free the slot last, and only if nobody took it over meanwhile.
+    let _ = e
+        .token
+        .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed);
+}
+
+/// The bytes of the archived request in server-owned chunk `id`: in place, or (hardened mode)
+/// copied into `private` first so that the client cannot change them after validation.
+fn request_bytes<'a>(
+    sh: &'a Shared,
+    id: ChunkId,
+    len: u32,
+    private: &'a mut Vec<u128>,
+) -> Result<&'a [u8], String> {
+    let bytes = sh
+        .pool
+        .chunk_slice(id, sh.owner)
+        .map_err(|e| format!("request chunk unavailable: {e}"))?;
+    let len = len as usize;
+    if len > bytes.len() {
+        return Err(format!(
+            "descriptor length {len} exceeds the chunk's {} bytes",
+            bytes.len()
+        ));
+    }
+    if !sh.config.hardened {
+        return Ok(&bytes[..len]);
+    }
+    private.clear();
+    private.resize(len.div_ceil(16), 0);
+    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut private[..]);
+    dst[..len].copy_from_slice(&bytes[..len]);
+    let src: &[u8] = bytemuck::cast_slice(&private[..]);
+    Ok(&src[..len])
+}
+
+struct ClientHandles {
+    epoch: u32,
+    owner: OwnerId,
+    req: mpmc::Consumer<Desc>,
+    resp: mpmc::Producer<Desc>,
+}
+
+struct Worker<'s> {
+    sh: &'s Shared,
+    lane: usize,
+    clients: Vec<Option<ClientHandles>>,
+    rr: usize,
+    /// Answers that did not fit in a client's response ring yet: (client, epoch, descriptor).
+    backlog: VecDeque<(usize, u32, Desc)>,
+    private: Vec<u128>,
+}
+
+/// How many requests one client may hand a worker per round.
+const PER_CLIENT_ROUND: usize = 4;
+
+impl<'s> Worker<'s> {
+    fn new(sh: &'s Shared, lane: usize) -> Worker<'s> {
+        Worker {
+            sh,
+            lane,
+            clients: (0..sh.svc.layout.max_clients).map(|_| None).collect(),
+            rr: 0,
+            backlog: VecDeque::new(),
+            private: Vec::new(),
+        }
+    }
+
+    fn lane(&self) -> &'s Lane {
+        &self.sh.lanes[self.lane]
+    }
+
+    fn run(mut self) {
+        let sh = self.sh;
+        let wait = sh.config.wait;
+        loop {
+            if sh.exit.load(Ordering::Acquire) {
+                self.answer_all_queued(ErrorCode::ShuttingDown);
+                return;
+            }
+            self.sync_clients();
+            self.flush_backlog();
+            let took = self.ingest(None);
+            if let Some(job) = self.lane().sched.pop() {
+                self.run_job(job);
+                continue;
+            }
+            if took > 0 {
+                continue;
+            }
+            // Nothing to do: wait for a doorbell (clients ring it after pushing).
+            let lh = sh.svc.lane(self.lane);
+            let deadline = Instant::now() + Duration::from_millis(20);
+            let this = &self;
+            let _ = wait.wait_until(&lh.doorbell, deadline, || {
+                sh.exit.load(Ordering::Relaxed)
+                    || !this.lane().sched.is_empty()
+                    || this.any_request_waiting()
+            });
+        }
+    }
+
+    fn any_request_waiting(&self) -> bool {
+        self.clients.iter().flatten().any(|h| !h.req.is_empty())
+    }
+
+    /// Attaches to newly active clients and lets go of departed ones.
+    fn sync_clients(&mut self) {
+        let active = self.sh.svc.header().active.load(Ordering::Acquire);
+        for c in 0..self.clients.len() {
+            let e = self.sh.svc.client(c);
+            let on = active & (1 << c) != 0 && e.state.load(Ordering::Acquire) == CLIENT_ACTIVE;
+            let epoch = e.epoch.load(Ordering::Acquire);
+            match (&self.clients[c], on) {
+                (Some(h), true) if h.epoch == epoch => {}
+                (_, true) => {
+                    let owner = OwnerId::from_raw(e.owner.load(Ordering::Acquire));
+                    let req = mpmc::Consumer::attach(&self.sh.svc.request_ring(c, self.lane));
+                    let resp = mpmc::Producer::attach(&self.sh.svc.response_ring(c));
+                    self.clients[c] = match (owner, req, resp) {
+                        (Some(owner), Ok(req), Ok(resp)) => Some(ClientHandles {
+                            epoch,
+                            owner,
+                            req,
+                            resp,
+                        }),
+                        _ => {
+                            tracing::warn!(client = c, "cannot attach to a client's rings");
+                            None
+                        }
+                    };
+                }
+                (Some(_), false) => self.clients[c] = None,
+                (None, false) => {}
+            }
+        }
+    }
+
+    /// Takes up to PER_CLIENT_ROUND descriptors from each client (only `only` when given),
+    /// round-robin. Returns how many it took.
+    fn ingest(&mut self, only: Option<usize>) -> usize {
+        let n = self.clients.len();
+        let mut took = 0;
+        let start = self.rr;
+        self.rr = (self.rr + 1) % n.max(1);
+        for k in 0..n {
+            let c = (start + k) % n;
+            if only.is_some_and(|o| o != c) {
+                continue;
+            }
+            for _ in 0..PER_CLIENT_ROUND {
+                let Some(h) = &self.clients[c] else { break };
+                let d = match h.req.pop() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                };
+                took += 1;
+                self.accept(c, d);
+            }
+        }
+        took
+    }
+
+    fn accept(&mut self, c: usize, d: Desc) {
+        let sh = self.sh;
+        let Some(h) = &self.clients[c] else { return };
+        let (epoch, client_owner) = (h.epoch, h.owner);
+        let Some((kind, chunk, len, ticket)) = parse_desc(d) else {
+            self.answer_inline(c, epoch, d[1] as u32, ErrorCode::InvalidRequest);
+            return;
+        };
+        match kind {
+            DescKind::Cancel => {
+                let lane = self.lane();
+                let mut set = lane.cancels.lock().unwrap_or_else(|p| p.into_inner());
+                if set.len() < 4 * sh.svc.layout.max_clients * sh.config.max_inflight as usize {
+                    set.insert((c as u16, epoch, ticket));
+                }
+                lane.cancels_pending.store(set.len(), Ordering::Release);
+                return;
+            }
+            DescKind::Request => {}
+            _ => {
+                self.answer_inline(c, epoch, ticket, ErrorCode::InvalidRequest);
+                return;
+            }
+        }
+        let e = sh.svc.client(c);
+        // Take the chunk: refused if the client does not hold it (stale, forged, double use).
+        let id = ChunkId::from_raw(chunk);
+        let loan = match sh.pool.adopt(id, client_owner, sh.owner) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::debug!(client = c, %err, "descriptor names a chunk the client does not hold");
+                self.answer_inline(c, epoch, ticket, ErrorCode::InvalidRequest);
+                return;
+            }
+        };
+        e.requests.fetch_add(1, Ordering::Relaxed);
+        sh.svc.stats().requests.fetch_add(1, Ordering::Relaxed);
+        let id = loan.into_id();
+        if sh.draining.load(Ordering::Acquire) {
+            let _ = sh.pool.release(id, sh.owner);
+            self.answer_inline(c, epoch, ticket, ErrorCode::ShuttingDown);
+            return;
+        }
+        let inflight = e.inflight.fetch_add(1, Ordering::AcqRel);
+        if inflight >= sh.config.max_inflight {
+            e.inflight.fetch_sub(1, Ordering::AcqRel);
+            let _ = sh.pool.release(id, sh.owner);
+            self.answer_error(
+                c,
+                epoch,
+                ticket,
+                0,
+                ErrorCode::Busy,
+                &format!(
+                    "{inflight} requests in flight; the limit is {}",
+                    sh.config.max_inflight
+                ),
+            );
+            return;
+        }
+        let checked = request_bytes(sh, id, len, &mut self.private).and_then(|bytes| {
+            let req = access_request(bytes)?;
+            check_request(req, &sh.config.limits)?;
+            Ok((
+                req.id.to_native(),
+                req.params.priority,
+                req.params.timeout_ms.to_native(),
+            ))
+        });
+        let (req_id, priority, timeout_ms) = match checked {
+            Ok(v) => v,
+            Err(msg) => {
+                self.finish_request(c, epoch, id);
+                self.answer_error(c, epoch, ticket, 0, ErrorCode::InvalidRequest, &msg);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let timeout = if timeout_ms == 0 {
+            sh.config.default_timeout
+        } else {
+            Duration::from_millis(u64::from(timeout_ms))
+        };
+        let job = Job {
+            client: c as u16,
+            epoch,
+            ticket,
+            chunk: id,
+            len,
+            priority,
+            deadline: now + timeout,
+            accepted: now,
+        };
+        let lh = sh.svc.lane(self.lane);
+        if let Err(job) = self.lane().sched.push(job) {
+            self.finish_request(c, epoch, job.chunk);
+            self.answer_error(
+                c,
+                epoch,
+                ticket,
+                req_id,
+                ErrorCode::Busy,
+                "the lane's queue is full",
+            );
+            return;
+        }
+        lh.queued.fetch_add(1, Ordering::Relaxed);
+        lh.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Releases a request chunk and the client's in-flight count (if the client is the same).
+    fn finish_request(&self, c: usize, epoch: u32, id: ChunkId) {
+        let _ = self.sh.pool.release(id, self.sh.owner);
+        let e = self.sh.svc.client(c);
+        if e.epoch.load(Ordering::Acquire) == epoch {
+            let _ = e
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        }
+    }
+
+    fn client_alive(&self, c: usize, epoch: u32) -> bool {
+        let e = self.sh.svc.client(c);
+        e.epoch.load(Ordering::Acquire) == epoch && e.state.load(Ordering::Acquire) == CLIENT_ACTIVE
+    }
+
+    fn is_cancelled(&self, c: usize, epoch: u32, ticket: u32) -> bool {
+        let lane = self.lane();
+        if lane.cancels_pending.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let set = lane.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&(c as u16, epoch, ticket))
+    }
+
+    fn forget_cancel(&self, c: usize, epoch: u32, ticket: u32) {
+        let lane = self.lane();
+        if lane.cancels_pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut set = lane.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&(c as u16, epoch, ticket));
+        lane.cancels_pending.store(set.len(), Ordering::Release);
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let sh = self.sh;
+        let lh = sh.svc.lane(self.lane);
+        lh.queued.fetch_sub(1, Ordering::Relaxed);
+        let c = usize::from(job.client);
+        if !self.client_alive(c, job.epoch) || self.clients[c].is_none() {
+            // The client died: drop its work silently (nobody to answer).
+            let _ = sh.pool.release(job.chunk, sh.owner);
+            return;
+        }
+        let drain_ns = sh.drain_deadline_ns.load(Ordering::Acquire);
+        let past_drain = sh.epoch.elapsed().as_nanos() as u64 >= drain_ns;
+        let early = if past_drain {
+            Some((ErrorCode::ShuttingDown, "the server is shutting down"))
+        } else if self.is_cancelled(c, job.epoch, job.ticket) {
+            Some((ErrorCode::Cancelled, "cancelled before it ran"))
+        } else if Instant::now() >= job.deadline {
+            Some((ErrorCode::TimedOut, "the deadline passed while queued"))
+        } else {
+            None
+        };
+        if let Some((code, msg)) = early {
+            self.forget_cancel(c, job.epoch, job.ticket);
+            self.finish_request(c, job.epoch, job.chunk);
+            self.answer_error(c, job.epoch, job.ticket, 0, code, msg);
+            lh.completed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        lh.running.fetch_add(1, Ordering::AcqRel);
+        let backend = &self.lane().backend;
+        let lane_name = &self.lane().name;
+        let mut req_id = 0;
+        let mut stream_chunks = 0u32;
+        let mut private = Vec::new();
+        let result = match request_bytes(sh, job.chunk, job.len, &mut private)
+            .and_then(|b| access_request(b))
+        {
+            Err(msg) => Err((ErrorCode::InvalidRequest, msg)),
+            Ok(req) => {
+                req_id = req.id.to_native();
+                let mask = backend::task_mask(backend.tasks());
+                if req.model.as_str() != lane_name {
+                    Err((
+                        ErrorCode::ModelNotFound,
+                        format!(
+                            "request for model {:?} arrived on lane {lane_name:?}",
+                            req.model.as_str()
+                        ),
+                    ))
+                } else if mask & (1 << (req.task.to_native() as u32)) == 0 {
+                    Err((
+                        ErrorCode::ModelNotFound,
+                        format!("model {lane_name:?} does not do task {:?}", req.task),
+                    ))
+                } else {
+                    self.run_backend(backend.as_ref(), req, job, &mut stream_chunks)
+                }
+            }
+        };
+        lh.running.fetch_sub(1, Ordering::AcqRel);
+        lh.completed.fetch_add(1, Ordering::Relaxed);
+        self.forget_cancel(c, job.epoch, job.ticket);
+        self.finish_request(c, job.epoch, job.chunk);
+        let latency = job.accepted.elapsed().as_micros().max(1) as u64;
+        let bucket = (63 - latency.leading_zeros()).min(31) as usize;
+        sh.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(body) => {
+                let resp = Response { id: req_id, body };
+                if self.answer(c, job.epoch, job.ticket, DescKind::Final, &resp) {
+                    sh.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err((code, msg)) => self.answer_error(c, job.epoch, job.ticket, req_id, code, &msg),
+        }
+    }
+
+    fn run_backend(
+        &mut self,
+        backend: &dyn Backend,
+        req: &ArchivedRequest,
+        job: Job,
+        chunks: &mut u32,
+    ) -> Result<Body, (ErrorCode, String)> {
+        let req_id = req.id.to_native();
+        let mut ctx = Ctx {
+            worker: self,
+            job,
+            req_id,
+            chunks,
+        };
+        match backend.run(req, &mut ctx) {
+            Ok(body) => Ok(body),
+            Err(BackendError::Invalid(m)) => Err((ErrorCode::InvalidRequest, m)),
+            Err(BackendError::Failed(m)) => Err((ErrorCode::Backend, m)),
+            Err(BackendError::Stopped(Stop::Cancelled)) => {
+                Err((ErrorCode::Cancelled, "cancelled while running".into()))
+            }
+            Err(BackendError::Stopped(Stop::TimedOut)) => Err((
+                ErrorCode::TimedOut,
+                "the deadline passed while running".into(),
+            )),
+            Err(BackendError::Stopped(Stop::ClientGone)) => {
+                Err((ErrorCode::Cancelled, "the client has gone".into()))
+            }
+        }
+    }
+
+    fn answer_error(
+        &mut self,
+        c: usize,
+        epoch: u32,
+        ticket: u32,
+        id: u64,
+        code: ErrorCode,
+        msg: &str,
+    ) {
+        let sh = self.sh;
+        sh.svc.stats().errors[code as usize].fetch_add(1, Ordering::Relaxed);
+        sh.svc.client(c).errors.fetch_add(1, Ordering::Relaxed);
+        let resp = Response {
+            id,
+            body: Body::Error(ErrorBody {
+                code,
+                message: msg.to_owned(),
+            }),
+        };
+        if !self.answer(c, epoch, ticket, DescKind::Final, &resp) {
+            self.answer_inline(c, epoch, ticket, code);
+        }
+    }
+
+    /// An error answer with no chunk (when even a chunk cannot be had).
+    fn answer_inline(&mut self, c: usize, epoch: u32, ticket: u32, code: ErrorCode) {
+        self.deliver(
+            c,
+            epoch,
+            desc(DescKind::InlineError, 0, code as u32, ticket),
+        );
+    }
+
+    /// Serializes `resp` into a fresh chunk, gives it to the client and announces it. Returns
+    /// false when no chunk could be had or the client is gone.
+    fn answer(
+        &mut self,
+        c: usize,
+        epoch: u32,
+        ticket: u32,
+        kind: DescKind,
+        resp: &Response,
+    ) -> bool {
+        let sh = self.sh;
+        let Some(h) = &self.clients[c] else {
+            return false;
+        };
+        if h.epoch != epoch {
+            return false;
+        }
+        let client_owner = h.owner;
+        let mut size = estimate(resp);
+        let max = sh.pool.max_chunk_size();
+        loop {
+            let mut loan = match sh.pool.loan(sh.owner, size.min(max)) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%e, "no chunk for an answer");
+                    return false;
+                }
+            };
+            match encode_into(resp, loan.as_mut_slice()) {
+                Ok(len) => {
+                    let id = loan.into_id();
+                    if sh
+                        .pool
+                        .adopt(id, sh.owner, client_owner)
+                        .map(|l| l.into_id())
+                        .is_err()
+                    {
+                        let _ = sh.pool.release(id, sh.owner);
+                        return false;
+                    }
+                    self.deliver(c, epoch, desc(kind, id.raw(), len as u32, ticket));
+                    return true;
+                }
+                Err(_) if size < max => size = (size * 2).min(max),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Pushes a descriptor to a client's response ring, or keeps it for later if the ring is full.
+    fn deliver(&mut self, c: usize, epoch: u32, d: Desc) {
+        if !self.backlog.is_empty() || !self.try_push(c, epoch, d) {
+            self.backlog.push_back((c, epoch, d));
+        }
+    }
+
+    fn try_push(&self, c: usize, epoch: u32, d: Desc) -> bool {
+        match &self.clients[c] {
+            Some(h) if h.epoch == epoch => match h.resp.push(d) {
+                Ok(()) => true,
+                Err(mpmc_err) => {
+                    // Full: keep it. Corrupted: the client broke its ring; drop the answer.
+                    matches!(mpmc_err, shm_ring::spsc::PushError::Corrupted(_))
+                }
+            },
+            // The client is gone: its chunks are reclaimed with its owner.
+            _ => true,
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        let mut keep = VecDeque::new();
+        while let Some((c, epoch, d)) = self.backlog.pop_front() {
+            if !self.try_push(c, epoch, d) {
+                keep.push_back((c, epoch, d));
+            }
+        }
+        self.backlog = keep;
+    }
+
+    /// At exit: answer everything still queued.
+    fn answer_all_queued(&mut self, code: ErrorCode) {
+        while let Some(job) = self.lane().sched.pop() {
+            let c = usize::from(job.client);
+            self.sh
+                .svc
+                .lane(self.lane)
+                .queued
+                .fetch_sub(1, Ordering::Relaxed);
+            self.finish_request(c, job.epoch, job.chunk);
+            if self.client_alive(c, job.epoch) {
+                self.answer_error(c, job.epoch, job.ticket, 0, code, "the server stopped");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while !self.backlog.is_empty() && Instant::now() < deadline {
+            self.flush_backlog();
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn estimate(resp: &Response) -> usize {
+    let payload = match &resp.body {
+        Body::Classification(v) => v.iter().map(|l| l.label.len() + 16).sum(),
+        Body::Embedding(v) => v.len() * 4,
+        Body::Generation(g) => g.text.len() + g.tokens.len() * 4,
+        Body::Chunk(c) => c.text.len() + c.tokens.len() * 4,
+        Body::Tensors(ts) => ts
+            .iter()
+            .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
+            .sum(),
+        Body::Error(e) => e.message.len(),
+    };
+    payload + 256
+}
+
+struct Ctx<'w, 's> {
+    worker: &'w mut Worker<'s>,
+    job: Job,
+    req_id: u64,
+    chunks: &'w mut u32,
+}
+
+impl RunContext for Ctx<'_, '_> {
+    fn should_stop(&mut self) -> Option<Stop> {
+        let c = usize::from(self.job.client);
+        // Take in what this client sent meanwhile (a cancel, most likely), and keep the others'
+        // requests flowing into the queue.
+        self.worker.ingest(None);
+        if !self.worker.client_alive(c, self.job.epoch) {
+            return Some(Stop::ClientGone);
+        }
+        if self.worker.is_cancelled(c, self.job.epoch, self.job.ticket) {
+            return Some(Stop::Cancelled);
+        }
+        if Instant::now() >= self.job.deadline {
+            return Some(Stop::TimedOut);
+        }
+        let sh = self.worker.sh;
+        if sh.epoch.elapsed().as_nanos() as u64 >= sh.drain_deadline_ns.load(Ordering::Acquire) {
+            return Some(Stop::Cancelled);
+        }
+        None
+    }
+
+    fn emit(&mut self, chunk: StreamChunk) -> Result<(), Stop> {
+        if let Some(s) = self.should_stop() {
+            return Err(s);
+        }
+        let c = usize::from(self.job.client);
+        let resp = Response {
+            id: self.req_id,
+            body: Body::Chunk(chunk),
+        };
+        let mut waited = Duration::ZERO;
+        // A stream chunk waits briefly for memory rather than being lost.
+        while !self
+            .worker
+            .answer(c, self.job.epoch, self.job.ticket, DescKind::Partial, &resp)
+        {
+            if !self.worker.client_alive(c, self.job.epoch) {
+                return Err(Stop::ClientGone);
+            }
+            if waited > Duration::from_millis(100) || Instant::now() >= self.job.deadline {
+                return Err(Stop::TimedOut);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            waited += Duration::from_millis(1);
+        }
+        *self.chunks += 1;
+        Ok(())
+    }
+
+    fn deadline(&self) -> Instant {
+        self.job.deadline
+    }
+}
