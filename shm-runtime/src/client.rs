@@ -302,7 +302,9 @@ impl Client {
             is_final: final_,
         };
         let resp = view.response()?;
-        if resp.id != request_id {
+        // An error about bytes the server could not read as a request carries id 0.
+        let unreadable = resp.id == 0 && matches!(resp.body, ArchivedBody::Error(_));
+        if resp.id != request_id && !unreadable {
             return Err(Error::Protocol(format!(
                 "answer for request {} arrived for {request_id}",
                 resp.id
@@ -315,6 +317,85 @@ impl Client {
             ));
         }
         Ok(view)
+    }
+
+    /// Sends arbitrary bytes as the archived request for `model`'s lane, bypassing serialization:
+    /// for tests and fuzzing of the server's validation. The server must answer with an error (or,
+    /// for bytes that happen to be a valid request, an answer).
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit).
+    #[doc(hidden)]
+    pub fn submit_bytes(
+        &self,
+        model: &str,
+        bytes: &[u8],
+        declared_len: u32,
+    ) -> Result<Ticket, Error> {
+        let inner = &*self.inner;
+        let (lane, _) = inner
+            .svc
+            .find_model(model)
+            .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
+        let mut loan = inner
+            .pool
+            .loan(inner.owner, bytes.len().max(1))
+            .map_err(|e| Error::Busy(e.to_string()))?;
+        loan.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+        let chunk = loan.into_id();
+        self.push_request(lane, chunk.raw(), declared_len, 0)
+    }
+
+    /// Pushes a raw request descriptor naming any chunk id: for tests of the server's ownership
+    /// checks.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit).
+    #[doc(hidden)]
+    pub fn submit_descriptor(&self, model: &str, chunk: u64, len: u32) -> Result<Ticket, Error> {
+        let (lane, _) = self
+            .inner
+            .svc
+            .find_model(model)
+            .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
+        self.push_request(lane, chunk, len, 0)
+    }
+
+    fn push_request(
+        &self,
+        lane: usize,
+        chunk: u64,
+        len: u32,
+        request_id: u64,
+    ) -> Result<Ticket, Error> {
+        let inner = &*self.inner;
+        let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        inner.inbox().pending.insert(
+            ticket,
+            Pending {
+                lane,
+                request_id,
+                arrived: VecDeque::new(),
+            },
+        );
+        if let Err(e) = inner.requests[lane].push(desc(DescKind::Request, chunk, len, ticket)) {
+            inner.inbox().pending.remove(&ticket);
+            return Err(Error::Busy(format!("the request ring is full: {e}")));
+        }
+        inner.svc.lane(lane).doorbell.notify();
+        Ok(Ticket(ticket))
+    }
+
+    /// The pool's free chunks now, over all classes (for tests and status).
+    #[doc(hidden)]
+    pub fn pool_free(&self) -> (u32, u32) {
+        let st = self.inner.pool.stats();
+        (
+            st.classes.iter().map(|c| c.free).sum(),
+            st.classes.iter().map(|c| c.count).sum(),
+        )
     }
 
     /// Submits and waits for the final answer (streamed chunks are skipped).

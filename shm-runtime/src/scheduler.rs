@@ -25,6 +25,8 @@ pub struct Job {
     pub chunk: ChunkId,
     /// Bytes of the archive in the chunk.
     pub len: u32,
+    /// The request's id (echoed in every answer).
+    pub request_id: u64,
     /// 0 (most urgent) ..= 3.
     pub priority: u8,
     /// When it must be answered by.
@@ -87,6 +89,7 @@ mod tests {
             ticket,
             chunk: ChunkId::from_raw(0),
             len: 0,
+            request_id: 0,
             priority,
             deadline: now,
             accepted: now,

@@ -667,20 +667,18 @@ impl<'s> Worker<'s> {
             );
             return;
         }
+        let mut req_id = 0;
         let checked = request_bytes(sh, id, len, &mut self.private).and_then(|bytes| {
             let req = access_request(bytes)?;
+            req_id = req.id.to_native();
             check_request(req, &sh.config.limits)?;
-            Ok((
-                req.id.to_native(),
-                req.params.priority,
-                req.params.timeout_ms.to_native(),
-            ))
+            Ok((req.params.priority, req.params.timeout_ms.to_native()))
         });
-        let (req_id, priority, timeout_ms) = match checked {
+        let (priority, timeout_ms) = match checked {
             Ok(v) => v,
             Err(msg) => {
                 self.finish_request(c, epoch, id);
-                self.answer_error(c, epoch, ticket, 0, ErrorCode::InvalidRequest, &msg);
+                self.answer_error(c, epoch, ticket, req_id, ErrorCode::InvalidRequest, &msg);
                 return;
             }
         };
@@ -696,6 +694,7 @@ impl<'s> Worker<'s> {
             ticket,
             chunk: id,
             len,
+            request_id: req_id,
             priority,
             deadline: now + timeout,
             accepted: now,
@@ -776,14 +775,14 @@ impl<'s> Worker<'s> {
         if let Some((code, msg)) = early {
             self.forget_cancel(c, job.epoch, job.ticket);
             self.finish_request(c, job.epoch, job.chunk);
-            self.answer_error(c, job.epoch, job.ticket, 0, code, msg);
+            self.answer_error(c, job.epoch, job.ticket, job.request_id, code, msg);
             lh.completed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         lh.running.fetch_add(1, Ordering::AcqRel);
         let backend = &self.lane().backend;
         let lane_name = &self.lane().name;
-        let mut req_id = 0;
+        let mut req_id = job.request_id;
         let mut stream_chunks = 0u32;
         let mut private = Vec::new();
         let result = match request_bytes(sh, job.chunk, job.len, &mut private)
@@ -984,7 +983,14 @@ impl<'s> Worker<'s> {
                 .fetch_sub(1, Ordering::Relaxed);
             self.finish_request(c, job.epoch, job.chunk);
             if self.client_alive(c, job.epoch) {
-                self.answer_error(c, job.epoch, job.ticket, 0, code, "the server stopped");
+                self.answer_error(
+                    c,
+                    job.epoch,
+                    job.ticket,
+                    job.request_id,
+                    code,
+                    "the server stopped",
+                );
             }
         }
         let deadline = Instant::now() + Duration::from_millis(100);

@@ -1,0 +1,345 @@
+//! The runtime end to end in one process: a real server (segment in /dev/shm, worker threads) and
+//! real clients, with the built-in echo and sleep backends.
+
+use std::time::{Duration, Instant};
+
+use shm_runtime::protocol::{
+    ArchivedBody, ArchivedTensorData, Input, Params, Request, Task, Tensor, TensorData,
+};
+use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
+
+fn name(tag: &str) -> String {
+    format!("t-{tag}-{}", std::process::id())
+}
+
+fn sleep_model(name: &str, step_ms: f64) -> ModelConfig {
+    let mut m = ModelConfig::new(name, "sleep");
+    m.options
+        .insert("step_ms".into(), toml::Value::Float(step_ms));
+    m
+}
+
+fn server(tag: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Client) {
+    let svc = name(tag);
+    let mut cfg = ServerConfig::new(
+        &svc,
+        vec![ModelConfig::new("echo", "echo"), sleep_model("slow", 20.0)],
+    );
+    tweak(&mut cfg);
+    let server = Server::start(cfg).expect("server starts");
+    let client = Client::connect(&svc).expect("client connects");
+    (server, client)
+}
+
+fn req(model: &str, task: Task, input: Input) -> Request {
+    Request {
+        id: 0,
+        model: model.into(),
+        task,
+        input,
+        params: Params::default(),
+    }
+}
+
+#[test]
+fn every_task_round_trips_through_shared_memory() {
+    let (_server, client) = server("tasks", |_| {});
+    let v = client
+        .infer(&req("echo", Task::Generate, Input::Text("hello".into())))
+        .unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => assert_eq!(g.text.as_str(), "hello"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let v = client
+        .infer(&req("echo", Task::Embed, Input::Tokens(vec![1, 2, 3])))
+        .unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Embedding(e) => {
+            assert_eq!(
+                e.iter().map(|x| x.to_native()).collect::<Vec<_>>(),
+                [1.0, 2.0, 3.0]
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let v = client
+        .infer(&req("echo", Task::Classify, Input::Text("pos".into())))
+        .unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Classification(c) => assert_eq!(c[0].label.as_str(), "pos"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![2, 2],
+        data: TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]),
+    };
+    let v = client
+        .infer(&req("echo", Task::Tensors, Input::Tensors(vec![t])))
+        .unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Tensors(ts) => match &ts[0].data {
+            ArchivedTensorData::F32(d) => assert_eq!(d[3].to_native(), 4.0),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn dropping_views_returns_every_chunk() {
+    let (_server, client) = server("chunks", |_| {});
+    let (free0, total) = client.pool_free();
+    let views: Vec<_> = (0..50)
+        .map(|i| {
+            client
+                .infer(&req("echo", Task::Generate, Input::Text(format!("n{i}"))))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        client.pool_free().0,
+        free0 - 50,
+        "each view holds its chunk"
+    );
+    drop(views);
+    assert_eq!(client.pool_free(), (free0, total));
+}
+
+#[test]
+fn streams_arrive_in_order_then_the_final_answer() {
+    let (_server, client) = server("stream", |_| {});
+    let mut r = req("echo", Task::Generate, Input::Text("abcdef".into()));
+    r.params.max_tokens = 100;
+    let items: Vec<_> = client.stream(&r).unwrap().collect();
+    assert_eq!(items.len(), 7);
+    for (i, item) in items[..6].iter().enumerate() {
+        let v = item.as_ref().unwrap();
+        assert!(!v.is_final());
+        match &v.response().unwrap().body {
+            ArchivedBody::Chunk(c) => {
+                assert_eq!(c.index, i as u32);
+                assert_eq!(c.text.as_str(), &"abcdef"[i..=i]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(items[6].as_ref().unwrap().is_final());
+}
+
+#[test]
+fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
+    let (_server, client) = server("bad", |_| {});
+    let unknown = client.infer(&req("nope", Task::Generate, Input::Text("x".into())));
+    assert!(
+        matches!(unknown, Err(Error::ModelNotFound(_))),
+        "{unknown:?}"
+    );
+    let mut r = req("echo", Task::Generate, Input::Text("x".into()));
+    r.params.temperature = -1.0;
+    assert!(matches!(client.infer(&r), Err(Error::InvalidRequest(m)) if m.contains("temperature")));
+    r.params.temperature = 0.0;
+    r.params.max_tokens = 0;
+    assert!(matches!(client.infer(&r), Err(Error::InvalidRequest(m)) if m.contains("max_tokens")));
+    let big = req("echo", Task::Generate, Input::Text("x".repeat(300 << 10)));
+    assert!(matches!(client.infer(&big), Err(Error::InvalidRequest(m)) if m.contains("exceeds")));
+    // Garbage bytes where an archive should be.
+    let t = client.submit_bytes("echo", &[0xAB; 300], 300).unwrap();
+    assert!(matches!(
+        client.recv(t, Duration::from_secs(5)),
+        Err(Error::InvalidRequest(_))
+    ));
+    // A declared length beyond the chunk.
+    let t = client.submit_bytes("echo", &[0; 16], 1 << 20).unwrap();
+    assert!(matches!(
+        client.recv(t, Duration::from_secs(5)),
+        Err(Error::InvalidRequest(_))
+    ));
+    // A chunk id the client does not hold (forged or stale).
+    for forged in [0u64, u64::MAX, 0x0100_0003_0000_0007] {
+        let t = client.submit_descriptor("echo", forged, 64).unwrap();
+        assert!(
+            matches!(
+                client.recv(t, Duration::from_secs(5)),
+                Err(Error::InvalidRequest(_))
+            ),
+            "forged id {forged:#x}"
+        );
+    }
+    let ok = client
+        .infer(&req(
+            "echo",
+            Task::Generate,
+            Input::Text("still here".into()),
+        ))
+        .unwrap();
+    assert!(
+        matches!(&ok.response().unwrap().body, ArchivedBody::Generation(g) if g.text == "still here")
+    );
+}
+
+#[test]
+fn deadlines_cancel_and_quota() {
+    let (_server, client) = server("deadline", |c| c.max_inflight = 3);
+    // Runs 10 x 20 ms but may take 60 ms: stopped at the deadline.
+    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    r.params.max_tokens = 10;
+    r.params.timeout_ms = 60;
+    let t0 = Instant::now();
+    assert_eq!(client.infer(&r).unwrap_err(), Error::TimedOut);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Cancel a running stream after its first chunk.
+    r.params.timeout_ms = 0;
+    r.params.max_tokens = 200;
+    let mut s = client.stream(&r).unwrap();
+    let first = s.next().unwrap().unwrap();
+    assert!(!first.is_final());
+    client.cancel(s.ticket()).unwrap();
+    let rest: Vec<_> = s.collect();
+    assert!(
+        rest.len() <= 5,
+        "stopped within a few chunks, got {}",
+        rest.len()
+    );
+    assert_eq!(
+        rest.last().unwrap().as_ref().unwrap_err(),
+        &Error::Cancelled
+    );
+    // Quota: 3 in flight at most; the 4th and 5th are Busy at once.
+    r.params.max_tokens = 3;
+    let tickets: Vec<_> = (0..5).map(|_| client.submit(&r).unwrap()).collect();
+    let results: Vec<_> = tickets
+        .iter()
+        .map(|t| loop {
+            match client.recv(*t, Duration::from_secs(10)) {
+                Ok(v) if !v.is_final() => continue,
+                other => break other.map(|_| ()),
+            }
+        })
+        .collect();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Busy(_))))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!((ok, busy), (3, 2), "{results:?}");
+}
+
+#[test]
+fn more_urgent_requests_run_first() {
+    let (_server, client) = server("prio", |_| {});
+    let mut blocker = req("slow", Task::Generate, Input::Text("x".into()));
+    blocker.params.max_tokens = 5;
+    let b = client.submit(&blocker).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let mut tickets = Vec::new();
+    for p in [3u8, 2, 1, 0] {
+        let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+        r.params.max_tokens = 1;
+        r.params.priority = p;
+        tickets.push((p, client.submit(&r).unwrap()));
+    }
+    let waiters: Vec<_> = tickets
+        .into_iter()
+        .map(|(p, t)| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                client.recv(t, Duration::from_secs(5)).unwrap();
+                (p, Instant::now())
+            })
+        })
+        .collect();
+    client.recv(b, Duration::from_secs(5)).unwrap();
+    let mut done: Vec<(u8, Instant)> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    done.sort_by_key(|(_, at)| *at);
+    let order: Vec<u8> = done.iter().map(|(p, _)| *p).collect();
+    assert_eq!(order, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn threads_share_one_client() {
+    let (_server, client) = server("threads", |c| c.max_inflight = 64);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let text = format!("t{t}-{i}");
+                    let v = client
+                        .infer(&req("echo", Task::Generate, Input::Text(text.clone())))
+                        .unwrap();
+                    match &v.response().unwrap().body {
+                        ArchivedBody::Generation(g) => assert_eq!(g.text.as_str(), text),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[test]
+fn shutdown_answers_what_it_cannot_finish() {
+    let (server, client) = server("drain", |_| {});
+    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    r.params.max_tokens = 50;
+    let tickets: Vec<_> = (0..4).map(|_| client.submit(&r).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let c2 = client.clone();
+    let waiter = std::thread::spawn(move || {
+        tickets
+            .iter()
+            .map(|t| loop {
+                match c2.recv(*t, Duration::from_secs(10)) {
+                    Ok(v) if !v.is_final() => continue,
+                    other => break other.map(|_| ()),
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    server.shutdown(Duration::from_millis(100));
+    let results = waiter.join().unwrap();
+    for r in &results {
+        assert!(
+            matches!(
+                r,
+                Err(Error::ShuttingDown) | Err(Error::Cancelled) | Err(Error::ServerGone)
+            ),
+            "{results:?}"
+        );
+    }
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::ShuttingDown) | Err(Error::Cancelled))),
+        "at least the queued ones are answered: {results:?}"
+    );
+    assert_eq!(
+        client.submit(&req("echo", Task::Generate, Input::Text("late".into()))),
+        Err(Error::ServerGone)
+    );
+}
+
+#[test]
+fn connect_errors_are_typed() {
+    assert_eq!(
+        Client::connect("no-such-service-xyz").unwrap_err(),
+        Error::ServiceNotFound("no-such-service-xyz".into())
+    );
+    let (_server, _client) = server("dup", |_| {});
+    let again = Server::start(ServerConfig::new(
+        &name("dup"),
+        vec![ModelConfig::new("e", "echo")],
+    ));
+    assert!(again.is_err(), "a live server's name is refused");
+    let bad = Server::start(ServerConfig::new(
+        &name("badmodel"),
+        vec![ModelConfig::new("m", "no-such-backend")],
+    ));
+    assert!(matches!(bad, Err(shm_runtime::ServerError::Model { .. })));
+}
