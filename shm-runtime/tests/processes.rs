@@ -1,0 +1,344 @@
+//! The runtime across real processes: client processes (this test binary re-executed) against a
+//! server, clients and servers killed with SIGKILL.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig, Ticket};
+
+const ROLE: &str = "SHM_RUNTIME_TEST_ROLE";
+const SERVICE: &str = "SHM_RUNTIME_TEST_SERVICE";
+const ARG: &str = "SHM_RUNTIME_TEST_ARG";
+
+struct Kid {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    reaped: bool,
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Kid {
+    fn from(mut child: Child) -> Kid {
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Kid {
+            child,
+            out,
+            reaped: false,
+        }
+    }
+
+    fn client(role: &str, service: &str, arg: &str) -> Kid {
+        Kid::from(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+                .env(ROLE, role)
+                .env(SERVICE, service)
+                .env(ARG, arg)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn server(service: &str) -> Kid {
+        Kid::from(
+            Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+                .args([
+                    "serve",
+                    "--name",
+                    service,
+                    "--model",
+                    "echo=echo",
+                    "--model",
+                    "slow=sleep",
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn expect(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "child exited before printing {prefix:?}");
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..].trim().to_owned();
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        // SAFETY: sends a signal to our own child's pid; no memory involved.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) },
+            0
+        );
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    fn wait_success(mut self) {
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        assert!(status.success(), "child failed: {status:?}");
+    }
+}
+
+fn say(line: String) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn unique(tag: &str) -> String {
+    format!("p-{tag}-{}", std::process::id())
+}
+
+/// xorshift64*: reproducible pseudo-random choices without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Sends `n` requests with up to 16 in flight, random priorities and timeouts, to the echo model
+/// and (one in 50) to the slow one with a deadline it cannot meet; checks that each gets exactly
+/// one final answer of an allowed kind. Prints progress, then "ok <answered>".
+fn load(service: &str, n: u64, seed: u64) {
+    let client = Client::connect(service).unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut open: HashMap<Ticket, u64> = HashMap::new();
+    let mut finals: HashMap<u64, u32> = HashMap::new();
+    let (mut sent, mut answered, mut timed_out) = (0u64, 0u64, 0u64);
+    while answered < n {
+        while sent < n && open.len() < 16 {
+            let slow = rng.next() % 50 == 0;
+            let mut params = Params {
+                priority: (rng.next() % 4) as u8,
+                timeout_ms: if slow {
+                    5
+                } else {
+                    5_000 + (rng.next() % 1000) as u32
+                },
+                ..Params::default()
+            };
+            if slow {
+                params.max_tokens = 100;
+            }
+            let req = Request {
+                id: 0,
+                model: if slow { "slow" } else { "echo" }.into(),
+                task: Task::Generate,
+                input: Input::Text(format!("request {sent}")),
+                params,
+            };
+            let t = client.submit(&req).unwrap();
+            open.insert(t, sent);
+            sent += 1;
+        }
+        let (&t, &i) = open.iter().next().unwrap();
+        match client.recv(t, Duration::from_secs(20)) {
+            Ok(v) if !v.is_final() => continue,
+            Ok(_) => {}
+            Err(Error::TimedOut) => timed_out += 1,
+            Err(e) => panic!("request {i}: unexpected {e}"),
+        }
+        open.remove(&t);
+        *finals.entry(i).or_default() += 1;
+        answered += 1;
+        if answered % 1000 == 0 {
+            say(format!("progress {answered}"));
+        }
+    }
+    assert_eq!(finals.len() as u64, n);
+    assert!(finals.values().all(|&c| c == 1));
+    assert_eq!(client.in_flight(), 0);
+    say(format!("ok {answered} timed_out {timed_out}"));
+}
+
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let service = std::env::var(SERVICE).unwrap();
+    let arg: u64 = std::env::var(ARG).unwrap().parse().unwrap_or(0);
+    match role.as_str() {
+        "load" => load(&service, arg, std::process::id() as u64),
+        "stream-and-hang" => {
+            let client = Client::connect(&service).unwrap();
+            let mut r = Request {
+                id: 0,
+                model: "slow".into(),
+                task: Task::Generate,
+                input: Input::Text("x".into()),
+                params: Params::default(),
+            };
+            r.params.max_tokens = 10_000;
+            let mut s = client.stream(&r).unwrap();
+            let first = s.next().unwrap().unwrap();
+            // Hold a view (a chunk) and keep requests queued, then wait to be killed.
+            for _ in 0..8 {
+                client.submit(&r).unwrap();
+            }
+            say("STREAMING".into());
+            std::thread::sleep(Duration::from_secs(60));
+            drop(first);
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills() {
+    let service = unique("load");
+    let mut slow = ModelConfig::new("slow", "sleep");
+    slow.options
+        .insert("step_ms".into(), toml::Value::Float(1.0));
+    let mut cfg = ServerConfig::new(&service, vec![ModelConfig::new("echo", "echo"), slow]);
+    cfg.max_inflight = 32;
+    let _server = Server::start(cfg).unwrap();
+    let observer = Client::connect(&service).unwrap();
+    let (_, total) = observer.pool_free();
+    let mut kids: Vec<Kid> = (0..4)
+        .map(|_| Kid::client("load", &service, "10000"))
+        .collect();
+    kids[0].expect("progress 1000");
+    kids[0].kill9();
+    for k in kids.drain(1..) {
+        let mut k = k;
+        let line = k.expect("ok ");
+        assert!(line.starts_with("10000"), "{line}");
+        k.wait_success();
+    }
+    // The dead client's slot, queued work and chunks come back.
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        observer.pool_free() == (total, total)
+    });
+    let ok = observer
+        .infer(&Request {
+            id: 0,
+            model: "echo".into(),
+            task: Task::Generate,
+            input: Input::Text("after".into()),
+            params: Params::default(),
+        })
+        .unwrap();
+    assert!(ok.is_final());
+}
+
+#[test]
+fn a_client_killed_mid_stream_is_cleaned_up() {
+    let service = unique("midstream");
+    let mut slow = ModelConfig::new("slow", "sleep");
+    slow.options
+        .insert("step_ms".into(), toml::Value::Float(5.0));
+    let _server = Server::start(ServerConfig::new(
+        &service,
+        vec![ModelConfig::new("echo", "echo"), slow],
+    ))
+    .unwrap();
+    let observer = Client::connect(&service).unwrap();
+    let (_, total) = observer.pool_free();
+    let mut kid = Kid::client("stream-and-hang", &service, "0");
+    kid.expect("STREAMING");
+    assert!(observer.pool_free().0 < total, "the child holds chunks");
+    kid.kill9();
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        observer.pool_free() == (total, total)
+    });
+    // The lane is free again: a short request is answered promptly.
+    let t = Instant::now();
+    let mut r = Request {
+        id: 0,
+        model: "slow".into(),
+        task: Task::Generate,
+        input: Input::Text("x".into()),
+        params: Params::default(),
+    };
+    r.params.max_tokens = 1;
+    observer.infer(&r).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
+    let service = unique("srvkill");
+    let mut server = Kid::server(&service);
+    server.expect("serving");
+    let client = Client::connect(&service).unwrap();
+    let mut r = Request {
+        id: 0,
+        model: "slow".into(),
+        task: Task::Generate,
+        input: Input::Text("x".into()),
+        params: Params::default(),
+    };
+    r.params.max_tokens = 1000;
+    let t = client.submit(&r).unwrap();
+    server.kill9();
+    let start = Instant::now();
+    assert_eq!(
+        client.recv(t, Duration::from_secs(30)).unwrap_err(),
+        Error::ServerGone
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "ServerGone took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.submit(&r).unwrap_err(), Error::ServerGone);
+    drop(client);
+    // A new server takes over the stale name; clients reconnect.
+    let mut server = Kid::server(&service);
+    server.expect("serving");
+    let client = Client::connect(&service).unwrap();
+    r.params.max_tokens = 1;
+    client.infer(&r).unwrap();
+    server.kill9();
+    drop(client);
+    // `cleanup` removes the dead server's segment (and would refuse a live one).
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["cleanup", &service])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        Client::connect(&service).unwrap_err(),
+        Error::ServiceNotFound(service.clone())
+    );
+}
