@@ -84,10 +84,8 @@ impl Kid {
 
     fn kill9(&mut self) {
         // SAFETY: sends a signal to our own child's pid; no memory involved.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) },
-            0
-        );
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(r, 0);
         let _ = self.child.wait();
         self.reaped = true;
     }
