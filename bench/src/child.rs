@@ -15,7 +15,13 @@ pub fn dispatch() {
         return;
     };
     let arg = std::env::var(ARG_VAR).unwrap_or_default();
-    let result = crate::ring_work::run_child(&role, &arg);
+    let result = crate::ring_work::run_child(&role, &arg).and_then(|done| {
+        if done {
+            Ok(true)
+        } else {
+            crate::rt_work::run_child(&role, &arg)
+        }
+    });
     match result {
         Ok(true) => std::process::exit(0),
         Ok(false) => {

@@ -8,4 +8,5 @@ pub mod child;
 pub mod plot;
 pub mod report;
 pub mod ring_work;
+pub mod rt_work;
 pub mod stats;

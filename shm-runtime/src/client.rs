@@ -474,6 +474,14 @@ impl Client {
         Ok(())
     }
 
+    /// The server's pid, as its segment header records it.
+    pub fn server_pid(&self) -> Option<u32> {
+        match self.inner.svc.header().server_pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
     /// Requests this client has in flight.
     pub fn in_flight(&self) -> usize {
         self.inner.inbox().pending.len()

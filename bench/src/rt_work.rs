@@ -1,0 +1,290 @@
+//! Workloads of the runtime: request -> worker -> response round trips against an echo server in
+//! another process, pipelined throughput, idle CPU, and the in-process costs of validation, result
+//! writing and scheduling.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use shm_runtime::protocol::{
+    access_request, check_request, encode_into, Body, FinishReason, Generation, Input, Limits,
+    Params, Request, Response, Task, Usage,
+};
+use shm_runtime::scheduler::{Job, Scheduler};
+use shm_runtime::{Client, ClientOptions, ModelConfig, Server, ServerConfig};
+
+use crate::child::{pin_to, Kid};
+use crate::stats::{median, Latencies, Percentiles};
+
+/// An echo server in a child process, pinned to the second CPU.
+#[derive(Debug)]
+pub struct EchoServer {
+    kid: Kid,
+    /// Its service name.
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl EchoServer {
+    /// Starts one with wait strategy `wait` (`busy`, `park`...) and waits until it answers.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come up within 10 s.
+    pub fn start(wait: &str) -> Result<EchoServer> {
+        let name = format!("bench-echo-{wait}-{}", std::process::id());
+        let kid = Kid::spawn("echo-server", &format!("{name},{wait}"))?;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Client::connect(&name) {
+                Ok(c) => {
+                    let pid = server_pid(&c)?;
+                    drop(c);
+                    return Ok(EchoServer { kid, name, pid });
+                }
+                Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => bail!("echo server did not come up: {e}"),
+            }
+        }
+    }
+
+    /// Stops it.
+    ///
+    /// # Errors
+    ///
+    /// When it did not exit cleanly.
+    pub fn stop(self) -> Result<()> {
+        // SAFETY: signals our own child; no memory involved.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        self.kid.join()
+    }
+}
+
+fn server_pid(c: &Client) -> Result<u32> {
+    c.server_pid().ok_or_else(|| anyhow!("no server pid"))
+}
+
+fn serve(name: &str, wait: &str) -> Result<()> {
+    let mut cfg = ServerConfig::new(name, vec![ModelConfig::new("echo", "echo")]);
+    cfg.wait = shm_runtime::config::parse_wait(wait).map_err(anyhow::Error::msg)?;
+    let cpus = crate::child::online_cpus();
+    cfg.cores = vec![cpus[1 % cpus.len()]];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let server = Server::start(cfg)?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.shutdown(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The round-trip request: 64 bytes of text to the echo model.
+pub fn echo_request() -> Request {
+    Request {
+        id: 0,
+        model: "echo".into(),
+        task: Task::Generate,
+        input: Input::Text("x".repeat(64)),
+        params: Params::default(),
+    }
+}
+
+/// Round trips through `server`, one at a time, waiting `pause` between them; client on the first
+/// CPU with `wait`. Returns round-trip percentiles, ns.
+///
+/// # Errors
+///
+/// When a request fails.
+pub fn round_trips(
+    server: &EchoServer,
+    wait: shm_runtime::ring::WaitStrategy,
+    n: usize,
+    pause: Option<Duration>,
+) -> Result<Percentiles> {
+    let client = Client::connect_with(
+        &server.name,
+        ClientOptions {
+            wait,
+            ..ClientOptions::default()
+        },
+    )?;
+    let _pin = pin_to(0);
+    let req = echo_request();
+    let mut lat = Latencies::new();
+    for i in 0..n + n / 10 {
+        if let Some(p) = pause {
+            std::thread::sleep(p);
+        }
+        let t = Instant::now();
+        let v = client.infer(&req)?;
+        let ns = t.elapsed().as_nanos() as u64;
+        if v.len() < 64 {
+            bail!("short answer");
+        }
+        drop(v);
+        if i >= n / 10 {
+            lat.record(ns);
+        }
+    }
+    Ok(lat.percentiles())
+}
+
+/// Requests per second from one client keeping up to `depth` in flight.
+///
+/// # Errors
+///
+/// When a request fails.
+pub fn pipelined(server: &EchoServer, n: usize, depth: usize) -> Result<f64> {
+    let client = Client::connect_with(
+        &server.name,
+        ClientOptions {
+            wait: shm_runtime::ring::WaitStrategy::BusySpin,
+            ..ClientOptions::default()
+        },
+    )?;
+    let _pin = pin_to(0);
+    let req = echo_request();
+    let mut open = std::collections::VecDeque::new();
+    let start = Instant::now();
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && open.len() < depth {
+            open.push_back(client.submit(&req)?);
+            sent += 1;
+        }
+        let t = open.pop_front().expect("in flight");
+        client.recv(t, Duration::from_secs(10))?;
+        done += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// CPU time an idle server process uses over `window`, percent of one core.
+///
+/// # Errors
+///
+/// When /proc cannot be read.
+pub fn idle_cpu_pct(pid: u32, window: Duration) -> Result<f64> {
+    let ticks = || -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::thread::sleep(Duration::from_millis(200));
+    let a = ticks()?;
+    std::thread::sleep(window);
+    let b = ticks()?;
+    Ok((b - a) as f64 / hz / window.as_secs_f64() * 100.0)
+}
+
+#[repr(C, align(64))]
+struct Buf([u8; 64 << 10]);
+
+/// Median ns of full validation (bytecheck + semantic limits) of a request of `tokens` token ids.
+///
+/// # Errors
+///
+/// When the request does not validate.
+pub fn validate_ns(tokens: usize) -> Result<f64> {
+    let mut buf = Box::new(Buf([0; 64 << 10]));
+    let req = Request {
+        input: Input::Tokens((0..tokens as u32).collect()),
+        ..echo_request()
+    };
+    let len = encode_into(&req, &mut buf.0)?;
+    let limits = Limits::default();
+    let bytes = &buf.0[..len];
+    let mut per = Vec::new();
+    for _ in 0..31 {
+        let iters = 100_000;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let r = access_request(std::hint::black_box(bytes)).map_err(anyhow::Error::msg)?;
+            check_request(r, &limits).map_err(anyhow::Error::msg)?;
+            std::hint::black_box(r);
+        }
+        per.push(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    Ok(median(&mut per))
+}
+
+/// Median ns to write a 200-token generation result (text and token ids) in place into a chunk.
+///
+/// # Errors
+///
+/// When the buffer is too small.
+pub fn result_create_ns() -> Result<f64> {
+    let mut buf = Box::new(Buf([0; 64 << 10]));
+    let resp = Response {
+        id: 1,
+        body: Body::Generation(Generation {
+            text: "generated ".repeat(200),
+            tokens: (0..200).collect(),
+            finish: FinishReason::Length,
+            usage: Usage::default(),
+        }),
+    };
+    let mut per = Vec::new();
+    for _ in 0..31 {
+        let iters = 100_000;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let n = encode_into(std::hint::black_box(&resp), &mut buf.0)?;
+            std::hint::black_box(n);
+        }
+        per.push(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    Ok(median(&mut per))
+}
+
+/// Millions of enqueue + dequeue pairs per second through a lane scheduler, one thread.
+pub fn scheduler_mops() -> f64 {
+    let s = Scheduler::new(1024);
+    let now = Instant::now();
+    let job = Job {
+        client: 0,
+        epoch: 1,
+        ticket: 0,
+        chunk: shm_runtime::ring::pool::ChunkId::from_raw(0),
+        len: 0,
+        request_id: 0,
+        priority: 1,
+        deadline: now,
+        accepted: now,
+    };
+    let mut per = Vec::new();
+    for _ in 0..21 {
+        let iters = 1_000_000u32;
+        let t = Instant::now();
+        for i in 0..iters {
+            let _ = s.push(Job {
+                ticket: i,
+                priority: (i & 3) as u8,
+                ..job
+            });
+            std::hint::black_box(s.pop());
+        }
+        per.push(iters as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+    median(&mut per)
+}
+
+/// Runs the runtime child `role`; `Ok(false)` when the role is not one of this module's.
+pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
+    match role {
+        "echo-server" => {
+            let (name, wait) = arg
+                .split_once(',')
+                .ok_or_else(|| anyhow!("echo-server wants NAME,WAIT"))?;
+            serve(name, wait)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
