@@ -53,11 +53,15 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Inbox {
     leader: bool,
+    /// Threads waiting on the condvar (notify only when there are some: a notify is a syscall).
+    sleepers: usize,
     pending: HashMap<u32, Pending>,
 }
 
 struct Inner {
     svc: Service,
+    /// The model table, read once at connect (it never changes while a server lives).
+    models: Vec<(String, usize, u32)>,
     pool: Pool,
     owner: OwnerId,
     slot: usize,
@@ -67,8 +71,9 @@ struct Inner {
     inbox: Mutex<Inbox>,
     arrived: Condvar,
     next_ticket: AtomicU32,
-    nonce: u64,
     options: ClientOptions,
+    /// Set once a wait found the server dead: later calls fail at once.
+    server_gone: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to a service.
@@ -170,9 +175,25 @@ impl Client {
         // SYNC(state): Release publishes owner and epoch to workers' Acquire in sync_clients.
         e.state.store(CLIENT_ACTIVE, Ordering::Release);
         svc.header().active.fetch_or(1u64 << slot, Ordering::AcqRel);
-        let nonce = (u64::from(std::process::id()) << 32) ^ (u64::from(epoch) << 16) ^ slot as u64;
+        // SYNC(clients_gen): AcqRel after the state and mask: a worker that loads the new value
+        // (Acquire) sees this slot active.
+        svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
+        let n_models =
+            (svc.header().models.load(Ordering::Acquire) as usize).min(crate::service::MAX_MODELS);
+        let models = (0..n_models)
+            .filter_map(|i| {
+                let m = svc.model(i);
+                Some((
+                    svc.model_name(i)?,
+                    m.lane.load(Ordering::Relaxed) as usize,
+                    m.tasks.load(Ordering::Relaxed),
+                ))
+            })
+            .filter(|(_, lane, _)| *lane < svc.layout.lanes)
+            .collect();
         Ok(Client {
             inner: Arc::new(Inner {
+                models,
                 svc,
                 pool,
                 owner,
@@ -183,23 +204,24 @@ impl Client {
                 inbox: Mutex::new(Inbox::default()),
                 arrived: Condvar::new(),
                 next_ticket: AtomicU32::new(1),
-                nonce: nonce << 24,
                 options,
+                server_gone: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
 
     /// The models the service serves.
     pub fn models(&self) -> Vec<String> {
-        let svc = &self.inner.svc;
-        let n = svc.header().models.load(Ordering::Acquire) as usize;
-        (0..n.min(crate::service::MAX_MODELS))
-            .filter_map(|i| svc.model_name(i))
+        self.inner
+            .models
+            .iter()
+            .map(|(n, _, _)| n.clone())
             .collect()
     }
 
     /// Sends a request without waiting for the answer. The request is serialized straight into a
-    /// shared chunk; its `id` is replaced by one unique to this connection.
+    /// shared chunk; answers carry its `id` (choose ids unique among your requests in flight to
+    /// get the extra check that an answer belongs to its request).
     ///
     /// # Errors
     ///
@@ -208,11 +230,13 @@ impl Client {
     /// the pool or the request ring is full, [`Error::ServerGone`].
     pub fn submit(&self, request: &Request) -> Result<Ticket, Error> {
         let inner = &*self.inner;
-        if !inner.svc.server_alive() {
+        // One atomic load; the full liveness probe (a syscall) runs only when a wait times out.
+        if inner.server_gone.load(Ordering::Relaxed)
+            || inner.svc.header().state.load(Ordering::Acquire) == crate::service::STATE_STOPPED
+        {
             return Err(Error::ServerGone);
         }
         let (lane, tasks) = inner
-            .svc
             .find_model(&request.model)
             .ok_or_else(|| Error::ModelNotFound(request.model.clone()))?;
         if tasks & (1 << (request.task as u32)) == 0 {
@@ -226,17 +250,16 @@ impl Client {
             .get(lane)
             .ok_or_else(|| Error::Protocol(format!("lane {lane} out of range")))?;
         let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let request_id = inner.nonce | u64::from(ticket & 0xFF_FFFF);
-        let mut req = request.clone();
-        req.id = request_id;
+        let request_id = request.id;
+        let req = request;
         let max = inner.pool.max_chunk_size();
-        let mut size = estimate(&req).min(max);
+        let mut size = estimate(req).min(max);
         let (chunk, len) = loop {
             let mut loan = inner
                 .pool
                 .loan(inner.owner, size)
                 .map_err(|e| Error::Busy(format!("no shared memory for the request: {e}")))?;
-            match encode_into(&req, loan.as_mut_slice()) {
+            match encode_into(req, loan.as_mut_slice()) {
                 Ok(len) => break (loan.into_id(), len),
                 Err(_) if size < max => size = (size * 2).min(max),
                 Err(_) => {
@@ -335,7 +358,6 @@ impl Client {
     ) -> Result<Ticket, Error> {
         let inner = &*self.inner;
         let (lane, _) = inner
-            .svc
             .find_model(model)
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
         let mut loan = inner
@@ -357,7 +379,6 @@ impl Client {
     pub fn submit_descriptor(&self, model: &str, chunk: u64, len: u32) -> Result<Ticket, Error> {
         let (lane, _) = self
             .inner
-            .svc
             .find_model(model)
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
         self.push_request(lane, chunk, len, 0)
@@ -489,6 +510,13 @@ impl Client {
 }
 
 impl Inner {
+    fn find_model(&self, name: &str) -> Option<(usize, u32)> {
+        self.models
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, lane, tasks)| (*lane, *tasks))
+    }
+
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -512,11 +540,13 @@ impl Inner {
             }
             if inbox.leader {
                 let slice = (deadline - now).min(Duration::from_millis(20));
+                inbox.sleepers += 1;
                 inbox = self
                     .arrived
                     .wait_timeout(inbox, slice)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                inbox.sleepers -= 1;
                 continue;
             }
             inbox.leader = true;
@@ -539,13 +569,17 @@ impl Inner {
                     }
                 }
                 Err(_) => {
-                    if !self.svc.server_alive() {
+                    if self.server_gone.load(Ordering::Relaxed) || !self.svc.server_alive() {
+                        self.server_gone.store(true, Ordering::Relaxed);
                         self.arrived.notify_all();
                         return Err(Error::ServerGone);
                     }
                 }
             }
-            self.arrived.notify_all();
+            // Wake the others to check their tickets and take over as leader.
+            if inbox.sleepers > 0 {
+                self.arrived.notify_all();
+            }
         }
     }
 }
@@ -560,6 +594,7 @@ impl Drop for Inner {
                 .header()
                 .active
                 .fetch_and(!(1u64 << self.slot), Ordering::AcqRel);
+            self.svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
             // Answers still on the ring are ours: return them with the rest of our chunks.
             self.pool.unregister_owner(self.owner);
             let _ = e

@@ -430,6 +430,7 @@ fn reap_client(sh: &Shared, c: usize, raw: u64) {
     // delivered to a successor.
     e.epoch.fetch_add(1, Ordering::AcqRel);
     e.inflight.store(0, Ordering::Release);
+    sh.svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
     for lane in &sh.lanes {
         if lane.cancels_pending.load(Ordering::Acquire) > 0 {
             let mut set = lane.cancels.lock().unwrap_or_else(|p| p.into_inner());
@@ -491,6 +492,10 @@ struct Worker<'s> {
     sh: &'s Shared,
     lane: usize,
     clients: Vec<Option<ClientHandles>>,
+    /// Slots with handles, in slot order.
+    attached: Vec<usize>,
+    /// `clients_gen` when the client table was last read.
+    seen_gen: u64,
     rr: usize,
     /// Answers that did not fit in a client's response ring yet: (client, epoch, descriptor).
     backlog: VecDeque<(usize, u32, Desc)>,
@@ -506,6 +511,8 @@ impl<'s> Worker<'s> {
             sh,
             lane,
             clients: (0..sh.svc.layout.max_clients).map(|_| None).collect(),
+            attached: Vec::new(),
+            seen_gen: u64::MAX,
             rr: 0,
             backlog: VecDeque::new(),
             private: Vec::new(),
@@ -547,11 +554,18 @@ impl<'s> Worker<'s> {
     }
 
     fn any_request_waiting(&self) -> bool {
-        self.clients.iter().flatten().any(|h| !h.req.is_empty())
+        self.attached
+            .iter()
+            .any(|&c| self.clients[c].as_ref().is_some_and(|h| !h.req.is_empty()))
     }
 
-    /// Attaches to newly active clients and lets go of departed ones.
+    /// Attaches to newly active clients and lets go of departed ones, when the client table moved.
     fn sync_clients(&mut self) {
+        let gen = self.sh.svc.header().clients_gen.load(Ordering::Acquire);
+        if gen == self.seen_gen {
+            return;
+        }
+        self.seen_gen = gen;
         let active = self.sh.svc.header().active.load(Ordering::Acquire);
         for c in 0..self.clients.len() {
             let e = self.sh.svc.client(c);
@@ -580,17 +594,23 @@ impl<'s> Worker<'s> {
                 (None, false) => {}
             }
         }
+        self.attached = (0..self.clients.len())
+            .filter(|&c| self.clients[c].is_some())
+            .collect();
     }
 
     /// Takes up to PER_CLIENT_ROUND descriptors from each client (only `only` when given),
     /// round-robin. Returns how many it took.
     fn ingest(&mut self, only: Option<usize>) -> usize {
-        let n = self.clients.len();
+        let n = self.attached.len();
+        if n == 0 {
+            return 0;
+        }
         let mut took = 0;
-        let start = self.rr;
-        self.rr = (self.rr + 1) % n.max(1);
+        let start = self.rr % n;
+        self.rr = self.rr.wrapping_add(1);
         for k in 0..n {
-            let c = (start + k) % n;
+            let c = self.attached[(start + k) % n];
             if only.is_some_and(|o| o != c) {
                 continue;
             }

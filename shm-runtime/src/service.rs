@@ -80,6 +80,9 @@ pub struct ServiceHeader {
     pub max_inflight: AtomicU32,
     /// Padding.
     pub _pad: AtomicU32,
+    /// Bumped whenever a client slot changes state (connect, disconnect, reaped): workers re-read
+    /// the client table only when it moves.
+    pub clients_gen: AtomicU64,
     /// Bit i set: client slot i is active.
     pub active: CachePadded<AtomicU64>,
 }
