@@ -50,12 +50,33 @@ struct Pending {
     arrived: VecDeque<Desc>,
 }
 
+/// Tickets are sequential u32s from this process: a multiplicative hash spreads them well enough
+/// (SipHash would cost more than the rest of a lookup).
+#[derive(Debug, Default, Clone, Copy)]
+struct TicketHasher(u64);
+
+impl std::hash::Hasher for TicketHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Tickets = HashMap<u32, Pending, std::hash::BuildHasherDefault<TicketHasher>>;
+
 #[derive(Debug, Default)]
 struct Inbox {
     leader: bool,
     /// Threads waiting on the condvar (notify only when there are some: a notify is a syscall).
     sleepers: usize,
-    pending: HashMap<u32, Pending>,
+    pending: Tickets,
 }
 
 struct Inner {
@@ -517,6 +538,20 @@ impl Inner {
             .map(|(_, lane, tasks)| (*lane, *tasks))
     }
 
+    /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
+    /// after a timeout, or left for a previous holder of the slot).
+    fn route(&self, inbox: &mut Inbox, d: Desc) {
+        let t = d[1] as u32;
+        match inbox.pending.get_mut(&t) {
+            Some(p) => p.arrived.push_back(d),
+            None => {
+                if let Some((_, chunk, _, _)) = parse_desc(d) {
+                    let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
+                }
+            }
+        }
+    }
+
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -532,6 +567,13 @@ impl Inner {
                     if let Some(d) = p.arrived.pop_front() {
                         return Ok(d);
                     }
+                }
+            }
+            if !inbox.leader {
+                // Fast path: the answer may be there already; no clock, no wait.
+                if let Ok(d) = self.responses.pop() {
+                    self.route(&mut inbox, d);
+                    continue;
                 }
             }
             let now = Instant::now();
@@ -556,18 +598,7 @@ impl Inner {
             inbox = self.inbox();
             inbox.leader = false;
             match popped {
-                Ok(d) => {
-                    let t = d[1] as u32;
-                    match inbox.pending.get_mut(&t) {
-                        Some(p) => p.arrived.push_back(d),
-                        None => {
-                            // An answer nobody waits for (abandoned after a timeout): return it.
-                            if let Some((_, chunk, _, _)) = parse_desc(d) {
-                                let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
-                            }
-                        }
-                    }
-                }
+                Ok(d) => self.route(&mut inbox, d),
                 Err(_) => {
                     if self.server_gone.load(Ordering::Relaxed) || !self.svc.server_alive() {
                         self.server_gone.store(true, Ordering::Relaxed);

@@ -8,7 +8,7 @@
 //! notices dead clients and returns everything they held.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -101,11 +101,11 @@ struct Shared {
     config: ServerConfig,
     /// Set when draining starts; requests arriving later are answered `ShuttingDown`.
     draining: AtomicBool,
-    /// Nanoseconds since `epoch` after which queued work is answered `ShuttingDown`.
-    drain_deadline_ns: AtomicU64,
+    /// Set by `stop` when the grace period has passed: queued and running work is answered
+    /// `ShuttingDown` (a flag, so workers read no clock for it).
+    drain_expired: AtomicBool,
     /// Workers and housekeeper exit.
     exit: AtomicBool,
-    epoch: Instant,
     workers_running: AtomicU32,
 }
 
@@ -196,9 +196,8 @@ impl Server {
             lanes,
             config: config.clone(),
             draining: AtomicBool::new(false),
-            drain_deadline_ns: AtomicU64::new(u64::MAX),
+            drain_expired: AtomicBool::new(false),
             exit: AtomicBool::new(false),
-            epoch: Instant::now(),
             workers_running: AtomicU32::new(0),
         });
         let mut threads = Vec::new();
@@ -267,9 +266,7 @@ impl Server {
         if sh.exit.load(Ordering::Acquire) {
             return;
         }
-        let deadline = sh.epoch.elapsed() + grace;
-        sh.drain_deadline_ns
-            .store(deadline.as_nanos() as u64, Ordering::Release);
+        let grace_end = Instant::now() + grace;
         sh.draining.store(true, Ordering::Release);
         sh.svc
             .header()
@@ -279,6 +276,10 @@ impl Server {
         // Wait until every queue is empty and nothing runs (or the grace period and a margin end).
         let hard = Instant::now() + grace + Duration::from_secs(2);
         while Instant::now() < hard {
+            if Instant::now() >= grace_end && !sh.drain_expired.load(Ordering::Relaxed) {
+                sh.drain_expired.store(true, Ordering::Release);
+                wake_workers(sh);
+            }
             let busy = (0..sh.lanes.len()).any(|l| {
                 let lh = sh.svc.lane(l);
                 !sh.lanes[l].sched.is_empty() || lh.running.load(Ordering::Acquire) > 0
@@ -781,13 +782,12 @@ impl<'s> Worker<'s> {
             let _ = sh.pool.release(job.chunk, sh.owner);
             return;
         }
-        let drain_ns = sh.drain_deadline_ns.load(Ordering::Acquire);
-        let past_drain = sh.epoch.elapsed().as_nanos() as u64 >= drain_ns;
-        let early = if past_drain {
+        let now = Instant::now();
+        let early = if sh.drain_expired.load(Ordering::Acquire) {
             Some((ErrorCode::ShuttingDown, "the server is shutting down"))
         } else if self.is_cancelled(c, job.epoch, job.ticket) {
             Some((ErrorCode::Cancelled, "cancelled before it ran"))
-        } else if Instant::now() >= job.deadline {
+        } else if now >= job.deadline {
             Some((ErrorCode::TimedOut, "the deadline passed while queued"))
         } else {
             None
@@ -1059,7 +1059,7 @@ impl RunContext for Ctx<'_, '_> {
             return Some(Stop::TimedOut);
         }
         let sh = self.worker.sh;
-        if sh.epoch.elapsed().as_nanos() as u64 >= sh.drain_deadline_ns.load(Ordering::Acquire) {
+        if sh.drain_expired.load(Ordering::Acquire) {
             return Some(Stop::Cancelled);
         }
         None
