@@ -76,25 +76,38 @@ impl Backend for Echo {
                 )),
             },
             ArchivedTask::Generate => {
-                let text = text_of(&req.input);
-                let tokens = tokens_of(&req.input);
+                // The "tokens" of a text prompt are its characters; the answer echoes the input as
+                // it came (text as text, token ids as token ids), cut to max_tokens units.
                 let max = req.params.max_tokens.to_native() as usize;
-                let tokens: Vec<u32> = tokens.into_iter().take(max).collect();
+                let (units, tokens, text): (Vec<u32>, Vec<u32>, String) = match &req.input {
+                    ArchivedInput::Tokens(t) => {
+                        let t: Vec<u32> = crate::protocol::tokens_native(t)
+                            .iter()
+                            .copied()
+                            .take(max)
+                            .collect();
+                        (t.clone(), t, String::new())
+                    }
+                    input => {
+                        let text: String = text_of(input).chars().take(max).collect();
+                        (text.chars().map(u32::from).collect(), Vec::new(), text)
+                    }
+                };
                 if req.params.stream {
-                    // One chunk per token, stopping between tokens when asked.
-                    for (i, t) in tokens.iter().enumerate() {
+                    // One chunk per unit, stopping between units when asked.
+                    for (i, u) in units.iter().enumerate() {
                         if let Some(stop) = ctx.should_stop() {
                             return Err(BackendError::Stopped(stop));
                         }
                         ctx.emit(StreamChunk {
                             index: i as u32,
-                            text: char::from_u32(*t).map(String::from).unwrap_or_default(),
-                            tokens: vec![*t],
+                            text: char::from_u32(*u).map(String::from).unwrap_or_default(),
+                            tokens: vec![*u],
                         })
                         .map_err(BackendError::Stopped)?;
                     }
                 }
-                let n = tokens.len() as u32;
+                let n = units.len() as u32;
                 Ok(Body::Generation(Generation {
                     text,
                     tokens,
