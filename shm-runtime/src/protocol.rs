@@ -370,19 +370,36 @@ pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse, String> {
 /// Serializes `value` into `out` (no allocation of an intermediate buffer) and returns the number
 /// of bytes written.
 ///
+/// Tries first with scratch space on the stack (no thread-local arena: the common answers need
+/// none or little), then with rkyv's arena-backed serializer.
+///
 /// # Errors
 ///
 /// When `out` is too small.
-pub fn encode_into<'b, T>(value: &T, out: &'b mut [u8]) -> Result<usize, rancor::Error>
+pub fn encode_into<T>(value: &T, out: &mut [u8]) -> Result<usize, rancor::Error>
 where
-    T: for<'a> Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::ser::writer::Buffer<'b>,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
+    T: for<'x, 'a> Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::ser::writer::Buffer<'x>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rancor::Error,
+            >,
+        > + for<'x, 'c> Serialize<
+            rkyv::api::low::LowSerializer<
+                rkyv::ser::writer::Buffer<'x>,
+                rkyv::ser::allocator::SubAllocator<'c>,
+                rancor::Error,
+            >,
         >,
-    >,
 {
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    if let Ok(buf) = rkyv::api::low::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        value,
+        rkyv::ser::writer::Buffer::from(&mut *out),
+        rkyv::ser::allocator::SubAllocator::new(&mut scratch),
+    ) {
+        return Ok(buf.len());
+    }
     let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
         value,
         rkyv::ser::writer::Buffer::from(out),

@@ -63,7 +63,11 @@ impl Scheduler {
     /// The oldest job of the most urgent non-empty level.
     #[inline]
     pub fn pop(&self) -> Option<Job> {
-        self.levels.iter().find_map(ArrayQueue::pop)
+        // `is_empty` is two plain loads; a `pop` on an empty ArrayQueue costs a SeqCst fence, so
+        // skip empty levels first. A job pushed meanwhile is found on the next call.
+        self.levels
+            .iter()
+            .find_map(|q| if q.is_empty() { None } else { q.pop() })
     }
 
     /// Jobs queued now.
