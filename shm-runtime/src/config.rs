@@ -199,3 +199,65 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     }
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_the_server_and_its_models() {
+        let dir = std::env::temp_dir().join(format!("shm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("svc.toml");
+        std::fs::write(
+            &path,
+            r#"
+service = "from-file"
+[server]
+workers_per_lane = 2
+cores = [1]
+wait = "park:20"
+max_inflight = 8
+default_timeout_ms = 1500
+[[model]]
+name = "e"
+backend = "echo"
+[[model]]
+name = "s"
+backend = "sleep"
+path = "weights.bin"
+options = { step_ms = 2.5 }
+"#,
+        )
+        .unwrap();
+        let c = load(&path, None).unwrap();
+        assert_eq!(c.name, "from-file");
+        assert_eq!(c.workers_per_lane, 2);
+        assert_eq!(c.cores, vec![1]);
+        assert_eq!(
+            c.wait,
+            WaitStrategy::SpinThenPark {
+                spin: Duration::from_micros(20)
+            }
+        );
+        assert_eq!(c.max_inflight, 8);
+        assert_eq!(c.default_timeout, Duration::from_millis(1500));
+        assert_eq!(c.models.len(), 2);
+        assert_eq!(
+            c.models[1].path.as_deref(),
+            Some(dir.join("weights.bin").as_path())
+        );
+        assert_eq!(load(&path, Some("override")).unwrap().name, "override");
+        std::fs::write(
+            &path,
+            "[[model]]\nname = \"x\"\nbackend = \"echo\"\nbogus = 1\n",
+        )
+        .unwrap();
+        let err = load(&path, Some("n")).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(load(&dir.join("missing.toml"), None)
+            .unwrap_err()
+            .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -340,3 +340,65 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
         Error::ServiceNotFound(service.clone())
     );
 }
+
+#[test]
+fn sigterm_drains_the_cli_server_and_status_reports_json() {
+    let service = unique("sigterm");
+    let mut server = Kid::server(&service);
+    server.expect("serving");
+    let client = Client::connect(&service).unwrap();
+    client
+        .infer(&Request {
+            id: 1,
+            model: "echo".into(),
+            task: Task::Generate,
+            input: Input::Text("counted".into()),
+            params: Params::default(),
+        })
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["status", &service, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["requests"], 1);
+    assert_eq!(v["ok"], 1);
+    assert_eq!(v["clients"].as_array().unwrap().len(), 1);
+    assert_eq!(v["lanes"][0]["model"], "echo");
+    // A request that takes 100 ms is running when SIGTERM arrives: it finishes (grace 5 s), then
+    // the server exits cleanly and removes its segment.
+    let mut r = Request {
+        id: 2,
+        model: "slow".into(),
+        task: Task::Generate,
+        input: Input::Text("x".into()),
+        params: Params::default(),
+    };
+    r.params.max_tokens = 10;
+    let t = client.submit(&r).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: signals our own child; no memory involved.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let answer = client.recv(t, Duration::from_secs(10)).unwrap();
+    assert!(answer.is_final());
+    let status = server.child.wait().unwrap();
+    server.reaped = true;
+    assert!(status.success(), "{status:?}");
+    assert!(matches!(client.submit(&r), Err(Error::ServerGone)));
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["status", &service])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found")
+            || String::from_utf8_lossy(&out.stderr).contains("no segment"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

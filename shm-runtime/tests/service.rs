@@ -343,3 +343,31 @@ fn connect_errors_are_typed() {
     ));
     assert!(matches!(bad, Err(shm_runtime::ServerError::Model { .. })));
 }
+
+#[test]
+fn a_flooding_client_does_not_starve_another() {
+    let svc = name("fair");
+    let mut slow = sleep_model("slow", 5.0);
+    slow.name = "slow".into();
+    let mut cfg = ServerConfig::new(&svc, vec![slow]);
+    cfg.max_inflight = 64;
+    let _server = Server::start(cfg).unwrap();
+    let flooder = Client::connect(&svc).unwrap();
+    let polite = Client::connect(&svc).unwrap();
+    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    r.params.max_tokens = 1;
+    let flood: Vec<_> = (0..40).map(|_| flooder.submit(&r).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(12));
+    let t = polite.submit(&r).unwrap();
+    polite.recv(t, Duration::from_secs(5)).unwrap();
+    // The polite request waited for at most a few rounds of the flood, not all 40 (200 ms).
+    let mut done_before = 0;
+    for f in flood {
+        match flooder.recv(f, Duration::from_millis(0)) {
+            Ok(_) => done_before += 1,
+            Err(Error::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(done_before <= 12, "{done_before} flood requests ran first");
+}
