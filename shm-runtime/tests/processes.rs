@@ -380,10 +380,8 @@ fn sigterm_drains_the_cli_server_and_status_reports_json() {
     let t = client.submit(&r).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     // SAFETY: signals our own child; no memory involved.
-    let r = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(r, 0);
-        0
-    );
+    let rc = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let answer = client.recv(t, Duration::from_secs(10)).unwrap();
     assert!(answer.is_final());
     let status = server.child.wait().unwrap();
