@@ -32,8 +32,17 @@ impl EchoServer {
     ///
     /// When it does not come up within 10 s.
     pub fn start(wait: &str) -> Result<EchoServer> {
-        let name = format!("bench-echo-{wait}-{}", std::process::id());
-        let kid = Kid::spawn("echo-server", &format!("{name},{wait}"))?;
+        EchoServer::start_with(wait, false)
+    }
+
+    /// [`start`](Self::start), optionally in hardened mode (requests copied before validation).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_with(wait: &str, hardened: bool) -> Result<EchoServer> {
+        let name = format!("bench-echo-{wait}-{hardened}-{}", std::process::id());
+        let kid = Kid::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             match Client::connect(&name) {
@@ -66,8 +75,9 @@ fn server_pid(c: &Client) -> Result<u32> {
     c.server_pid().ok_or_else(|| anyhow!("no server pid"))
 }
 
-fn serve(name: &str, wait: &str) -> Result<()> {
+fn serve(name: &str, wait: &str, hardened: bool) -> Result<()> {
     let mut cfg = ServerConfig::new(name, vec![ModelConfig::new("echo", "echo")]);
+    cfg.hardened = hardened;
     cfg.wait = shm_runtime::config::parse_wait(wait).map_err(anyhow::Error::msg)?;
     let cpus = crate::child::online_cpus();
     cfg.cores = vec![cpus[1 % cpus.len()]];
@@ -279,10 +289,11 @@ pub fn scheduler_mops() -> f64 {
 pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     match role {
         "echo-server" => {
-            let (name, wait) = arg
-                .split_once(',')
-                .ok_or_else(|| anyhow!("echo-server wants NAME,WAIT"))?;
-            serve(name, wait)?;
+            let parts: Vec<&str> = arg.split(',').collect();
+            let [name, wait, hardened] = parts[..] else {
+                bail!("echo-server wants NAME,WAIT,HARDENED, got {arg:?}");
+            };
+            serve(name, wait, hardened == "true")?;
             Ok(true)
         }
         _ => Ok(false),

@@ -178,7 +178,8 @@ fn rings(report: &mut Report, quick: bool) {
 
 fn runtime(report: &mut Report, quick: bool) {
     println!("runtime round trips (echo backend, 64-byte payload, server in another process)");
-    let n = if quick { 20_000 } else { 200_000 };
+    let n = if quick { 100_000 } else { 500_000 };
+    let mut extra: Vec<(&str, f64)> = Vec::new();
     let transports: [(&str, &str, WaitStrategy, Option<Duration>, usize); 3] = [
         ("shm_busy", "busy", WaitStrategy::BusySpin, None, n),
         ("shm_adaptive", "park", WaitStrategy::default(), None, n),
@@ -212,6 +213,30 @@ fn runtime(report: &mut Report, quick: bool) {
                 report.missing(&format!("rtt_ns_{t}_p999"), "the round trip failed");
             }
         }
+    }
+    // Hardened vs default, interleaved (3 runs each, medians): the VM's speed drifts between
+    // runs by more than the difference being measured.
+    measure(
+        report,
+        "rtt_ns_shm_busy_hardened_p50",
+        "shm_busy round trip, hardened vs default, interleaved",
+        || {
+            let plain = rt_work::EchoServer::start_with("busy", false)?;
+            let hard = rt_work::EchoServer::start_with("busy", true)?;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                a.push(rt_work::round_trips(&plain, WaitStrategy::BusySpin, n / 2, None)?.p50);
+                b.push(rt_work::round_trips(&hard, WaitStrategy::BusySpin, n / 2, None)?.p50);
+            }
+            plain.stop()?;
+            hard.stop()?;
+            let plain_p50 = shm_bench::stats::median(&mut a);
+            extra.push(("rtt_ns_shm_busy_p50_interleaved", plain_p50));
+            Ok(shm_bench::stats::median(&mut b))
+        },
+    );
+    for (k, v) in extra.drain(..) {
+        report.set(k, v);
     }
     measure(
         report,
@@ -261,6 +286,16 @@ fn runtime(report: &mut Report, quick: bool) {
             row("round trip, busy-poll both sides, p50", "rtt_ns_shm_busy_p50", "ns", "<= 1000; seed's claimed overhead ~19,400 ns", at_most(g("rtt_ns_shm_busy_p50"), 1000.0)),
             row("round trip, busy-poll both sides, p99", "rtt_ns_shm_busy_p99", "ns", "<= 5000", at_most(g("rtt_ns_shm_busy_p99"), 5000.0)),
             row("round trip, busy-poll both sides, p99.9", "rtt_ns_shm_busy_p999", "ns", "", String::new()),
+            row(
+                "round trip, busy-poll, hardened server (request copied before validation), p50",
+                "rtt_ns_shm_busy_hardened_p50",
+                "ns",
+                "what hardened mode costs",
+                match (g("rtt_ns_shm_busy_hardened_p50"), g("rtt_ns_shm_busy_p50_interleaved")) {
+                    (Some(h), Some(b)) => format!("{:+.0} ns vs default mode, interleaved runs ({:.2} x)", h - b, h / b),
+                    _ => "not measured".to_owned(),
+                },
+            ),
             row("round trip, default wait (spin 50 us then park), back to back, p50", "rtt_ns_shm_adaptive_p50", "ns", "", String::new()),
             row("round trip, default wait, back to back, p99", "rtt_ns_shm_adaptive_p99", "ns", "", String::new()),
             row("round trip, default wait, 1 ms pauses (worker parked), p50", "rtt_ns_shm_cold_p50", "ns", "futex wake ~40 us one way here", String::new()),
