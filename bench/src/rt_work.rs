@@ -256,7 +256,7 @@ pub fn result_create_ns() -> Result<f64> {
 /// Millions of enqueue + dequeue pairs per second through a lane scheduler, one thread.
 pub fn scheduler_mops() -> f64 {
     let s = Scheduler::new(1024);
-    let now = Instant::now();
+    let now = shm_runtime::scheduler::now_ns();
     let job = Job {
         client: 0,
         epoch: 1,
@@ -265,8 +265,8 @@ pub fn scheduler_mops() -> f64 {
         len: 0,
         request_id: 0,
         priority: 1,
-        deadline: now,
-        accepted: now,
+        deadline_ns: now,
+        accepted_ns: now,
     };
     let mut per = Vec::new();
     for _ in 0..21 {

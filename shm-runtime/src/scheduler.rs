@@ -29,10 +29,28 @@ pub struct Job {
     pub request_id: u64,
     /// 0 (most urgent) ..= 3.
     pub priority: u8,
-    /// When it must be answered by.
-    pub deadline: Instant,
-    /// When it was accepted.
-    pub accepted: Instant,
+    /// When it must be answered by, nanoseconds on the [`now_ns`] clock.
+    pub deadline_ns: u64,
+    /// When it was accepted, nanoseconds on the [`now_ns`] clock.
+    pub accepted_ns: u64,
+}
+
+impl Job {
+    /// The deadline as an `Instant`.
+    pub fn deadline(&self) -> Instant {
+        epoch() + std::time::Duration::from_nanos(self.deadline_ns)
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since this process's scheduler clock started (monotonic). Jobs carry times in this
+/// form: 8 bytes instead of an `Instant`'s 16 keeps a queued job small.
+pub fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
 }
 
 /// Priority queues of one lane.
@@ -86,7 +104,7 @@ mod tests {
     use super::*;
 
     fn job(ticket: u32, priority: u8) -> Job {
-        let now = Instant::now();
+        let now = now_ns();
         Job {
             client: 0,
             epoch: 1,
@@ -95,8 +113,8 @@ mod tests {
             len: 0,
             request_id: 0,
             priority,
-            deadline: now,
-            accepted: now,
+            deadline_ns: now,
+            accepted_ns: now,
         }
     }
 

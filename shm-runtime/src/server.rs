@@ -703,7 +703,7 @@ impl<'s> Worker<'s> {
                 return;
             }
         };
-        let now = Instant::now();
+        let now = crate::scheduler::now_ns();
         let timeout = if timeout_ms == 0 {
             sh.config.default_timeout
         } else {
@@ -717,8 +717,8 @@ impl<'s> Worker<'s> {
             len,
             request_id: req_id,
             priority,
-            deadline: now + timeout,
-            accepted: now,
+            deadline_ns: now + timeout.as_nanos() as u64,
+            accepted_ns: now,
         };
         let lh = sh.svc.lane(self.lane);
         if let Err(job) = self.lane().sched.push(job) {
@@ -782,12 +782,12 @@ impl<'s> Worker<'s> {
             let _ = sh.pool.release(job.chunk, sh.owner);
             return;
         }
-        let now = Instant::now();
+        let now = crate::scheduler::now_ns();
         let early = if sh.drain_expired.load(Ordering::Acquire) {
             Some((ErrorCode::ShuttingDown, "the server is shutting down"))
         } else if self.is_cancelled(c, job.epoch, job.ticket) {
             Some((ErrorCode::Cancelled, "cancelled before it ran"))
-        } else if now >= job.deadline {
+        } else if now >= job.deadline_ns {
             Some((ErrorCode::TimedOut, "the deadline passed while queued"))
         } else {
             None
@@ -834,7 +834,7 @@ impl<'s> Worker<'s> {
         lh.completed.fetch_add(1, Ordering::Relaxed);
         self.forget_cancel(c, job.epoch, job.ticket);
         self.finish_request(c, job.epoch, job.chunk);
-        let latency = job.accepted.elapsed().as_micros().max(1) as u64;
+        let latency = (crate::scheduler::now_ns().saturating_sub(job.accepted_ns) / 1000).max(1);
         let bucket = (63 - latency.leading_zeros()).min(31) as usize;
         sh.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
         match result {
@@ -1055,7 +1055,7 @@ impl RunContext for Ctx<'_, '_> {
         if self.worker.is_cancelled(c, self.job.epoch, self.job.ticket) {
             return Some(Stop::Cancelled);
         }
-        if Instant::now() >= self.job.deadline {
+        if crate::scheduler::now_ns() >= self.job.deadline_ns {
             return Some(Stop::TimedOut);
         }
         let sh = self.worker.sh;
@@ -1083,7 +1083,9 @@ impl RunContext for Ctx<'_, '_> {
             if !self.worker.client_alive(c, self.job.epoch) {
                 return Err(Stop::ClientGone);
             }
-            if waited > Duration::from_millis(100) || Instant::now() >= self.job.deadline {
+            if waited > Duration::from_millis(100)
+                || crate::scheduler::now_ns() >= self.job.deadline_ns
+            {
                 return Err(Stop::TimedOut);
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -1094,6 +1096,6 @@ impl RunContext for Ctx<'_, '_> {
     }
 
     fn deadline(&self) -> Instant {
-        self.job.deadline
+        self.job.deadline()
     }
 }
