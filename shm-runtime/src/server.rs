@@ -21,7 +21,7 @@ use crate::backend::{self, Backend, BackendError, RunContext, Stop};
 use crate::config::{ModelConfig, ServerConfig};
 use crate::protocol::{
     access_request, check_request, desc, encode_into, parse_desc, ArchivedRequest, Body, Desc,
-    DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PROTOCOL_VERSION,
+    DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PRIORITY_LEVELS, PROTOCOL_VERSION,
 };
 use crate::scheduler::{Job, Scheduler};
 use crate::service::{
@@ -89,6 +89,8 @@ struct Lane {
     name: String,
     backend: Box<dyn Backend>,
     sched: Scheduler,
+    /// Jobs of each client slot in `sched` now (at most MAX_SCHEDULED_PER_CLIENT).
+    scheduled: Vec<AtomicU32>,
     cancels: Mutex<HashSet<(u16, u32, u32)>>,
     cancels_pending: AtomicUsize,
 }
@@ -171,7 +173,8 @@ impl Server {
             lanes.push(Lane {
                 name: m.name.clone(),
                 backend,
-                sched: Scheduler::new(c.max_clients * c.max_inflight as usize),
+                sched: Scheduler::new(c.max_clients * MAX_SCHEDULED_PER_CLIENT as usize),
+                scheduled: (0..c.max_clients).map(|_| AtomicU32::new(0)).collect(),
                 cancels: Mutex::new(HashSet::new()),
                 cancels_pending: AtomicUsize::new(0),
             });
@@ -282,7 +285,7 @@ impl Server {
             }
             let busy = (0..sh.lanes.len()).any(|l| {
                 let lh = sh.svc.lane(l);
-                !sh.lanes[l].sched.is_empty() || lh.running.load(Ordering::Acquire) > 0
+                lh.queued.load(Ordering::Acquire) > 0 || lh.running.load(Ordering::Acquire) > 0
             });
             if !busy {
                 break;
@@ -493,6 +496,11 @@ struct Worker<'s> {
     sh: &'s Shared,
     lane: usize,
     clients: Vec<Option<ClientHandles>>,
+    /// Accepted jobs per client slot and priority, waiting for their turn in the scheduler.
+    pending: Vec<[VecDeque<Job>; PRIORITY_LEVELS]>,
+    pending_total: usize,
+    /// Round-robin start of `feed`.
+    feed_rr: usize,
     /// Slots with handles, in slot order.
     attached: Vec<usize>,
     /// `clients_gen` when the client table was last read.
@@ -503,8 +511,14 @@ struct Worker<'s> {
     private: Vec<u128>,
 }
 
-/// How many requests one client may hand a worker per round.
-const PER_CLIENT_ROUND: usize = 4;
+/// How many descriptors a worker takes from one client's ring per round.
+const PER_CLIENT_ROUND: usize = 16;
+
+/// How many jobs of one client may sit in a lane's scheduler at once. The rest wait in the
+/// worker's per-client queues, so a client with hundreds of requests queued cannot push another
+/// client's request back by more than this many jobs (fairness), while priorities still order the
+/// jobs in the scheduler.
+const MAX_SCHEDULED_PER_CLIENT: u32 = 2;
 
 impl<'s> Worker<'s> {
     fn new(sh: &'s Shared, lane: usize) -> Worker<'s> {
@@ -512,6 +526,11 @@ impl<'s> Worker<'s> {
             sh,
             lane,
             clients: (0..sh.svc.layout.max_clients).map(|_| None).collect(),
+            pending: (0..sh.svc.layout.max_clients)
+                .map(|_| std::array::from_fn(|_| VecDeque::new()))
+                .collect(),
+            pending_total: 0,
+            feed_rr: 0,
             attached: Vec::new(),
             seen_gen: u64::MAX,
             rr: 0,
@@ -535,11 +554,12 @@ impl<'s> Worker<'s> {
             self.sync_clients();
             self.flush_backlog();
             let took = self.ingest(None);
-            if let Some(job) = self.lane().sched.pop() {
+            self.feed();
+            if let Some(job) = self.pop_job() {
                 self.run_job(job);
                 continue;
             }
-            if took > 0 {
+            if took > 0 || self.pending_total > 0 {
                 continue;
             }
             // Nothing to do: wait for a doorbell (clients ring it after pushing).
@@ -560,6 +580,81 @@ impl<'s> Worker<'s> {
             .any(|&c| self.clients[c].as_ref().is_some_and(|h| !h.req.is_empty()))
     }
 
+    /// The next job from the scheduler, with its client's scheduled count updated.
+    fn pop_job(&self) -> Option<Job> {
+        let job = self.lane().sched.pop()?;
+        if let Some(n) = self.lane().scheduled.get(usize::from(job.client)) {
+            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        }
+        Some(job)
+    }
+
+    /// Moves pending jobs into the scheduler, round-robin over clients, most urgent first within a
+    /// client, at most MAX_SCHEDULED_PER_CLIENT per client in the scheduler.
+    fn feed(&mut self) {
+        if self.pending_total == 0 {
+            return;
+        }
+        let n = self.attached.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.feed_rr % n;
+        self.feed_rr = self.feed_rr.wrapping_add(1);
+        for k in 0..n {
+            if self.pending_total == 0 {
+                break;
+            }
+            let c = self.attached[(start + k) % n];
+            loop {
+                let counter = &self.sh.lanes[self.lane].scheduled[c];
+                if counter.load(Ordering::Acquire) >= MAX_SCHEDULED_PER_CLIENT {
+                    break;
+                }
+                let Some(job) = self.pending[c].iter_mut().find_map(VecDeque::pop_front) else {
+                    break;
+                };
+                self.pending_total -= 1;
+                counter.fetch_add(1, Ordering::AcqRel);
+                if let Err(job) = self.lane().sched.push(job) {
+                    counter.fetch_sub(1, Ordering::AcqRel);
+                    self.sh
+                        .svc
+                        .lane(self.lane)
+                        .queued
+                        .fetch_sub(1, Ordering::Relaxed);
+                    self.finish_request(c, job.epoch, job.chunk);
+                    self.answer_error(
+                        c,
+                        job.epoch,
+                        job.ticket,
+                        job.request_id,
+                        ErrorCode::Busy,
+                        "the lane's queue is full",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drops the pending jobs of client slot `c` (it left): their chunks go back, nobody is
+    /// answered.
+    fn drop_pending(&mut self, c: usize) {
+        let jobs: Vec<Job> = self.pending[c]
+            .iter_mut()
+            .flat_map(|q| q.drain(..))
+            .collect();
+        for job in jobs {
+            self.pending_total -= 1;
+            self.sh
+                .svc
+                .lane(self.lane)
+                .queued
+                .fetch_sub(1, Ordering::Relaxed);
+            let _ = self.sh.pool.release(job.chunk, self.sh.owner);
+        }
+    }
+
     /// Attaches to newly active clients and lets go of departed ones, when the client table moved.
     fn sync_clients(&mut self) {
         let gen = self.sh.svc.header().clients_gen.load(Ordering::Acquire);
@@ -575,6 +670,7 @@ impl<'s> Worker<'s> {
             match (&self.clients[c], on) {
                 (Some(h), true) if h.epoch == epoch => {}
                 (_, true) => {
+                    self.drop_pending(c);
                     let owner = OwnerId::from_raw(e.owner.load(Ordering::Acquire));
                     let req = mpmc::Consumer::attach(&self.sh.svc.request_ring(c, self.lane));
                     let resp = mpmc::Producer::attach(&self.sh.svc.response_ring(c));
@@ -591,7 +687,10 @@ impl<'s> Worker<'s> {
                         }
                     };
                 }
-                (Some(_), false) => self.clients[c] = None,
+                (Some(_), false) => {
+                    self.clients[c] = None;
+                    self.drop_pending(c);
+                }
                 (None, false) => {}
             }
         }
@@ -721,18 +820,8 @@ impl<'s> Worker<'s> {
             accepted_ns: now,
         };
         let lh = sh.svc.lane(self.lane);
-        if let Err(job) = self.lane().sched.push(job) {
-            self.finish_request(c, epoch, job.chunk);
-            self.answer_error(
-                c,
-                epoch,
-                ticket,
-                req_id,
-                ErrorCode::Busy,
-                "the lane's queue is full",
-            );
-            return;
-        }
+        self.pending[c][usize::from(priority).min(PRIORITY_LEVELS - 1)].push_back(job);
+        self.pending_total += 1;
         lh.queued.fetch_add(1, Ordering::Relaxed);
         lh.accepted.fetch_add(1, Ordering::Relaxed);
     }
@@ -994,7 +1083,17 @@ impl<'s> Worker<'s> {
 
     /// At exit: answer everything still queued.
     fn answer_all_queued(&mut self, code: ErrorCode) {
-        while let Some(job) = self.lane().sched.pop() {
+        let pending: Vec<Job> = self
+            .pending
+            .iter_mut()
+            .flat_map(|p| p.iter_mut().flat_map(|q| q.drain(..)))
+            .collect();
+        self.pending_total = 0;
+        let mut jobs = pending;
+        while let Some(job) = self.pop_job() {
+            jobs.push(job);
+        }
+        for job in jobs {
             let c = usize::from(job.client);
             self.sh
                 .svc
@@ -1049,6 +1148,7 @@ impl RunContext for Ctx<'_, '_> {
         // Take in what this client sent meanwhile (a cancel, most likely), and keep the others'
         // requests flowing into the queue.
         self.worker.ingest(None);
+        self.worker.feed();
         if !self.worker.client_alive(c, self.job.epoch) {
             return Some(Stop::ClientGone);
         }
