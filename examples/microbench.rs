@@ -2,7 +2,8 @@
 //! a running one (`--service NAME`) or one it starts in a child process.
 //!
 //! ```text
-//! cargo run --release -p shm-examples --bin microbench -- [--service NAME] [--n N] [--wait busy|park]
+//! cargo run --release -p shm-examples --bin microbench -- [--service NAME] [--n N] [--pipelined N]
+//!     [--wait busy|park]
 //! ```
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use shm_runtime::{Client, ClientOptions, ModelConfig, Server, ServerConfig};
 struct Args {
     service: Option<String>,
     n: usize,
+    pipelined: Option<usize>,
     wait: String,
 }
 
@@ -23,6 +25,7 @@ fn parse() -> Result<Args> {
     let mut a = Args {
         service: None,
         n: 100_000,
+        pipelined: None,
         wait: "busy".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -37,9 +40,12 @@ fn parse() -> Result<Args> {
             }
             "--service" => a.service = Some(it.next().context("--service NAME")?),
             "--n" => a.n = it.next().context("--n N")?.parse()?,
+            "--pipelined" => a.pipelined = Some(it.next().context("--pipelined N")?.parse()?),
             "--wait" => a.wait = it.next().context("--wait busy|yield|park")?,
             "-h" | "--help" => {
-                println!("usage: microbench [--service NAME] [--n N] [--wait busy|yield|park]");
+                println!(
+                    "usage: microbench [--service NAME] [--n N] [--pipelined N] [--wait busy|yield|park]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -118,7 +124,7 @@ fn main() -> Result<()> {
         pct(0.99),
         pct(0.999)
     );
-    let n = args.n.max(1000);
+    let n = args.pipelined.unwrap_or(args.n).max(1000);
     let start = Instant::now();
     let mut open = VecDeque::new();
     let (mut sent, mut done) = (0, 0);

@@ -81,17 +81,26 @@ impl Backend for Echo {
                 let max = req.params.max_tokens.to_native() as usize;
                 let (units, tokens, text): (Vec<u32>, Vec<u32>, String) = match &req.input {
                     ArchivedInput::Tokens(t) => {
-                        let t: Vec<u32> = crate::protocol::tokens_native(t)
-                            .iter()
-                            .copied()
-                            .take(max)
-                            .collect();
-                        (t.clone(), t, String::new())
+                        let t = crate::protocol::tokens_native(t);
+                        let t = t[..t.len().min(max)].to_vec();
+                        (Vec::new(), t, String::new())
+                    }
+                    ArchivedInput::Text(t) if t.len() <= max => {
+                        // At most `max` bytes, so at most `max` characters: one copy.
+                        (Vec::new(), Vec::new(), t.as_str().to_owned())
                     }
                     input => {
                         let text: String = text_of(input).chars().take(max).collect();
-                        (text.chars().map(u32::from).collect(), Vec::new(), text)
+                        (Vec::new(), Vec::new(), text)
                     }
+                };
+                // Stream units: the token ids, or the characters of the text.
+                let units = if !req.params.stream {
+                    units
+                } else if tokens.is_empty() {
+                    text.chars().map(u32::from).collect()
+                } else {
+                    tokens.clone()
                 };
                 if req.params.stream {
                     // One chunk per unit, stopping between units when asked.
@@ -107,7 +116,11 @@ impl Backend for Echo {
                         .map_err(BackendError::Stopped)?;
                     }
                 }
-                let n = units.len() as u32;
+                let n = if tokens.is_empty() {
+                    text.chars().count()
+                } else {
+                    tokens.len()
+                } as u32;
                 Ok(Body::Generation(Generation {
                     text,
                     tokens,
