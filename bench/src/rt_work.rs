@@ -253,9 +253,10 @@ pub fn result_create_ns() -> Result<f64> {
     Ok(median(&mut per))
 }
 
-/// Millions of enqueue + dequeue pairs per second through a lane scheduler, one thread.
+/// Millions of enqueue + dequeue pairs per second through a worker's scheduler (32 client slots,
+/// jobs from 8 clients at 4 priority levels).
 pub fn scheduler_mops() -> f64 {
-    let s = Scheduler::new(1024);
+    let mut s = Scheduler::new(32);
     let now = shm_runtime::scheduler::now_ns();
     let job = Job {
         client: 0,
@@ -274,6 +275,7 @@ pub fn scheduler_mops() -> f64 {
         let t = Instant::now();
         for i in 0..iters {
             let _ = s.push(Job {
+                client: (i % 8) as u16,
                 ticket: i,
                 priority: (i & 3) as u8,
                 ..job

@@ -16,8 +16,8 @@ use shm_ring::{mpmc, OpenError, Segment, SegmentOpenOptions, WaitStrategy};
 
 use crate::error::Error;
 use crate::protocol::{
-    access_response, desc, encode_into, parse_desc, ArchivedBody, ArchivedResponse, Desc, DescKind,
-    ErrorCode, Request, PROTOCOL_VERSION,
+    access_response, desc, encode_request, parse_desc, ArchivedBody, ArchivedResponse, Desc,
+    DescKind, ErrorCode, Request, PROTOCOL_VERSION,
 };
 use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
 
@@ -280,7 +280,7 @@ impl Client {
                 .pool
                 .loan(inner.owner, size)
                 .map_err(|e| Error::Busy(format!("no shared memory for the request: {e}")))?;
-            match encode_into(req, loan.as_mut_slice()) {
+            match encode_request(req, loan.as_mut_slice()) {
                 Ok(len) => break (loan.into_id(), len),
                 Err(_) if size < max => size = (size * 2).min(max),
                 Err(_) => {

@@ -12,7 +12,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
 /// archived types or the descriptor format.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Bytes before the archive in a request chunk: a plain header with what the server needs to
+/// queue a request before it validates the archive (priority, timeout, id), so that the archive is
+/// validated once, when the request runs. Layout: `priority: u8, 0, 0, 0, timeout_ms: u32 LE,
+/// id: u64 LE`. The archive follows, 16-byte aligned.
+pub const REQUEST_HEAD: usize = 16;
 
 /// Number of priority levels; 0 is the most urgent.
 pub const PRIORITY_LEVELS: usize = 4;
@@ -407,6 +413,98 @@ where
     Ok(buf.len())
 }
 
+/// Writes the request head and the archived request into a chunk; returns the bytes used.
+///
+/// # Errors
+///
+/// When `out` is too small.
+pub fn encode_request(req: &Request, out: &mut [u8]) -> Result<usize, rancor::Error> {
+    if out.len() < REQUEST_HEAD {
+        return Err(<rancor::Error as rancor::Source>::new(HeadTooSmall));
+    }
+    let (head, body) = out.split_at_mut(REQUEST_HEAD);
+    head[0] = req.params.priority;
+    head[1..4].fill(0);
+    head[4..8].copy_from_slice(&req.params.timeout_ms.to_le_bytes());
+    head[8..16].copy_from_slice(&req.id.to_le_bytes());
+    Ok(REQUEST_HEAD + encode_into(req, body)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("buffer smaller than the request head")]
+struct HeadTooSmall;
+
+/// The request head as read from a chunk (untrusted: check before use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Priority level.
+    pub priority: u8,
+    /// Deadline in milliseconds, 0 for the server's default.
+    pub timeout_ms: u32,
+    /// The request's id.
+    pub id: u64,
+}
+
+/// Reads and checks a request head (the first [`REQUEST_HEAD`] bytes of a request chunk).
+///
+/// # Errors
+///
+/// A sentence naming what is out of range.
+pub fn read_request_head(bytes: &[u8], limits: &Limits) -> Result<RequestHead, String> {
+    let Some(head) = bytes.get(..REQUEST_HEAD) else {
+        return Err(format!(
+            "a request needs at least {REQUEST_HEAD} bytes, got {}",
+            bytes.len()
+        ));
+    };
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&head[4..8]);
+    let timeout_ms = u32::from_le_bytes(w);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&head[8..16]);
+    let h = RequestHead {
+        priority: head[0],
+        timeout_ms,
+        id: u64::from_le_bytes(id),
+    };
+    if usize::from(h.priority) >= PRIORITY_LEVELS || head[1..4] != [0, 0, 0] {
+        return Err(format!(
+            "request head: priority must be 0..={}, got {}",
+            PRIORITY_LEVELS - 1,
+            h.priority
+        ));
+    }
+    if h.timeout_ms > limits.max_timeout_ms {
+        return Err(format!(
+            "timeout_ms {} exceeds the limit of {}",
+            h.timeout_ms, limits.max_timeout_ms
+        ));
+    }
+    Ok(h)
+}
+
+/// Validates a whole request chunk's bytes: the head, the archive after it, the semantic limits,
+/// and that the head agrees with the archive.
+///
+/// # Errors
+///
+/// A sentence naming the first problem.
+pub fn access_request_chunk<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<(RequestHead, &'a ArchivedRequest), String> {
+    let head = read_request_head(bytes, limits)?;
+    let req = access_request(&bytes[REQUEST_HEAD..])?;
+    check_request(req, limits)?;
+    if req.params.priority != head.priority
+        || req.params.timeout_ms.to_native() != head.timeout_ms
+        || req.id.to_native() != head.id
+    {
+        return Err("the request head disagrees with the archived request".to_owned());
+    }
+    Ok((head, req))
+}
+
 /// Semantic limits every request is checked against after bytecheck.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -776,6 +874,35 @@ mod tests {
             let err = check_request(a, &Limits::default()).unwrap_err();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn request_chunks_carry_a_head_that_must_agree() {
+        let mut buf = Aligned([0; 4096]);
+        let mut req = request(Input::Text("hi".into()));
+        req.params.priority = 2;
+        req.params.timeout_ms = 250;
+        req.id = 99;
+        let n = encode_request(&req, &mut buf.0).unwrap();
+        let limits = Limits::default();
+        let (head, a) = access_request_chunk(&buf.0[..n], &limits).unwrap();
+        assert_eq!(
+            head,
+            RequestHead {
+                priority: 2,
+                timeout_ms: 250,
+                id: 99
+            }
+        );
+        assert_eq!(a.id, 99);
+        buf.0[0] = 1;
+        let err = access_request_chunk(&buf.0[..n], &limits).unwrap_err();
+        assert!(err.contains("disagrees"), "{err}");
+        buf.0[0] = 7;
+        assert!(read_request_head(&buf.0[..n], &limits)
+            .unwrap_err()
+            .contains("priority"));
+        assert!(read_request_head(&buf.0[..8], &limits).is_err());
     }
 
     #[test]

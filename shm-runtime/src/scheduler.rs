@@ -1,13 +1,15 @@
-//! The lock-free scheduler of a lane: one bounded lock-free queue per priority level (crossbeam's
-//! `ArrayQueue`, a Vyukov array queue), FIFO within a level, the most urgent level served first.
+//! A lane worker's scheduler: priority levels (4, the most urgent first), and within a level
+//! round-robin over clients, FIFO within a client.
 //!
-//! Fairness between clients comes from how requests enter: workers take at most a few requests
-//! from each client's ring per round, round-robin, so one client's burst cannot push the others
-//! back by more than a round.
+//! Each worker owns its scheduler (`&mut self`, no locks, no atomics: nothing to wait for). What
+//! workers share are the lock-free MPMC request rings they take requests from; whichever worker
+//! takes a request schedules it. So one client's burst delays another client's request at the same
+//! level by at most one job per client ahead of it in the rotation, and a more urgent request is
+//! always served before a less urgent one of any client.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use crossbeam_queue::ArrayQueue;
 use shm_ring::pool::ChunkId;
 
 use crate::protocol::PRIORITY_LEVELS;
@@ -23,7 +25,7 @@ pub struct Job {
     pub ticket: u32,
     /// The request chunk, now owned by the server.
     pub chunk: ChunkId,
-    /// Bytes of the archive in the chunk.
+    /// Bytes of the request (head and archive) in the chunk.
     pub len: u32,
     /// The request's id (echoed in every answer).
     pub request_id: u64,
@@ -53,17 +55,31 @@ pub fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
-/// Priority queues of one lane.
+/// Most client slots a scheduler handles (one bit each in its per-level masks).
+pub const MAX_SLOTS: usize = 64;
+
+/// Jobs by priority level and client slot.
 #[derive(Debug)]
 pub struct Scheduler {
-    levels: [ArrayQueue<Job>; PRIORITY_LEVELS],
+    /// `queues[client][level]`.
+    queues: Vec<[VecDeque<Job>; PRIORITY_LEVELS]>,
+    /// Per level, bit c set: client c has jobs at that level.
+    nonempty: [u64; PRIORITY_LEVELS],
+    /// Per level, the client slot to look at first next time (round-robin).
+    cursor: [u32; PRIORITY_LEVELS],
+    total: usize,
 }
 
 impl Scheduler {
-    /// A scheduler holding up to `capacity` jobs per level.
-    pub fn new(capacity: usize) -> Scheduler {
+    /// A scheduler for `clients` client slots (at most [`MAX_SLOTS`]; more are clamped).
+    pub fn new(clients: usize) -> Scheduler {
         Scheduler {
-            levels: std::array::from_fn(|_| ArrayQueue::new(capacity.max(1))),
+            queues: (0..clients.clamp(1, MAX_SLOTS))
+                .map(|_| std::array::from_fn(|_| VecDeque::new()))
+                .collect(),
+            nonempty: [0; PRIORITY_LEVELS],
+            cursor: [0; PRIORITY_LEVELS],
+            total: 0,
         }
     }
 
@@ -71,31 +87,73 @@ impl Scheduler {
     ///
     /// # Errors
     ///
-    /// Gives the job back when its level is full.
+    /// Gives the job back when its client slot is out of range.
     #[inline]
-    pub fn push(&self, job: Job) -> Result<(), Job> {
+    pub fn push(&mut self, job: Job) -> Result<(), Job> {
         let level = usize::from(job.priority).min(PRIORITY_LEVELS - 1);
-        self.levels[level].push(job)
+        let Some(q) = self.queues.get_mut(usize::from(job.client)) else {
+            return Err(job);
+        };
+        q[level].push_back(job);
+        self.nonempty[level] |= 1 << job.client;
+        self.total += 1;
+        Ok(())
     }
 
-    /// The oldest job of the most urgent non-empty level.
+    /// The next job: the most urgent level with work, the next client in rotation at that level,
+    /// that client's oldest job there.
     #[inline]
-    pub fn pop(&self) -> Option<Job> {
-        // `is_empty` is two plain loads; a `pop` on an empty ArrayQueue costs a SeqCst fence, so
-        // skip empty levels first. A job pushed meanwhile is found on the next call.
-        self.levels
-            .iter()
-            .find_map(|q| if q.is_empty() { None } else { q.pop() })
+    pub fn pop(&mut self) -> Option<Job> {
+        if self.total == 0 {
+            return None;
+        }
+        let level = self.nonempty.iter().position(|&m| m != 0)?;
+        let mask = self.nonempty[level];
+        // The first client with jobs at or after the cursor, wrapping around: rotate the mask so
+        // the cursor is bit 0.
+        let start = self.cursor[level];
+        let c = (start + mask.rotate_right(start).trailing_zeros()) % 64;
+        let q = &mut self.queues[c as usize][level];
+        let job = q.pop_front()?;
+        if q.is_empty() {
+            self.nonempty[level] &= !(1 << c);
+        }
+        self.cursor[level] = (c + 1) % 64;
+        self.total -= 1;
+        Some(job)
+    }
+
+    /// Removes and returns every job of client slot `c`.
+    pub fn drain_client(&mut self, c: usize) -> Vec<Job> {
+        let Some(q) = self.queues.get_mut(c) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (level, jobs) in q.iter_mut().enumerate() {
+            self.nonempty[level] &= !(1 << c);
+            self.total -= jobs.len();
+            out.extend(jobs.drain(..));
+        }
+        out
+    }
+
+    /// Removes and returns every job.
+    pub fn drain_all(&mut self) -> Vec<Job> {
+        let mut out = Vec::with_capacity(self.total);
+        while let Some(j) = self.pop() {
+            out.push(j);
+        }
+        out
     }
 
     /// Jobs queued now.
     pub fn len(&self) -> usize {
-        self.levels.iter().map(ArrayQueue::len).sum()
+        self.total
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.levels.iter().all(ArrayQueue::is_empty)
+        self.total == 0
     }
 }
 
@@ -103,10 +161,10 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn job(ticket: u32, priority: u8) -> Job {
+    fn job(client: u16, ticket: u32, priority: u8) -> Job {
         let now = now_ns();
         Job {
-            client: 0,
+            client,
             epoch: 1,
             ticket,
             chunk: ChunkId::from_raw(0),
@@ -119,53 +177,51 @@ mod tests {
     }
 
     #[test]
-    fn most_urgent_first_fifo_within_a_level() {
-        let s = Scheduler::new(16);
+    fn most_urgent_first_fifo_within_a_client() {
+        let mut s = Scheduler::new(4);
         for (t, p) in [(1, 3), (2, 1), (3, 0), (4, 1), (5, 3), (6, 0)] {
-            s.push(job(t, p)).unwrap();
+            s.push(job(0, t, p)).unwrap();
         }
         let order: Vec<u32> = std::iter::from_fn(|| s.pop()).map(|j| j.ticket).collect();
         assert_eq!(order, vec![3, 6, 2, 4, 1, 5]);
     }
 
     #[test]
-    fn a_full_level_gives_the_job_back() {
-        let s = Scheduler::new(2);
-        s.push(job(1, 2)).unwrap();
-        s.push(job(2, 2)).unwrap();
-        assert_eq!(s.push(job(3, 2)).unwrap_err().ticket, 3);
-        s.push(job(4, 0)).unwrap();
-        assert_eq!(s.len(), 3);
+    fn clients_take_turns_within_a_level() {
+        let mut s = Scheduler::new(4);
+        for t in 0..6 {
+            s.push(job(0, t, 1)).unwrap(); // a burst from client 0
+        }
+        s.push(job(2, 100, 1)).unwrap();
+        s.push(job(3, 200, 2)).unwrap();
+        let order: Vec<(u16, u32)> = std::iter::from_fn(|| s.pop())
+            .map(|j| (j.client, j.ticket))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (0, 0),
+                (2, 100),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (0, 4),
+                (0, 5),
+                (3, 200)
+            ]
+        );
     }
 
     #[test]
-    fn threads_lose_nothing() {
-        let s = std::sync::Arc::new(Scheduler::new(1024));
-        let producers: Vec<_> = (0..2)
-            .map(|p| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    for i in 0..10_000u32 {
-                        let mut j = job(p * 100_000 + i, (i % 4) as u8);
-                        while let Err(back) = s.push(j) {
-                            j = back;
-                            std::thread::yield_now();
-                        }
-                    }
-                })
-            })
-            .collect();
-        let mut seen = std::collections::HashSet::new();
-        while seen.len() < 20_000 {
-            if let Some(j) = s.pop() {
-                assert!(seen.insert(j.ticket), "ticket {} twice", j.ticket);
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        for p in producers {
-            p.join().unwrap();
-        }
-        assert!(s.is_empty());
+    fn draining_a_client_keeps_the_counts_right() {
+        let mut s = Scheduler::new(3);
+        s.push(job(1, 1, 0)).unwrap();
+        s.push(job(1, 2, 3)).unwrap();
+        s.push(job(2, 3, 3)).unwrap();
+        assert!(s.push(job(9, 4, 0)).is_err(), "slot out of range");
+        assert_eq!(s.drain_client(1).len(), 2);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.pop().map(|j| j.ticket), Some(3));
+        assert!(s.pop().is_none() && s.is_empty());
     }
 }

@@ -20,8 +20,8 @@ use shm_ring::{mpmc, CreateOptions, Segment};
 use crate::backend::{self, Backend, BackendError, RunContext, Stop};
 use crate::config::{ModelConfig, ServerConfig};
 use crate::protocol::{
-    access_request, check_request, desc, encode_into, parse_desc, ArchivedRequest, Body, Desc,
-    DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PRIORITY_LEVELS, PROTOCOL_VERSION,
+    access_request_chunk, desc, encode_into, parse_desc, read_request_head, ArchivedRequest, Body,
+    Desc, DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PROTOCOL_VERSION,
 };
 use crate::scheduler::{Job, Scheduler};
 use crate::service::{
@@ -88,9 +88,6 @@ pub fn load_backend(m: &ModelConfig) -> Result<Box<dyn Backend>, String> {
 struct Lane {
     name: String,
     backend: Box<dyn Backend>,
-    sched: Scheduler,
-    /// Jobs of each client slot in `sched` now (at most MAX_SCHEDULED_PER_CLIENT).
-    scheduled: Vec<AtomicU32>,
     cancels: Mutex<HashSet<(u16, u32, u32)>>,
     cancels_pending: AtomicUsize,
 }
@@ -173,8 +170,6 @@ impl Server {
             lanes.push(Lane {
                 name: m.name.clone(),
                 backend,
-                sched: Scheduler::new(c.max_clients * MAX_SCHEDULED_PER_CLIENT as usize),
-                scheduled: (0..c.max_clients).map(|_| AtomicU32::new(0)).collect(),
                 cancels: Mutex::new(HashSet::new()),
                 cancels_pending: AtomicUsize::new(0),
             });
@@ -496,11 +491,11 @@ struct Worker<'s> {
     sh: &'s Shared,
     lane: usize,
     clients: Vec<Option<ClientHandles>>,
-    /// Accepted jobs per client slot and priority, waiting for their turn in the scheduler.
-    pending: Vec<[VecDeque<Job>; PRIORITY_LEVELS]>,
-    pending_total: usize,
-    /// Round-robin start of `feed`.
-    feed_rr: usize,
+    /// This worker's accepted jobs (see `scheduler`).
+    sched: Scheduler,
+    /// The clock (`scheduler::now_ns`) read once per loop round and after each backend run:
+    /// acceptance times and the pre-run deadline check use it.
+    now: u64,
     /// Slots with handles, in slot order.
     attached: Vec<usize>,
     /// `clients_gen` when the client table was last read.
@@ -508,17 +503,10 @@ struct Worker<'s> {
     rr: usize,
     /// Answers that did not fit in a client's response ring yet: (client, epoch, descriptor).
     backlog: VecDeque<(usize, u32, Desc)>,
-    private: Vec<u128>,
 }
 
 /// How many descriptors a worker takes from one client's ring per round.
 const PER_CLIENT_ROUND: usize = 16;
-
-/// How many jobs of one client may sit in a lane's scheduler at once. The rest wait in the
-/// worker's per-client queues, so a client with hundreds of requests queued cannot push another
-/// client's request back by more than this many jobs (fairness), while priorities still order the
-/// jobs in the scheduler.
-const MAX_SCHEDULED_PER_CLIENT: u32 = 2;
 
 impl<'s> Worker<'s> {
     fn new(sh: &'s Shared, lane: usize) -> Worker<'s> {
@@ -526,16 +514,12 @@ impl<'s> Worker<'s> {
             sh,
             lane,
             clients: (0..sh.svc.layout.max_clients).map(|_| None).collect(),
-            pending: (0..sh.svc.layout.max_clients)
-                .map(|_| std::array::from_fn(|_| VecDeque::new()))
-                .collect(),
-            pending_total: 0,
-            feed_rr: 0,
+            sched: Scheduler::new(sh.svc.layout.max_clients),
+            now: crate::scheduler::now_ns(),
             attached: Vec::new(),
             seen_gen: u64::MAX,
             rr: 0,
             backlog: VecDeque::new(),
-            private: Vec::new(),
         }
     }
 
@@ -551,15 +535,15 @@ impl<'s> Worker<'s> {
                 self.answer_all_queued(ErrorCode::ShuttingDown);
                 return;
             }
+            self.now = crate::scheduler::now_ns();
             self.sync_clients();
             self.flush_backlog();
             let took = self.ingest(None);
-            self.feed();
-            if let Some(job) = self.pop_job() {
+            if let Some(job) = self.sched.pop() {
                 self.run_job(job);
                 continue;
             }
-            if took > 0 || self.pending_total > 0 {
+            if took > 0 {
                 continue;
             }
             // Nothing to do: wait for a doorbell (clients ring it after pushing).
@@ -568,7 +552,7 @@ impl<'s> Worker<'s> {
             let this = &self;
             let _ = wait.wait_until(&lh.doorbell, deadline, || {
                 sh.exit.load(Ordering::Relaxed)
-                    || !this.lane().sched.is_empty()
+                    || !this.sched.is_empty()
                     || this.any_request_waiting()
             });
         }
@@ -580,72 +564,11 @@ impl<'s> Worker<'s> {
             .any(|&c| self.clients[c].as_ref().is_some_and(|h| !h.req.is_empty()))
     }
 
-    /// The next job from the scheduler, with its client's scheduled count updated.
-    fn pop_job(&self) -> Option<Job> {
-        let job = self.lane().sched.pop()?;
-        if let Some(n) = self.lane().scheduled.get(usize::from(job.client)) {
-            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
-        }
-        Some(job)
-    }
-
-    /// Moves pending jobs into the scheduler, round-robin over clients, most urgent first within a
-    /// client, at most MAX_SCHEDULED_PER_CLIENT per client in the scheduler.
-    fn feed(&mut self) {
-        if self.pending_total == 0 {
-            return;
-        }
-        let n = self.attached.len();
-        if n == 0 {
-            return;
-        }
-        let start = self.feed_rr % n;
-        self.feed_rr = self.feed_rr.wrapping_add(1);
-        for k in 0..n {
-            if self.pending_total == 0 {
-                break;
-            }
-            let c = self.attached[(start + k) % n];
-            loop {
-                let counter = &self.sh.lanes[self.lane].scheduled[c];
-                if counter.load(Ordering::Acquire) >= MAX_SCHEDULED_PER_CLIENT {
-                    break;
-                }
-                let Some(job) = self.pending[c].iter_mut().find_map(VecDeque::pop_front) else {
-                    break;
-                };
-                self.pending_total -= 1;
-                counter.fetch_add(1, Ordering::AcqRel);
-                if let Err(job) = self.lane().sched.push(job) {
-                    counter.fetch_sub(1, Ordering::AcqRel);
-                    self.sh
-                        .svc
-                        .lane(self.lane)
-                        .queued
-                        .fetch_sub(1, Ordering::Relaxed);
-                    self.finish_request(c, job.epoch, job.chunk);
-                    self.answer_error(
-                        c,
-                        job.epoch,
-                        job.ticket,
-                        job.request_id,
-                        ErrorCode::Busy,
-                        "the lane's queue is full",
-                    );
-                }
-            }
-        }
-    }
-
     /// Drops the pending jobs of client slot `c` (it left): their chunks go back, nobody is
     /// answered.
     fn drop_pending(&mut self, c: usize) {
-        let jobs: Vec<Job> = self.pending[c]
-            .iter_mut()
-            .flat_map(|q| q.drain(..))
-            .collect();
+        let jobs: Vec<Job> = self.sched.drain_client(c);
         for job in jobs {
-            self.pending_total -= 1;
             self.sh
                 .svc
                 .lane(self.lane)
@@ -787,22 +710,27 @@ impl<'s> Worker<'s> {
             );
             return;
         }
-        let mut req_id = 0;
-        let checked = request_bytes(sh, id, len, &mut self.private).and_then(|bytes| {
-            let req = access_request(bytes)?;
-            req_id = req.id.to_native();
-            check_request(req, &sh.config.limits)?;
-            Ok((req.params.priority, req.params.timeout_ms.to_native()))
-        });
-        let (priority, timeout_ms) = match checked {
-            Ok(v) => v,
+        // Only the plain head is read now; the archive is validated once, when the job runs.
+        let head = sh
+            .pool
+            .chunk_slice(id, sh.owner)
+            .map_err(|e| format!("request chunk unavailable: {e}"))
+            .and_then(|b| match b.get(..len as usize) {
+                Some(b) => read_request_head(b, &sh.config.limits),
+                None => Err(format!(
+                    "descriptor length {len} exceeds the chunk's {} bytes",
+                    b.len()
+                )),
+            });
+        let (priority, timeout_ms, req_id) = match head {
+            Ok(h) => (h.priority, h.timeout_ms, h.id),
             Err(msg) => {
                 self.finish_request(c, epoch, id);
-                self.answer_error(c, epoch, ticket, req_id, ErrorCode::InvalidRequest, &msg);
+                self.answer_error(c, epoch, ticket, 0, ErrorCode::InvalidRequest, &msg);
                 return;
             }
         };
-        let now = crate::scheduler::now_ns();
+        let now = self.now;
         let timeout = if timeout_ms == 0 {
             sh.config.default_timeout
         } else {
@@ -820,8 +748,18 @@ impl<'s> Worker<'s> {
             accepted_ns: now,
         };
         let lh = sh.svc.lane(self.lane);
-        self.pending[c][usize::from(priority).min(PRIORITY_LEVELS - 1)].push_back(job);
-        self.pending_total += 1;
+        if let Err(job) = self.sched.push(job) {
+            self.finish_request(c, epoch, job.chunk);
+            self.answer_error(
+                c,
+                epoch,
+                ticket,
+                req_id,
+                ErrorCode::Busy,
+                "no room to queue",
+            );
+            return;
+        }
         lh.queued.fetch_add(1, Ordering::Relaxed);
         lh.accepted.fetch_add(1, Ordering::Relaxed);
     }
@@ -871,7 +809,7 @@ impl<'s> Worker<'s> {
             let _ = sh.pool.release(job.chunk, sh.owner);
             return;
         }
-        let now = crate::scheduler::now_ns();
+        let now = self.now;
         let early = if sh.drain_expired.load(Ordering::Acquire) {
             Some((ErrorCode::ShuttingDown, "the server is shutting down"))
         } else if self.is_cancelled(c, job.epoch, job.ticket) {
@@ -895,10 +833,14 @@ impl<'s> Worker<'s> {
         let mut stream_chunks = 0u32;
         let mut private = Vec::new();
         let result = match request_bytes(sh, job.chunk, job.len, &mut private)
-            .and_then(|b| access_request(b))
+            .and_then(|b| access_request_chunk(b, &sh.config.limits))
         {
             Err(msg) => Err((ErrorCode::InvalidRequest, msg)),
-            Ok(req) => {
+            Ok((head, _)) if head.id != job.request_id || head.priority != job.priority => Err((
+                ErrorCode::InvalidRequest,
+                "the request head changed after the request was submitted".to_owned(),
+            )),
+            Ok((_, req)) => {
                 req_id = req.id.to_native();
                 let mask = backend::task_mask(backend.tasks());
                 if req.model.as_str() != lane_name {
@@ -923,7 +865,8 @@ impl<'s> Worker<'s> {
         lh.completed.fetch_add(1, Ordering::Relaxed);
         self.forget_cancel(c, job.epoch, job.ticket);
         self.finish_request(c, job.epoch, job.chunk);
-        let latency = (crate::scheduler::now_ns().saturating_sub(job.accepted_ns) / 1000).max(1);
+        self.now = crate::scheduler::now_ns();
+        let latency = (self.now.saturating_sub(job.accepted_ns) / 1000).max(1);
         let bucket = (63 - latency.leading_zeros()).min(31) as usize;
         sh.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
         match result {
@@ -1083,17 +1026,7 @@ impl<'s> Worker<'s> {
 
     /// At exit: answer everything still queued.
     fn answer_all_queued(&mut self, code: ErrorCode) {
-        let pending: Vec<Job> = self
-            .pending
-            .iter_mut()
-            .flat_map(|p| p.iter_mut().flat_map(|q| q.drain(..)))
-            .collect();
-        self.pending_total = 0;
-        let mut jobs = pending;
-        while let Some(job) = self.pop_job() {
-            jobs.push(job);
-        }
-        for job in jobs {
+        for job in self.sched.drain_all() {
             let c = usize::from(job.client);
             self.sh
                 .svc
@@ -1147,15 +1080,15 @@ impl RunContext for Ctx<'_, '_> {
         let c = usize::from(self.job.client);
         // Take in what this client sent meanwhile (a cancel, most likely), and keep the others'
         // requests flowing into the queue.
+        self.worker.now = crate::scheduler::now_ns();
         self.worker.ingest(None);
-        self.worker.feed();
         if !self.worker.client_alive(c, self.job.epoch) {
             return Some(Stop::ClientGone);
         }
         if self.worker.is_cancelled(c, self.job.epoch, self.job.ticket) {
             return Some(Stop::Cancelled);
         }
-        if crate::scheduler::now_ns() >= self.job.deadline_ns {
+        if self.worker.now >= self.job.deadline_ns {
             return Some(Stop::TimedOut);
         }
         let sh = self.worker.sh;
