@@ -65,6 +65,23 @@ fn measure(report: &mut Report, key: &str, what: &str, f: impl FnOnce() -> Resul
     }
 }
 
+/// Per-percentile medians of several runs.
+fn median_p(
+    runs: impl Iterator<Item = shm_bench::stats::Percentiles>,
+) -> shm_bench::stats::Percentiles {
+    let runs: Vec<_> = runs.collect();
+    let med = |f: fn(&shm_bench::stats::Percentiles) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        shm_bench::stats::median(&mut v)
+    };
+    shm_bench::stats::Percentiles {
+        p50: med(|p| p.p50),
+        p99: med(|p| p.p99),
+        p999: med(|p| p.p999),
+        samples: runs.iter().map(|p| p.samples).sum(),
+    }
+}
+
 /// Median of `n` runs of a throughput measurement (the runs are short; the median resists a run
 /// disturbed by another process on this shared machine).
 fn median_of(n: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
@@ -76,39 +93,41 @@ fn rings(report: &mut Report, quick: bool) {
     println!("floor and rings");
     let scale = if quick { 1 } else { 5 };
     let rounds = 1_000_000 * scale;
-    let mut floor = None;
+    // Floor and SPSC ping-pong alternate, 3 rounds each: this VM's speed drifts by up to 3x
+    // between phases, so each ratio compares runs made side by side, and the figures are medians.
+    let mut pairs = Vec::new();
     measure(
         report,
         "floor_pingpong_oneway_ns",
-        "cache-line ping-pong floor (threads)",
+        "floor (threads) and SPSC (processes) ping-pong, 3 interleaved rounds",
         || {
-            let p = ring_work::floor_pingpong(rounds)?;
-            floor = Some(p);
-            Ok(p.p50)
+            for _ in 0..3 {
+                let f = ring_work::floor_pingpong(rounds / 3)?;
+                let s = ring_work::spsc_pingpong(rounds / 3)?;
+                pairs.push((f, s));
+            }
+            Ok(median_p(pairs.iter().map(|p| p.0)).p50)
         },
     );
-    if let Some(p) = floor {
-        report.set("floor_pingpong_oneway_ns_p99", p.p99);
-        report.latency("floor (1 line)", p.scaled(0.5));
-    }
-    let mut spsc = None;
-    measure(
-        report,
-        "spsc_oneway_ns_p50",
-        "SPSC ping-pong, two processes",
-        || {
-            let p = ring_work::spsc_pingpong(rounds)?;
-            spsc = Some(p);
-            Ok(p.p50)
-        },
-    );
-    match spsc {
-        Some(p) => {
-            report.set("spsc_oneway_ns_p99", p.p99);
-            report.set("spsc_oneway_ns_p999", p.p999);
-            report.latency("spsc ring", p.scaled(0.5));
-        }
-        None => report.missing("spsc_oneway_ns_p99", "the SPSC ping-pong failed"),
+    if pairs.is_empty() {
+        report.missing("spsc_oneway_ns_p50", "the ping-pong failed");
+        report.missing("spsc_oneway_ns_p99", "the ping-pong failed");
+    } else {
+        let floor = median_p(pairs.iter().map(|p| p.0));
+        let spsc = median_p(pairs.iter().map(|p| p.1));
+        let mut ratios: Vec<f64> = pairs.iter().map(|(f, s)| s.p50 / f.p50).collect();
+        report.set("floor_pingpong_oneway_ns_p99", floor.p99);
+        report.set("spsc_oneway_ns_p50", spsc.p50);
+        report.set("spsc_oneway_ns_p99", spsc.p99);
+        report.set("spsc_oneway_ns_p999", spsc.p999);
+        report.set("spsc_over_floor_p50", shm_bench::stats::median(&mut ratios));
+        println!(
+            "    SPSC one way {} ns, {:.2} x floor",
+            fmt_num(spsc.p50),
+            report.get("spsc_over_floor_p50").unwrap_or(f64::NAN)
+        );
+        report.latency("floor (1 line)", floor.scaled(0.5));
+        report.latency("spsc ring", spsc.scaled(0.5));
     }
     measure(
         report,
@@ -141,11 +160,7 @@ fn rings(report: &mut Report, quick: bool) {
         || ring_work::pool_loan_release(100 * scale as usize, 20_000),
     );
 
-    let floor50 = report.get("floor_pingpong_oneway_ns");
-    let spsc_ratio = report
-        .get("spsc_oneway_ns_p50")
-        .zip(floor50)
-        .map(|(s, f)| s / f);
+    let spsc_ratio = report.get("spsc_over_floor_p50");
     report.section(Section {
         title: "Floor and rings".to_owned(),
         rows: vec![
@@ -191,26 +206,41 @@ fn runtime(report: &mut Report, quick: bool) {
             if quick { 500 } else { 3000 },
         ),
     ];
-    for (t, server_wait, client_wait, pause, n) in transports {
-        let key = format!("rtt_ns_{t}_p50");
-        let mut got = None;
-        measure(report, &key, &format!("{t} round trip"), || {
-            let server = rt_work::EchoServer::start(server_wait)?;
-            let p = rt_work::round_trips(&server, client_wait, n, pause);
-            server.stop()?;
-            let p = p?;
-            got = Some(p);
-            Ok(p.p50)
-        });
-        match got {
-            Some(p) => {
-                report.set(&format!("rtt_ns_{t}_p99"), p.p99);
-                report.set(&format!("rtt_ns_{t}_p999"), p.p999);
-                report.latency(t, p);
+    // The three transports alternate, 3 rounds each, medians (the VM's speed drifts in phases).
+    let mut runs: Vec<Vec<shm_bench::stats::Percentiles>> = vec![Vec::new(); transports.len()];
+    measure(
+        report,
+        "rtt_ns_shm_busy_p50",
+        "busy, adaptive and cold round trips, 3 interleaved rounds",
+        || {
+            // One server at a time: a busy-polling server would steal the core of the next.
+            for _ in 0..3 {
+                for (k, (_, server_wait, client_wait, pause, n)) in transports.iter().enumerate() {
+                    let server = rt_work::EchoServer::start(server_wait)?;
+                    let r = rt_work::round_trips(&server, *client_wait, n / 3, *pause);
+                    server.stop()?;
+                    runs[k].push(r?);
+                }
             }
-            None => {
-                report.missing(&format!("rtt_ns_{t}_p99"), "the round trip failed");
-                report.missing(&format!("rtt_ns_{t}_p999"), "the round trip failed");
+            Ok(median_p(runs[0].iter().copied()).p50)
+        },
+    );
+    for (k, (t, ..)) in transports.iter().enumerate() {
+        if runs[k].len() == 3 {
+            let p = median_p(runs[k].iter().copied());
+            report.set(&format!("rtt_ns_{t}_p50"), p.p50);
+            report.set(&format!("rtt_ns_{t}_p99"), p.p99);
+            report.set(&format!("rtt_ns_{t}_p999"), p.p999);
+            println!(
+                "    {t}: p50 {} ns, p99 {} ns, p99.9 {} ns",
+                fmt_num(p.p50),
+                fmt_num(p.p99),
+                fmt_num(p.p999)
+            );
+            report.latency(t, p);
+        } else {
+            for q in ["p50", "p99", "p999"] {
+                report.missing(&format!("rtt_ns_{t}_{q}"), "the round trips failed");
             }
         }
     }
@@ -221,15 +251,15 @@ fn runtime(report: &mut Report, quick: bool) {
         "rtt_ns_shm_busy_hardened_p50",
         "shm_busy round trip, hardened vs default, interleaved",
         || {
-            let plain = rt_work::EchoServer::start_with("busy", false)?;
-            let hard = rt_work::EchoServer::start_with("busy", true)?;
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for _ in 0..3 {
-                a.push(rt_work::round_trips(&plain, WaitStrategy::BusySpin, n / 2, None)?.p50);
-                b.push(rt_work::round_trips(&hard, WaitStrategy::BusySpin, n / 2, None)?.p50);
+                for (hardened, out) in [(false, &mut a), (true, &mut b)] {
+                    let server = rt_work::EchoServer::start_with("busy", hardened)?;
+                    let r = rt_work::round_trips(&server, WaitStrategy::BusySpin, n / 3, None);
+                    server.stop()?;
+                    out.push(r?.p50);
+                }
             }
-            plain.stop()?;
-            hard.stop()?;
             let plain_p50 = shm_bench::stats::median(&mut a);
             extra.push(("rtt_ns_shm_busy_p50_interleaved", plain_p50));
             Ok(shm_bench::stats::median(&mut b))
@@ -241,12 +271,14 @@ fn runtime(report: &mut Report, quick: bool) {
     measure(
         report,
         "throughput_rps_shm_pipelined",
-        "pipelined, 64 in flight",
+        "pipelined, 64 in flight, median of 3",
         || {
-            let server = rt_work::EchoServer::start("busy")?;
-            let r = rt_work::pipelined(&server, if quick { 200_000 } else { 2_000_000 }, 64);
-            server.stop()?;
-            r
+            median_of(3, || {
+                let server = rt_work::EchoServer::start("busy")?;
+                let r = rt_work::pipelined(&server, if quick { 300_000 } else { 2_000_000 }, 64);
+                server.stop()?;
+                r
+            })
         },
     );
     measure(
@@ -307,7 +339,7 @@ fn runtime(report: &mut Report, quick: bool) {
             row("scheduler enqueue + dequeue", "scheduler_mops", "M pairs/s", ">= 50; seed 2-5", at_least(g("scheduler_mops"), 50.0)),
         ],
         notes: vec![
-            "Round trip: `Client::infer` of a Generate request with 64 bytes of text to the echo backend, measured by the client: loan a chunk, serialize into it, push a descriptor, worker pops, adopts, validates (bytecheck + limits), runs echo, serializes the answer into a new chunk, pushes it; client pops, validates the answer, drops the view (chunk released). Server in its own process with its worker pinned to the second CPU, client pinned to the first.".to_owned(),
+            "Round trips: the busy, adaptive and cold series alternate, 3 rounds each, one server at a time; figures are per-percentile medians of the rounds. `Client::infer` of a Generate request with 64 bytes of text to the echo backend, measured by the client: loan a chunk, serialize into it, push a descriptor, worker pops, adopts, validates (bytecheck + limits), runs echo, serializes the answer into a new chunk, pushes it; client pops, validates the answer, drops the view (chunk released). Server in its own process with its worker pinned to the second CPU, client pinned to the first.".to_owned(),
             "Internals: validation is `rkyv::access` (bytecheck) plus the semantic checks on a 1000-token request; result creation is `encode_into` of a Generation with 200 token ids and the seed's `\"generated \".repeat(200)` text into a 64-byte aligned buffer; the scheduler is one lane's four lock-free priority queues, push then pop.".to_owned(),
         ],
     });
