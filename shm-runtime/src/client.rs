@@ -266,12 +266,6 @@ impl Client {
                 request.model, request.task
             )));
         }
-        let producer = inner
-            .requests
-            .get(lane)
-            .ok_or_else(|| Error::Protocol(format!("lane {lane} out of range")))?;
-        let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let request_id = request.id;
         let req = request;
         let max = inner.pool.max_chunk_size();
         let mut size = estimate(req).min(max);
@@ -290,21 +284,7 @@ impl Client {
                 }
             }
         };
-        inner.inbox().pending.insert(
-            ticket,
-            Pending {
-                lane,
-                request_id,
-                arrived: VecDeque::new(),
-            },
-        );
-        if let Err(e) = producer.push(desc(DescKind::Request, chunk.raw(), len as u32, ticket)) {
-            inner.inbox().pending.remove(&ticket);
-            let _ = inner.pool.release(chunk, inner.owner);
-            return Err(Error::Busy(format!("the request ring is full: {e}")));
-        }
-        inner.svc.lane(lane).doorbell.notify();
-        Ok(Ticket(ticket))
+        self.push_request(lane, chunk, len as u32, req.id)
     }
 
     /// The next answer for `ticket`: a stream chunk or the final answer. After the final answer the
@@ -387,7 +367,7 @@ impl Client {
             .map_err(|e| Error::Busy(e.to_string()))?;
         loan.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
         let chunk = loan.into_id();
-        self.push_request(lane, chunk.raw(), declared_len, 0)
+        self.push_request(lane, chunk, declared_len, 0)
     }
 
     /// Pushes a raw request descriptor naming any chunk id: for tests of the server's ownership
@@ -402,17 +382,23 @@ impl Client {
             .inner
             .find_model(model)
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
-        self.push_request(lane, chunk, len, 0)
+        self.push_request(lane, ChunkId::from_raw(chunk), len, 0)
     }
 
+    /// Registers a ticket for the request in `chunk` and pushes its descriptor on `lane`'s ring.
+    /// On failure the chunk is returned to the pool (if it is ours).
     fn push_request(
         &self,
         lane: usize,
-        chunk: u64,
+        chunk: ChunkId,
         len: u32,
         request_id: u64,
     ) -> Result<Ticket, Error> {
         let inner = &*self.inner;
+        let Some(ring) = inner.requests.get(lane) else {
+            let _ = inner.pool.release(chunk, inner.owner);
+            return Err(Error::Protocol(format!("lane {lane} out of range")));
+        };
         let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
         inner.inbox().pending.insert(
             ticket,
@@ -422,8 +408,9 @@ impl Client {
                 arrived: VecDeque::new(),
             },
         );
-        if let Err(e) = inner.requests[lane].push(desc(DescKind::Request, chunk, len, ticket)) {
+        if let Err(e) = ring.push(desc(DescKind::Request, chunk.raw(), len, ticket)) {
             inner.inbox().pending.remove(&ticket);
+            let _ = inner.pool.release(chunk, inner.owner);
             return Err(Error::Busy(format!("the request ring is full: {e}")));
         }
         inner.svc.lane(lane).doorbell.notify();

@@ -104,6 +104,17 @@ fn say(line: String) {
     out.flush().unwrap();
 }
 
+/// A Generate request with default parameters.
+fn generate(id: u64, model: &str, text: &str) -> Request {
+    Request {
+        id,
+        model: model.into(),
+        task: Task::Generate,
+        input: Input::Text(text.into()),
+        params: Params::default(),
+    }
+}
+
 fn unique(tag: &str) -> String {
     format!("p-{tag}-{}", std::process::id())
 }
@@ -186,13 +197,7 @@ fn child_entry() {
         "load" => load(&service, arg, std::process::id() as u64),
         "stream-and-hang" => {
             let client = Client::connect(&service).unwrap();
-            let mut r = Request {
-                id: 0,
-                model: "slow".into(),
-                task: Task::Generate,
-                input: Input::Text("x".into()),
-                params: Params::default(),
-            };
+            let mut r = generate(0, "slow", "x");
             r.params.max_tokens = 10_000;
             let mut s = client.stream(&r).unwrap();
             let first = s.next().unwrap().unwrap();
@@ -243,15 +248,7 @@ fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills(
     wait_for("the pool to refill", Duration::from_secs(5), || {
         observer.pool_free() == (total, total)
     });
-    let ok = observer
-        .infer(&Request {
-            id: 0,
-            model: "echo".into(),
-            task: Task::Generate,
-            input: Input::Text("after".into()),
-            params: Params::default(),
-        })
-        .unwrap();
+    let ok = observer.infer(&generate(0, "echo", "after")).unwrap();
     assert!(ok.is_final());
 }
 
@@ -277,13 +274,7 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
     });
     // The lane is free again: a short request is answered promptly.
     let t = Instant::now();
-    let mut r = Request {
-        id: 0,
-        model: "slow".into(),
-        task: Task::Generate,
-        input: Input::Text("x".into()),
-        params: Params::default(),
-    };
+    let mut r = generate(0, "slow", "x");
     r.params.max_tokens = 1;
     observer.infer(&r).unwrap();
     assert!(t.elapsed() < Duration::from_secs(2));
@@ -295,13 +286,7 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
     let mut server = Kid::server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
-    let mut r = Request {
-        id: 0,
-        model: "slow".into(),
-        task: Task::Generate,
-        input: Input::Text("x".into()),
-        params: Params::default(),
-    };
+    let mut r = generate(0, "slow", "x");
     r.params.max_tokens = 1000;
     let t = client.submit(&r).unwrap();
     server.kill9();
@@ -347,15 +332,7 @@ fn sigterm_drains_the_cli_server_and_status_reports_json() {
     let mut server = Kid::server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
-    client
-        .infer(&Request {
-            id: 1,
-            model: "echo".into(),
-            task: Task::Generate,
-            input: Input::Text("counted".into()),
-            params: Params::default(),
-        })
-        .unwrap();
+    client.infer(&generate(1, "echo", "counted")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
         .args(["status", &service, "--json"])
         .output()
@@ -369,13 +346,7 @@ fn sigterm_drains_the_cli_server_and_status_reports_json() {
     assert_eq!(v["lanes"][0]["model"], "echo");
     // A request that takes 100 ms is running when SIGTERM arrives: it finishes (grace 5 s), then
     // the server exits cleanly and removes its segment.
-    let mut r = Request {
-        id: 2,
-        model: "slow".into(),
-        task: Task::Generate,
-        input: Input::Text("x".into()),
-        params: Params::default(),
-    };
+    let mut r = generate(2, "slow", "x");
     r.params.max_tokens = 10;
     let t = client.submit(&r).unwrap();
     std::thread::sleep(Duration::from_millis(20));
