@@ -843,7 +843,6 @@ impl<'s> Worker<'s> {
         let backend = &self.lane().backend;
         let lane_name = &self.lane().name;
         let mut req_id = job.request_id;
-        let mut stream_chunks = 0u32;
         let mut private = Vec::new();
         let result = match request_bytes(sh, job.chunk, job.len, &mut private)
             .and_then(|b| access_request_chunk(b, &sh.config.limits))
@@ -870,7 +869,7 @@ impl<'s> Worker<'s> {
                         format!("model {lane_name:?} does not do task {:?}", req.task),
                     ))
                 } else {
-                    self.run_backend(backend.as_ref(), req, job, &mut stream_chunks)
+                    self.run_backend(backend.as_ref(), req, job)
                 }
             }
         };
@@ -898,14 +897,12 @@ impl<'s> Worker<'s> {
         backend: &dyn Backend,
         req: &ArchivedRequest,
         job: Job,
-        chunks: &mut u32,
     ) -> Result<Body, (ErrorCode, String)> {
         let req_id = req.id.to_native();
         let mut ctx = Ctx {
             worker: self,
             job,
             req_id,
-            chunks,
         };
         match backend.run(req, &mut ctx) {
             Ok(body) => Ok(body),
@@ -1085,7 +1082,6 @@ struct Ctx<'w, 's> {
     worker: &'w mut Worker<'s>,
     job: Job,
     req_id: u64,
-    chunks: &'w mut u32,
 }
 
 impl RunContext for Ctx<'_, '_> {
@@ -1137,7 +1133,6 @@ impl RunContext for Ctx<'_, '_> {
             std::thread::sleep(Duration::from_millis(1));
             waited += Duration::from_millis(1);
         }
-        *self.chunks += 1;
         Ok(())
     }
 
