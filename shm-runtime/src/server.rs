@@ -495,8 +495,9 @@ struct Worker<'s> {
     sched: Scheduler,
     /// Loop rounds, for polling the rings less often when there is a backlog.
     round: u32,
-    /// The clock (`scheduler::now_ns`) read once per loop round and after each backend run:
-    /// acceptance times and the pre-run deadline check use it.
+    /// The clock (`scheduler::now_ns`), read after each job, after each wait and at each
+    /// `should_stop`: acceptance times and the pre-run deadline check use it, so it is never older
+    /// than one round of ring polling (one clock read per job on a busy lane).
     now: u64,
     /// Slots with handles, in slot order.
     attached: Vec<usize>,
@@ -541,7 +542,6 @@ impl<'s> Worker<'s> {
                 self.answer_all_queued(ErrorCode::ShuttingDown);
                 return;
             }
-            self.now = crate::scheduler::now_ns();
             self.sync_clients();
             self.flush_backlog();
             // With a backlog of jobs, look at the rings only every few rounds: a poll of a ring
@@ -568,6 +568,7 @@ impl<'s> Worker<'s> {
                     || !this.sched.is_empty()
                     || this.any_request_waiting()
             });
+            self.now = crate::scheduler::now_ns();
         }
     }
 
