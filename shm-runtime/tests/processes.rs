@@ -327,12 +327,26 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
 }
 
 #[test]
-fn sigterm_drains_the_cli_server_and_status_reports_json() {
+fn cli_ping_status_and_sigterm_drain() {
     let service = unique("sigterm");
     let mut server = Kid::server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
     client.infer(&generate(1, "echo", "counted")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["ping", &service, "-c", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("answer 0:") && text.contains("answer 1:"),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
         .args(["status", &service, "--json"])
         .output()
@@ -340,8 +354,8 @@ fn sigterm_drains_the_cli_server_and_status_reports_json() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "running");
-    assert_eq!(v["requests"], 1);
-    assert_eq!(v["ok"], 1);
+    assert_eq!(v["requests"], 3, "one infer and two pings");
+    assert_eq!(v["ok"], 3);
     assert_eq!(v["clients"].as_array().unwrap().len(), 1);
     assert_eq!(v["lanes"][0]["model"], "echo");
     // A request that takes 100 ms is running when SIGTERM arrives: it finishes (grace 5 s), then
