@@ -186,8 +186,8 @@ fn status(name: &str, json: bool) -> Result<()> {
             let lh = svc.lane(l);
             serde_json::json!({
                 "model": svc.model_name(l),
-                "queued": ld(&lh.queued),
-                "running": ld(&lh.running),
+                "queued": lh.queued(),
+                "running": lh.running(),
                 "accepted": ld(&lh.accepted),
                 "completed": ld(&lh.completed),
             })

@@ -280,7 +280,7 @@ impl Server {
             }
             let busy = (0..sh.lanes.len()).any(|l| {
                 let lh = sh.svc.lane(l);
-                lh.queued.load(Ordering::Acquire) > 0 || lh.running.load(Ordering::Acquire) > 0
+                lh.queued() > 0 || lh.running() > 0
             });
             if !busy {
                 break;
@@ -583,13 +583,16 @@ impl<'s> Worker<'s> {
     fn drop_pending(&mut self, c: usize) {
         let jobs: Vec<Job> = self.sched.drain_client(c);
         for job in jobs {
-            self.sh
-                .svc
-                .lane(self.lane)
-                .queued
-                .fetch_sub(1, Ordering::Relaxed);
+            self.job_gone();
             let _ = self.sh.pool.release(job.chunk, self.sh.owner);
         }
+    }
+
+    /// Counts a queued job that leaves without running (dropped, or answered at exit).
+    fn job_gone(&self) {
+        let lh = self.sh.svc.lane(self.lane);
+        lh.started.fetch_add(1, Ordering::AcqRel);
+        lh.completed.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Attaches to newly active clients and lets go of departed ones, when the client table moved.
@@ -774,8 +777,9 @@ impl<'s> Worker<'s> {
             );
             return;
         }
-        lh.queued.fetch_add(1, Ordering::Relaxed);
-        lh.accepted.fetch_add(1, Ordering::Relaxed);
+        // SYNC(accepted): Release, so `queued()` (Acquire) in `stop` never sees a started job
+        // without its acceptance.
+        lh.accepted.fetch_add(1, Ordering::Release);
     }
 
     /// Releases a request chunk and the client's in-flight count (if the client is the same).
@@ -816,11 +820,12 @@ impl<'s> Worker<'s> {
     fn run_job(&mut self, job: Job) {
         let sh = self.sh;
         let lh = sh.svc.lane(self.lane);
-        lh.queued.fetch_sub(1, Ordering::Relaxed);
+        lh.started.fetch_add(1, Ordering::AcqRel);
         let c = usize::from(job.client);
         if !self.client_alive(c, job.epoch) || self.clients[c].is_none() {
             // The client died: drop its work silently (nobody to answer).
             let _ = sh.pool.release(job.chunk, sh.owner);
+            lh.completed.fetch_add(1, Ordering::AcqRel);
             return;
         }
         let now = self.now;
@@ -837,10 +842,9 @@ impl<'s> Worker<'s> {
             self.forget_cancel(c, job.epoch, job.ticket);
             self.finish_request(c, job.epoch, job.chunk);
             self.answer_error(c, job.epoch, job.ticket, job.request_id, code, msg);
-            lh.completed.fetch_add(1, Ordering::Relaxed);
+            lh.completed.fetch_add(1, Ordering::AcqRel);
             return;
         }
-        lh.running.fetch_add(1, Ordering::AcqRel);
         let backend = &self.lane().backend;
         let lane_name = &self.lane().name;
         let mut req_id = job.request_id;
@@ -874,8 +878,7 @@ impl<'s> Worker<'s> {
                 }
             }
         };
-        lh.running.fetch_sub(1, Ordering::AcqRel);
-        lh.completed.fetch_add(1, Ordering::Relaxed);
+        lh.completed.fetch_add(1, Ordering::AcqRel);
         self.forget_cancel(c, job.epoch, job.ticket);
         self.finish_request(c, job.epoch, job.chunk);
         self.now = crate::scheduler::now_ns();
@@ -1039,11 +1042,7 @@ impl<'s> Worker<'s> {
     fn answer_all_queued(&mut self, code: ErrorCode) {
         for job in self.sched.drain_all() {
             let c = usize::from(job.client);
-            self.sh
-                .svc
-                .lane(self.lane)
-                .queued
-                .fetch_sub(1, Ordering::Relaxed);
+            self.job_gone();
             self.finish_request(c, job.epoch, job.chunk);
             if self.client_alive(c, job.epoch) {
                 self.answer_error(

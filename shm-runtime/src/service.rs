@@ -103,20 +103,38 @@ pub struct ModelEntry {
     pub name: [AtomicU64; MAX_NAME / 8],
 }
 
-/// Per-lane shared state: the doorbell clients ring after pushing a request, and counters.
+/// Per-lane shared state: the doorbell clients ring after pushing a request, and counters. Jobs
+/// queued and running are derived (`accepted - started`, `started - completed`), so a job costs the
+/// worker three counter updates, not five.
 #[repr(C)]
 #[derive(Debug)]
 pub struct LaneHeader {
     /// Workers of the lane park here when every request ring is empty.
     pub doorbell: CachePadded<WaitWord>,
-    /// Requests queued in the lane's scheduler.
-    pub queued: AtomicU64,
-    /// Requests running now.
-    pub running: AtomicU64,
-    /// Requests accepted by the lane.
+    /// Jobs accepted into the lane's schedulers.
     pub accepted: AtomicU64,
-    /// Requests completed (any final answer).
+    /// Jobs taken out of a scheduler (to run, or to be answered without running, or dropped).
+    pub started: AtomicU64,
+    /// Jobs finished (answered or dropped).
     pub completed: AtomicU64,
+}
+
+impl LaneHeader {
+    /// Jobs waiting in the lane's schedulers now.
+    pub fn queued(&self) -> u64 {
+        let started = self.started.load(Ordering::Acquire);
+        self.accepted
+            .load(Ordering::Acquire)
+            .saturating_sub(started)
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> u64 {
+        let completed = self.completed.load(Ordering::Acquire);
+        self.started
+            .load(Ordering::Acquire)
+            .saturating_sub(completed)
+    }
 }
 
 /// One client slot.
