@@ -627,6 +627,18 @@ impl<T: Pod> Consumer<T> {
         self.shared.cap as usize
     }
 
+    /// Resets the consumers' parked count (see [`WaitWord::clear_parked`]): call it when taking
+    /// over a ring whose previous consumers are all dead, before any of this process's threads
+    /// waits on it. Returns how many parked consumers were counted.
+    pub fn clear_parked_consumers(&self) -> u32 {
+        let w = &self.shared.hdr().not_empty;
+        let n = w.parked();
+        if n != 0 {
+            w.clear_parked();
+        }
+        n
+    }
+
     /// Whether nothing is published past the consumers' position (a hint: another consumer may
     /// take what is there first).
     pub fn is_empty(&self) -> bool {
@@ -890,6 +902,22 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let got = rx.pop_blocking(&WaitStrategy::default(), deadline);
         assert_eq!(got, Ok(5));
+    }
+
+    #[test]
+    fn a_dead_parked_consumer_can_be_forgotten() {
+        let region = ring(4);
+        let tx = Producer::<u64>::attach(&region).unwrap();
+        let rx = Consumer::<u64>::attach(&region).unwrap();
+        // As if a consumer process had been killed while parked: announced, never withdrawn.
+        let h = rx.shared.hdr();
+        h.not_empty.leak_waiter_for_test();
+        assert_eq!(h.not_empty.parked(), 1);
+        assert_eq!(rx.clear_parked_consumers(), 1);
+        assert_eq!(h.not_empty.parked(), 0);
+        tx.push(5).unwrap();
+        assert_eq!(rx.pop(), Ok(5));
+        assert_eq!(rx.clear_parked_consumers(), 0);
     }
 
     #[test]

@@ -363,6 +363,11 @@ impl<T: Pod> Producer<T> {
     /// live process. A role held by a dead process is taken over.
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         let shared = Shared::attach(region, |h| &h.producer)?;
+        // We hold the only producer role: anyone counted as parked on `not_full` is a dead
+        // predecessor, whose count would otherwise make every pop a wake syscall.
+        if shared.hdr().not_full.parked() != 0 {
+            shared.hdr().not_full.clear_parked();
+        }
         // SYNC(tail): we are the only writer of tail; Acquire on head pairs with the consumer's
         // Release (swap) in `Consumer::pop`.
         let tail = shared.hdr().tail.load(Ordering::Acquire);
@@ -497,6 +502,10 @@ impl<T: Pod> Consumer<T> {
     /// As for [`Producer::attach`].
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         let shared = Shared::attach(region, |h| &h.consumer)?;
+        // As in `Producer::attach`, for the consumer's wait word.
+        if shared.hdr().not_empty.parked() != 0 {
+            shared.hdr().not_empty.clear_parked();
+        }
         let head = shared.hdr().head.load(Ordering::Acquire);
         let cached_tail = shared.hdr().tail.load(Ordering::Acquire);
         Ok(Consumer {

@@ -72,6 +72,27 @@ impl WaitWord {
         }
     }
 
+    /// Waiters announced as parked now (a process killed while parked stays counted).
+    pub fn parked(&self) -> u32 {
+        self.waiters.load(Ordering::Relaxed)
+    }
+
+    /// Announces a waiter that will never withdraw (what a process killed while parked leaves).
+    #[cfg(all(test, not(shm_loom)))]
+    pub(crate) fn leak_waiter_for_test(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Forgets every announced waiter. A process killed while parked never takes itself off the
+    /// count, and from then on every notify makes a wake syscall; whoever knows that nobody can be
+    /// parked here any more (the only side that waits on this word is being taken over) calls this
+    /// to restore the free notify. A live waiter that is in fact parked is woken (its timeout
+    /// passes and it re-checks), so the worst a wrong call costs is one delayed wake-up.
+    pub fn clear_parked(&self) {
+        self.waiters.store(0, Ordering::Relaxed);
+        self.wake_all();
+    }
+
     #[cold]
     fn wake_all(&self) {
         // SYNC(seq): Release so a waiter that reads the new value also sees the publication.

@@ -184,6 +184,10 @@ impl Client {
                 return Err(err);
             }
         };
+        // A previous holder of this slot killed while parked on its response ring would leave a
+        // waiter counted for ever (every answer would then cost a wake syscall): nobody waits on
+        // it now, so forget them.
+        let _ = responses.clear_parked_consumers();
         // Answers left for a previous holder of this slot: return their chunks.
         while let Ok(d) = responses.pop() {
             if let Some((_, chunk, _, _)) = parse_desc(d) {
