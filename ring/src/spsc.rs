@@ -488,6 +488,12 @@ impl<T: Pod> Producer<T> {
         }
     }
 
+    /// Consumers counted as parked on this ring now (diagnostics: a count that stays up while the
+    /// ring is busy means a parked consumer died; the next consumer to attach clears it).
+    pub fn parked_consumers(&self) -> u32 {
+        self.shared.hdr().not_empty.parked()
+    }
+
     /// Whether the consumer role is vacant: never claimed, released, or its holder died.
     pub fn is_abandoned(&self) -> bool {
         slot_vacant(&self.shared.hdr().consumer)

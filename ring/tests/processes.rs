@@ -295,6 +295,27 @@ fn spsc_parked_consumer_is_woken_by_another_process() {
 }
 
 #[test]
+fn a_consumer_killed_while_parked_leaves_no_waiter_behind() {
+    let (name, s, ..) = fixture("spsc-parked-kill");
+    let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
+    let mut kid = Kid::spawn("spsc-wait-one", &name, "0");
+    kid.expect("READY");
+    let end = Instant::now() + Duration::from_secs(5);
+    while tx.parked_consumers() == 0 {
+        assert!(Instant::now() < end, "the child never parked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kid.kill9();
+    kid.wait_killed();
+    assert_eq!(tx.parked_consumers(), 1, "the dead waiter is still counted");
+    // The next consumer takes the role over and forgets the dead waiter: pushes are free again.
+    let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
+    assert_eq!(tx.parked_consumers(), 0);
+    tx.push(9).unwrap();
+    assert_eq!(rx.pop(), Ok(9));
+}
+
+#[test]
 fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
     let (name, s, ..) = fixture("spsc-kill-producer");
     let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
