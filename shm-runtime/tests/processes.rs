@@ -115,6 +115,19 @@ fn generate(id: u64, model: &str, text: &str) -> Request {
     }
 }
 
+/// Removes a service's segment when dropped if its server is dead (a failing test that killed a
+/// server must not leave its segment in /dev/shm; a live one is never removed).
+struct StaleSegment(String);
+
+impl Drop for StaleSegment {
+    fn drop(&mut self) {
+        let _ = shm_runtime::ring::Segment::remove(
+            &self.0,
+            &shm_runtime::ring::SegmentOpenOptions::default().dir,
+        );
+    }
+}
+
 fn unique(tag: &str) -> String {
     format!("p-{tag}-{}", std::process::id())
 }
@@ -283,6 +296,7 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
 #[test]
 fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
     let service = unique("srvkill");
+    let _cleanup = StaleSegment(service.clone());
     let mut server = Kid::server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
@@ -329,6 +343,7 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
 #[test]
 fn cli_ping_status_and_sigterm_drain() {
     let service = unique("sigterm");
+    let _cleanup = StaleSegment(service.clone());
     let mut server = Kid::server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
