@@ -203,19 +203,7 @@ impl Client {
         // SYNC(clients_gen): AcqRel after the state and mask: a worker that loads the new value
         // (Acquire) sees this slot active.
         svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
-        let n_models =
-            (svc.header().models.load(Ordering::Acquire) as usize).min(crate::service::MAX_MODELS);
-        let models = (0..n_models)
-            .filter_map(|i| {
-                let m = svc.model(i);
-                Some((
-                    svc.model_name(i)?,
-                    m.lane.load(Ordering::Relaxed) as usize,
-                    m.tasks.load(Ordering::Relaxed),
-                ))
-            })
-            .filter(|(_, lane, _)| *lane < svc.layout.lanes)
-            .collect();
+        let models = svc.models();
         Ok(Client {
             inner: Arc::new(Inner {
                 models,

@@ -436,18 +436,21 @@ impl Service {
         String::from_utf8(bytes).ok()
     }
 
-    /// The lane of model `name`, if the service serves it.
-    pub fn find_model(&self, name: &str) -> Option<(usize, u32)> {
+    /// The model table: (name, lane, task mask) of each well-formed entry whose lane exists. It
+    /// never changes while a server lives, so clients read it once.
+    pub fn models(&self) -> Vec<(String, usize, u32)> {
         let n = (self.header().models.load(Ordering::Acquire) as usize).min(MAX_MODELS);
-        (0..n).find_map(|i| {
-            (self.model_name(i).as_deref() == Some(name)).then(|| {
+        (0..n)
+            .filter_map(|i| {
                 let m = self.model(i);
-                (
+                Some((
+                    self.model_name(i)?,
                     m.lane.load(Ordering::Relaxed) as usize,
                     m.tasks.load(Ordering::Relaxed),
-                )
+                ))
             })
-        })
+            .filter(|(_, lane, _)| *lane < self.layout.lanes)
+            .collect()
     }
 
     /// Whether the server looks alive: its segment lock is held and it is not stopped.
