@@ -265,6 +265,8 @@ impl Server {
             return;
         }
         let grace_end = Instant::now() + grace;
+        // SYNC(draining): Release; pairs with the Acquire in `Worker::accept`. The flags are
+        // one-way switches read on every request: no data rides on them beyond "stop".
         sh.draining.store(true, Ordering::Release);
         sh.svc
             .header()
@@ -275,6 +277,7 @@ impl Server {
         let hard = Instant::now() + grace + Duration::from_secs(2);
         while Instant::now() < hard {
             if Instant::now() >= grace_end && !sh.drain_expired.load(Ordering::Relaxed) {
+                // SYNC(drain_expired): pairs with the Acquire loads in `run_job` and `should_stop`.
                 sh.drain_expired.store(true, Ordering::Release);
                 wake_workers(sh);
             }
@@ -291,6 +294,8 @@ impl Server {
             .header()
             .state
             .store(STATE_STOPPED, Ordering::Release);
+        // SYNC(exit): Release after the STOPPED state; pairs with the Acquire in the worker loop
+        // and the housekeeper (the Relaxed load in the wait condition only ends a wait early).
         sh.exit.store(true, Ordering::Release);
         wake_workers(sh);
         for t in self.threads.drain(..) {
