@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use shm_runtime::output::Out;
 use shm_runtime::protocol::{
-    access_request, check_request, encode_into, Body, FinishReason, Generation, Input, Limits,
-    Params, Request, Response, Task, Usage,
+    access_request, check_request, encode_into, FinishReason, Input, Limits, Params, Request, Task,
+    Usage,
 };
 use shm_runtime::scheduler::{Job, Scheduler};
 use shm_runtime::{Client, ClientOptions, ModelConfig, Server, ServerConfig};
@@ -224,29 +225,38 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
     Ok(median(&mut per))
 }
 
-/// Median ns to write a 200-token generation result (text and token ids) in place into a chunk.
+/// Median ns to write a 200-token generation result (2000 bytes of text and 200 token ids) in place
+/// into a chunk, the way a backend writes it: the text and the ids appended through
+/// [`Out::generation`], then the archive's root.
 ///
 /// # Errors
 ///
 /// When the buffer is too small.
 pub fn result_create_ns() -> Result<f64> {
     let mut buf = Box::new(Buf([0; 64 << 10]));
-    let resp = Response {
-        id: 1,
-        body: Body::Generation(Generation {
-            text: "generated ".repeat(200),
-            tokens: (0..200).collect(),
-            finish: FinishReason::Length,
-            usage: Usage::default(),
-        }),
+    let text = "generated ".repeat(200);
+    let tokens: Vec<u32> = (0..200).collect();
+    let usage = Usage {
+        prompt_tokens: 1,
+        generated_tokens: 200,
+        ..Usage::default()
     };
     let mut per = Vec::new();
     for _ in 0..31 {
         let iters = 100_000;
         let t = Instant::now();
         for _ in 0..iters {
-            let n = encode_into(std::hint::black_box(&resp), &mut buf.0)?;
-            std::hint::black_box(n);
+            let mut out = Out::in_buffer(&mut buf.0, 1);
+            let mut g = out
+                .generation(200, text.len())
+                .map_err(anyhow::Error::msg)?;
+            g.push_text(std::hint::black_box(&text))
+                .map_err(anyhow::Error::msg)?;
+            g.push_tokens(std::hint::black_box(&tokens))
+                .map_err(anyhow::Error::msg)?;
+            g.finish(FinishReason::Length, usage)
+                .map_err(anyhow::Error::msg)?;
+            std::hint::black_box(out.written());
         }
         per.push(t.elapsed().as_nanos() as f64 / iters as f64);
     }

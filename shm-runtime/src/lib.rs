@@ -41,6 +41,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod output;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;

@@ -713,6 +713,47 @@ pub fn tokens_native(tokens: &rkyv::vec::ArchivedVec<rkyv::rend::u32_le>) -> &[u
     compile_error!("shm-runtime reads archived little-endian data in place: big-endian targets are not supported");
 }
 
+macro_rules! native_slice {
+    ($(#[$doc:meta])* $name:ident, $le:ty, $t:ty) => {
+        $(#[$doc])*
+        pub fn $name(v: &rkyv::vec::ArchivedVec<$le>) -> &[$t] {
+            const _: () = assert!(
+                std::mem::size_of::<$le>() == std::mem::size_of::<$t>()
+                    && std::mem::align_of::<$le>() == std::mem::align_of::<$t>()
+            );
+            // SAFETY: on a little-endian target (the only kind that compiles, see tokens_native)
+            // the archived type is a wrapper of the same size, alignment and bits as the native
+            // one (asserted above); the slice is validated archive memory living as long as `v`.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<$t>(), v.len()) }
+        }
+    };
+}
+
+native_slice!(
+    /// The elements of an archived f32 tensor as a native slice, without copying.
+    f32_native,
+    rkyv::rend::f32_le,
+    f32
+);
+native_slice!(
+    /// The elements of an archived i64 tensor as a native slice, without copying.
+    i64_native,
+    rkyv::rend::i64_le,
+    i64
+);
+native_slice!(
+    /// The elements of an archived i32 tensor as a native slice, without copying.
+    i32_native,
+    rkyv::rend::i32_le,
+    i32
+);
+native_slice!(
+    /// The dimensions of an archived shape as a native slice, without copying.
+    u64_native,
+    rkyv::rend::u64_le,
+    u64
+);
+
 /// Kind of a ring descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shm_ring::pool::{ChunkId, OwnerId, Pool};
+use shm_ring::pool::{ChunkId, Loan, OwnerId, Pool};
 use shm_ring::process::ProcessToken;
 use shm_ring::{mpmc, CreateOptions, Segment};
 
 use crate::backend::{self, Backend, BackendError, RunContext, Stop};
 use crate::config::{ModelConfig, ServerConfig};
+use crate::output::{estimate, Out};
 use crate::protocol::{
     access_request_chunk, desc, encode_into, parse_desc, read_request_head, ArchivedRequest, Body,
     Desc, DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PROTOCOL_VERSION,
@@ -853,6 +854,8 @@ impl<'s> Worker<'s> {
         let backend = &self.lane().backend;
         let lane_name = &self.lane().name;
         let mut req_id = job.request_id;
+        // The head's id is checked against the archive's below, so this is the answer's id.
+        let mut out = Out::in_pool(&sh.pool, sh.owner, job.request_id);
         let mut private = Vec::new();
         let result = match request_bytes(sh, job.chunk, job.len, &mut private)
             .and_then(|b| access_request_chunk(b, &sh.config.limits))
@@ -879,7 +882,7 @@ impl<'s> Worker<'s> {
                         format!("model {lane_name:?} does not do task {:?}", req.task),
                     ))
                 } else {
-                    self.run_backend(backend.as_ref(), req, job)
+                    self.run_backend(backend.as_ref(), req, job, &mut out)
                 }
             }
         };
@@ -890,10 +893,18 @@ impl<'s> Worker<'s> {
         let latency = (self.now.saturating_sub(job.accepted_ns) / 1000).max(1);
         let bucket = (63 - latency.leading_zeros()).min(31) as usize;
         sh.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        let result = result.and_then(|()| {
+            out.take_loan().ok_or_else(|| {
+                (
+                    ErrorCode::Backend,
+                    "the backend finished without an answer".to_owned(),
+                )
+            })
+        });
+        drop(out);
         match result {
-            Ok(body) => {
-                let resp = Response { id: req_id, body };
-                if self.answer(c, job.epoch, job.ticket, DescKind::Final, &resp) {
+            Ok((loan, len)) => {
+                if self.hand_over(c, job.epoch, job.ticket, DescKind::Final, loan, len) {
                     sh.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -906,17 +917,19 @@ impl<'s> Worker<'s> {
         backend: &dyn Backend,
         req: &ArchivedRequest,
         job: Job,
-    ) -> Result<Body, (ErrorCode, String)> {
+        out: &mut Out<'_>,
+    ) -> Result<(), (ErrorCode, String)> {
         let req_id = req.id.to_native();
         let mut ctx = Ctx {
             worker: self,
             job,
             req_id,
         };
-        match backend.run(req, &mut ctx) {
-            Ok(body) => Ok(body),
+        match backend.run(req, &mut ctx, out) {
+            Ok(()) => Ok(()),
             Err(BackendError::Invalid(m)) => Err((ErrorCode::InvalidRequest, m)),
             Err(BackendError::Failed(m)) => Err((ErrorCode::Backend, m)),
+            Err(BackendError::Exhausted(m)) => Err((ErrorCode::ResourceExhausted, m)),
             Err(BackendError::Stopped(Stop::Cancelled)) => {
                 Err((ErrorCode::Cancelled, "cancelled while running".into()))
             }
@@ -980,7 +993,6 @@ impl<'s> Worker<'s> {
         if h.epoch != epoch {
             return false;
         }
-        let client_owner = h.owner;
         let mut size = estimate(resp);
         let max = sh.pool.max_chunk_size();
         loop {
@@ -992,24 +1004,41 @@ impl<'s> Worker<'s> {
                 }
             };
             match encode_into(resp, loan.as_mut_slice()) {
-                Ok(len) => {
-                    let id = loan.into_id();
-                    if sh
-                        .pool
-                        .adopt(id, sh.owner, client_owner)
-                        .map(|l| l.into_id())
-                        .is_err()
-                    {
-                        let _ = sh.pool.release(id, sh.owner);
-                        return false;
-                    }
-                    self.deliver(c, epoch, desc(kind, id.raw(), len as u32, ticket));
-                    return true;
-                }
+                Ok(len) => return self.hand_over(c, epoch, ticket, kind, loan, len),
                 Err(_) if size < max => size = (size * 2).min(max),
                 Err(_) => return false,
             }
         }
+    }
+
+    /// Gives the answer in `loan` (`len` bytes) to the client and announces it. Returns false when
+    /// the client is gone.
+    fn hand_over(
+        &mut self,
+        c: usize,
+        epoch: u32,
+        ticket: u32,
+        kind: DescKind,
+        loan: Loan<'_>,
+        len: usize,
+    ) -> bool {
+        let sh = self.sh;
+        let client_owner = match &self.clients[c] {
+            Some(h) if h.epoch == epoch => h.owner,
+            _ => return false,
+        };
+        let id = loan.into_id();
+        if sh
+            .pool
+            .adopt(id, sh.owner, client_owner)
+            .map(|l| l.into_id())
+            .is_err()
+        {
+            let _ = sh.pool.release(id, sh.owner);
+            return false;
+        }
+        self.deliver(c, epoch, desc(kind, id.raw(), len as u32, ticket));
+        true
     }
 
     /// Pushes a descriptor to a client's response ring, or keeps it for later if the ring is full.
@@ -1066,21 +1095,6 @@ impl<'s> Worker<'s> {
             std::thread::yield_now();
         }
     }
-}
-
-fn estimate(resp: &Response) -> usize {
-    let payload = match &resp.body {
-        Body::Classification(v) => v.iter().map(|l| l.label.len() + 16).sum(),
-        Body::Embedding(v) => v.len() * 4,
-        Body::Generation(g) => g.text.len() + g.tokens.len() * 4,
-        Body::Chunk(c) => c.text.len() + c.tokens.len() * 4,
-        Body::Tensors(ts) => ts
-            .iter()
-            .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
-            .sum(),
-        Body::Error(e) => e.message.len(),
-    };
-    payload + 256
 }
 
 struct Ctx<'w, 's> {

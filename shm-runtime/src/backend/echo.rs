@@ -2,9 +2,10 @@
 //! measuring the runtime's own overhead.
 
 use crate::backend::{Backend, BackendError, RunContext};
+use crate::output::{Out, TensorsWriter};
 use crate::protocol::{
-    ArchivedInput, ArchivedRequest, ArchivedTask, ArchivedTensorData, Body, FinishReason,
-    Generation, LabelScore, StreamChunk, Task, Tensor, TensorData, Usage,
+    f32_native, i32_native, i64_native, u64_native, ArchivedInput, ArchivedRequest, ArchivedTask,
+    ArchivedTensorData, Body, FinishReason, LabelScore, StreamChunk, Task, Usage,
 };
 
 /// Echoes its input.
@@ -25,113 +26,151 @@ fn text_of(input: &ArchivedInput) -> String {
     }
 }
 
-fn tokens_of(input: &ArchivedInput) -> Vec<u32> {
-    match input {
-        ArchivedInput::Tokens(t) => crate::protocol::tokens_native(t).to_vec(),
-        ArchivedInput::Text(t) => t.bytes().map(u32::from).collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Backend for Echo {
     fn tasks(&self) -> &[Task] {
         &TASKS
     }
 
-    fn run(&self, req: &ArchivedRequest, ctx: &mut dyn RunContext) -> Result<Body, BackendError> {
+    fn run(
+        &self,
+        req: &ArchivedRequest,
+        ctx: &mut dyn RunContext,
+        out: &mut Out<'_>,
+    ) -> Result<(), BackendError> {
         match req.task {
-            ArchivedTask::Classify => Ok(Body::Classification(vec![LabelScore {
+            ArchivedTask::Classify => out.body(Body::Classification(vec![LabelScore {
                 label: text_of(&req.input),
                 score: 1.0,
             }])),
-            ArchivedTask::Embed => Ok(Body::Embedding(
-                tokens_of(&req.input)
-                    .into_iter()
-                    .map(|t| t as f32)
-                    .collect(),
-            )),
+            ArchivedTask::Embed => match &req.input {
+                ArchivedInput::Tokens(t) => {
+                    let t = crate::protocol::tokens_native(t);
+                    out.embedding(t.len(), |v| {
+                        v.iter_mut().zip(t).for_each(|(v, t)| *v = *t as f32);
+                        Ok(())
+                    })
+                }
+                input => {
+                    let text = text_of(input);
+                    out.embedding(text.len(), |v| {
+                        v.iter_mut()
+                            .zip(text.bytes())
+                            .for_each(|(v, b)| *v = f32::from(b));
+                        Ok(())
+                    })
+                }
+            },
             ArchivedTask::Tensors => match &req.input {
-                ArchivedInput::Tensors(ts) => Ok(Body::Tensors(
-                    ts.iter()
-                        .map(|t| Tensor {
-                            name: t.name.as_str().to_owned(),
-                            shape: t.shape.iter().map(|d| d.to_native()).collect(),
-                            data: match &t.data {
-                                ArchivedTensorData::F32(v) => {
-                                    TensorData::F32(v.iter().map(|x| x.to_native()).collect())
+                ArchivedInput::Tensors(ts) => {
+                    let payload = ts
+                        .iter()
+                        .map(|t| {
+                            let (name, rank, n) = (t.name.as_str(), t.shape.len(), t.data.len());
+                            match &t.data {
+                                ArchivedTensorData::F32(_) => {
+                                    TensorsWriter::bytes_for::<f32>(name, rank, n)
                                 }
-                                ArchivedTensorData::I64(v) => {
-                                    TensorData::I64(v.iter().map(|x| x.to_native()).collect())
+                                ArchivedTensorData::I64(_) => {
+                                    TensorsWriter::bytes_for::<i64>(name, rank, n)
                                 }
-                                ArchivedTensorData::I32(v) => {
-                                    TensorData::I32(v.iter().map(|x| x.to_native()).collect())
+                                ArchivedTensorData::I32(_) => {
+                                    TensorsWriter::bytes_for::<i32>(name, rank, n)
                                 }
-                                ArchivedTensorData::U8(v) => TensorData::U8(v.to_vec()),
-                            },
+                                ArchivedTensorData::U8(_) => {
+                                    TensorsWriter::bytes_for::<u8>(name, rank, n)
+                                }
+                            }
                         })
-                        .collect(),
-                )),
+                        .sum();
+                    out.tensors(payload, |w| {
+                        for t in ts.iter() {
+                            let (name, shape) = (t.name.as_str(), u64_native(&t.shape));
+                            match &t.data {
+                                ArchivedTensorData::F32(v) => w.add(name, shape, |d| {
+                                    d.copy_from_slice(f32_native(v));
+                                    Ok(())
+                                }),
+                                ArchivedTensorData::I64(v) => w.add(name, shape, |d| {
+                                    d.copy_from_slice(i64_native(v));
+                                    Ok(())
+                                }),
+                                ArchivedTensorData::I32(v) => w.add(name, shape, |d| {
+                                    d.copy_from_slice(i32_native(v));
+                                    Ok(())
+                                }),
+                                ArchivedTensorData::U8(v) => w.add(name, shape, |d| {
+                                    d.copy_from_slice(v.as_slice());
+                                    Ok(())
+                                }),
+                            }?;
+                        }
+                        Ok(())
+                    })
+                }
                 _ => Err(BackendError::Invalid(
                     "the tensors task needs tensor input".into(),
                 )),
             },
-            ArchivedTask::Generate => {
-                // The "tokens" of a text prompt are its characters; the answer echoes the input as
-                // it came (text as text, token ids as token ids), cut to max_tokens units.
-                let max = req.params.max_tokens.to_native() as usize;
-                let (units, tokens, text): (Vec<u32>, Vec<u32>, String) = match &req.input {
-                    ArchivedInput::Tokens(t) => {
-                        let t = crate::protocol::tokens_native(t);
-                        let t = t[..t.len().min(max)].to_vec();
-                        (Vec::new(), t, String::new())
-                    }
-                    ArchivedInput::Text(t) if t.len() <= max => {
-                        // At most `max` bytes, so at most `max` characters: one copy.
-                        (Vec::new(), Vec::new(), t.as_str().to_owned())
-                    }
-                    input => {
-                        let text: String = text_of(input).chars().take(max).collect();
-                        (Vec::new(), Vec::new(), text)
-                    }
-                };
-                // Stream units: the token ids, or the characters of the text.
-                let units = if !req.params.stream {
-                    units
-                } else if tokens.is_empty() {
-                    text.chars().map(u32::from).collect()
-                } else {
-                    tokens.clone()
-                };
-                if req.params.stream {
-                    // One chunk per unit, stopping between units when asked.
-                    for (i, u) in units.iter().enumerate() {
-                        if let Some(stop) = ctx.should_stop() {
-                            return Err(BackendError::Stopped(stop));
-                        }
-                        ctx.emit(StreamChunk {
-                            index: i as u32,
-                            text: char::from_u32(*u).map(String::from).unwrap_or_default(),
-                            tokens: vec![*u],
-                        })
-                        .map_err(BackendError::Stopped)?;
-                    }
-                }
-                let n = if tokens.is_empty() {
-                    text.chars().count()
-                } else {
-                    tokens.len()
-                } as u32;
-                Ok(Body::Generation(Generation {
-                    text,
-                    tokens,
-                    finish: FinishReason::Length,
-                    usage: Usage {
-                        prompt_tokens: n,
-                        generated_tokens: n,
-                        ..Usage::default()
-                    },
-                }))
-            }
+            ArchivedTask::Generate => generate(req, ctx, out),
         }
     }
+}
+
+/// Echoes the input as it came (text as text, token ids as token ids), cut to max_tokens units;
+/// the "tokens" of a text prompt are its characters.
+fn generate(
+    req: &ArchivedRequest,
+    ctx: &mut dyn RunContext,
+    out: &mut Out<'_>,
+) -> Result<(), BackendError> {
+    let max = req.params.max_tokens.to_native() as usize;
+    let owned;
+    let (tokens, text): (&[u32], &str) = match &req.input {
+        ArchivedInput::Tokens(t) => {
+            let t = crate::protocol::tokens_native(t);
+            (&t[..t.len().min(max)], "")
+        }
+        // At most `max` bytes, so at most `max` characters: no cut needed.
+        ArchivedInput::Text(t) if t.len() <= max => (&[], t.as_str()),
+        input => {
+            owned = text_of(input).chars().take(max).collect::<String>();
+            (&[], owned.as_str())
+        }
+    };
+    if req.params.stream {
+        // One chunk per unit (token id, or character of the text), stopping between units when
+        // asked.
+        let units: Vec<u32> = if tokens.is_empty() {
+            text.chars().map(u32::from).collect()
+        } else {
+            tokens.to_vec()
+        };
+        for (i, u) in units.iter().enumerate() {
+            if let Some(stop) = ctx.should_stop() {
+                return Err(BackendError::Stopped(stop));
+            }
+            ctx.emit(StreamChunk {
+                index: i as u32,
+                text: char::from_u32(*u).map(String::from).unwrap_or_default(),
+                tokens: vec![*u],
+            })
+            .map_err(BackendError::Stopped)?;
+        }
+    }
+    let n = if tokens.is_empty() {
+        text.chars().count()
+    } else {
+        tokens.len()
+    } as u32;
+    let mut g = out.generation(tokens.len(), text.len())?;
+    g.push_text(text)?;
+    g.push_tokens(tokens)?;
+    g.finish(
+        FinishReason::Length,
+        Usage {
+            prompt_tokens: n,
+            generated_tokens: n,
+            ..Usage::default()
+        },
+    )
 }

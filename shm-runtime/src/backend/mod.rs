@@ -6,7 +6,8 @@ pub mod sleep;
 
 use std::time::Instant;
 
-use crate::protocol::{ArchivedRequest, Body, StreamChunk, Task};
+use crate::output::Out;
+use crate::protocol::{ArchivedRequest, StreamChunk, Task};
 
 /// Why a run stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub enum BackendError {
     /// The model failed.
     #[error("{0}")]
     Failed(String),
+    /// No memory for the answer (the pool is exhausted or the answer exceeds the largest chunk).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// What a backend sees of the server while it runs a request: the deadline, the cancel flag, and
@@ -53,12 +57,19 @@ pub trait RunContext {
 pub trait Backend: Send + Sync + 'static {
     /// The tasks it does.
     fn tasks(&self) -> &[Task];
-    /// Runs one request, validated against the protocol limits already. Returns the final body.
+    /// Runs one request, validated against the protocol limits already, and writes its final
+    /// answer into `out` (in place, see [`Out`]). An `Ok` without an answer written is a backend
+    /// failure.
     ///
     /// # Errors
     ///
-    /// [`BackendError`].
-    fn run(&self, req: &ArchivedRequest, ctx: &mut dyn RunContext) -> Result<Body, BackendError>;
+    /// [`BackendError`]; whatever was written to `out` is then discarded.
+    fn run(
+        &self,
+        req: &ArchivedRequest,
+        ctx: &mut dyn RunContext,
+        out: &mut Out<'_>,
+    ) -> Result<(), BackendError>;
 }
 
 /// Bit mask of tasks, as stored in the model table.

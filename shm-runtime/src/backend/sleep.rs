@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, RunContext};
-use crate::protocol::{ArchivedRequest, Body, FinishReason, Generation, StreamChunk, Task, Usage};
+use crate::output::Out;
+use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
 
 /// Sleeps `step` per token, `max_tokens` tokens.
 #[derive(Debug, Clone)]
@@ -20,10 +21,15 @@ impl Backend for Sleep {
         &TASKS
     }
 
-    fn run(&self, req: &ArchivedRequest, ctx: &mut dyn RunContext) -> Result<Body, BackendError> {
+    fn run(
+        &self,
+        req: &ArchivedRequest,
+        ctx: &mut dyn RunContext,
+        out: &mut Out<'_>,
+    ) -> Result<(), BackendError> {
         let start = Instant::now();
         let steps = req.params.max_tokens.to_native().max(1);
-        let mut tokens = Vec::with_capacity(steps as usize);
+        let mut g = out.generation(steps as usize, steps as usize * 8)?;
         for i in 0..steps {
             if let Some(stop) = ctx.should_stop() {
                 return Err(BackendError::Stopped(stop));
@@ -36,26 +42,26 @@ impl Backend for Sleep {
                     return Err(BackendError::Stopped(stop));
                 }
             }
-            tokens.push(i);
+            let piece = format!("t{i} ");
+            g.push(i, &piece)?;
             if req.params.stream {
                 ctx.emit(StreamChunk {
                     index: i,
-                    text: format!("t{i} "),
+                    text: piece,
                     tokens: vec![i],
                 })
                 .map_err(BackendError::Stopped)?;
             }
         }
-        Ok(Body::Generation(Generation {
-            text: tokens.iter().map(|i| format!("t{i} ")).collect(),
-            finish: FinishReason::Length,
-            usage: Usage {
+        let generated_tokens = g.tokens() as u32;
+        g.finish(
+            FinishReason::Length,
+            Usage {
                 prompt_tokens: 0,
-                generated_tokens: tokens.len() as u32,
+                generated_tokens,
                 ttft_us: 0,
                 total_us: start.elapsed().as_micros() as u64,
             },
-            tokens,
-        }))
+        )
     }
 }
