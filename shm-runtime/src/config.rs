@@ -136,6 +136,21 @@ pub fn parse_wait(s: &str) -> Result<WaitStrategy, String> {
     }
 }
 
+/// The project's cache of downloaded and built models and libraries: `$SHM_RUNTIME_CACHE`, else
+/// `$XDG_CACHE_HOME/shm-runtime`, else `~/.cache/shm-runtime`. `scripts/setup.sh` fills it; a model
+/// path `cache:REST` in a configuration file names `REST` inside it.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHM_RUNTIME_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("shm-runtime")
+}
+
 /// Reads a TOML configuration file. `name` overrides the file's `service`.
 ///
 /// ```toml
@@ -188,11 +203,13 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     if let Some(v) = s.hardened {
         c.hardened = v;
     }
-    // Relative model paths are relative to the config file.
+    // Relative model paths are relative to the config file; `cache:REST` is in the cache.
     let base = path.parent().unwrap_or(Path::new("."));
     for m in &mut c.models {
         if let Some(p) = &m.path {
-            if p.is_relative() {
+            if let Some(rest) = p.to_str().and_then(|p| p.strip_prefix("cache:")) {
+                m.path = Some(cache_dir().join(rest));
+            } else if p.is_relative() {
                 m.path = Some(base.join(p));
             }
         }

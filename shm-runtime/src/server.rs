@@ -17,7 +17,7 @@ use shm_ring::pool::{ChunkId, Loan, OwnerId, Pool};
 use shm_ring::process::ProcessToken;
 use shm_ring::{mpmc, CreateOptions, Segment};
 
-use crate::backend::{self, Backend, BackendError, RunContext, Stop};
+use crate::backend::{self, Backend, BackendError, Batching, RunContext, Stop};
 use crate::config::{ModelConfig, ServerConfig};
 use crate::output::{estimate, Out};
 use crate::protocol::{
@@ -80,6 +80,10 @@ pub fn load_backend(m: &ModelConfig) -> Result<Box<dyn Backend>, String> {
                 step: Duration::from_secs_f64(ms / 1000.0),
             }))
         }
+        #[cfg(feature = "onnx")]
+        "onnx" => Ok(Box::new(backend::onnx::Onnx::load(m)?)),
+        #[cfg(not(feature = "onnx"))]
+        "onnx" => Err("backend onnx needs the onnx feature (cargo build --features onnx)".into()),
         other => Err(format!(
             "unknown backend {other:?} (built in: echo, sleep; onnx and gguf need their features)"
         )),
@@ -486,6 +490,62 @@ fn request_bytes<'a>(
     Ok(&src[..len])
 }
 
+/// Validates job's request (in place, or a private copy in hardened mode): the archive, the
+/// limits, that it agrees with the head it was queued by, and that this lane's model does its task.
+fn validate<'b>(
+    sh: &'b Shared,
+    lane: &Lane,
+    job: &Job,
+    private: &'b mut Vec<u128>,
+) -> Result<&'b ArchivedRequest, (ErrorCode, String)> {
+    let (head, req) = request_bytes(sh, job.chunk, job.len, private)
+        .and_then(|b| access_request_chunk(b, &sh.config.limits))
+        .map_err(|msg| (ErrorCode::InvalidRequest, msg))?;
+    if head.id != job.request_id || head.priority != job.priority {
+        return Err((
+            ErrorCode::InvalidRequest,
+            "the request head changed after the request was submitted".to_owned(),
+        ));
+    }
+    let mask = backend::task_mask(lane.backend.tasks());
+    if req.model.as_str() != lane.name {
+        return Err((
+            ErrorCode::ModelNotFound,
+            format!(
+                "request for model {:?} arrived on lane {:?}",
+                req.model.as_str(),
+                lane.name
+            ),
+        ));
+    }
+    if mask & (1 << (req.task.to_native() as u32)) == 0 {
+        return Err((
+            ErrorCode::ModelNotFound,
+            format!("model {:?} does not do task {:?}", lane.name, req.task),
+        ));
+    }
+    Ok(req)
+}
+
+/// The wire error for a backend's error.
+fn backend_error(e: &BackendError) -> (ErrorCode, String) {
+    match e {
+        BackendError::Invalid(m) => (ErrorCode::InvalidRequest, m.clone()),
+        BackendError::Failed(m) => (ErrorCode::Backend, m.clone()),
+        BackendError::Exhausted(m) => (ErrorCode::ResourceExhausted, m.clone()),
+        BackendError::Stopped(Stop::Cancelled) => {
+            (ErrorCode::Cancelled, "cancelled while running".into())
+        }
+        BackendError::Stopped(Stop::TimedOut) => (
+            ErrorCode::TimedOut,
+            "the deadline passed while running".into(),
+        ),
+        BackendError::Stopped(Stop::ClientGone) => {
+            (ErrorCode::Cancelled, "the client has gone".into())
+        }
+    }
+}
+
 struct ClientHandles {
     epoch: u32,
     owner: OwnerId,
@@ -512,6 +572,8 @@ struct Worker<'s> {
     rr: usize,
     /// Answers that did not fit in a client's response ring yet: (client, epoch, descriptor).
     backlog: VecDeque<(usize, u32, Desc)>,
+    /// Per client slot: when it last sent this lane a request (`now` clock), for batching.
+    last_request: Vec<u64>,
 }
 
 /// With at least this many jobs queued, a worker polls the request rings every 4th round only.
@@ -533,6 +595,7 @@ impl<'s> Worker<'s> {
             seen_gen: u64::MAX,
             rr: 0,
             backlog: VecDeque::new(),
+            last_request: vec![0; sh.svc.layout.max_clients],
         }
     }
 
@@ -697,6 +760,7 @@ impl<'s> Worker<'s> {
                 return;
             }
         }
+        self.last_request[c] = self.now;
         let e = sh.svc.client(c);
         // Take the chunk: refused if the client does not hold it (stale, forged, double use).
         let id = ChunkId::from_raw(chunk);
@@ -824,6 +888,114 @@ impl<'s> Worker<'s> {
     }
 
     fn run_job(&mut self, job: Job) {
+        if let Some(b) = self.lane().backend.batching() {
+            return self.run_batched(job, b);
+        }
+        if !self.begin(&job) {
+            return;
+        }
+        let sh = self.sh;
+        let lane = self.lane();
+        let mut private = Vec::new();
+        // The head's id is checked against the archive's, so this is the answer's id.
+        let mut out = Out::in_pool(&sh.pool, sh.owner, job.request_id);
+        let result = validate(sh, lane, &job, &mut private)
+            .and_then(|req| self.run_backend(lane.backend.as_ref(), req, job, &mut out));
+        self.end(&job, result, out);
+    }
+
+    /// Runs `first` with up to `b.max_batch - 1` more queued jobs of this lane in one backend call,
+    /// waiting up to `b.max_delay` for more while other clients of the lane are active.
+    fn run_batched(&mut self, first: Job, b: Batching) {
+        let mut jobs = vec![first];
+        self.gather(&mut jobs, b);
+        jobs.retain(|j| self.begin(j));
+        if jobs.is_empty() {
+            return;
+        }
+        let sh = self.sh;
+        let lane = self.lane();
+        let mut privates: Vec<Vec<u128>> = jobs.iter().map(|_| Vec::new()).collect();
+        let mut results: Vec<Option<Result<(), (ErrorCode, String)>>> =
+            jobs.iter().map(|_| None).collect();
+        let mut reqs = Vec::with_capacity(jobs.len());
+        let mut members = Vec::with_capacity(jobs.len());
+        for ((i, job), private) in jobs.iter().enumerate().zip(privates.iter_mut()) {
+            match validate(sh, lane, job, private) {
+                Ok(r) => {
+                    reqs.push(r);
+                    members.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let mut outs: Vec<Out<'_>> = members
+            .iter()
+            .map(|&i| Out::in_pool(&sh.pool, sh.owner, jobs[i].request_id))
+            .collect();
+        if !reqs.is_empty() {
+            let ran = lane.backend.run_batch(&reqs, &mut outs);
+            for (k, &i) in members.iter().enumerate() {
+                results[i] = Some(match ran.get(k) {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(backend_error(e)),
+                    None => Err((ErrorCode::Backend, "the batch lost a result".to_owned())),
+                });
+            }
+        }
+        drop(reqs);
+        let mut outs = outs.into_iter();
+        for (i, job) in jobs.iter().enumerate() {
+            let result = results[i]
+                .take()
+                .unwrap_or_else(|| Err((ErrorCode::Backend, "no result".to_owned())));
+            let out = if members.contains(&i) {
+                outs.next()
+            } else {
+                None
+            };
+            match out {
+                Some(out) => self.end(job, result, out),
+                None => self.end(
+                    job,
+                    result,
+                    Out::in_pool(&sh.pool, sh.owner, job.request_id),
+                ),
+            }
+        }
+    }
+
+    /// Adds queued jobs to `jobs` up to the batch size, waiting up to the batch delay for more while
+    /// another client sent this lane a request in the last 100 ms (so a lone client never waits).
+    fn gather(&mut self, jobs: &mut Vec<Job>, b: Batching) {
+        let until = self.now + b.max_delay.as_nanos() as u64;
+        loop {
+            while jobs.len() < b.max_batch {
+                match self.sched.pop() {
+                    Some(j) => jobs.push(j),
+                    None => break,
+                }
+            }
+            if jobs.len() >= b.max_batch || self.sh.exit.load(Ordering::Relaxed) {
+                return;
+            }
+            let recent = self.now.saturating_sub(100_000_000);
+            let others = self.attached.iter().any(|&c| {
+                self.last_request[c] >= recent && !jobs.iter().any(|j| usize::from(j.client) == c)
+            });
+            if !others || self.now >= until {
+                return;
+            }
+            if self.ingest(None) == 0 {
+                std::hint::spin_loop();
+            }
+            self.now = crate::scheduler::now_ns();
+        }
+    }
+
+    /// Counts a job as started and answers it without running when its client died, the server is
+    /// past its drain, it was cancelled or its deadline passed. Returns whether to run it.
+    fn begin(&mut self, job: &Job) -> bool {
         let sh = self.sh;
         let lh = sh.svc.lane(self.lane);
         lh.started.fetch_add(1, Ordering::AcqRel);
@@ -832,14 +1004,13 @@ impl<'s> Worker<'s> {
             // The client died: drop its work silently (nobody to answer).
             let _ = sh.pool.release(job.chunk, sh.owner);
             lh.completed.fetch_add(1, Ordering::AcqRel);
-            return;
+            return false;
         }
-        let now = self.now;
         let early = if sh.drain_expired.load(Ordering::Acquire) {
             Some((ErrorCode::ShuttingDown, "the server is shutting down"))
         } else if self.is_cancelled(c, job.epoch, job.ticket) {
             Some((ErrorCode::Cancelled, "cancelled before it ran"))
-        } else if now >= job.deadline_ns {
+        } else if self.now >= job.deadline_ns {
             Some((ErrorCode::TimedOut, "the deadline passed while queued"))
         } else {
             None
@@ -849,44 +1020,19 @@ impl<'s> Worker<'s> {
             self.finish_request(c, job.epoch, job.chunk);
             self.answer_error(c, job.epoch, job.ticket, job.request_id, code, msg);
             lh.completed.fetch_add(1, Ordering::AcqRel);
-            return;
+            return false;
         }
-        let backend = &self.lane().backend;
-        let lane_name = &self.lane().name;
-        let mut req_id = job.request_id;
-        // The head's id is checked against the archive's below, so this is the answer's id.
-        let mut out = Out::in_pool(&sh.pool, sh.owner, job.request_id);
-        let mut private = Vec::new();
-        let result = match request_bytes(sh, job.chunk, job.len, &mut private)
-            .and_then(|b| access_request_chunk(b, &sh.config.limits))
-        {
-            Err(msg) => Err((ErrorCode::InvalidRequest, msg)),
-            Ok((head, _)) if head.id != job.request_id || head.priority != job.priority => Err((
-                ErrorCode::InvalidRequest,
-                "the request head changed after the request was submitted".to_owned(),
-            )),
-            Ok((_, req)) => {
-                req_id = req.id.to_native();
-                let mask = backend::task_mask(backend.tasks());
-                if req.model.as_str() != lane_name {
-                    Err((
-                        ErrorCode::ModelNotFound,
-                        format!(
-                            "request for model {:?} arrived on lane {lane_name:?}",
-                            req.model.as_str()
-                        ),
-                    ))
-                } else if mask & (1 << (req.task.to_native() as u32)) == 0 {
-                    Err((
-                        ErrorCode::ModelNotFound,
-                        format!("model {lane_name:?} does not do task {:?}", req.task),
-                    ))
-                } else {
-                    self.run_backend(backend.as_ref(), req, job, &mut out)
-                }
-            }
-        };
-        lh.completed.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// After a run: counters, the latency histogram, and the answer (`out`'s, or the error).
+    fn end(&mut self, job: &Job, result: Result<(), (ErrorCode, String)>, mut out: Out<'_>) {
+        let sh = self.sh;
+        let c = usize::from(job.client);
+        sh.svc
+            .lane(self.lane)
+            .completed
+            .fetch_add(1, Ordering::AcqRel);
         self.forget_cancel(c, job.epoch, job.ticket);
         self.finish_request(c, job.epoch, job.chunk);
         self.now = crate::scheduler::now_ns();
@@ -908,7 +1054,9 @@ impl<'s> Worker<'s> {
                     sh.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Err((code, msg)) => self.answer_error(c, job.epoch, job.ticket, req_id, code, &msg),
+            Err((code, msg)) => {
+                self.answer_error(c, job.epoch, job.ticket, job.request_id, code, &msg)
+            }
         }
     }
 
@@ -925,22 +1073,9 @@ impl<'s> Worker<'s> {
             job,
             req_id,
         };
-        match backend.run(req, &mut ctx, out) {
-            Ok(()) => Ok(()),
-            Err(BackendError::Invalid(m)) => Err((ErrorCode::InvalidRequest, m)),
-            Err(BackendError::Failed(m)) => Err((ErrorCode::Backend, m)),
-            Err(BackendError::Exhausted(m)) => Err((ErrorCode::ResourceExhausted, m)),
-            Err(BackendError::Stopped(Stop::Cancelled)) => {
-                Err((ErrorCode::Cancelled, "cancelled while running".into()))
-            }
-            Err(BackendError::Stopped(Stop::TimedOut)) => Err((
-                ErrorCode::TimedOut,
-                "the deadline passed while running".into(),
-            )),
-            Err(BackendError::Stopped(Stop::ClientGone)) => {
-                Err((ErrorCode::Cancelled, "the client has gone".into()))
-            }
-        }
+        backend
+            .run(req, &mut ctx, out)
+            .map_err(|e| backend_error(&e))
     }
 
     fn answer_error(

@@ -2,9 +2,11 @@
 //! to test and measure everything but the model libraries.
 
 pub mod echo;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod sleep;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::output::Out;
 use crate::protocol::{ArchivedRequest, StreamChunk, Task};
@@ -53,6 +55,16 @@ pub trait RunContext {
     fn deadline(&self) -> Instant;
 }
 
+/// How a backend wants its requests batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most requests in one [`Backend::run_batch`] call.
+    pub max_batch: usize,
+    /// How long a partial batch may wait for more requests (only while other clients are
+    /// connected, so a lone client never waits).
+    pub max_delay: Duration,
+}
+
 /// A loaded model.
 pub trait Backend: Send + Sync + 'static {
     /// The tasks it does.
@@ -70,6 +82,25 @@ pub trait Backend: Send + Sync + 'static {
         ctx: &mut dyn RunContext,
         out: &mut Out<'_>,
     ) -> Result<(), BackendError>;
+
+    /// Whether this backend runs several requests at once ([`run_batch`](Self::run_batch)), and
+    /// how many. Batched requests do not stream.
+    fn batching(&self) -> Option<Batching> {
+        None
+    }
+
+    /// Runs requests together; result `i` (and answer `outs[i]`) belongs to `reqs[i]`. Only called
+    /// when [`batching`](Self::batching) says so; deadlines and cancels were checked just before.
+    fn run_batch(
+        &self,
+        reqs: &[&ArchivedRequest],
+        outs: &mut [Out<'_>],
+    ) -> Vec<Result<(), BackendError>> {
+        let _ = outs;
+        reqs.iter()
+            .map(|_| Err(BackendError::Failed("this backend does not batch".into())))
+            .collect()
+    }
 }
 
 /// Bit mask of tasks, as stored in the model table.
