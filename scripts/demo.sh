@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# The main job: a shm-runtime server in one process, clients in others, everything through shared
-# memory. Today it serves the built-in echo and sleep backends (the ONNX and GGUF backends are not
-# built yet); it shows a request, a stream, the server's counters, and the round-trip latency.
+# The main job: a shm-runtime server serving real models (a MiniLM sentiment classifier and the
+# MiniLM sentence embedder, through ONNX Runtime) in one process, clients in others, every request
+# and answer through shared memory. Fetches what it needs first (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p shm-runtime -p shm-examples
+bash scripts/setup.sh
+cargo build --release -q -p shm-runtime --features onnx -p shm-examples
 bin=target/release
 name="demo-$$"
-RUST_LOG=warn "$bin/shm-runtime" serve --name "$name" --model echo=echo --model slow=sleep &
+RUST_LOG=warn "$bin/shm-runtime" serve --config examples/demo.toml --name "$name" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
+for _ in $(seq 200); do
     "$bin/shm-runtime" status "$name" >/dev/null 2>&1 && break
+    kill -0 $server 2>/dev/null || { echo "the server did not start" >&2; exit 1; }
     sleep 0.05
 done
-echo "== one request"
-"$bin/echo-client" "$name" "hello from another process"
-echo "== a stream (sleep backend, 10 ms per token)"
-"$bin/echo-client" "$name" "x" --stream --model slow --max-tokens 5
-echo "== round trips (default wait strategy)"
+echo "== sentiment classification (MiniLM + trained head), from a client process"
+"$bin/infer" "$name" sentiment classify \
+    "I absolutely loved this film, the acting was wonderful." \
+    "The food was cold and the waiter was rude." \
+    "Setup took two minutes and it has worked perfectly ever since." \
+    "It broke after a week and support never answered." \
+    --repeat 50
+echo
+echo "== sentence embeddings (all-MiniLM-L6-v2, mean pooling, normalised)"
+"$bin/infer" "$name" minilm embed \
+    "A man is playing a guitar." \
+    "Someone is strumming a guitar." \
+    "The stock market fell sharply today." \
+    --repeat 50
+echo
+echo "== the runtime's own overhead: echo round trips (default wait strategy)"
 "$bin/microbench" --service "$name" --n 20000 --wait park
+echo
 echo "== server counters"
 "$bin/shm-runtime" status "$name"
-echo "== ring layer alone: two processes ping-pong descriptors"
-"$bin/ring-pingpong" 200000

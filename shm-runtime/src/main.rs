@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use shm_runtime::protocol::{Input, Params, Request, Task};
-use shm_runtime::ring::{Segment, SegmentOpenOptions};
+use shm_runtime::ring::Segment;
 use shm_runtime::service::Service;
 use shm_runtime::{config, Client, ModelConfig, Server, ServerConfig};
 
@@ -158,15 +158,7 @@ fn serve(
 }
 
 fn open_service(name: &str) -> Result<Service> {
-    let seg = Segment::open_with(
-        name,
-        &SegmentOpenOptions {
-            allow_stale: true,
-            ..SegmentOpenOptions::default()
-        },
-    )
-    .with_context(|| format!("opening service {name:?}"))?;
-    Service::attach(Arc::new(seg)).with_context(|| format!("reading service {name:?}"))
+    Service::open(name).map_err(anyhow::Error::msg)
 }
 
 fn status(name: &str, json: bool) -> Result<()> {
@@ -190,6 +182,8 @@ fn status(name: &str, json: bool) -> Result<()> {
                 "running": lh.running(),
                 "accepted": ld(&lh.accepted),
                 "completed": ld(&lh.completed),
+                "batches": ld(&lh.batches),
+                "batched": ld(&lh.batched),
             })
         })
         .collect();
@@ -261,8 +255,8 @@ fn status(name: &str, json: bool) -> Result<()> {
     );
     for l in &lanes {
         println!(
-            "lane {}: queued {} running {} accepted {} completed {}",
-            l["model"], l["queued"], l["running"], l["accepted"], l["completed"]
+            "lane {}: queued {} running {} accepted {} completed {} (batched: {} requests in {} batches)",
+            l["model"], l["queued"], l["running"], l["accepted"], l["completed"], l["batched"], l["batches"]
         );
     }
     println!("clients: {}", clients.len());

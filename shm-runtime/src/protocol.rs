@@ -12,7 +12,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
 /// archived types or the descriptor format.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes before the archive in a request chunk: a plain header with what the server needs to
 /// queue a request before it validates the archive (priority, timeout, id), so that the archive is

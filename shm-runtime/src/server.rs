@@ -934,6 +934,11 @@ impl<'s> Worker<'s> {
             .map(|&i| Out::in_pool(&sh.pool, sh.owner, jobs[i].request_id))
             .collect();
         if !reqs.is_empty() {
+            if reqs.len() > 1 {
+                let lh = sh.svc.lane(self.lane);
+                lh.batches.fetch_add(1, Ordering::Relaxed);
+                lh.batched.fetch_add(reqs.len() as u64, Ordering::Relaxed);
+            }
             let ran = lane.backend.run_batch(&reqs, &mut outs);
             for (k, &i) in members.iter().enumerate() {
                 results[i] = Some(match ran.get(k) {

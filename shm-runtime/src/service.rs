@@ -117,6 +117,10 @@ pub struct LaneHeader {
     pub started: AtomicU64,
     /// Jobs finished (answered or dropped).
     pub completed: AtomicU64,
+    /// Backend calls that ran two or more requests together (dynamic batching).
+    pub batches: AtomicU64,
+    /// Requests run in those batches.
+    pub batched: AtomicU64,
 }
 
 impl LaneHeader {
@@ -294,6 +298,23 @@ pub struct Service {
 }
 
 impl Service {
+    /// Opens service `name` to observe it (counters, clients), also when its server has died.
+    ///
+    /// # Errors
+    ///
+    /// When there is no such segment or it is not a service of this protocol.
+    pub fn open(name: &str) -> Result<Service, String> {
+        let seg = Segment::open_with(
+            name,
+            &shm_ring::SegmentOpenOptions {
+                allow_stale: true,
+                ..shm_ring::SegmentOpenOptions::default()
+            },
+        )
+        .map_err(|e| format!("opening service {name:?}: {e}"))?;
+        Service::attach(Arc::new(seg)).map_err(|e| format!("reading service {name:?}: {e}"))
+    }
+
     /// Wraps a segment whose header is initialised, validating every size against its length.
     ///
     /// # Errors

@@ -762,9 +762,11 @@ impl Onnx {
                 TensorElementType::Uint8 | TensorElementType::Bool => {
                     TensorsWriter::bytes_for::<u8>(name, shape.len(), n)
                 }
-                other => return Err(BackendError::Failed(format!(
+                other => {
+                    return Err(BackendError::Failed(format!(
                     "output {name:?} has element type {other:?}, which the protocol does not carry"
-                ))),
+                )))
+                }
             };
         }
         out.tensors(payload, |w| {

