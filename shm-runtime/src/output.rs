@@ -238,12 +238,24 @@ impl<'a> Out<'a> {
         let buf_len = self.room(want + want / 2)?.len();
         Ok(GenerationWriter {
             out: self,
-            buf_len,
-            text_len: 0,
-            tokens_at,
-            n_tokens: 0,
-            max_tokens,
+            st: GenerationState {
+                buf_len,
+                text_len: 0,
+                tokens_at,
+                n_tokens: 0,
+                max_tokens,
+            },
         })
+    }
+
+    /// Continues a generation result [suspended](GenerationWriter::suspend) with `state`, which
+    /// must come from this `Out`.
+    #[inline]
+    pub fn resume_generation(&mut self, state: GenerationState) -> GenerationWriter<'_, 'a> {
+        GenerationWriter {
+            out: self,
+            st: state,
+        }
     }
 
     /// Writes named tensors: `fill` adds them one after another with [`TensorsWriter::add`].
@@ -350,6 +362,13 @@ fn align(n: usize, to: usize) -> usize {
 #[derive(Debug)]
 pub struct GenerationWriter<'o, 'a> {
     out: &'o mut Out<'a>,
+    st: GenerationState,
+}
+
+/// Where a generation result stands, to keep it between decode steps without borrowing its
+/// [`Out`]: [`GenerationWriter::suspend`] and [`Out::resume_generation`].
+#[derive(Debug, Clone, Copy)]
+pub struct GenerationState {
     buf_len: usize,
     text_len: usize,
     tokens_at: usize,
@@ -373,22 +392,22 @@ impl GenerationWriter<'_, '_> {
     /// [`BackendError::Exhausted`] when the chunk is full.
     #[inline]
     pub fn push_text(&mut self, s: &str) -> Result<(), BackendError> {
-        let end = self.text_len + s.len();
-        if end > self.tokens_at {
+        let end = self.st.text_len + s.len();
+        if end > self.st.tokens_at {
             // Move the token ids out of the way, leaving room for as much text again.
             let to = align(end + end / 2, 16);
-            if to + self.max_tokens * 4 + ROOT_ROOM > self.buf_len {
+            if to + self.st.max_tokens * 4 + ROOT_ROOM > self.st.buf_len {
                 return Err(BackendError::Exhausted(format!(
                     "the generated text ({end} bytes) no longer fits the answer's chunk"
                 )));
             }
-            let (from, n) = (self.tokens_at, self.n_tokens * 4);
+            let (from, n) = (self.st.tokens_at, self.st.n_tokens * 4);
             self.buf().copy_within(from..from + n, to);
-            self.tokens_at = to;
+            self.st.tokens_at = to;
         }
-        let at = self.text_len;
+        let at = self.st.text_len;
         self.buf()[at..end].copy_from_slice(s.as_bytes());
-        self.text_len = end;
+        self.st.text_len = end;
         Ok(())
     }
 
@@ -399,16 +418,16 @@ impl GenerationWriter<'_, '_> {
     /// [`BackendError::Exhausted`] past `max_tokens`.
     #[inline]
     pub fn push_tokens(&mut self, ids: &[u32]) -> Result<(), BackendError> {
-        if self.n_tokens + ids.len() > self.max_tokens {
+        if self.st.n_tokens + ids.len() > self.st.max_tokens {
             return Err(BackendError::Exhausted(format!(
                 "more than the {} token ids the answer was sized for",
-                self.max_tokens
+                self.st.max_tokens
             )));
         }
-        let at = self.tokens_at + self.n_tokens * 4;
+        let at = self.st.tokens_at + self.st.n_tokens * 4;
         let dst = &mut self.buf()[at..at + ids.len() * 4];
         dst.copy_from_slice(bytemuck::cast_slice(ids));
-        self.n_tokens += ids.len();
+        self.st.n_tokens += ids.len();
         Ok(())
     }
 
@@ -426,10 +445,10 @@ impl GenerationWriter<'_, '_> {
     /// The text so far (for stop sequences).
     pub fn text(&self) -> &str {
         let b = match &self.out.store {
-            Store::Buf(b) => &b[..self.text_len],
+            Store::Buf(b) => &b[..self.st.text_len],
             Store::Pool { loan, .. } => loan
                 .as_ref()
-                .map(|l| &l.as_slice()[..self.text_len])
+                .map(|l| &l.as_slice()[..self.st.text_len])
                 .unwrap_or_default(),
         };
         // SAFETY: the text is a concatenation of &str pieces copied in by push_text (or cut at a
@@ -437,9 +456,14 @@ impl GenerationWriter<'_, '_> {
         unsafe { std::str::from_utf8_unchecked(b) }
     }
 
+    /// Stops writing for now; [`Out::resume_generation`] continues.
+    pub fn suspend(self) -> GenerationState {
+        self.st
+    }
+
     /// Token ids so far.
     pub fn tokens(&self) -> usize {
-        self.n_tokens
+        self.st.n_tokens
     }
 
     /// Cuts the text to its first `len` bytes (a stop sequence found at the end).
@@ -449,7 +473,7 @@ impl GenerationWriter<'_, '_> {
     /// When `len` is not a char boundary of the text.
     pub fn truncate_text(&mut self, len: usize) {
         assert!(self.text().is_char_boundary(len));
-        self.text_len = self.text_len.min(len);
+        self.st.text_len = self.st.text_len.min(len);
     }
 
     /// Writes the root: the result is complete.
@@ -460,7 +484,7 @@ impl GenerationWriter<'_, '_> {
     #[inline]
     pub fn finish(mut self, finish_reason: FinishReason, usage: Usage) -> Result<(), BackendError> {
         let id = self.out.id;
-        let (text_len, tokens_at, n) = (self.text_len, self.tokens_at, self.n_tokens);
+        let (text_len, tokens_at, n) = (self.st.text_len, self.st.tokens_at, self.st.n_tokens);
         let end = tokens_at + n * 4;
         let (payload, tail) = self.buf().split_at_mut(end);
         // SAFETY: as in `text`.

@@ -17,12 +17,12 @@ use shm_ring::pool::{ChunkId, Loan, OwnerId, Pool};
 use shm_ring::process::ProcessToken;
 use shm_ring::{mpmc, CreateOptions, Segment};
 
-use crate::backend::{self, Backend, BackendError, Batching, RunContext, Stop};
+use crate::backend::{self, Backend, BackendError, Batching, RunContext, StepEvent, Stepper, Stop};
 use crate::config::{ModelConfig, ServerConfig};
-use crate::output::{estimate, Out};
+use crate::output::{estimate, GenerationState, Out};
 use crate::protocol::{
     access_request_chunk, desc, encode_into, parse_desc, read_request_head, ArchivedRequest, Body,
-    Desc, DescKind, ErrorBody, ErrorCode, Response, StreamChunk, PROTOCOL_VERSION,
+    Desc, DescKind, ErrorBody, ErrorCode, FinishReason, Response, StreamChunk, PROTOCOL_VERSION,
 };
 use crate::scheduler::{Job, Scheduler};
 use crate::service::{
@@ -76,8 +76,16 @@ pub fn load_backend(m: &ModelConfig) -> Result<Box<dyn Backend>, String> {
             if !(0.0..=60_000.0).contains(&ms) {
                 return Err(format!("step_ms {ms} out of range 0..=60000"));
             }
+            let slots = match m.options.get("slots") {
+                None => None,
+                Some(v) => match v.as_integer() {
+                    Some(n @ 1..=64) => Some(n as usize),
+                    _ => return Err("option slots must be an integer in 1..=64".into()),
+                },
+            };
             Ok(Box::new(backend::sleep::Sleep {
                 step: Duration::from_secs_f64(ms / 1000.0),
+                slots,
             }))
         }
         #[cfg(feature = "onnx")]
@@ -225,7 +233,7 @@ impl Server {
                                     tracing::warn!(core, "could not pin worker");
                                 }
                             }
-                            Worker::new(&sh, lane).run();
+                            Worker::new(&sh, lane).with_stepper().run();
                             sh.workers_running.fetch_sub(1, Ordering::AcqRel);
                         })
                         .map_err(|e| ServerError::Setup(e.to_string()))?,
@@ -574,6 +582,22 @@ struct Worker<'s> {
     backlog: VecDeque<(usize, u32, Desc)>,
     /// Per client slot: when it last sent this lane a request (`now` clock), for batching.
     last_request: Vec<u64>,
+    /// The lane's stepper, for backends that decode step by step (continuous batching), or why
+    /// it could not be made.
+    stepper: Option<Result<Box<dyn Stepper + 's>, String>>,
+    /// The stepper's sequences: one per slot.
+    active: Vec<Option<Active<'s>>>,
+    /// Events of the last step (kept for its allocation).
+    events: Vec<StepEvent>,
+}
+
+/// A request being decoded by the lane's stepper.
+struct Active<'s> {
+    job: Job,
+    out: Out<'s>,
+    gen: GenerationState,
+    stream: bool,
+    index: u32,
 }
 
 /// With at least this many jobs queued, a worker polls the request rings every 4th round only.
@@ -596,7 +620,28 @@ impl<'s> Worker<'s> {
             rr: 0,
             backlog: VecDeque::new(),
             last_request: vec![0; sh.svc.layout.max_clients],
+            stepper: None,
+            active: Vec::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// Makes the lane's stepper, when its backend decodes step by step.
+    fn with_stepper(mut self) -> Worker<'s> {
+        let lane: &'s Lane = &self.sh.lanes[self.lane];
+        match lane.backend.stepper() {
+            Ok(None) => {}
+            Ok(Some(st)) => {
+                self.active = (0..st.slots().max(1)).map(|_| None).collect();
+                self.stepper = Some(Ok(st));
+            }
+            Err(e) => {
+                tracing::error!(lane = %lane.name, %e, "cannot make the model's stepper");
+                self.active = vec![None];
+                self.stepper = Some(Err(e.to_string()));
+            }
+        }
+        self
     }
 
     fn lane(&self) -> &'s Lane {
@@ -608,6 +653,7 @@ impl<'s> Worker<'s> {
         let wait = sh.config.wait;
         loop {
             if sh.exit.load(Ordering::Acquire) {
+                self.stop_all_active(ErrorCode::ShuttingDown, "the server stopped");
                 self.answer_all_queued(ErrorCode::ShuttingDown);
                 return;
             }
@@ -621,7 +667,11 @@ impl<'s> Worker<'s> {
             } else {
                 0
             };
-            if let Some(job) = self.sched.pop() {
+            if self.stepper.is_some() {
+                if self.step_round() {
+                    continue;
+                }
+            } else if let Some(job) = self.sched.pop() {
                 self.run_job(job);
                 continue;
             }
@@ -902,6 +952,219 @@ impl<'s> Worker<'s> {
         let result = validate(sh, lane, &job, &mut private)
             .and_then(|req| self.run_backend(lane.backend.as_ref(), req, job, &mut out));
         self.end(&job, result, out);
+    }
+
+    /// One round of continuous batching: admits queued jobs into free slots, ends sequences that
+    /// must stop, and runs one decode step. Returns whether there was anything to do.
+    fn step_round(&mut self) -> bool {
+        let sh = self.sh;
+        let mut did = false;
+        while let Some(slot) = self.active.iter().position(Option::is_none) {
+            let Some(job) = self.sched.pop() else { break };
+            did = true;
+            if self.begin(&job) {
+                self.admit(slot, job);
+            }
+        }
+        if self.active.iter().all(Option::is_none) {
+            return did;
+        }
+        // Sequences whose client left, that were cancelled, or whose deadline passed.
+        let drain_expired = sh.drain_expired.load(Ordering::Acquire);
+        for slot in 0..self.active.len() {
+            let Some(a) = &self.active[slot] else {
+                continue;
+            };
+            let (c, epoch, ticket) = (usize::from(a.job.client), a.job.epoch, a.job.ticket);
+            if !self.client_alive(c, epoch) || self.clients[c].is_none() {
+                let a = self.take_active(slot);
+                self.drop_job(&a.job);
+            } else if self.is_cancelled(c, epoch, ticket) {
+                let a = self.take_active(slot);
+                let err = (ErrorCode::Cancelled, "cancelled while running".to_owned());
+                self.end(&a.job, Err(err), a.out);
+            } else if drain_expired {
+                let a = self.take_active(slot);
+                let err = (
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down".to_owned(),
+                );
+                self.end(&a.job, Err(err), a.out);
+            } else if self.now >= a.job.deadline_ns {
+                let usage = self
+                    .stepper_mut()
+                    .map(|st| st.release(slot))
+                    .unwrap_or_default();
+                let mut a = self.active[slot].take().expect("checked above");
+                let res = a
+                    .out
+                    .resume_generation(a.gen)
+                    .finish(FinishReason::Timeout, usage)
+                    .map_err(|e| backend_error(&e));
+                self.end(&a.job, res, a.out);
+            }
+        }
+        let mut events = std::mem::take(&mut self.events);
+        if let Some(st) = self.stepper_mut() {
+            st.step(&mut events);
+        }
+        for ev in events.drain(..) {
+            self.on_step_event(ev);
+        }
+        self.events = events;
+        self.now = crate::scheduler::now_ns();
+        true
+    }
+
+    fn stepper_mut(&mut self) -> Option<&mut (dyn Stepper + 's)> {
+        match &mut self.stepper {
+            Some(Ok(st)) => Some(st.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// Takes `job` into stepper slot `slot`, or answers it when it cannot run.
+    fn admit(&mut self, slot: usize, job: Job) {
+        let sh = self.sh;
+        let lane = self.lane();
+        let mut private = Vec::new();
+        let out = Out::in_pool(&sh.pool, sh.owner, job.request_id);
+        let admitted = validate(sh, lane, &job, &mut private).and_then(|req| {
+            let stream = req.params.stream;
+            match &mut self.stepper {
+                Some(Ok(st)) => st
+                    .admit(slot, req)
+                    .map(|a| (a, stream))
+                    .map_err(|e| backend_error(&e)),
+                Some(Err(e)) => Err((ErrorCode::Backend, e.clone())),
+                None => Err((ErrorCode::Backend, "no stepper".to_owned())),
+            }
+        });
+        let (admitted, stream) = match admitted {
+            Ok(a) => a,
+            Err(e) => return self.end(&job, Err(e), out),
+        };
+        let mut out = out;
+        match out
+            .generation(admitted.max_tokens, admitted.max_tokens * 8)
+            .map(|g| g.suspend())
+        {
+            Ok(gen) => {
+                self.active[slot] = Some(Active {
+                    job,
+                    out,
+                    gen,
+                    stream,
+                    index: 0,
+                });
+            }
+            Err(e) => {
+                if let Some(st) = self.stepper_mut() {
+                    st.release(slot);
+                }
+                self.end(&job, Err(backend_error(&e)), out);
+            }
+        }
+    }
+
+    /// Frees stepper slot `slot` and takes its request out.
+    fn take_active(&mut self, slot: usize) -> Active<'s> {
+        if let Some(st) = self.stepper_mut() {
+            st.release(slot);
+        }
+        self.active[slot].take().expect("an active slot")
+    }
+
+    fn on_step_event(&mut self, ev: StepEvent) {
+        match ev {
+            StepEvent::Token { slot, id, text } => {
+                let Some(a) = self.active[slot].as_mut() else {
+                    return;
+                };
+                let mut g = a.out.resume_generation(a.gen);
+                let pushed = g.push(id, &text);
+                a.gen = g.suspend();
+                let (c, epoch, ticket, stream) = (
+                    usize::from(a.job.client),
+                    a.job.epoch,
+                    a.job.ticket,
+                    a.stream,
+                );
+                let index = a.index;
+                a.index += 1;
+                let mut failed = pushed.err().map(|e| backend_error(&e));
+                if failed.is_none() && stream {
+                    let resp = Response {
+                        id: a.job.request_id,
+                        body: Body::Chunk(StreamChunk {
+                            index,
+                            text,
+                            tokens: vec![id],
+                        }),
+                    };
+                    if !self.answer(c, epoch, ticket, DescKind::Partial, &resp) {
+                        failed = Some((
+                            ErrorCode::ResourceExhausted,
+                            "no memory for a stream chunk".to_owned(),
+                        ));
+                    }
+                }
+                if let Some(err) = failed {
+                    let a = self.take_active(slot);
+                    self.end(&a.job, Err(err), a.out);
+                }
+            }
+            StepEvent::Done {
+                slot,
+                finish,
+                usage,
+                trim,
+            } => {
+                let Some(mut a) = self.active[slot].take() else {
+                    return;
+                };
+                let mut g = a.out.resume_generation(a.gen);
+                let keep = g.text().len().saturating_sub(trim);
+                let keep = (0..=keep)
+                    .rev()
+                    .find(|&k| g.text().is_char_boundary(k))
+                    .unwrap_or(0);
+                g.truncate_text(keep);
+                let res = g.finish(finish, usage).map_err(|e| backend_error(&e));
+                self.end(&a.job, res, a.out);
+            }
+            StepEvent::Failed { slot, error } => {
+                if let Some(a) = self.active[slot].take() {
+                    self.end(&a.job, Err(backend_error(&error)), a.out);
+                }
+            }
+        }
+    }
+
+    /// Ends every running sequence with error `code` (at exit).
+    fn stop_all_active(&mut self, code: ErrorCode, msg: &str) {
+        for slot in 0..self.active.len() {
+            if self.active[slot].is_some() {
+                let a = self.take_active(slot);
+                let c = usize::from(a.job.client);
+                if self.client_alive(c, a.job.epoch) {
+                    self.end(&a.job, Err((code, msg.to_owned())), a.out);
+                } else {
+                    self.drop_job(&a.job);
+                }
+            }
+        }
+    }
+
+    /// Drops a started job of a client that has gone: its chunk goes back, nobody is answered.
+    fn drop_job(&mut self, job: &Job) {
+        let sh = self.sh;
+        self.forget_cancel(usize::from(job.client), job.epoch, job.ticket);
+        let _ = sh.pool.release(job.chunk, sh.owner);
+        sh.svc
+            .lane(self.lane)
+            .completed
+            .fetch_add(1, Ordering::AcqRel);
     }
 
     /// Runs `first` with up to `b.max_batch - 1` more queued jobs of this lane in one backend call,

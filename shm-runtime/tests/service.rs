@@ -371,3 +371,131 @@ fn a_flooding_client_does_not_starve_another() {
     }
     assert!(done_before <= 12, "{done_before} flood requests ran first");
 }
+
+fn stepping(tag: &str, slots: i64, step_ms: f64) -> (Server, String) {
+    let svc = name(tag);
+    let mut m = sleep_model("gen", step_ms);
+    m.options
+        .insert("slots".into(), toml::Value::Integer(slots));
+    let server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    (server, svc)
+}
+
+fn gen_req(max_tokens: u32) -> Request {
+    Request {
+        params: Params {
+            max_tokens,
+            ..Params::default()
+        },
+        ..req("gen", Task::Generate, Input::Text("go".into()))
+    }
+}
+
+#[test]
+fn continuous_batching_interleaves_two_streams() {
+    let (_server, svc) = stepping("interleave", 4, 5.0);
+    let run = |svc: String, delay_ms: u64| {
+        std::thread::spawn(move || {
+            let client = Client::connect(&svc).unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let mut times = Vec::new();
+            let mut indexes = Vec::new();
+            let mut final_text = String::new();
+            for item in client.stream(&gen_req(20)).unwrap() {
+                let v = item.unwrap();
+                match &v.response().unwrap().body {
+                    ArchivedBody::Chunk(c) => {
+                        times.push(Instant::now());
+                        indexes.push(c.index.to_native());
+                    }
+                    ArchivedBody::Generation(g) => final_text = g.text.as_str().to_owned(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (times, indexes, final_text)
+        })
+    };
+    let a = run(svc.clone(), 0);
+    let b = run(svc.clone(), 20);
+    let (ta, ia, fa) = a.join().unwrap();
+    let (tb, ib, fb) = b.join().unwrap();
+    let want: Vec<u32> = (0..20).collect();
+    assert_eq!(ia, want, "stream a in order, complete");
+    assert_eq!(ib, want, "stream b in order, complete");
+    let text: String = (0..20).map(|i| format!("t{i} ")).collect();
+    assert_eq!((fa, fb), (text.clone(), text));
+    // Interleaved, not one after the other: b's first token came before a's last.
+    assert!(
+        tb[0] < *ta.last().unwrap(),
+        "b waited for a to finish: b started {:?} after a's end",
+        tb[0] - *ta.last().unwrap()
+    );
+    let svc = shm_runtime::service::Service::open(&svc).unwrap();
+    assert_eq!(svc.lane(0).running(), 0);
+}
+
+#[test]
+fn a_stepped_sequence_stops_on_cancel_deadline_and_stop_sequence() {
+    let (_server, svc) = stepping("stops", 2, 5.0);
+    let client = Client::connect(&svc).unwrap();
+    // Cancel mid-stream: the stream ends with Cancelled within a few tokens.
+    let mut s = client.stream(&gen_req(1000)).unwrap();
+    let mut seen = 0;
+    let mut cancelled_at = None;
+    let end = loop {
+        match s.next().expect("the stream ends with a final answer") {
+            Ok(v) if !v.is_final() => {
+                seen += 1;
+                if seen == 3 {
+                    client.cancel(s.ticket()).unwrap();
+                    cancelled_at = Some(seen);
+                }
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(end, Err(Error::Cancelled)),
+        "{:?}",
+        end.map(|_| ())
+    );
+    assert!(
+        seen <= cancelled_at.unwrap() + 3,
+        "{seen} tokens after the cancel"
+    );
+    // A deadline mid-generation: the partial result with finish Timeout.
+    let mut r = gen_req(1000);
+    r.params.timeout_ms = 60;
+    let v = client.infer(&r).unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => {
+            assert_eq!(
+                g.finish,
+                shm_runtime::protocol::ArchivedFinishReason::Timeout
+            );
+            let n = g.usage.generated_tokens.to_native();
+            assert!(n > 0 && n < 1000, "{n} tokens");
+            assert_eq!(g.tokens.len() as u32, n);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A stop sequence: the text ends before it.
+    let mut r = gen_req(50);
+    r.params.stop = vec!["t4 ".into()];
+    let v = client.infer(&r).unwrap();
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => {
+            assert_eq!(g.text.as_str(), "t0 t1 t2 t3 ");
+            assert_eq!(g.finish, shm_runtime::protocol::ArchivedFinishReason::Stop);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Bad params are refused at admission; the slots are free for the next request.
+    let err = client.infer(&gen_req(0)).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+    let v = client.infer(&gen_req(3)).unwrap();
+    assert!(matches!(
+        &v.response().unwrap().body,
+        ArchivedBody::Generation(g) if g.tokens.len() == 3
+    ));
+}

@@ -9,7 +9,7 @@ pub mod sleep;
 use std::time::{Duration, Instant};
 
 use crate::output::Out;
-use crate::protocol::{ArchivedRequest, StreamChunk, Task};
+use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
 
 /// Why a run stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,65 @@ pub struct Batching {
     pub max_delay: Duration,
 }
 
+/// What a decode step did for one sequence of a [`Stepper`].
+#[derive(Debug)]
+pub enum StepEvent {
+    /// Sequence `slot` produced token `id`, whose text is `text` (possibly empty, when a character
+    /// needs more tokens).
+    Token {
+        /// The sequence.
+        slot: usize,
+        /// The token id.
+        id: u32,
+        /// Its text.
+        text: String,
+    },
+    /// Sequence `slot` ended (its last token, if any, was reported before). `trim` bytes at the end
+    /// of its text are a stop sequence, to be cut from the answer.
+    Done {
+        /// The sequence.
+        slot: usize,
+        /// Why it ended.
+        finish: FinishReason,
+        /// Token counts and timings.
+        usage: Usage,
+        /// Bytes to cut from the end of the text.
+        trim: usize,
+    },
+    /// Sequence `slot` failed; its slot is free again.
+    Failed {
+        /// The sequence.
+        slot: usize,
+        /// Why.
+        error: BackendError,
+    },
+}
+
+/// What [`Stepper::admit`] learnt about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    /// Most tokens it will generate.
+    pub max_tokens: usize,
+}
+
+/// Continuous batching: several sequences decoded together, one step at a time, with new requests
+/// joining between steps. A worker owns one stepper (and with it, the model's context).
+pub trait Stepper {
+    /// How many sequences can run at once.
+    fn slots(&self) -> usize;
+    /// Takes request `req` into free slot `slot` (its prompt is processed in the next step).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Invalid`] for a request the model cannot run; the slot stays free.
+    fn admit(&mut self, slot: usize, req: &ArchivedRequest) -> Result<Admitted, BackendError>;
+    /// Runs one step for every admitted sequence, reporting what happened through `events`.
+    fn step(&mut self, events: &mut Vec<StepEvent>);
+    /// Ends sequence `slot` now (cancelled, deadline, client gone) and frees what it held.
+    /// Returns its token counts and timings so far.
+    fn release(&mut self, slot: usize) -> Usage;
+}
+
 /// A loaded model.
 pub trait Backend: Send + Sync + 'static {
     /// The tasks it does.
@@ -87,6 +146,17 @@ pub trait Backend: Send + Sync + 'static {
     /// how many. Batched requests do not stream.
     fn batching(&self) -> Option<Batching> {
         None
+    }
+
+    /// A stepper for continuous batching, when this backend decodes step by step; the worker that
+    /// calls this owns it for its life. `None` (the default): requests go through
+    /// [`run`](Self::run) or [`run_batch`](Self::run_batch).
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot make one (a context could not be created).
+    fn stepper(&self) -> Result<Option<Box<dyn Stepper + '_>>, BackendError> {
+        Ok(None)
     }
 
     /// Runs requests together; result `i` (and answer `outs[i]`) belongs to `reqs[i]`. Only called

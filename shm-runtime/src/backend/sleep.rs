@@ -3,22 +3,38 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, BackendError, RunContext};
+use crate::backend::{Admitted, Backend, BackendError, RunContext, StepEvent, Stepper};
 use crate::output::Out;
-use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
+use crate::protocol::{ArchivedRequest, ArchivedTask, FinishReason, StreamChunk, Task, Usage};
 
 /// Sleeps `step` per token, `max_tokens` tokens.
 #[derive(Debug, Clone)]
 pub struct Sleep {
     /// Time per generated token (one step).
     pub step: Duration,
+    /// With `Some(n)`, generation runs as continuous batching over `n` slots: one step (one
+    /// `step` of sleep) gives every running sequence its next token, and new requests join between
+    /// steps, the way a model decodes a batch.
+    pub slots: Option<usize>,
 }
 
 const TASKS: [Task; 4] = [Task::Classify, Task::Embed, Task::Generate, Task::Tensors];
 
 impl Backend for Sleep {
     fn tasks(&self) -> &[Task] {
-        &TASKS
+        match self.slots {
+            Some(_) => &TASKS[2..3],
+            None => &TASKS,
+        }
+    }
+
+    fn stepper(&self) -> Result<Option<Box<dyn Stepper + '_>>, BackendError> {
+        Ok(self.slots.map(|n| {
+            Box::new(SleepStepper {
+                step: self.step,
+                seqs: (0..n).map(|_| None).collect(),
+            }) as Box<dyn Stepper>
+        }))
     }
 
     fn run(
@@ -63,5 +79,110 @@ impl Backend for Sleep {
                 total_us: start.elapsed().as_micros() as u64,
             },
         )
+    }
+}
+
+/// One sequence of [`SleepStepper`].
+#[derive(Debug)]
+struct Seq {
+    max: u32,
+    n: u32,
+    text: String,
+    stops: Vec<String>,
+    start: Instant,
+    ttft_us: u64,
+}
+
+/// The sleep backend's continuous batching: a step sleeps once and advances every sequence.
+#[derive(Debug)]
+struct SleepStepper {
+    step: Duration,
+    seqs: Vec<Option<Seq>>,
+}
+
+impl Stepper for SleepStepper {
+    fn slots(&self) -> usize {
+        self.seqs.len()
+    }
+
+    fn admit(&mut self, slot: usize, req: &ArchivedRequest) -> Result<Admitted, BackendError> {
+        if req.task != ArchivedTask::Generate {
+            return Err(BackendError::Invalid("this model only generates".into()));
+        }
+        let max = req.params.max_tokens.to_native();
+        if max == 0 {
+            return Err(BackendError::Invalid(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        self.seqs[slot] = Some(Seq {
+            max,
+            n: 0,
+            text: String::new(),
+            stops: req
+                .params
+                .stop
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            start: Instant::now(),
+            ttft_us: 0,
+        });
+        Ok(Admitted {
+            max_tokens: max as usize,
+        })
+    }
+
+    fn step(&mut self, events: &mut Vec<StepEvent>) {
+        if self.seqs.iter().all(Option::is_none) {
+            return;
+        }
+        std::thread::sleep(self.step);
+        for (slot, seq) in self.seqs.iter_mut().enumerate() {
+            let Some(s) = seq else { continue };
+            let id = s.n;
+            let text = format!("t{id} ");
+            s.n += 1;
+            if s.n == 1 {
+                s.ttft_us = s.start.elapsed().as_micros() as u64;
+            }
+            s.text.push_str(&text);
+            events.push(StepEvent::Token { slot, id, text });
+            let stop = s
+                .stops
+                .iter()
+                .find(|st| !st.is_empty() && s.text.ends_with(st.as_str()));
+            let done = match stop {
+                Some(st) => Some((FinishReason::Stop, st.len())),
+                None if s.n >= s.max => Some((FinishReason::Length, 0)),
+                None => None,
+            };
+            if let Some((finish, trim)) = done {
+                let usage = usage_of(s);
+                events.push(StepEvent::Done {
+                    slot,
+                    finish,
+                    usage,
+                    trim,
+                });
+                *seq = None;
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize) -> Usage {
+        self.seqs[slot]
+            .take()
+            .map(|s| usage_of(&s))
+            .unwrap_or_default()
+    }
+}
+
+fn usage_of(s: &Seq) -> Usage {
+    Usage {
+        prompt_tokens: 0,
+        generated_tokens: s.n,
+        ttft_us: s.ttft_us,
+        total_us: s.start.elapsed().as_micros() as u64,
     }
 }
