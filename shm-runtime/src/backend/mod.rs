@@ -2,6 +2,8 @@
 //! to test and measure everything but the model libraries.
 
 pub mod echo;
+#[cfg(feature = "gguf")]
+pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod sleep;

