@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job: a shm-runtime server serving real models (a MiniLM sentiment classifier and the
-# MiniLM sentence embedder, through ONNX Runtime) in one process, clients in others, every request
-# and answer through shared memory. Fetches what it needs first (idempotent).
+# MiniLM sentence embedder through ONNX Runtime, SmolLM2-135M through llama.cpp) in one process,
+# clients in others, every request and answer through shared memory. Fetches and builds what it
+# needs first (idempotent; the first run builds llama.cpp, about 10 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p shm-runtime --features onnx -p shm-examples
+cargo build --release -q -p shm-runtime --features onnx,gguf -p shm-examples
 bin=target/release
 name="demo-$$"
 RUST_LOG=warn "$bin/shm-runtime" serve --config examples/demo.toml --name "$name" &
@@ -30,6 +31,10 @@ echo "== sentence embeddings (all-MiniLM-L6-v2, mean pooling, normalised)"
     "Someone is strumming a guitar." \
     "The stock market fell sharply today." \
     --repeat 50
+echo
+echo "== SmolLM2-135M-Instruct (Q4_1, llama.cpp), streamed token by token through the rings"
+"$bin/generate" "$name" smollm2 "What is the capital of France? Answer in one sentence." --chat --max-tokens 48
+"$bin/generate" "$name" smollm2 "Shared memory lets two processes" --max-tokens 40
 echo
 echo "== the runtime's own overhead: echo round trips (default wait strategy)"
 "$bin/microbench" --service "$name" --n 20000 --wait park

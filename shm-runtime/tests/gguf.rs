@@ -91,9 +91,8 @@ fn direct_greedy(path: &PathBuf, prompt: &str, n: usize) -> Vec<u32> {
     ctx.decode(&mut batch).unwrap();
     let mut sampler = LlamaSampler::greedy();
     let mut at = batch.n_tokens() - 1;
-    let mut pos = tokens.len() as i32;
     let mut out = Vec::new();
-    for _ in 0..n {
+    for pos in (tokens.len() as i32..).take(n) {
         let t = sampler.sample(&ctx, at);
         if vocab.is_eog(t) {
             break;
@@ -101,7 +100,6 @@ fn direct_greedy(path: &PathBuf, prompt: &str, n: usize) -> Vec<u32> {
         out.push(t.0 as u32);
         batch.clear();
         batch.add(t, pos, &[0], true).unwrap();
-        pos += 1;
         ctx.decode(&mut batch).unwrap();
         at = 0;
     }

@@ -12,7 +12,7 @@
 //! | `context` | tokens of context per sequence (prompt + generated) | 2048, at most the model's training context |
 //! | `parallel` | sequences decoded together | 4 |
 //! | `batch` | most tokens per decode step (prompts are fed in pieces of this size) | 512 |
-//! | `threads` | llama.cpp threads | the CPUs this process may use |
+//! | `threads` | llama.cpp threads (the worker's own thread is one of them) | 1 |
 //!
 //! Request parameters: `max_tokens` (>= 1), `temperature` (0: greedy), `top_k` (0: off), `top_p`
 //! (1: off), `repetition_penalty` (1: off; over the last 64 tokens, prompt included), `seed`,
@@ -146,8 +146,11 @@ impl Gguf {
             .min(trained);
         let parallel = opt_u32(m, "parallel", 1..=64)?.unwrap_or(4);
         let batch = opt_u32(m, "batch", 1..=1 << 16)?.unwrap_or(512);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = opt_u32(m, "threads", 1..=256)?.unwrap_or(cpus as u32) as i32;
+        // One thread by default: llama.cpp's extra threads wait for each other at every layer by
+        // spinning, and on a small machine shared with clients and other models a descheduled
+        // spinner stalls the whole step (measured here: 60 tokens/s alone with one thread, 92 with
+        // two, but 3-10 with two once another model's threads had run in the same process).
+        let threads = opt_u32(m, "threads", 1..=256)?.unwrap_or(1) as i32;
         let template = model.chat_template(None).ok();
         Ok(Gguf {
             model,
