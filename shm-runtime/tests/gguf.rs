@@ -79,7 +79,10 @@ fn direct_greedy(path: &PathBuf, prompt: &str, n: usize) -> Vec<u32> {
     let mut ctx = model
         .new_context(
             backend,
-            LlamaContextParams::default().with_n_ctx(NonZeroU32::new(512)),
+            LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(512))
+                .with_n_threads(1)
+                .with_n_threads_batch(1),
         )
         .unwrap();
     let vocab = model.vocab();
