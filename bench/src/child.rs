@@ -22,6 +22,22 @@ pub fn dispatch() {
             crate::rt_work::run_child(&role, &arg)
         }
     });
+    #[cfg(feature = "onnx")]
+    let result = result.and_then(|done| {
+        if done {
+            Ok(true)
+        } else {
+            crate::onnx_work::run_child(&role, &arg)
+        }
+    });
+    #[cfg(feature = "gguf")]
+    let result = result.and_then(|done| {
+        if done {
+            Ok(true)
+        } else {
+            crate::gguf_work::run_child(&role, &arg)
+        }
+    });
     match result {
         Ok(true) => std::process::exit(0),
         Ok(false) => {
@@ -54,6 +70,11 @@ impl Kid {
             .spawn()
             .with_context(|| format!("starting benchmark child {role}"))?;
         Ok(Kid(child))
+    }
+
+    /// The child's exit status if it has exited, without waiting.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
     }
 
     /// Waits for the child and fails if it did not exit successfully.

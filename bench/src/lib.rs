@@ -5,6 +5,10 @@
 //! call [`child::dispatch`] first thing in `main` (the `report` binary and the criterion suites do).
 
 pub mod child;
+#[cfg(feature = "gguf")]
+pub mod gguf_work;
+#[cfg(feature = "onnx")]
+pub mod onnx_work;
 pub mod plot;
 pub mod report;
 pub mod ring_work;

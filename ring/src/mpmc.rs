@@ -750,6 +750,7 @@ impl<T: Pod> Consumer<T> {
     ///
     /// [`PopError::TimedOut`] at the deadline; [`PopError::Corrupted`] as for [`pop`](Self::pop).
     pub fn pop_blocking(&self, strategy: &WaitStrategy, deadline: Instant) -> Result<T, PopError> {
+        let mut strategy = *strategy;
         loop {
             match self.pop() {
                 Err(PopError::Empty) => {}
@@ -761,9 +762,10 @@ impl<T: Pod> Consumer<T> {
             let slice = deadline.min(Instant::now() + Duration::from_millis(1));
             let ready =
                 || h.tail.load(Ordering::SeqCst) != head || h.head.load(Ordering::SeqCst) != head;
-            if strategy.wait_until(&h.not_empty, slice, ready).is_err()
-                && Instant::now() >= deadline
-            {
+            let waited = strategy.wait_until(&h.not_empty, slice, ready);
+            // Spin in the first slice only.
+            strategy = strategy.parking_now();
+            if waited.is_err() && Instant::now() >= deadline {
                 return self.pop().map_err(|e| {
                     if e == PopError::Empty {
                         PopError::TimedOut

@@ -467,6 +467,7 @@ impl<T: Pod> Producer<T> {
         deadline: Instant,
     ) -> Result<(), PushError<T>> {
         let mut value = value;
+        let mut strategy = *strategy;
         loop {
             match self.push(value) {
                 Err(PushError::Full(v)) => value = v,
@@ -477,7 +478,10 @@ impl<T: Pod> Producer<T> {
             // SAFETY: hdr is valid as long as self (see Shared::hdr).
             let h = unsafe { hdr.as_ref() };
             let ready = || tail.wrapping_sub(h.head.load(Ordering::SeqCst)) < cap;
-            if strategy.wait_until(&h.not_full, slice, ready).is_err() {
+            let waited = strategy.wait_until(&h.not_full, slice, ready);
+            // Spin in the first slice only.
+            strategy = strategy.parking_now();
+            if waited.is_err() {
                 if Instant::now() >= deadline {
                     return Err(PushError::TimedOut(value));
                 }
@@ -608,6 +612,7 @@ impl<T: Pod> Consumer<T> {
         strategy: &WaitStrategy,
         deadline: Instant,
     ) -> Result<T, PopError> {
+        let mut strategy = *strategy;
         loop {
             match self.pop() {
                 Err(PopError::Empty) => {}
@@ -618,7 +623,10 @@ impl<T: Pod> Consumer<T> {
             // SAFETY: hdr is valid as long as self (see Shared::hdr).
             let h = unsafe { hdr.as_ref() };
             let ready = || h.tail.load(Ordering::SeqCst) != head;
-            if strategy.wait_until(&h.not_empty, slice, ready).is_err() {
+            let waited = strategy.wait_until(&h.not_empty, slice, ready);
+            // Spin in the first slice only.
+            strategy = strategy.parking_now();
+            if waited.is_err() {
                 if Instant::now() >= deadline {
                     return Err(PopError::TimedOut);
                 }

@@ -1237,11 +1237,15 @@ impl<'s> Worker<'s> {
         }
     }
 
-    /// Adds queued jobs to `jobs` up to the batch size, waiting up to the batch delay for more while
-    /// another client sent this lane a request in the last 100 ms (so a lone client never waits).
+    /// Adds queued jobs to `jobs` up to the batch size. A partial batch waits for more, up to the
+    /// batch delay, only while another client sent this lane a request in the last 100 ms (so a
+    /// lone client never waits) and requests keep arriving (it stops after 100 us without one).
     fn gather(&mut self, jobs: &mut Vec<Job>, b: Batching) {
+        const IDLE_GAP: u64 = 100_000;
         let until = self.now + b.max_delay.as_nanos() as u64;
+        let mut last_arrival = self.now;
         loop {
+            let before = jobs.len();
             while jobs.len() < b.max_batch {
                 match self.sched.pop() {
                     Some(j) => jobs.push(j),
@@ -1251,11 +1255,14 @@ impl<'s> Worker<'s> {
             if jobs.len() >= b.max_batch || self.sh.exit.load(Ordering::Relaxed) {
                 return;
             }
+            if jobs.len() > before {
+                last_arrival = self.now;
+            }
             let recent = self.now.saturating_sub(100_000_000);
             let others = self.attached.iter().any(|&c| {
                 self.last_request[c] >= recent && !jobs.iter().any(|j| usize::from(j.client) == c)
             });
-            if !others || self.now >= until {
+            if !others || self.now >= until || self.now - last_arrival > IDLE_GAP {
                 return;
             }
             if self.ingest(None) == 0 {

@@ -1,0 +1,261 @@
+//! GGUF generation measured side by side: SmolLM2 decoding in this process straight through
+//! llama-cpp-2, and the same model behind a server in a child process, streamed to a client here,
+//! alone and with two streams at once.
+//!
+//! Both sides use one llama.cpp thread (the backend's default) and greedy decoding of the same
+//! prompt. Token rates are decode rates: tokens after the first, over the time from the first token
+//! to the last, so prompt processing is in the time to first token only.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+
+use crate::child::Kid;
+
+/// SmolLM2 in the cache (`scripts/setup.sh gguf`).
+///
+/// # Errors
+///
+/// When it is missing, with how to get it.
+pub fn smollm2() -> Result<PathBuf> {
+    let p = shm_runtime::config::cache_dir().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.is_file() {
+        bail!("{} is missing: run scripts/setup.sh gguf", p.display());
+    }
+    Ok(p)
+}
+
+/// The prompt both sides continue.
+pub const PROMPT: &str =
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+
+/// Decode rate and time to first token of one generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Tokens after the first, per second of decoding.
+    pub tok_s: f64,
+    /// Time to the first token, ms.
+    pub ttft_ms: f64,
+    /// Tokens generated.
+    pub tokens: usize,
+}
+
+fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
+    let (first, last) = match (times.first(), times.last()) {
+        (Some(f), Some(l)) if times.len() >= 2 => (*f, *l),
+        _ => bail!("fewer than 2 tokens generated"),
+    };
+    Ok(Rate {
+        tok_s: (times.len() - 1) as f64 / (last - first).as_secs_f64(),
+        ttft_ms: (first - start).as_secs_f64() * 1e3,
+        tokens: times.len(),
+    })
+}
+
+/// Greedy generation of `n` tokens in this process, one llama.cpp thread.
+///
+/// # Errors
+///
+/// When the model or llama.cpp fails.
+pub fn direct(path: &PathBuf, n: usize) -> Result<Rate> {
+    let backend = shm_runtime::backend::gguf::llama().map_err(anyhow::Error::msg)?;
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+    let mut ctx = model
+        .new_context(
+            backend,
+            LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(2048))
+                .with_n_batch(512)
+                .with_n_ubatch(512)
+                .with_n_threads(1)
+                .with_n_threads_batch(1),
+        )
+        .map_err(|e| anyhow!("context: {e}"))?;
+    let vocab = model.vocab();
+    let start = Instant::now();
+    let prompt = vocab.tokenize(PROMPT.as_bytes(), true, false);
+    let mut batch = LlamaBatch::new(512, 1);
+    for (i, &t) in prompt.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i + 1 == prompt.len())?;
+    }
+    ctx.decode(&mut batch).map_err(|e| anyhow!("decode: {e}"))?;
+    let mut sampler = LlamaSampler::greedy();
+    let mut at = batch.n_tokens() - 1;
+    let mut times = Vec::with_capacity(n);
+    for pos in (prompt.len() as i32..).take(n) {
+        let t = sampler.sample(&ctx, at);
+        if vocab.is_eog(t) {
+            break;
+        }
+        // The piece, as the server makes it for each token.
+        std::hint::black_box(vocab.token_to_piece(t, false, None));
+        times.push(Instant::now());
+        batch.clear();
+        batch.add(t, pos, &[0], true)?;
+        ctx.decode(&mut batch).map_err(|e| anyhow!("decode: {e}"))?;
+        at = 0;
+    }
+    rate(start, &times)
+}
+
+/// A SmolLM2 server in a child process.
+#[derive(Debug)]
+pub struct GgufServer {
+    kid: Kid,
+    /// Its service name.
+    pub name: String,
+}
+
+impl GgufServer {
+    /// Starts one with `parallel` sequences and waits until it answers.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come up within 60 s.
+    pub fn start(parallel: usize) -> Result<GgufServer> {
+        let name = format!("bench-gguf-{parallel}-{}", std::process::id());
+        let mut kid = Kid::spawn("gguf-server", &format!("{name},{parallel}"))?;
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match Client::connect(&name) {
+                Ok(_) => return Ok(GgufServer { kid, name }),
+                Err(_) if Instant::now() < end && kid.exit_status().is_none() => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => bail!("GGUF server did not come up: {e}"),
+            }
+        }
+    }
+
+    /// Streams one greedy generation of up to `n` tokens; the rate as the client sees it.
+    ///
+    /// # Errors
+    ///
+    /// When the request fails.
+    pub fn stream(&self, n: u32) -> Result<Rate> {
+        stream_from(&self.name, n)
+    }
+
+    /// Two streams at once from two client threads: total tokens per second over the time both
+    /// ran (first token of either to last token of either).
+    ///
+    /// # Errors
+    ///
+    /// When a request fails.
+    pub fn two_streams(&self, n: u32) -> Result<f64> {
+        let name = self.name.clone();
+        let start = Instant::now();
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let name = name.clone();
+                std::thread::spawn(move || stream_times(&name, n))
+            })
+            .collect();
+        let mut all = Vec::new();
+        for r in runs {
+            all.extend(r.join().map_err(|_| anyhow!("stream thread panicked"))??);
+        }
+        all.sort();
+        let _ = start;
+        match (all.first(), all.last()) {
+            (Some(f), Some(l)) if all.len() >= 3 => {
+                Ok((all.len() - 2) as f64 / (*l - *f).as_secs_f64())
+            }
+            _ => bail!("too few tokens"),
+        }
+    }
+
+    /// Stops it.
+    ///
+    /// # Errors
+    ///
+    /// When it did not exit cleanly.
+    pub fn stop(self) -> Result<()> {
+        if let Some(pid) = Client::connect(&self.name)
+            .ok()
+            .and_then(|c| c.server_pid())
+        {
+            // SAFETY: signals our own child; no memory involved.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        self.kid.join()
+    }
+}
+
+fn request(n: u32) -> Request {
+    Request {
+        id: 0,
+        model: "smollm2".into(),
+        task: Task::Generate,
+        input: Input::Text(PROMPT.into()),
+        params: Params {
+            max_tokens: n,
+            temperature: 0.0,
+            timeout_ms: 120_000,
+            ..Params::default()
+        },
+    }
+}
+
+fn stream_times(name: &str, n: u32) -> Result<Vec<Instant>> {
+    let client = Client::connect(name)?;
+    let mut times = Vec::with_capacity(n as usize);
+    for item in client.stream(&request(n))? {
+        let v = item?;
+        if !v.is_final() {
+            times.push(Instant::now());
+        }
+    }
+    Ok(times)
+}
+
+fn stream_from(name: &str, n: u32) -> Result<Rate> {
+    let client = Client::connect(name)?;
+    let start = Instant::now();
+    let mut times = Vec::with_capacity(n as usize);
+    for item in client.stream(&request(n))? {
+        let v = item?;
+        if !v.is_final() {
+            times.push(Instant::now());
+        }
+    }
+    rate(start, &times)
+}
+
+/// Runs the GGUF child `role`; `Ok(false)` when the role is not one of this module's.
+pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
+    if role != "gguf-server" {
+        return Ok(false);
+    }
+    let (name, parallel) = arg
+        .split_once(',')
+        .context("gguf-server wants NAME,PARALLEL")?;
+    let mut m = ModelConfig::new("smollm2", "gguf");
+    m.path = Some(smollm2()?);
+    m.task = Some("generate".into());
+    m.options
+        .insert("parallel".into(), toml::Value::Integer(parallel.parse()?));
+    m.options
+        .insert("context".into(), toml::Value::Integer(2048));
+    let cfg = ServerConfig::new(name, vec![m]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let server = Server::start(cfg)?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.shutdown(Duration::from_secs(1));
+    Ok(true)
+}
