@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all
-features=shm-runtime/onnx,shm-runtime/gguf
+features=shm-runtime/onnx,shm-runtime/gguf,shm-bench/onnx,shm-bench/gguf
 cargo build --release --workspace --all-targets --features "$features"
 cargo test --release --workspace --features "$features"
 bash ci/loom.sh

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -35,8 +35,7 @@ pub fn smollm2() -> Result<PathBuf> {
 }
 
 /// The prompt both sides continue.
-pub const PROMPT: &str =
-    "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+pub const PROMPT: &str = "Once upon a time, in a small village by the sea, there lived";
 
 /// Decode rate and time to first token of one generation.
 #[derive(Debug, Clone, Copy)]
@@ -61,12 +60,12 @@ fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
     })
 }
 
-/// Greedy generation of `n` tokens in this process, one llama.cpp thread.
+/// Greedy generation of `n` tokens in this process with `threads` llama.cpp threads.
 ///
 /// # Errors
 ///
 /// When the model or llama.cpp fails.
-pub fn direct(path: &PathBuf, n: usize) -> Result<Rate> {
+pub fn direct(path: &PathBuf, n: usize, threads: i32) -> Result<Rate> {
     let backend = shm_runtime::backend::gguf::llama().map_err(anyhow::Error::msg)?;
     let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
         .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
@@ -77,8 +76,8 @@ pub fn direct(path: &PathBuf, n: usize) -> Result<Rate> {
                 .with_n_ctx(NonZeroU32::new(2048))
                 .with_n_batch(512)
                 .with_n_ubatch(512)
-                .with_n_threads(1)
-                .with_n_threads_batch(1),
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads),
         )
         .map_err(|e| anyhow!("context: {e}"))?;
     let vocab = model.vocab();
@@ -117,14 +116,15 @@ pub struct GgufServer {
 }
 
 impl GgufServer {
-    /// Starts one with `parallel` sequences and waits until it answers.
+    /// Starts one with `parallel` sequences and `threads` llama.cpp threads, and waits until it
+    /// answers.
     ///
     /// # Errors
     ///
     /// When it does not come up within 60 s.
-    pub fn start(parallel: usize) -> Result<GgufServer> {
-        let name = format!("bench-gguf-{parallel}-{}", std::process::id());
-        let mut kid = Kid::spawn("gguf-server", &format!("{name},{parallel}"))?;
+    pub fn start(parallel: usize, threads: usize) -> Result<GgufServer> {
+        let name = format!("bench-gguf-{parallel}-{threads}-{}", std::process::id());
+        let mut kid = Kid::spawn("gguf-server", &format!("{name},{parallel},{threads}"))?;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match Client::connect(&name) {
@@ -239,9 +239,10 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     if role != "gguf-server" {
         return Ok(false);
     }
-    let (name, parallel) = arg
-        .split_once(',')
-        .context("gguf-server wants NAME,PARALLEL")?;
+    let parts: Vec<&str> = arg.split(',').collect();
+    let [name, parallel, threads] = parts[..] else {
+        bail!("gguf-server wants NAME,PARALLEL,THREADS, got {arg:?}");
+    };
     let mut m = ModelConfig::new("smollm2", "gguf");
     m.path = Some(smollm2()?);
     m.task = Some("generate".into());
@@ -249,6 +250,8 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
         .insert("parallel".into(), toml::Value::Integer(parallel.parse()?));
     m.options
         .insert("context".into(), toml::Value::Integer(2048));
+    m.options
+        .insert("threads".into(), toml::Value::Integer(threads.parse()?));
     let cfg = ServerConfig::new(name, vec![m]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;

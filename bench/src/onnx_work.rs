@@ -157,7 +157,7 @@ impl std::fmt::Debug for Direct {
 
 impl Direct {
     /// Loads `kind` with the backend's default session options (graph optimisation `All`, ONNX
-    /// backend's one thread: intra and inter 1) and its tokenizer settings (truncation at 256 tokens, no
+    /// ONNX Runtime's default thread pools, as the backend) and its tokenizer settings (truncation at 256 tokens, no
     /// padding).
     ///
     /// # Errors
@@ -168,10 +168,6 @@ impl Direct {
         let path = model_path(kind);
         let session = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| anyhow!("{e}"))?
-            .with_intra_threads(1)
-            .map_err(|e| anyhow!("{e}"))?
-            .with_inter_threads(1)
             .map_err(|e| anyhow!("{e}"))?
             .commit_from_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;

@@ -12,7 +12,7 @@
 //! | `pooling` | `mean` (with the attention mask), `cls`, or `none` (the output is already one row per text) | `mean` |
 //! | `normalize` | L2-normalise embeddings | `true` |
 //! | `labels` | class names, in logit order (or `labels_file`, one per line) | `labels.txt` or `<model>.labels.txt` next to the model |
-//! | `intra_threads`, `inter_threads` | ONNX Runtime thread pools (the worker's own thread counts) | 1, 1 |
+//! | `intra_threads`, `inter_threads` | ONNX Runtime thread pools (the worker's own thread counts) | ONNX Runtime's defaults (one per core) |
 //! | `optimization` | `disable`, `basic`, `extended` or `all` | `all` |
 //! | `max_batch` | most text requests run together | 8 |
 //! | `max_delay_us` | how long a partial batch waits for more requests, while other clients are connected | 500 |
