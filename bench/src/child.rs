@@ -51,6 +51,23 @@ pub fn dispatch() {
     }
 }
 
+/// Runs a server with `cfg` until this process gets SIGTERM, then shuts it down (a benchmark
+/// child's server role).
+///
+/// # Errors
+///
+/// When the signal handler cannot be set or the server does not start.
+pub fn serve_until_sigterm(cfg: shm_runtime::ServerConfig) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let server = shm_runtime::Server::start(cfg)?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.shutdown(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
 /// A benchmark child that is killed if it is still running when dropped.
 #[derive(Debug)]
 pub struct Kid(Child);

@@ -17,7 +17,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use shm_runtime::protocol::{Input, Params, Request, Task};
-use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+use shm_runtime::{Client, ModelConfig, ServerConfig};
 
 use crate::child::Kid;
 
@@ -154,7 +154,6 @@ impl GgufServer {
     /// When a request fails.
     pub fn two_streams(&self, n: u32) -> Result<f64> {
         let name = self.name.clone();
-        let start = Instant::now();
         let runs: Vec<_> = (0..2)
             .map(|_| {
                 let name = name.clone();
@@ -166,7 +165,6 @@ impl GgufServer {
             all.extend(r.join().map_err(|_| anyhow!("stream thread panicked"))??);
         }
         all.sort();
-        let _ = start;
         match (all.first(), all.last()) {
             (Some(f), Some(l)) if all.len() >= 3 => {
                 Ok((all.len() - 2) as f64 / (*l - *f).as_secs_f64())
@@ -222,16 +220,8 @@ fn stream_times(name: &str, n: u32) -> Result<Vec<Instant>> {
 }
 
 fn stream_from(name: &str, n: u32) -> Result<Rate> {
-    let client = Client::connect(name)?;
     let start = Instant::now();
-    let mut times = Vec::with_capacity(n as usize);
-    for item in client.stream(&request(n))? {
-        let v = item?;
-        if !v.is_final() {
-            times.push(Instant::now());
-        }
-    }
-    rate(start, &times)
+    rate(start, &stream_times(name, n)?)
 }
 
 /// Runs the GGUF child `role`; `Ok(false)` when the role is not one of this module's.
@@ -253,12 +243,6 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     m.options
         .insert("threads".into(), toml::Value::Integer(threads.parse()?));
     let cfg = ServerConfig::new(name, vec![m]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    let server = Server::start(cfg)?;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.shutdown(Duration::from_secs(1));
+    crate::child::serve_until_sigterm(cfg)?;
     Ok(true)
 }

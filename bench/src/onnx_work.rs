@@ -10,7 +10,7 @@
 //! attention mask and L2 normalisation (embeddings) or a softmax over the logits (classification).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use shm_runtime::protocol::{
     access_request, encode_into, ArchivedBody, Input, Params, Request, Task,
 };
 use shm_runtime::ring::WaitStrategy;
-use shm_runtime::{Client, ClientOptions, ModelConfig, Server, ServerConfig};
+use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 use tokenizers::Tokenizer;
 
 use crate::child::{online_cpus, Kid};
@@ -412,14 +412,7 @@ fn serve(name: &str, kind: Kind, max_batch: Option<i64>, pin: Option<usize>) -> 
         let cpus = online_cpus();
         cfg.cores = vec![cpus[p % cpus.len()]];
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    let server = Server::start(cfg)?;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.shutdown(Duration::from_secs(1));
-    Ok(())
+    crate::child::serve_until_sigterm(cfg)
 }
 
 /// The paths [`compare`] measures, in the order of [`Compared::rounds`].

@@ -11,7 +11,7 @@ use shm_runtime::protocol::{
     Usage,
 };
 use shm_runtime::scheduler::{Job, Scheduler};
-use shm_runtime::{Client, ClientOptions, ModelConfig, Server, ServerConfig};
+use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 
 use crate::child::{pin_to, Kid};
 use crate::stats::{median, Latencies, Percentiles};
@@ -82,14 +82,7 @@ fn serve(name: &str, wait: &str, hardened: bool) -> Result<()> {
     cfg.wait = shm_runtime::config::parse_wait(wait).map_err(anyhow::Error::msg)?;
     let cpus = crate::child::online_cpus();
     cfg.cores = vec![cpus[1 % cpus.len()]];
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    let server = Server::start(cfg)?;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.shutdown(Duration::from_secs(1));
-    Ok(())
+    crate::child::serve_until_sigterm(cfg)
 }
 
 /// The round-trip request: 64 bytes of text to the echo model.

@@ -175,15 +175,24 @@ impl<'a> Out<'a> {
     ///
     /// [`BackendError::Exhausted`] when no chunk can hold it.
     pub fn body(&mut self, body: Body) -> Result<(), BackendError> {
-        let resp = Response { id: self.id, body };
-        let mut size = estimate(&resp);
+        self.response(&Response { id: self.id, body })
+    }
+
+    /// Writes a whole owned response (its own id), serialized once: into a chunk sized by
+    /// [`estimate`], doubled up to the largest chunk while it does not fit.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Exhausted`] when no chunk can hold it.
+    pub(crate) fn response(&mut self, resp: &Response) -> Result<(), BackendError> {
+        let mut size = estimate(resp);
         loop {
             let max = match &self.store {
                 Store::Pool { pool, .. } => pool.max_chunk_size(),
                 Store::Buf(b) => b.len(),
             };
             let buf = self.room(size.min(max))?;
-            match encode_into(&resp, buf) {
+            match encode_into(resp, buf) {
                 Ok(len) => {
                     self.len = len;
                     return Ok(());

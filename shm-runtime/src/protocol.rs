@@ -697,22 +697,6 @@ pub fn check_request(req: &ArchivedRequest, limits: &Limits) -> Result<(), Strin
     Ok(())
 }
 
-/// The token ids of an archived token input as a native slice, without copying.
-pub fn tokens_native(tokens: &rkyv::vec::ArchivedVec<rkyv::rend::u32_le>) -> &[u32] {
-    #[cfg(target_endian = "little")]
-    {
-        const _: () = assert!(
-            std::mem::size_of::<rkyv::rend::u32_le>() == 4
-                && std::mem::align_of::<rkyv::rend::u32_le>() == 4
-        );
-        // SAFETY: on a little-endian target u32_le is a 4-byte, 4-aligned wrapper of the same bits
-        // as u32 (asserted above); the slice is validated archive memory living as long as `tokens`.
-        unsafe { std::slice::from_raw_parts(tokens.as_ptr().cast::<u32>(), tokens.len()) }
-    }
-    #[cfg(not(target_endian = "little"))]
-    compile_error!("shm-runtime reads archived little-endian data in place: big-endian targets are not supported");
-}
-
 macro_rules! native_slice {
     ($(#[$doc:meta])* $name:ident, $le:ty, $t:ty) => {
         $(#[$doc])*
@@ -721,14 +705,25 @@ macro_rules! native_slice {
                 std::mem::size_of::<$le>() == std::mem::size_of::<$t>()
                     && std::mem::align_of::<$le>() == std::mem::align_of::<$t>()
             );
-            // SAFETY: on a little-endian target (the only kind that compiles, see tokens_native)
-            // the archived type is a wrapper of the same size, alignment and bits as the native
+            // SAFETY: on a little-endian target (the only kind that compiles: see the
+            // compile_error beside the invocations) the archived type is a wrapper of the same size, alignment and bits as the native
             // one (asserted above); the slice is validated archive memory living as long as `v`.
             unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<$t>(), v.len()) }
         }
     };
 }
 
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "shm-runtime reads archived little-endian data in place: big-endian targets are not supported"
+);
+
+native_slice!(
+    /// The token ids of an archived token input as a native slice, without copying.
+    tokens_native,
+    rkyv::rend::u32_le,
+    u32
+);
 native_slice!(
     /// The elements of an archived f32 tensor as a native slice, without copying.
     f32_native,

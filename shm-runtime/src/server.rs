@@ -19,10 +19,10 @@ use shm_ring::{mpmc, CreateOptions, Segment};
 
 use crate::backend::{self, Backend, BackendError, Batching, RunContext, StepEvent, Stepper, Stop};
 use crate::config::{ModelConfig, ServerConfig};
-use crate::output::{estimate, GenerationState, Out};
+use crate::output::{GenerationState, Out};
 use crate::protocol::{
-    access_request_chunk, desc, encode_into, parse_desc, read_request_head, ArchivedRequest, Body,
-    Desc, DescKind, ErrorBody, ErrorCode, FinishReason, Response, StreamChunk, PROTOCOL_VERSION,
+    access_request_chunk, desc, parse_desc, read_request_head, ArchivedRequest, Body, Desc,
+    DescKind, ErrorBody, ErrorCode, FinishReason, Response, StreamChunk, PROTOCOL_VERSION,
 };
 use crate::scheduler::{Job, Scheduler};
 use crate::service::{
@@ -1281,8 +1281,7 @@ impl<'s> Worker<'s> {
         let c = usize::from(job.client);
         if !self.client_alive(c, job.epoch) || self.clients[c].is_none() {
             // The client died: drop its work silently (nobody to answer).
-            let _ = sh.pool.release(job.chunk, sh.owner);
-            lh.completed.fetch_add(1, Ordering::AcqRel);
+            self.drop_job(job);
             return false;
         }
         let early = if sh.drain_expired.load(Ordering::Acquire) {
@@ -1407,21 +1406,14 @@ impl<'s> Worker<'s> {
         if h.epoch != epoch {
             return false;
         }
-        let mut size = estimate(resp);
-        let max = sh.pool.max_chunk_size();
-        loop {
-            let mut loan = match sh.pool.loan(sh.owner, size.min(max)) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(%e, "no chunk for an answer");
-                    return false;
-                }
-            };
-            match encode_into(resp, loan.as_mut_slice()) {
-                Ok(len) => return self.hand_over(c, epoch, ticket, kind, loan, len),
-                Err(_) if size < max => size = (size * 2).min(max),
-                Err(_) => return false,
-            }
+        let mut out = Out::in_pool(&sh.pool, sh.owner, resp.id);
+        if let Err(e) = out.response(resp) {
+            tracing::warn!(%e, "no chunk for an answer");
+            return false;
+        }
+        match out.take_loan() {
+            Some((loan, len)) => self.hand_over(c, epoch, ticket, kind, loan, len),
+            None => false,
         }
     }
 

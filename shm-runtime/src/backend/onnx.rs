@@ -28,12 +28,12 @@ use std::time::Duration;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
 use tokenizers::Tokenizer;
 
 use crate::backend::{Backend, BackendError, Batching, RunContext};
 use crate::config::{cache_dir, ModelConfig};
-use crate::output::{Out, TensorsWriter};
+use crate::output::{Elem, Out, TensorsWriter};
 use crate::protocol::{
     f32_native, i32_native, i64_native, tokens_native, u64_native, ArchivedInput, ArchivedRequest,
     ArchivedTensorData, Body, LabelScore, Task,
@@ -561,8 +561,7 @@ impl Onnx {
                 .try_extract_tensor::<f32>()
                 .map_err(|e| format!("output {:?}: {e}", self.output))?;
             for (row, &i) in members.iter().enumerate() {
-                results[i] =
-                    self.answer_row(oshape, data, row, &scratch.mask, seq, reqs[i], &mut outs[i]);
+                results[i] = self.answer_row(oshape, data, row, &scratch.mask, seq, &mut outs[i]);
             }
             Ok(())
         })();
@@ -575,7 +574,6 @@ impl Onnx {
     }
 
     /// Writes the answer of batch row `row` from the output (`shape`, `data`).
-    #[allow(clippy::too_many_arguments)]
     fn answer_row(
         &self,
         shape: &[i64],
@@ -583,7 +581,6 @@ impl Onnx {
         row: usize,
         mask: &[i64],
         seq: usize,
-        _req: &ArchivedRequest,
         out: &mut Out<'_>,
     ) -> Result<(), BackendError> {
         let fail = |m: String| Err(BackendError::Failed(m));
@@ -777,34 +774,10 @@ impl Onnx {
                 };
                 let dims: Vec<u64> = shape.iter().map(|&d| d.max(0) as u64).collect();
                 match ty {
-                    TensorElementType::Float32 => {
-                        let (_, d) = v.try_extract_tensor::<f32>().map_err(failed)?;
-                        w.add::<f32>(name, &dims, |o| {
-                            o.copy_from_slice(d);
-                            Ok(())
-                        })?;
-                    }
-                    TensorElementType::Int64 => {
-                        let (_, d) = v.try_extract_tensor::<i64>().map_err(failed)?;
-                        w.add::<i64>(name, &dims, |o| {
-                            o.copy_from_slice(d);
-                            Ok(())
-                        })?;
-                    }
-                    TensorElementType::Int32 => {
-                        let (_, d) = v.try_extract_tensor::<i32>().map_err(failed)?;
-                        w.add::<i32>(name, &dims, |o| {
-                            o.copy_from_slice(d);
-                            Ok(())
-                        })?;
-                    }
-                    TensorElementType::Uint8 => {
-                        let (_, d) = v.try_extract_tensor::<u8>().map_err(failed)?;
-                        w.add::<u8>(name, &dims, |o| {
-                            o.copy_from_slice(d);
-                            Ok(())
-                        })?;
-                    }
+                    TensorElementType::Float32 => copy_output::<f32>(w, name, &dims, v)?,
+                    TensorElementType::Int64 => copy_output::<i64>(w, name, &dims, v)?,
+                    TensorElementType::Int32 => copy_output::<i32>(w, name, &dims, v)?,
+                    TensorElementType::Uint8 => copy_output::<u8>(w, name, &dims, v)?,
                     TensorElementType::Bool => {
                         let (_, d) = v.try_extract_tensor::<bool>().map_err(failed)?;
                         w.add::<u8>(name, &dims, |o| {
@@ -818,6 +791,23 @@ impl Onnx {
             Ok(())
         })
     }
+}
+
+/// Copies output `v`, of element type `T`, into the answer as tensor `name` (the one copy a
+/// `tensors` answer makes).
+fn copy_output<T: Elem + PrimitiveTensorElementType + std::fmt::Debug>(
+    w: &mut TensorsWriter<'_>,
+    name: &str,
+    dims: &[u64],
+    v: &DynValue,
+) -> Result<(), BackendError> {
+    let (_, d) = v
+        .try_extract_tensor::<T>()
+        .map_err(|e| BackendError::Failed(format!("output {name:?}: {e}")))?;
+    w.add::<T>(name, dims, |o| {
+        o.copy_from_slice(d);
+        Ok(())
+    })
 }
 
 impl Backend for Onnx {
