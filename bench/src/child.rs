@@ -22,6 +22,13 @@ pub fn dispatch() {
             crate::rt_work::run_child(&role, &arg)
         }
     });
+    let result = result.and_then(|done| {
+        if done {
+            Ok(true)
+        } else {
+            crate::peers::run_child(&role, &arg)
+        }
+    });
     #[cfg(feature = "onnx")]
     let result = result.and_then(|done| {
         if done {

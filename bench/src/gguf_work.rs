@@ -2,8 +2,8 @@
 //! llama-cpp-2, and the same model behind a server in a child process, streamed to a client here,
 //! alone and with two streams at once.
 //!
-//! Both sides use one llama.cpp thread (the backend's default) and greedy decoding of the same
-//! prompt. Token rates are decode rates: tokens after the first, over the time from the first token
+//! Both sides use one llama.cpp thread (the backend's default), a context of the same size and
+//! greedy decoding of the same prompt. Token rates are decode rates: tokens after the first, over the time from the first token
 //! to the last, so prompt processing is in the time to first token only.
 
 use std::num::NonZeroU32;
@@ -16,7 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
-use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::{Client, ModelConfig, ServerConfig};
 
 use crate::child::Kid;
@@ -46,6 +46,9 @@ pub struct Rate {
     pub ttft_ms: f64,
     /// Tokens generated.
     pub tokens: usize,
+    /// Time to the first token as the server measured it (from admitting the request to sampling
+    /// its first token), ms; `None` in-process.
+    pub server_ttft_ms: Option<f64>,
 }
 
 fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
@@ -57,15 +60,20 @@ fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
         tok_s: (times.len() - 1) as f64 / (last - first).as_secs_f64(),
         ttft_ms: (first - start).as_secs_f64() * 1e3,
         tokens: times.len(),
+        server_ttft_ms: None,
     })
 }
 
-/// Greedy generation of `n` tokens in this process with `threads` llama.cpp threads.
+/// The server's context for one sequence (its `context` option); it holds `parallel` of them.
+pub const CONTEXT: u32 = 2048;
+
+/// Greedy generation of `n` tokens in this process with `threads` llama.cpp threads and a context
+/// of `n_ctx` tokens (a server's is [`CONTEXT`] x its `parallel`).
 ///
 /// # Errors
 ///
 /// When the model or llama.cpp fails.
-pub fn direct(path: &PathBuf, n: usize, threads: i32) -> Result<Rate> {
+pub fn direct(path: &PathBuf, n: usize, threads: i32, n_ctx: u32) -> Result<Rate> {
     let backend = shm_runtime::backend::gguf::llama().map_err(anyhow::Error::msg)?;
     let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
         .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
@@ -73,7 +81,7 @@ pub fn direct(path: &PathBuf, n: usize, threads: i32) -> Result<Rate> {
         .new_context(
             backend,
             LlamaContextParams::default()
-                .with_n_ctx(NonZeroU32::new(2048))
+                .with_n_ctx(NonZeroU32::new(n_ctx))
                 .with_n_batch(512)
                 .with_n_ubatch(512)
                 .with_n_threads(threads)
@@ -162,7 +170,7 @@ impl GgufServer {
             .collect();
         let mut all = Vec::new();
         for r in runs {
-            all.extend(r.join().map_err(|_| anyhow!("stream thread panicked"))??);
+            all.extend(r.join().map_err(|_| anyhow!("stream thread panicked"))??.0);
         }
         all.sort();
         match (all.first(), all.last()) {
@@ -207,21 +215,30 @@ fn request(n: u32) -> Request {
     }
 }
 
-fn stream_times(name: &str, n: u32) -> Result<Vec<Instant>> {
+/// Arrival times of a stream's tokens, and the server's time to first token (µs) from the final
+/// message's usage.
+fn stream_times(name: &str, n: u32) -> Result<(Vec<Instant>, Option<u64>)> {
     let client = Client::connect(name)?;
     let mut times = Vec::with_capacity(n as usize);
+    let mut server_ttft = None;
     for item in client.stream(&request(n))? {
         let v = item?;
         if !v.is_final() {
             times.push(Instant::now());
+        } else if let ArchivedBody::Generation(g) = &v.response()?.body {
+            server_ttft = Some(g.usage.ttft_us.to_native());
         }
     }
-    Ok(times)
+    Ok((times, server_ttft))
 }
 
 fn stream_from(name: &str, n: u32) -> Result<Rate> {
     let start = Instant::now();
-    rate(start, &stream_times(name, n)?)
+    let (times, server_ttft) = stream_times(name, n)?;
+    Ok(Rate {
+        server_ttft_ms: server_ttft.map(|us| us as f64 / 1e3),
+        ..rate(start, &times)?
+    })
 }
 
 /// Runs the GGUF child `role`; `Ok(false)` when the role is not one of this module's.
@@ -239,7 +256,7 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     m.options
         .insert("parallel".into(), toml::Value::Integer(parallel.parse()?));
     m.options
-        .insert("context".into(), toml::Value::Integer(2048));
+        .insert("context".into(), toml::Value::Integer(CONTEXT.into()));
     m.options
         .insert("threads".into(), toml::Value::Integer(threads.parse()?));
     let cfg = ServerConfig::new(name, vec![m]);

@@ -9,8 +9,10 @@ pub mod child;
 pub mod gguf_work;
 #[cfg(feature = "onnx")]
 pub mod onnx_work;
+pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod ring_work;
 pub mod rt_work;
+pub mod seed_work;
 pub mod stats;

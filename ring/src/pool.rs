@@ -323,6 +323,9 @@ pub enum ChunkError {
     /// The new owner is not registered.
     #[error("owner {0} is not registered in this pool")]
     UnknownOwner(u32),
+    /// The chunk would move from an owner to itself.
+    #[error("owner {0} cannot adopt a chunk from itself")]
+    SameOwner(u32),
 }
 
 /// Why an owner could not be registered.
@@ -869,9 +872,16 @@ impl Pool {
     /// # Errors
     ///
     /// [`ChunkError::OutOfRange`] for a bad id, [`ChunkError::NotOwned`] when `from` does not hold it
-    /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`].
+    /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`],
+    /// [`ChunkError::SameOwner`] when `from == to`.
     pub fn adopt(&self, id: ChunkId, from: OwnerId, to: OwnerId) -> Result<Loan<'_>, ChunkError> {
         let (_, h) = self.locate(id)?;
+        // Never from an owner to itself: the holder would get a second loan of a chunk it may be
+        // writing through the first, and a receiver that trusted a peer's word for the sender (a
+        // client entry naming the server's own owner id) would take its own chunks as input.
+        if from == to {
+            return Err(ChunkError::SameOwner(to.0));
+        }
         let to_entry = self.owner_entry(to).ok_or(ChunkError::UnknownOwner(to.0))?;
         // A vacant owner entry cannot receive chunks: nobody would ever return them. (A receiver
         // that leaves between this check and the CAS is caught by `reclaim_orphans`.)
@@ -1010,20 +1020,37 @@ impl Pool {
             let entry = self.owner_entry(id).expect("index in range");
             let raw = entry.token.load(Ordering::Acquire);
             if let Some(t) = ProcessToken::from_raw(raw) {
-                if !t.is_alive() {
-                    chunks += self.reclaim(id);
-                    // Free the entry only if nobody took it over meanwhile.
-                    if entry
-                        .token
-                        .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        owners += 1;
-                    }
+                if let Some(n) = self.reclaim_dead_owner(id, t) {
+                    chunks += n;
+                    owners += 1;
                 }
             }
         }
         (owners, chunks)
+    }
+
+    /// Returns every chunk of `owner` and frees its entry, if the entry is still held by `holder`
+    /// and `holder` has died; returns how many, or `None` when `holder` lives or no longer holds
+    /// the entry (it was freed, or taken over by a process that returned the chunks itself).
+    ///
+    /// The caller holds the entry while the chunks go back: a process registering meanwhile
+    /// cannot take it over and loan chunks under this id that the reclaim would then take from it.
+    pub fn reclaim_dead_owner(&self, owner: OwnerId, holder: ProcessToken) -> Option<usize> {
+        let entry = self.owner_entry(owner)?;
+        let me = ProcessToken::current();
+        if holder == me || holder.is_alive() {
+            return None;
+        }
+        // SYNC(role): Acquire, as in `claim_slot` (this is a take-over of a dead holder's entry);
+        // failure ordering Relaxed: nothing is read after a failed exchange.
+        entry
+            .token
+            .compare_exchange(holder.raw(), me.raw(), Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        let n = self.reclaim(owner);
+        entry.high_water.store(0, Ordering::Relaxed);
+        release_slot(&entry.token, me);
+        Some(n)
     }
 
     /// Returns every chunk whose owner entry is vacant (its owner left or was reclaimed while a
@@ -1296,6 +1323,23 @@ mod tests {
             p.adopt(again.id(), client, OwnerId(999)),
             Err(ChunkError::UnknownOwner(999))
         ));
+    }
+
+    #[test]
+    fn adopt_from_the_holder_itself_is_refused() {
+        let p = pool(&PoolConfig::small());
+        let server = p.register_owner().unwrap();
+        let mut writing = p.loan(server, 10).unwrap();
+        let id = writing.id();
+        // A descriptor naming the holder's own chunk, sent "from" the holder: no second loan.
+        assert_eq!(
+            p.adopt(id, server, server).unwrap_err(),
+            ChunkError::SameOwner(server.get())
+        );
+        writing.as_mut_slice()[0] = 1;
+        assert_eq!(p.held_by(server), 1);
+        drop(writing);
+        assert_eq!((p.held_by(server), p.stats().in_use()), (0, 0));
     }
 
     #[test]

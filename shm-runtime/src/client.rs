@@ -16,8 +16,8 @@ use shm_ring::{mpmc, OpenError, Segment, SegmentOpenOptions, WaitStrategy};
 
 use crate::error::Error;
 use crate::protocol::{
-    access_response, desc, encode_request, parse_desc, ArchivedBody, ArchivedResponse, Desc,
-    DescKind, ErrorCode, Request, PROTOCOL_VERSION,
+    access_response, desc, encode_request, parse_desc, ticket_of_epoch, ArchivedBody,
+    ArchivedResponse, Desc, DescKind, ErrorCode, Request, PROTOCOL_VERSION,
 };
 use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
 
@@ -95,6 +95,8 @@ struct Inner {
     options: ClientOptions,
     /// Set once a wait found the server dead: later calls fail at once.
     server_gone: std::sync::atomic::AtomicBool,
+    /// Answers that arrived for no ticket in flight (see [`Client::stray_answers`]).
+    strays: std::sync::atomic::AtomicU64,
 }
 
 /// A connection to a service.
@@ -219,6 +221,7 @@ impl Client {
                 next_ticket: AtomicU32::new(1),
                 options,
                 server_gone: std::sync::atomic::AtomicBool::new(false),
+                strays: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -302,7 +305,10 @@ impl Client {
             let mut inbox = inner.inbox();
             let id = inbox.pending.get(&ticket).map(|p| p.request_id);
             if final_ {
-                inbox.pending.remove(&ticket);
+                // Anything queued behind a final answer is not this request's: return it.
+                if let Some(p) = inbox.pending.remove(&ticket) {
+                    p.arrived.into_iter().for_each(|d| inner.discard(d));
+                }
             }
             id.unwrap_or(0)
         };
@@ -391,7 +397,8 @@ impl Client {
             let _ = inner.pool.release(chunk, inner.owner);
             return Err(Error::Protocol(format!("lane {lane} out of range")));
         };
-        let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let seq = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let ticket = crate::protocol::ticket(inner.epoch, seq);
         inner.inbox().pending.insert(
             ticket,
             Pending {
@@ -448,7 +455,10 @@ impl Client {
                 Ok(_) => continue,
                 Err(Error::TimedOut) if Instant::now() >= deadline => {
                     let _ = self.cancel(ticket);
-                    self.inner.inbox().pending.remove(&ticket.0);
+                    let abandoned = self.inner.inbox().pending.remove(&ticket.0);
+                    if let Some(p) = abandoned {
+                        p.arrived.into_iter().for_each(|d| self.inner.discard(d));
+                    }
                     return Err(Error::TimedOut);
                 }
                 Err(e) => return Err(e),
@@ -507,6 +517,15 @@ impl Client {
     pub fn in_flight(&self) -> usize {
         self.inner.inbox().pending.len()
     }
+
+    /// Answers that arrived for a ticket not in flight and were returned unread: late answers of
+    /// requests abandoned after a client-side timeout ([`infer_timeout`](Self::infer_timeout)), or
+    /// answers that were never this client's. A client that never abandons a request expects 0
+    /// (for tests of exactly-once delivery).
+    #[doc(hidden)]
+    pub fn stray_answers(&self) -> u64 {
+        self.inner.strays.load(Ordering::Relaxed)
+    }
 }
 
 impl Inner {
@@ -518,15 +537,27 @@ impl Inner {
     }
 
     /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
-    /// after a timeout, or left for a previous holder of the slot).
+    /// after a timeout, or a previous holder's of the slot: those are not counted as strays).
     fn route(&self, inbox: &mut Inbox, d: Desc) {
         let t = d[1] as u32;
         match inbox.pending.get_mut(&t) {
             Some(p) => p.arrived.push_back(d),
-            None => {
-                if let Some((_, chunk, _, _)) = parse_desc(d) {
-                    let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
-                }
+            None if !ticket_of_epoch(t, self.epoch) => self.release_answer(d),
+            None => self.discard(d),
+        }
+    }
+
+    /// Returns the chunk of an answer nobody waits for, counting it as a stray.
+    fn discard(&self, d: Desc) {
+        self.strays.fetch_add(1, Ordering::Relaxed);
+        self.release_answer(d);
+    }
+
+    /// Returns an answer's chunk (if it has one and it is ours).
+    fn release_answer(&self, d: Desc) {
+        if let Some((kind, chunk, _, _)) = parse_desc(d) {
+            if kind != DescKind::InlineError {
+                let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
             }
         }
     }

@@ -12,7 +12,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
 /// archived types or the descriptor format.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes before the archive in a request chunk: a plain header with what the server needs to
 /// queue a request before it validates the archive (priority, timeout, id), so that the archive is
@@ -450,6 +450,7 @@ pub struct RequestHead {
 /// # Errors
 ///
 /// A sentence naming what is out of range.
+#[inline]
 pub fn read_request_head(bytes: &[u8], limits: &Limits) -> Result<RequestHead, String> {
     let Some(head) = bytes.get(..REQUEST_HEAD) else {
         return Err(format!(
@@ -462,25 +463,27 @@ pub fn read_request_head(bytes: &[u8], limits: &Limits) -> Result<RequestHead, S
     let timeout_ms = u32::from_le_bytes(w);
     let mut id = [0u8; 8];
     id.copy_from_slice(&head[8..16]);
-    let h = RequestHead {
-        priority: head[0],
+    let priority = head[0];
+    // The messages format copies of the fields, never the head itself: a head whose address is
+    // taken lives on the stack, and copying it out whole after field-wise stores stalls
+    // store-to-load forwarding on every request.
+    if usize::from(priority) >= PRIORITY_LEVELS || head[1..4] != [0, 0, 0] {
+        return Err(format!(
+            "request head: priority must be 0..={}, got {priority}",
+            PRIORITY_LEVELS - 1,
+        ));
+    }
+    if timeout_ms > limits.max_timeout_ms {
+        return Err(format!(
+            "timeout_ms {timeout_ms} exceeds the limit of {}",
+            limits.max_timeout_ms
+        ));
+    }
+    Ok(RequestHead {
+        priority,
         timeout_ms,
         id: u64::from_le_bytes(id),
-    };
-    if usize::from(h.priority) >= PRIORITY_LEVELS || head[1..4] != [0, 0, 0] {
-        return Err(format!(
-            "request head: priority must be 0..={}, got {}",
-            PRIORITY_LEVELS - 1,
-            h.priority
-        ));
-    }
-    if h.timeout_ms > limits.max_timeout_ms {
-        return Err(format!(
-            "timeout_ms {} exceeds the limit of {}",
-            h.timeout_ms, limits.max_timeout_ms
-        ));
-    }
-    Ok(h)
+    })
 }
 
 /// Validates a whole request chunk's bytes: the head, the archive after it, the semantic limits,
@@ -765,6 +768,9 @@ pub enum DescKind {
     InlineError = 5,
 }
 
+/// Largest length a descriptor can carry (24 bits), hence the largest usable chunk.
+pub const MAX_DESC_LEN: usize = 0xFF_FFFF;
+
 /// A ring descriptor: `[chunk id, kind:8 | len:24 | ticket:32]`. 16 bytes; everything in it is
 /// untrusted on receipt.
 pub type Desc = [u64; 2];
@@ -775,6 +781,19 @@ pub fn desc(kind: DescKind, chunk: u64, len: u32, ticket: u32) -> Desc {
         chunk,
         (u64::from(kind as u8) << 56) | (u64::from(len & 0xFF_FFFF) << 32) | u64::from(ticket),
     ]
+}
+
+/// The ticket of a connection's `seq`-th request: the low 8 bits of the connection's epoch (its
+/// client slot's epoch when it connected) in the top 8 bits, `seq` in the low 24. A client slot's
+/// rings outlive its holders, so descriptors of a previous holder (left in a request ring, or an
+/// answer delivered late) are told from the current holder's by their ticket alone.
+pub fn ticket(epoch: u32, seq: u32) -> u32 {
+    (epoch << 24) | (seq & 0xFF_FFFF)
+}
+
+/// Whether `ticket` was issued by the connection of epoch `epoch` (see [`ticket`]).
+pub fn ticket_of_epoch(ticket: u32, epoch: u32) -> bool {
+    ticket >> 24 == epoch & 0xFF
 }
 
 /// Splits a descriptor into (kind, chunk, len, ticket); `None` for an unknown kind.

@@ -21,8 +21,9 @@ use crate::backend::{self, Backend, BackendError, Batching, RunContext, StepEven
 use crate::config::{ModelConfig, ServerConfig};
 use crate::output::{GenerationState, Out};
 use crate::protocol::{
-    access_request_chunk, desc, parse_desc, read_request_head, ArchivedRequest, Body, Desc,
-    DescKind, ErrorBody, ErrorCode, FinishReason, Response, StreamChunk, PROTOCOL_VERSION,
+    access_request_chunk, desc, parse_desc, read_request_head, ticket_of_epoch, ArchivedRequest,
+    Body, Desc, DescKind, ErrorBody, ErrorCode, FinishReason, Response, StreamChunk,
+    PROTOCOL_VERSION,
 };
 use crate::scheduler::{Job, Scheduler};
 use crate::service::{
@@ -147,8 +148,35 @@ impl Server {
     ///
     /// [`ServerError`]: a bad configuration, a model that does not load, a service name held by a
     /// live server.
-    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    pub fn start(mut config: ServerConfig) -> Result<Server, ServerError> {
+        // Every client registers one pool owner and the server one more: with fewer entries the
+        // last client slots could never be used.
+        config.pool.max_owners = config.pool.max_owners.max(config.max_clients as u32 + 1);
         let c = &config;
+        // The name first: nothing is loaded for a name that cannot be served.
+        if !shm_ring::segment::validate_name(&c.name) {
+            return Err(ServerError::Segment {
+                name: c.name.clone(),
+                source: shm_ring::CreateError::InvalidName(c.name.clone()),
+            });
+        }
+        if c.ring_capacity < 2 {
+            return Err(ServerError::Config(
+                "ring_capacity must be at least 2".into(),
+            ));
+        }
+        // A descriptor carries a length of 24 bits: larger chunks would have their answers and
+        // requests cut short.
+        if c.pool
+            .classes
+            .iter()
+            .any(|k| k.chunk_size > crate::protocol::MAX_DESC_LEN)
+        {
+            return Err(ServerError::Config(format!(
+                "pool chunks must be at most {} bytes (a descriptor's length field)",
+                crate::protocol::MAX_DESC_LEN
+            )));
+        }
         if c.models.is_empty() {
             return Err(ServerError::Config("no models configured".into()));
         }
@@ -459,8 +487,13 @@ fn reap_client(sh: &Shared, c: usize, raw: u64) {
             lane.cancels_pending.store(set.len(), Ordering::Release);
         }
     }
-    if let Some(owner) = OwnerId::from_raw(e.owner.load(Ordering::Acquire)) {
-        sh.pool.reclaim(owner);
+    // The entry is the client's to write: an owner id naming the server itself would take back
+    // every chunk the server holds (answers being written, requests being validated).
+    let owner = OwnerId::from_raw(e.owner.load(Ordering::Acquire)).filter(|&o| o != sh.owner);
+    // Only while the owner entry is still the dead client's: a process started since may have
+    // taken it over (registering before this slot was reaped), and its chunks are its own.
+    if let (Some(owner), Some(token)) = (owner, ProcessToken::from_raw(raw)) {
+        sh.pool.reclaim_dead_owner(owner, token);
     }
     sh.svc
         .stats()
@@ -584,6 +617,8 @@ struct Worker<'s> {
     rr: usize,
     /// Answers that did not fit in a client's response ring yet: (client, epoch, descriptor).
     backlog: VecDeque<(usize, u32, Desc)>,
+    /// Bit c set: client slot c has answers in `backlog` (its later answers queue behind them).
+    backlogged: u64,
     /// Per client slot: when it last sent this lane a request (`now` clock), for batching.
     last_request: Vec<u64>,
     /// The lane's stepper, for backends that decode step by step (continuous batching), or why
@@ -623,6 +658,7 @@ impl<'s> Worker<'s> {
             seen_gen: u64::MAX,
             rr: 0,
             backlog: VecDeque::new(),
+            backlogged: 0,
             last_request: vec![0; sh.svc.layout.max_clients],
             stepper: None,
             active: Vec::new(),
@@ -773,7 +809,10 @@ impl<'s> Worker<'s> {
         let start = self.rr % n;
         self.rr = self.rr.wrapping_add(1);
         for k in 0..n {
-            let c = self.attached[(start + k) % n];
+            // A re-read of the client table below may shorten the list.
+            let Some(&c) = self.attached.get((start + k) % n) else {
+                break;
+            };
             if only.is_some_and(|o| o != c) {
                 continue;
             }
@@ -784,10 +823,28 @@ impl<'s> Worker<'s> {
                     Err(_) => break,
                 };
                 took += 1;
+                if !ticket_of_epoch(d[1] as u32, h.epoch) && !self.current_holder_sent(c, d) {
+                    // Left in the ring by a previous holder of the slot (its chunks went back
+                    // with it), or garbage: nobody to answer.
+                    continue;
+                }
                 self.accept(c, d);
             }
         }
         took
+    }
+
+    /// For a descriptor whose ticket is not of this worker's connection to slot `c`: whether it
+    /// comes from the slot's current holder, after re-reading the client table. (A worker that is
+    /// running a job ingests without looking at the table: the slot may have changed hands
+    /// meanwhile, and the new holder's requests must be taken with the new holder's epoch and
+    /// owner, never the departed one's.)
+    fn current_holder_sent(&mut self, c: usize, d: Desc) -> bool {
+        self.seen_gen = u64::MAX;
+        self.sync_clients();
+        self.clients[c]
+            .as_ref()
+            .is_some_and(|h| ticket_of_epoch(d[1] as u32, h.epoch))
     }
 
     fn accept(&mut self, c: usize, d: Desc) {
@@ -1429,8 +1486,10 @@ impl<'s> Worker<'s> {
         len: usize,
     ) -> bool {
         let sh = self.sh;
+        // The slot's current epoch too: this worker's handles may be older than a reconnect, and
+        // the departed client's owner id may belong to another process by now.
         let client_owner = match &self.clients[c] {
-            Some(h) if h.epoch == epoch => h.owner,
+            Some(h) if h.epoch == epoch && self.client_alive(c, epoch) => h.owner,
             _ => return false,
         };
         let id = loan.into_id();
@@ -1447,10 +1506,15 @@ impl<'s> Worker<'s> {
         true
     }
 
-    /// Pushes a descriptor to a client's response ring, or keeps it for later if the ring is full.
+    /// Pushes a descriptor to a client's response ring, or keeps it for later if the ring is full
+    /// (a client that does not read its answers gets them when it does). A client's answers leave
+    /// in order: while some wait, its later ones wait behind them. Other clients' answers never
+    /// wait behind a slow client's.
     fn deliver(&mut self, c: usize, epoch: u32, d: Desc) {
-        if !self.backlog.is_empty() || !self.try_push(c, epoch, d) {
+        let bit = 1u64 << (c % 64);
+        if self.backlogged & bit != 0 || !self.try_push(c, epoch, d) {
             self.backlog.push_back((c, epoch, d));
+            self.backlogged |= bit;
         }
     }
 
@@ -1468,14 +1532,24 @@ impl<'s> Worker<'s> {
         }
     }
 
+    /// Retries the waiting answers, oldest first. Once a client's ring is found full, the rest of
+    /// its answers stay (in order) without another try: one failed push per client per pass.
     fn flush_backlog(&mut self) {
-        let mut keep = VecDeque::new();
-        while let Some((c, epoch, d)) = self.backlog.pop_front() {
-            if !self.try_push(c, epoch, d) {
-                keep.push_back((c, epoch, d));
-            }
+        if self.backlog.is_empty() {
+            return;
         }
-        self.backlog = keep;
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut blocked = 0u64;
+        backlog.retain(|&(c, epoch, d)| {
+            let bit = 1u64 << (c % 64);
+            if blocked & bit != 0 || !self.try_push(c, epoch, d) {
+                blocked |= bit;
+                return true;
+            }
+            false
+        });
+        self.backlog = backlog;
+        self.backlogged = blocked;
     }
 
     /// At exit: answer everything still queued.

@@ -256,6 +256,64 @@ impl Layout {
         }
     }
 
+    /// Reads the layout from the service header at the start of `region` (a service segment's user
+    /// area), copying every size once, and checks that every part it names lies inside `region`.
+    /// [`Service::attach`] does this; it takes any region so that it also runs on heap memory.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError`] when the header is missing, of another version, or inconsistent.
+    pub fn read(region: &Region) -> Result<Layout, LayoutError> {
+        let h = region
+            .ptr_at::<ServiceHeader>(0)
+            .ok_or_else(|| LayoutError::Corrupt("segment smaller than the header".into()))?;
+        // SAFETY: in bounds and aligned (ptr_at); atomics only; lives as long as `region`.
+        let h = unsafe { h.as_ref() };
+        // SYNC(magic): Acquire pairs with the Release store in `Service::create`.
+        if h.magic.load(Ordering::Acquire) != SERVICE_MAGIC {
+            return Err(LayoutError::NotReady);
+        }
+        let protocol = h.protocol.load(Ordering::Relaxed);
+        if protocol != PROTOCOL_VERSION {
+            return Err(LayoutError::Version {
+                found: protocol,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        let max_clients = h.max_clients.load(Ordering::Relaxed) as usize;
+        let lanes = h.lanes.load(Ordering::Relaxed) as usize;
+        let cap = h.ring_capacity.load(Ordering::Relaxed) as usize;
+        if max_clients == 0 || max_clients > MAX_CLIENTS || lanes == 0 || lanes > MAX_MODELS {
+            return Err(LayoutError::Corrupt(format!(
+                "{max_clients} clients, {lanes} lanes"
+            )));
+        }
+        if cap == 0 || cap > (1 << 20) || !cap.is_power_of_two() {
+            return Err(LayoutError::Corrupt(format!("ring capacity {cap}")));
+        }
+        let pool_bytes = h.pool_bytes.load(Ordering::Relaxed) as usize;
+        let pool_off = h.pool_offset.load(Ordering::Relaxed) as usize;
+        let base = Layout::new(max_clients, lanes, cap, &PoolConfig::small());
+        let layout = Layout {
+            pool: base.pool,
+            pool_bytes,
+            total: base.pool.saturating_add(pool_bytes),
+            ..base
+        };
+        if pool_off != layout.pool
+            || h.ring_bytes.load(Ordering::Relaxed) as usize != layout.ring_bytes
+            || layout.total > region.len()
+        {
+            return Err(LayoutError::Corrupt(format!(
+                "layout does not fit: pool at {pool_off} (expected {}), {} bytes needed, {} present",
+                layout.pool,
+                layout.total,
+                region.len()
+            )));
+        }
+        Ok(layout)
+    }
+
     /// Offset of client `c`'s response ring.
     pub fn response_ring(&self, c: usize) -> usize {
         self.rings + c * (self.lanes + 1) * self.ring_bytes
@@ -322,53 +380,7 @@ impl Service {
     /// [`LayoutError`] when the header is missing, of another version, or inconsistent.
     pub fn attach(segment: Arc<Segment>) -> Result<Service, LayoutError> {
         let region = Region::new(segment.clone());
-        let h = region
-            .ptr_at::<ServiceHeader>(0)
-            .ok_or_else(|| LayoutError::Corrupt("segment smaller than the header".into()))?;
-        // SAFETY: in bounds and aligned (ptr_at); atomics only; lives as long as `region`.
-        let h = unsafe { h.as_ref() };
-        // SYNC(magic): Acquire pairs with the Release store in `Service::create`.
-        if h.magic.load(Ordering::Acquire) != SERVICE_MAGIC {
-            return Err(LayoutError::NotReady);
-        }
-        let protocol = h.protocol.load(Ordering::Relaxed);
-        if protocol != PROTOCOL_VERSION {
-            return Err(LayoutError::Version {
-                found: protocol,
-                expected: PROTOCOL_VERSION,
-            });
-        }
-        let max_clients = h.max_clients.load(Ordering::Relaxed) as usize;
-        let lanes = h.lanes.load(Ordering::Relaxed) as usize;
-        let cap = h.ring_capacity.load(Ordering::Relaxed) as usize;
-        if max_clients == 0 || max_clients > MAX_CLIENTS || lanes == 0 || lanes > MAX_MODELS {
-            return Err(LayoutError::Corrupt(format!(
-                "{max_clients} clients, {lanes} lanes"
-            )));
-        }
-        if cap == 0 || cap > (1 << 20) || !cap.is_power_of_two() {
-            return Err(LayoutError::Corrupt(format!("ring capacity {cap}")));
-        }
-        let pool_bytes = h.pool_bytes.load(Ordering::Relaxed) as usize;
-        let pool_off = h.pool_offset.load(Ordering::Relaxed) as usize;
-        let base = Layout::new(max_clients, lanes, cap, &PoolConfig::small());
-        let layout = Layout {
-            pool: base.pool,
-            pool_bytes,
-            total: base.pool.saturating_add(pool_bytes),
-            ..base
-        };
-        if pool_off != layout.pool
-            || h.ring_bytes.load(Ordering::Relaxed) as usize != layout.ring_bytes
-            || layout.total > region.len()
-        {
-            return Err(LayoutError::Corrupt(format!(
-                "layout does not fit: pool at {pool_off} (expected {}), {} bytes needed, {} present",
-                layout.pool,
-                layout.total,
-                region.len()
-            )));
-        }
+        let layout = Layout::read(&region)?;
         Ok(Service {
             region,
             segment,

@@ -6,18 +6,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use shm_bench::report::{at_least, at_most, fmt_num, Report, Row, Section};
-use shm_bench::{child, ring_work, rt_work};
+use shm_bench::stats::Percentiles;
+use shm_bench::{child, peers, ring_work, rt_work};
 use shm_runtime::ring::WaitStrategy;
 
 struct Args {
     quick: bool,
     out: PathBuf,
+    /// Parts to run (all when empty).
+    only: Vec<String>,
 }
+
+/// The report's parts, in the order they run.
+const PARTS: [&str; 5] = ["rings", "runtime", "seed", "onnx", "gguf"];
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         quick: false,
         out: PathBuf::from("report"),
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -27,8 +34,22 @@ fn parse_args() -> Result<Args> {
                 Some(d) => args.out = PathBuf::from(d),
                 None => bail!("--out needs a directory"),
             },
+            "--only" => match it.next() {
+                Some(list) => {
+                    for part in list.split(',') {
+                        if !PARTS.contains(&part) {
+                            bail!("unknown part {part:?}: the parts are {}", PARTS.join(", "));
+                        }
+                        args.only.push(part.to_owned());
+                    }
+                }
+                None => bail!("--only needs a list of parts ({})", PARTS.join(",")),
+            },
             "-h" | "--help" => {
-                println!("usage: report [--quick] [--out DIR]   (default DIR: ./report)");
+                println!(
+                    "usage: report [--quick] [--out DIR] [--only PART,...]   (default DIR: ./report; parts: {})",
+                    PARTS.join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -191,35 +212,64 @@ fn rings(report: &mut Report, quick: bool) {
     });
 }
 
+/// A round-trip transport of the report: the runtime's own (server wait, client wait, pause between
+/// requests, round trips) or a peer's measurement function and its round trips.
+enum Transport {
+    Shm(&'static str, WaitStrategy, Option<Duration>, usize),
+    Peer(fn(u64) -> Result<Percentiles>, u64),
+}
+
 fn runtime(report: &mut Report, quick: bool) {
     println!("runtime round trips (echo backend, 64-byte payload, server in another process)");
     let n = if quick { 100_000 } else { 500_000 };
     let mut extra: Vec<(&str, f64)> = Vec::new();
-    let transports: [(&str, &str, WaitStrategy, Option<Duration>, usize); 3] = [
-        ("shm_busy", "busy", WaitStrategy::BusySpin, None, n),
-        ("shm_adaptive", "park", WaitStrategy::default(), None, n),
+    let peer_n = if quick { 60_000 } else { 300_000 };
+    let transports: [(&str, Transport); 7] = [
+        (
+            "shm_busy",
+            Transport::Shm("busy", WaitStrategy::BusySpin, None, n),
+        ),
+        (
+            "shm_adaptive",
+            Transport::Shm("park", WaitStrategy::default(), None, n),
+        ),
         (
             "shm_cold",
-            "park",
-            WaitStrategy::default(),
-            Some(Duration::from_millis(1)),
-            if quick { 500 } else { 3000 },
+            Transport::Shm(
+                "park",
+                WaitStrategy::default(),
+                Some(Duration::from_millis(1)),
+                if quick { 500 } else { 3000 },
+            ),
+        ),
+        ("iceoryx2", Transport::Peer(peers::iceoryx2, peer_n)),
+        ("uds_bincode", Transport::Peer(peers::uds_bincode, peer_n)),
+        ("http_json", Transport::Peer(peers::http_json, peer_n)),
+        (
+            "inproc_channel",
+            Transport::Peer(peers::inproc_channel, peer_n),
         ),
     ];
-    // The three transports alternate, 3 rounds each, medians (the VM's speed drifts in phases).
+    // The transports alternate, 3 rounds each, medians (the VM's speed drifts in phases).
     let mut runs: Vec<Vec<shm_bench::stats::Percentiles>> = vec![Vec::new(); transports.len()];
     measure(
         report,
         "rtt_ns_shm_busy_p50",
-        "busy, adaptive and cold round trips, 3 interleaved rounds",
+        "round trips over every transport, 3 interleaved rounds",
         || {
             // One server at a time: a busy-polling server would steal the core of the next.
             for _ in 0..3 {
-                for (k, (_, server_wait, client_wait, pause, n)) in transports.iter().enumerate() {
-                    let server = rt_work::EchoServer::start(server_wait)?;
-                    let r = rt_work::round_trips(&server, *client_wait, n / 3, *pause);
-                    server.stop()?;
-                    runs[k].push(r?);
+                for (k, (_, t)) in transports.iter().enumerate() {
+                    let r = match *t {
+                        Transport::Shm(server_wait, client_wait, pause, n) => {
+                            let server = rt_work::EchoServer::start(server_wait)?;
+                            let r = rt_work::round_trips(&server, client_wait, n / 3, pause);
+                            server.stop()?;
+                            r?
+                        }
+                        Transport::Peer(f, n) => f(n / 3)?,
+                    };
+                    runs[k].push(r);
                 }
             }
             Ok(median_p(runs[0].iter().copied()).p50)
@@ -341,6 +391,175 @@ fn runtime(report: &mut Report, quick: bool) {
         notes: vec![
             "Round trips: the busy, adaptive and cold series alternate, 3 rounds each, one server at a time; figures are per-percentile medians of the rounds. `Client::infer` of a Generate request with 64 bytes of text to the echo backend, measured by the client: loan a chunk, serialize into it, push a descriptor, worker pops, adopts, reads the request head and schedules it, validates the archive once (bytecheck + limits) when it runs, runs echo, serializes the answer into a new chunk, pushes it; client pops, validates the answer, drops the view (chunk released). Server in its own process with its worker pinned to the second CPU, client pinned to the first.".to_owned(),
             "Internals: validation is `rkyv::access` (bytecheck) plus the semantic checks on a 1000-token request; result creation is `encode_into` of a Generation with 200 token ids and the seed's `\"generated \".repeat(200)` text into a 64-byte aligned buffer; the scheduler is a worker's scheduler (4 priority levels, round-robin over clients), push then pop, jobs from 8 clients at mixed priorities.".to_owned(),
+        ],
+    });
+    peers_section(report);
+}
+
+/// The seed's tier-1 microbenchmarks (its request shapes and methods), ours beside them, in
+/// interleaved rounds.
+fn seed(report: &mut Report, quick: bool) {
+    use shm_bench::seed_work as sw;
+    println!("seed suite: encode, decode and validation of N-token requests, scheduler, pool, results");
+    let rounds = if quick { 3 } else { 5 };
+    let mut rows = Vec::new();
+    for n in sw::SEED_SIZES {
+        let keys = [
+            format!("encode_melem_s_{n}"),
+            format!("decode_melem_s_{n}"),
+            format!("seed_json_encode_melem_s_{n}"),
+            format!("seed_json_decode_melem_s_{n}"),
+        ];
+        let mut runs: [Vec<f64>; 4] = Default::default();
+        measure(
+            report,
+            &keys[0],
+            &format!("N = {n}: ours and seed JSON encode and decode, {rounds} interleaved rounds"),
+            || {
+                let fs: [fn(usize) -> Result<f64>; 4] = [
+                    sw::encode_melem_s,
+                    sw::decode_melem_s,
+                    sw::seed_json_encode_melem_s,
+                    sw::seed_json_decode_melem_s,
+                ];
+                for _ in 0..rounds {
+                    for (k, f) in fs.iter().enumerate() {
+                        runs[k].push(f(n)?);
+                    }
+                }
+                Ok(shm_bench::stats::median(&mut runs[0]))
+            },
+        );
+        for (k, key) in keys.iter().enumerate().skip(1) {
+            if runs[k].is_empty() {
+                report.missing(key, "the measurement failed");
+            } else {
+                report.set(key, shm_bench::stats::median(&mut runs[k]));
+            }
+        }
+        let g = |k: &str| report.get(k);
+        let (enc, dec, senc, sdec) = (g(&keys[0]), g(&keys[1]), g(&keys[2]), g(&keys[3]));
+        let times = |a: Option<f64>, b: Option<f64>, bar: f64| match (a, b) {
+            (Some(a), Some(b)) if a / b >= bar => format!("{:.0} x seed JSON: meets (>= {bar} x)", a / b),
+            (Some(a), Some(b)) => format!("{:.1} x seed JSON: **misses** (>= {bar} x)", a / b),
+            _ => "not measured".to_owned(),
+        };
+        let past = match (dec, enc) {
+            (Some(d), Some(e)) if d > e => format!("{:.2} x encode: meets (decode > encode); {}", d / e, times(dec, sdec, 100.0)),
+            (Some(d), Some(e)) => format!("{:.2} x encode: **misses** (decode > encode); {}", d / e, times(dec, sdec, 100.0)),
+            _ => "not measured".to_owned(),
+        };
+        let seed_ref = |k: &str| match k {
+            "encode" => "seed's published 104-135 Melem/s".to_owned(),
+            _ => "seed's published 23.6 Melem/s".to_owned(),
+        };
+        rows.push(row(&format!("encode, N = {n} tokens, into a pool chunk"), &keys[0], "Melem/s", &format!(">= 10 x seed JSON; {}", seed_ref("encode")), times(enc, senc, 10.0)));
+        rows.push(row(&format!("decode, N = {n}: full validation + sum of every token, in place"), &keys[1], "Melem/s", &format!("> encode, >= 100 x seed JSON; {}", seed_ref("decode")), past));
+        rows.push(row(&format!("seed method: serde_json encode, N = {n}"), &keys[2], "Melem/s", "measured here", String::new()));
+        rows.push(row(&format!("seed method: serde_json decode + sum, N = {n}"), &keys[3], "Melem/s", "measured here", String::new()));
+    }
+    let pairs: [(&str, &str, fn() -> Result<f64>); 4] = [
+        ("seed_validate_ns_1000", "seed-style validation (JSON parse + the same limits), 1000 tokens", || sw::seed_validate_ns(1000)),
+        ("seed_scheduler_mops", "seed-style scheduler (binary heap, 4 levels), push + pop", || Ok(sw::seed_scheduler_mops())),
+        ("seed_pool_acquire_release_ns", "seed-style pool (mutex over 4 KiB buffers), acquire + release", || Ok(sw::seed_pool_acquire_release_ns())),
+        ("seed_result_create_ns", "seed-style result (`\"generated \".repeat(200)` into a String)", || Ok(sw::seed_result_create_ns())),
+    ];
+    for (key, what, f) in pairs {
+        measure(report, key, what, || median_of(rounds, f));
+    }
+    let g = |k: &str| report.get(k);
+    let vs = |ours: Option<f64>, seed: Option<f64>, lower_is_better: bool| match (ours, seed) {
+        (Some(o), Some(s)) if lower_is_better => format!("ours {} ns: {:.2} x the seed method's time", fmt_num(o), o / s),
+        (Some(o), Some(s)) => format!("ours {} M/s: {:.2} x the seed method's rate", fmt_num(o), o / s),
+        _ => "not measured".to_owned(),
+    };
+    rows.push(row("seed-style validation, 1000 tokens", "seed_validate_ns_1000", "ns", "seed's published 2.9-4.3 ns (a length check, no parse)", vs(g("validate_ns_1000"), g("seed_validate_ns_1000"), true)));
+    rows.push(row("seed-style scheduler, push + pop", "seed_scheduler_mops", "M pairs/s", "seed's published 2-5 Melem/s", vs(g("scheduler_mops"), g("seed_scheduler_mops"), false)));
+    rows.push(row("seed-style pool, acquire + release", "seed_pool_acquire_release_ns", "ns", "seed's published 1.05 us", vs(g("pool_loan_release_ns"), g("seed_pool_acquire_release_ns"), true)));
+    rows.push(row("seed-style result creation, 200 tokens", "seed_result_create_ns", "ns", "seed's published 85-113 ns", vs(g("result_create_ns"), g("seed_result_create_ns"), true)));
+    report.section(Section {
+        title: "The seed's microbenchmarks, reproduced side by side".to_owned(),
+        rows,
+        notes: vec![
+            "Request shape as the seed's: request id, model id, N prompt tokens (u32, from a 32k vocabulary), parameters (max_tokens, temperature, top_p, top_k, stream, timeout_ms); one element = one token. The seed method is serde_json of an internally tagged enum (`#[serde(tag = \"type\")]`) with those fields, into a reused Vec, and `from_slice` back plus a sum of every token; no transport, as the seed measured. Ours: encode = loan a chunk from the shared-memory pool, write the 16-byte request head and the rkyv archive straight into it, release the chunk (the client's path); decode = exactly what the server does to a request chunk (ownership, head, bytecheck of the archive, semantic limits, head agreement) plus the same 16-lane sum of every token read in place. Encoded sizes: 512 / 4,112 / 16,112 bytes (ours) against 752 / 5,839 / 22,805 bytes of JSON for N = 100 / 1,000 / 4,000. Each figure is the median of 31 batches of ~2 ms; ours and the seed's alternate in rounds, and the figure is the median of the rounds.".to_owned(),
+            "The seed's other figures are rebuilt from its description: a binary heap over 4 priority levels (push then pop), a mutex-guarded pool of 4 KiB buffers (acquire then release, one thread, uncontended), and a result whose text is `\"generated \".repeat(200)` in a String. Uncontended on one thread, the mutex pool is faster than ours, which is lock-free across processes and checks ownership and generations (two compare-exchanges and two counter updates per loan); the seed's published 1.05 us does not reproduce with a plain mutex pool.".to_owned(),
+        ],
+    });
+}
+
+/// The runtime's busy round trip against every other transport, measured in the same interleaved
+/// rounds.
+fn peers_section(report: &mut Report) {
+    let g = |k: &str| report.get(k);
+    let shm = g("rtt_ns_shm_busy_p50");
+    // (peer, what it is, how many times slower than shm_busy it must be, or no bar)
+    let peers: [(&str, &str, Option<f64>); 4] = [
+        (
+            "iceoryx2",
+            "iceoryx2 0.10 request-response, busy-polling both sides",
+            Some(1.0),
+        ),
+        (
+            "uds_bincode",
+            "Unix socket, length-prefixed bincode frames",
+            Some(10.0),
+        ),
+        (
+            "http_json",
+            "HTTP/1.1 keep-alive, JSON, loopback (hyper server)",
+            Some(50.0),
+        ),
+        (
+            "inproc_channel",
+            "crossbeam channels between two threads (no process boundary)",
+            None,
+        ),
+    ];
+    let mut rows = vec![row(
+        "this runtime, busy-poll both sides, p50",
+        "rtt_ns_shm_busy_p50",
+        "ns",
+        "",
+        String::new(),
+    )];
+    for (t, what, bar) in peers {
+        let p50 = format!("rtt_ns_{t}_p50");
+        let verdict = match (g(&p50), shm) {
+            (Some(peer), Some(ours)) => {
+                let x = peer / ours;
+                match bar {
+                    Some(b) if x >= b => format!("{x:.1} x this runtime's p50: meets (>= {b} x)"),
+                    Some(b) => format!("{x:.1} x this runtime's p50: **misses** (>= {b} x)"),
+                    None => format!("{x:.2} x this runtime's p50"),
+                }
+            }
+            _ => "not measured".to_owned(),
+        };
+        let reference = match bar {
+            Some(b) => format!("this runtime's p50 <= peer / {b}"),
+            None => "in-process floor of a channel".to_owned(),
+        };
+        rows.push(row(
+            &format!("{what}, p50"),
+            &p50,
+            "ns",
+            &reference,
+            verdict,
+        ));
+        rows.push(row(
+            &format!("{what}, p99"),
+            &format!("rtt_ns_{t}_p99"),
+            "ns",
+            "",
+            String::new(),
+        ));
+    }
+    report.section(Section {
+        title: "Round trips: this runtime against other local transports".to_owned(),
+        rows,
+        notes: vec![
+            "Same workload for every transport (bench/src/peers): one request at a time with a 64-byte payload to an echo server, the answer checked, client pinned to the first CPU and the server to the second, in its own process except for the channel. All seven transports (three of the runtime's waits, four peers) alternate in 3 rounds, one server at a time; figures are per-percentile medians of the rounds. p99.9 is in report.json.".to_owned(),
+            "uds_bincode: a blocking Unix stream socket, each message a u32 length then bincode 2 of a request struct shaped like the runtime's (id, model name, task, the payload as text, parameters). http_json: hyper 1 on a current-thread tokio runtime, one keep-alive connection, a blocking std client writing HTTP/1.1 with Content-Length and TCP_NODELAY, serde_json bodies of the same structs. iceoryx2: request-response of a 64-byte POD each way, both sides busy-polling (its fastest configuration; with event-based waiting it is tens of microseconds). inproc_channel: bounded crossbeam channels of capacity 1 between two threads.".to_owned(),
         ],
     });
 }
@@ -707,11 +926,12 @@ fn onnx_measure(report: &mut Report, quick: bool) {
     }
 }
 
-const GGUF_KEYS: [&str; 7] = [
+const GGUF_KEYS: [&str; 8] = [
     "gguf_tok_s_direct",
     "gguf_tok_s_runtime",
     "gguf_ttft_ms_runtime",
     "gguf_ttft_ms_direct",
+    "gguf_ttft_ms_server",
     "gguf_tok_s_2streams",
     "gguf_runtime_over_direct",
     "gguf_2streams_over_runtime",
@@ -758,10 +978,11 @@ fn gguf(report: &mut Report, quick: bool) {
             row("greedy decoding through the runtime, streamed to a client process", "gguf_tok_s_runtime", "tok/s", ">= 0.97 x direct; seed's tiers 10 / 25 / 50 tok/s", format!("{}; {tier}", verdict(over, 0.97, "direct"))),
             row("time to first token through the runtime (prompt of 15 tokens)", "gguf_ttft_ms_runtime", "ms", "", String::new()),
             row("time to first token in-process", "gguf_ttft_ms_direct", "ms", "", String::new()),
+            row("time to first token inside the server (admission to first sample)", "gguf_ttft_ms_server", "ms", "", String::new()),
             row("two streams at once (continuous batching), total", "gguf_tok_s_2streams", "tok/s", ">= 1.3 x one stream", verdict(two, 1.3, "one stream")),
         ],
         notes: vec![
-            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, context 2048). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048`, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct and runtime alternate, medians of 3 rounds (1 with --quick).", GGUF_PROMPT, 64, 32),
+            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048` per sequence, so one context of 4096, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct and runtime alternate, medians of 3 rounds (1 with --quick).", GGUF_PROMPT, 64, 32),
         ],
     });
 }
@@ -793,7 +1014,13 @@ fn gguf_measure(report: &mut Report, quick: bool) {
         server.stream(8)?;
         let (mut d, mut r, mut two) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            d.push(gguf_work::direct(&path, n as usize, 1)?);
+            // The server's context holds `parallel` sequences: the direct side gets one as large.
+            d.push(gguf_work::direct(
+                &path,
+                n as usize,
+                1,
+                2 * gguf_work::CONTEXT,
+            )?);
             r.push(server.stream(n)?);
             two.push(server.two_streams(n)?);
         }
@@ -810,6 +1037,10 @@ fn gguf_measure(report: &mut Report, quick: bool) {
             report.set("gguf_ttft_ms_direct", med(&d, |x| x.ttft_ms));
             report.set("gguf_tok_s_runtime", med(&r, |x| x.tok_s));
             report.set("gguf_ttft_ms_runtime", med(&r, |x| x.ttft_ms));
+            report.set(
+                "gguf_ttft_ms_server",
+                med(&r, |x| x.server_ttft_ms.unwrap_or(f64::NAN)),
+            );
             report.set("gguf_tok_s_2streams", shm_bench::stats::median(&mut two));
             let (a, b, c) = (
                 med(&r, |x| x.tok_s),
@@ -840,10 +1071,22 @@ fn main() -> Result<()> {
         args.out.display()
     );
     let mut report = Report::new();
-    rings(&mut report, args.quick);
-    runtime(&mut report, args.quick);
-    onnx(&mut report, args.quick);
-    gguf(&mut report, args.quick);
+    let run = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
+    if run("rings") {
+        rings(&mut report, args.quick);
+    }
+    if run("runtime") {
+        runtime(&mut report, args.quick);
+    }
+    if run("seed") {
+        seed(&mut report, args.quick);
+    }
+    if run("onnx") {
+        onnx(&mut report, args.quick);
+    }
+    if run("gguf") {
+        gguf(&mut report, args.quick);
+    }
     report.set("report_seconds", started.elapsed().as_secs_f64());
     report.write(&args.out)?;
     println!(

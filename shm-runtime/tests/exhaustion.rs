@@ -1,0 +1,704 @@
+//! Exhaustion with real shared memory and real processes: a full request ring, an exhausted pool or
+//! quota, every client slot taken, oversized requests, and a client that never reads its answers.
+//! Each case must end in a typed error or backpressure, never a hang, and must not cost another
+//! client its answers. Every wait is bounded; a watchdog aborts the binary if a test hangs anyway.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task, Tensor, TensorData};
+use shm_runtime::ring::pool::{PoolConfig, SizeClass};
+use shm_runtime::service::{Service, MAX_CLIENTS};
+use shm_runtime::{Client, Error, ModelConfig, ResponseView, Server, ServerConfig, Ticket};
+
+const ROLE: &str = "SHM_EXHAUSTION_ROLE";
+const SERVICE: &str = "SHM_EXHAUSTION_SERVICE";
+const ARG: &str = "SHM_EXHAUSTION_ARG";
+
+/// Aborts the whole test binary when a test runs longer than its limit: a hang fails loudly
+/// instead of stalling the suite.
+struct Watchdog(Option<mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn new(test: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{test} hung for more than {limit:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender disconnects the channel: the watchdog thread returns.
+        self.0.take();
+    }
+}
+
+struct Kid {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+    reaped: bool,
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Kid {
+    fn client(role: &str, service: &str, arg: &str) -> Kid {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(ROLE, role)
+            .env(SERVICE, service)
+            .env(ARG, arg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Kid {
+            out: BufReader::new(child.stdout.take().unwrap()),
+            stdin: child.stdin.take(),
+            child,
+            reaped: false,
+        }
+    }
+
+    /// The rest of the first line containing `prefix` (the child is killed by Drop if this fails;
+    /// the watchdog bounds a child that prints nothing).
+    fn expect(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "child exited before printing {prefix:?}");
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..].trim().to_owned();
+            }
+        }
+    }
+
+    fn tell(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn kill9(&mut self) {
+        // SAFETY: sends a signal to our own child's pid; no memory involved.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(r, 0);
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    fn wait_success(mut self) {
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        assert!(status.success(), "child failed: {status:?}");
+    }
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn unique(tag: &str) -> String {
+    format!("x-{tag}-{}", std::process::id())
+}
+
+fn sleep_model(name: &str, step_ms: f64, slots: Option<i64>) -> ModelConfig {
+    let mut m = ModelConfig::new(name, "sleep");
+    m.options
+        .insert("step_ms".into(), toml::Value::Float(step_ms));
+    if let Some(n) = slots {
+        m.options.insert("slots".into(), toml::Value::Integer(n));
+    }
+    m
+}
+
+/// A Generate request; `max_tokens` 0 means the default.
+fn generate(id: u64, model: &str, text: &str, max_tokens: u32) -> Request {
+    Request {
+        id,
+        model: model.into(),
+        task: Task::Generate,
+        input: Input::Text(text.into()),
+        params: Params {
+            max_tokens: if max_tokens == 0 {
+                Params::default().max_tokens
+            } else {
+                max_tokens
+            },
+            ..Params::default()
+        },
+    }
+}
+
+fn text_of(v: &ResponseView) -> String {
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => g.text.as_str().to_owned(),
+        other => panic!("expected a generation, got {other:?}"),
+    }
+}
+
+/// The final answer of `t`, skipping stream chunks; fails the test after `limit`.
+fn final_of(client: &Client, t: Ticket, limit: Duration) -> Result<ResponseView, Error> {
+    let end = Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match client.recv(t, left) {
+            Ok(v) if !v.is_final() => continue,
+            Err(Error::TimedOut) if Instant::now() >= end => {
+                panic!("no final answer for ticket {t:?} within {limit:?}")
+            }
+            other => return other,
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn is_busy(e: &Error, cause: &str) -> bool {
+    matches!(e, Error::Busy(m) if m.contains(cause))
+}
+
+/// Child processes: this binary re-executed with [`ROLE`] set.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let service = std::env::var(SERVICE).unwrap();
+    let arg: u64 = std::env::var(ARG).unwrap().parse().unwrap_or(0);
+    match role.as_str() {
+        // Connects, says so, and waits to be killed.
+        "idle" => {
+            let _client = Client::connect(&service).unwrap();
+            say("CONNECTED".into());
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        // Takes every chunk it can (keeping each answer), then reports how it was stopped.
+        "hog" => {
+            let client = Client::connect(&service).unwrap();
+            let mut views = Vec::new();
+            let how = loop {
+                assert!(views.len() < 100_000, "the pool never ran out");
+                let t = match client.submit(&generate(0, "echo", "hog", 0)) {
+                    Ok(t) => t,
+                    Err(e) => break format!("submit {e}"),
+                };
+                match final_of(&client, t, Duration::from_secs(5)) {
+                    Ok(v) => views.push(v),
+                    Err(e) => break format!("answer {e}"),
+                }
+            };
+            say(format!("HOG {} {how}", views.len()));
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        // Sends `arg` requests and reads no answer until told to on stdin; then reads them all.
+        "no-read" => {
+            let client = Client::connect(&service).unwrap();
+            let mut tickets = Vec::new();
+            let end = Instant::now() + Duration::from_secs(10);
+            for i in 0..arg {
+                let r = generate(i + 1, "slow", &format!("s{i}"), 1);
+                loop {
+                    match client.submit(&r) {
+                        Ok(t) => break tickets.push(t),
+                        // Backpressure from the request ring: retry shortly.
+                        Err(e) if is_busy(&e, "request ring is full") => {
+                            assert!(Instant::now() < end, "the request ring never drained");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("submit {i}: {e}"),
+                    }
+                }
+            }
+            say("SUBMITTED".into());
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            for (i, t) in tickets.into_iter().enumerate() {
+                // The answer's id is checked against the request's by the client.
+                let v = final_of(&client, t, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("answer {i}: {e}"));
+                assert_eq!(text_of(&v), "t0 ");
+            }
+            assert_eq!(client.in_flight(), 0);
+            say(format!("READ {arg}"));
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer() {
+    let _dog = Watchdog::new("full request ring", Duration::from_secs(30));
+    let svc = unique("ring");
+    // A stepping model takes in requests only between its 150 ms steps, so a burst fills the ring.
+    let mut cfg = ServerConfig::new(&svc, vec![sleep_model("steps", 150.0, Some(64))]);
+    cfg.ring_capacity = 16;
+    cfg.max_inflight = 1024;
+    let _server = Server::start(cfg).unwrap();
+    let client = Client::connect(&svc).unwrap();
+    let (_, total) = client.pool_free();
+
+    let mut first = generate(1, "steps", "first", 4);
+    first.params.stream = true;
+    let t0 = client.submit(&first).unwrap();
+    let v = client.recv(t0, Duration::from_secs(5)).unwrap();
+    assert!(!v.is_final(), "the first step's stream chunk");
+    drop(v);
+
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..2000u64 {
+        match client.submit(&generate(100 + i, "steps", "burst", 1)) {
+            Ok(t) => accepted.push((t, 100 + i)),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the ring filled up");
+    assert!(
+        is_busy(&refused, "request ring is full"),
+        "expected Busy (ring full), got {refused:?}"
+    );
+    assert!(
+        accepted.len() >= 16,
+        "the ring holds 16: {}",
+        accepted.len()
+    );
+    // The refused request left nothing behind: not in flight, its chunk back in the pool.
+    assert_eq!(client.in_flight(), accepted.len() + 1);
+
+    // Every accepted request gets its own final answer once the worker drains the ring.
+    for (t, id) in &accepted {
+        let v = final_of(&client, *t, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("request {id}: {e}"));
+        assert_eq!(v.response().unwrap().id, *id);
+        assert_eq!(text_of(&v), "t0 ");
+    }
+    let v = final_of(&client, t0, Duration::from_secs(5)).unwrap();
+    assert_eq!(text_of(&v), "t0 t1 t2 t3 ");
+    drop(v);
+
+    // Drained: submits succeed again.
+    let later: Vec<_> = (0..16)
+        .map(|i| {
+            client
+                .submit(&generate(5000 + i, "steps", "later", 1))
+                .unwrap()
+        })
+        .collect();
+    for t in later {
+        final_of(&client, t, Duration::from_secs(5)).unwrap();
+    }
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.pool_free(), (total, total), "no chunk leaked");
+}
+
+/// One class of 64 chunks of 1 KiB (requests and answers of these tests take one chunk each).
+fn small_pool(quota: u32) -> PoolConfig {
+    PoolConfig {
+        classes: vec![SizeClass {
+            chunk_size: 1024,
+            count: 64,
+        }],
+        max_owners: 16,
+        quota,
+    }
+}
+
+#[test]
+fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
+    let _dog = Watchdog::new("quota", Duration::from_secs(30));
+    let svc = unique("quota");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    cfg.pool = small_pool(16);
+    let _server = Server::start(cfg).unwrap();
+    let greedy = Client::connect(&svc).unwrap();
+    let other = Client::connect(&svc).unwrap();
+    let (_, total) = other.pool_free();
+
+    // Keep every answer: each holds one chunk, until the quota refuses the next loan.
+    let mut kept = Vec::new();
+    let refused = loop {
+        assert!(kept.len() <= 16, "the quota of 16 was not enforced");
+        let i = kept.len();
+        match greedy.infer(&generate(i as u64 + 1, "echo", &format!("g{i}"), 0)) {
+            Ok(v) => kept.push(v),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        is_busy(&refused, "quota"),
+        "expected Busy (quota), got {refused:?}"
+    );
+    assert_eq!(kept.len(), 16);
+    assert_eq!(greedy.in_flight(), 0);
+
+    // The other client is served, many times over, while the greedy one sits at its quota.
+    for i in 0..100 {
+        let v = other
+            .infer_timeout(
+                &generate(i + 1, "echo", &format!("o{i}"), 0),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(text_of(&v), format!("o{i}"));
+    }
+    // The greedy client's answers were not touched.
+    for (i, v) in kept.iter().enumerate() {
+        assert_eq!(text_of(v), format!("g{i}"));
+    }
+    // Giving back one answer lets it send one more request.
+    kept.pop();
+    greedy.infer(&generate(99, "echo", "again", 0)).unwrap();
+    drop(kept);
+    assert_eq!(other.pool_free(), (total, total));
+}
+
+#[test]
+fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies() {
+    let _dog = Watchdog::new("exhausted pool", Duration::from_secs(30));
+    let svc = unique("pool");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    // A quota above the pool's size: one client can take everything.
+    cfg.pool = small_pool(1000);
+    let _server = Server::start(cfg).unwrap();
+    let other = Client::connect(&svc).unwrap();
+    let (_, total) = other.pool_free();
+    let before = other.infer(&generate(7, "echo", "held", 0)).unwrap();
+
+    let mut hog = Kid::client("hog", &svc, "0");
+    let line = hog.expect("HOG ");
+    let (held, how) = line.split_once(' ').unwrap();
+    let held: u32 = held.parse().unwrap();
+    // Stopped by a typed Busy: no memory for its request, or (its last request took the last
+    // chunk) none for the answer, which then comes as an error.
+    assert!(how.contains("busy"), "the hog was stopped by: {how}");
+    assert!(
+        held + 2 >= total,
+        "the hog holds nearly every chunk: {held} of {total}"
+    );
+    assert!(other.pool_free().0 <= 1);
+
+    // Everyone else gets a typed Busy at once: at submit when no chunk is left, else as the
+    // answer (which then finds no chunk).
+    let start = Instant::now();
+    match other.submit(&generate(8, "echo", "starved", 0)) {
+        Err(e) => assert!(is_busy(&e, "no shared memory"), "{e:?}"),
+        Ok(t) => {
+            let e = final_of(&other, t, Duration::from_secs(5)).unwrap_err();
+            assert!(matches!(e, Error::Busy(_)), "{e:?}");
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(other.in_flight(), 0);
+    // What it already held is intact.
+    assert_eq!(text_of(&before), "held");
+
+    // The hog dies: its chunks come back and the others are served again.
+    hog.kill9();
+    wait_for("the hog's chunks to return", Duration::from_secs(5), || {
+        other.pool_free().0 == total - 1
+    });
+    let v = other.infer(&generate(9, "echo", "fed", 0)).unwrap();
+    assert_eq!(text_of(&v), "fed");
+    drop((v, before));
+    assert_eq!(other.pool_free(), (total, total));
+}
+
+#[test]
+fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
+    let _dog = Watchdog::new("max clients", Duration::from_secs(30));
+    let svc = unique("maxcl");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    cfg.max_clients = 2;
+    let _server = Server::start(cfg).unwrap();
+    let a = Client::connect(&svc).unwrap();
+    let mut b = Kid::client("idle", &svc, "0");
+    b.expect("CONNECTED");
+
+    let e = Client::connect(&svc).unwrap_err();
+    assert!(is_busy(&e, "every client slot is taken"), "{e:?}");
+    // The connected ones are served meanwhile.
+    a.infer(&generate(1, "echo", "a", 0)).unwrap();
+
+    // One leaves cleanly: its slot is free at once.
+    drop(a);
+    let c = Client::connect(&svc).unwrap();
+    assert!(is_busy(
+        &Client::connect(&svc).unwrap_err(),
+        "every client slot is taken"
+    ));
+
+    // One dies: the housekeeper frees its slot within a few ticks.
+    b.kill9();
+    let mut d = None;
+    wait_for(
+        "the dead client's slot",
+        Duration::from_secs(5),
+        || match Client::connect(&svc) {
+            Ok(cl) => {
+                d = Some(cl);
+                true
+            }
+            Err(e) => {
+                assert!(is_busy(&e, "every client slot is taken"), "{e:?}");
+                false
+            }
+        },
+    );
+    let d = d.unwrap();
+    let v = d.infer(&generate(2, "echo", "d", 0)).unwrap();
+    assert_eq!(text_of(&v), "d");
+    c.infer(&generate(3, "echo", "c", 0)).unwrap();
+}
+
+#[test]
+fn every_one_of_max_clients_slots_can_be_used() {
+    let _dog = Watchdog::new("all slots", Duration::from_secs(30));
+    let svc = unique("allslots");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    cfg.max_clients = MAX_CLIENTS;
+    cfg.ring_capacity = 16;
+    let _server = Server::start(cfg).unwrap();
+    let clients: Vec<Client> = (0..MAX_CLIENTS)
+        .map(|i| Client::connect(&svc).unwrap_or_else(|e| panic!("client {i}: {e}")))
+        .collect();
+    // The 65th is refused (no slot, and no pool owner entry either: both are Busy).
+    let e = Client::connect(&svc).unwrap_err();
+    assert!(matches!(e, Error::Busy(_)), "{e:?}");
+    for (i, c) in clients.iter().enumerate() {
+        let v = c.infer(&generate(1, "echo", &format!("c{i}"), 0)).unwrap();
+        assert_eq!(text_of(&v), format!("c{i}"));
+    }
+}
+
+#[test]
+fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
+    let _dog = Watchdog::new("oversized", Duration::from_secs(30));
+    let svc = unique("big");
+    let _server = Server::start(ServerConfig::new(
+        &svc,
+        vec![ModelConfig::new("echo", "echo")],
+    ))
+    .unwrap();
+    let client = Client::connect(&svc).unwrap();
+    let (_, total) = client.pool_free();
+    let invalid = |r: Result<ResponseView, Error>, what: &str| match r {
+        Err(Error::InvalidRequest(m)) => assert!(m.contains(what), "{what}: {m}"),
+        other => panic!("expected InvalidRequest ({what}), got {other:?}"),
+    };
+
+    // Larger than the largest chunk: refused before it leaves the client.
+    let huge = "x".repeat(2 << 20);
+    match client.submit(&generate(1, "echo", &huge, 0)) {
+        Err(Error::InvalidRequest(m)) => assert!(m.contains("largest chunk"), "{m}"),
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.pool_free(), (total, total));
+
+    // Fits a chunk but breaks a limit: the server refuses it.
+    let long = "y".repeat(300 << 10);
+    invalid(
+        client.infer(&generate(2, "echo", &long, 0)),
+        "exceeds the limit",
+    );
+    let mut r = generate(3, "echo", "", 0);
+    r.input = Input::Tokens(vec![1; 40 << 10]);
+    invalid(client.infer(&r), "exceed the limit");
+    invalid(
+        client.infer(&generate(4, "echo", "many tokens", (32 << 10) + 1)),
+        "max_tokens",
+    );
+    let mut r = generate(5, "echo", "", 0);
+    r.task = Task::Tensors;
+    r.input = Input::Tensors(
+        (0..17)
+            .map(|i| Tensor {
+                name: format!("t{i}"),
+                shape: vec![1],
+                data: TensorData::F32(vec![0.0]),
+            })
+            .collect(),
+    );
+    invalid(client.infer(&r), "tensors");
+    let mut r = generate(6, "echo", "late", 0);
+    r.params.timeout_ms = u32::MAX;
+    invalid(client.infer(&r), "timeout_ms");
+    let mut r = generate(7, "echo", "", 0);
+    r.params.stop = (0..17).map(|i| format!("s{i}")).collect();
+    invalid(client.infer(&r), "stop");
+    // A descriptor claiming more bytes than its chunk has.
+    let t = client.submit_bytes("echo", &[0u8; 64], 1 << 20).unwrap();
+    invalid(client.recv(t, Duration::from_secs(5)), "exceeds the chunk");
+
+    // The server is fine and nothing leaked.
+    let v = client.infer(&generate(8, "echo", "still here", 0)).unwrap();
+    assert_eq!(text_of(&v), "still here");
+    drop(v);
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.pool_free(), (total, total));
+}
+
+#[test]
+fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
+    let _dog = Watchdog::new("oversized answer", Duration::from_secs(30));
+    let svc = unique("bigans");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    cfg.pool = PoolConfig {
+        classes: vec![SizeClass {
+            chunk_size: 4096,
+            count: 16,
+        }],
+        max_owners: 8,
+        quota: 16,
+    };
+    let _server = Server::start(cfg).unwrap();
+    let client = Client::connect(&svc).unwrap();
+    let (_, total) = client.pool_free();
+    // 3000 bytes of text fit a 4 KiB chunk; their embedding (3000 f32) does not.
+    let mut r = generate(1, "echo", &"e".repeat(3000), 0);
+    r.task = Task::Embed;
+    match client.infer_timeout(&r, Duration::from_secs(5)) {
+        Err(Error::Busy(m)) => assert!(m.contains("chunk"), "{m}"),
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+    let v = client.infer(&generate(2, "echo", "small", 0)).unwrap();
+    assert_eq!(text_of(&v), "small");
+    drop(v);
+    assert_eq!(client.pool_free(), (total, total));
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
+    let _dog = Watchdog::new("slow reader", Duration::from_secs(40));
+    let svc = unique("noread");
+    let mut cfg = ServerConfig::new(&svc, vec![sleep_model("slow", 5.0, None)]);
+    cfg.ring_capacity = 16;
+    let _server = Server::start(cfg).unwrap();
+    let observer = Service::open(&svc).unwrap();
+    let completed = || {
+        observer
+            .lane(0)
+            .completed
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    let fast = Client::connect(&svc).unwrap();
+    let (_, total) = fast.pool_free();
+
+    // 48 answers for a response ring of 16: 32 of them cannot be delivered until it reads.
+    let mut slow = Kid::client("no-read", &svc, "48");
+    slow.expect("SUBMITTED");
+    wait_for(
+        "the slow client's requests to run",
+        Duration::from_secs(5),
+        || completed() >= 48,
+    );
+
+    // Another client of the same model is answered promptly, in full, many times over.
+    for i in 0..50u64 {
+        let start = Instant::now();
+        let v = fast
+            .infer_timeout(&generate(i + 1, "slow", "f", 1), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(text_of(&v), "t0 ");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "answer {i} took {:?}",
+            start.elapsed()
+        );
+    }
+    // Its stream chunks flow while the model runs, not all at the end.
+    let mut r = generate(100, "slow", "stream", 100);
+    r.params.stream = true;
+    let start = Instant::now();
+    let mut chunks = fast.stream(&r).unwrap();
+    let first = chunks.next().unwrap().unwrap();
+    let first_after = start.elapsed();
+    assert!(!first.is_final());
+    drop(first);
+    let rest: Vec<_> = chunks.map(Result::unwrap).collect();
+    let total_time = start.elapsed();
+    assert_eq!(rest.len(), 100, "99 more chunks and the final answer");
+    assert!(rest.last().unwrap().is_final());
+    assert!(
+        first_after < total_time / 2,
+        "the first stream chunk came after {first_after:?} of {total_time:?}"
+    );
+    drop(rest);
+
+    // The slow client's answers were kept, not dropped: it reads all 48 now.
+    slow.tell("read");
+    slow.expect("READ 48");
+    slow.wait_success();
+
+    // One that never reads and dies: whatever waited for it is returned.
+    let mut dead = Kid::client("no-read", &svc, "48");
+    dead.expect("SUBMITTED");
+    wait_for(
+        "the second slow client's requests to run",
+        Duration::from_secs(5),
+        || completed() >= 48 + 50 + 1 + 48,
+    );
+    assert!(fast.pool_free().0 < total, "its answers hold chunks");
+    dead.kill9();
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        fast.pool_free() == (total, total)
+    });
+    fast.infer(&generate(200, "slow", "after", 1)).unwrap();
+}
+
+#[test]
+fn configurations_that_could_never_serve_are_refused_at_start() {
+    let svc = unique("badcfg");
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    // Chunks larger than a descriptor's 24-bit length could not carry their answers.
+    cfg.pool = PoolConfig {
+        classes: vec![SizeClass {
+            chunk_size: 32 << 20,
+            count: 1,
+        }],
+        max_owners: 8,
+        quota: 4,
+    };
+    match Server::start(cfg) {
+        Err(shm_runtime::ServerError::Config(m)) => assert!(m.contains("descriptor"), "{m}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // A ring of one entry could never be attached by a client.
+    let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    cfg.ring_capacity = 1;
+    assert!(matches!(
+        Server::start(cfg),
+        Err(shm_runtime::ServerError::Config(_))
+    ));
+    assert!(!std::path::Path::new(&format!("/dev/shm/shmr.{svc}")).exists());
+}

@@ -1,0 +1,124 @@
+//! Failures the chaos soak (`cargo run --release -p shm-bench --bin soak`) found, each reproduced
+//! deterministically in one process.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+use shm_runtime::ring::ProcessToken;
+use shm_runtime::service::{Service, CLIENT_ACTIVE};
+use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+
+fn name(tag: &str) -> String {
+    format!("r-{tag}-{}", std::process::id())
+}
+
+fn generate(id: u64, model: &str, text: &str, max_tokens: u32) -> Request {
+    Request {
+        id,
+        model: model.into(),
+        task: Task::Generate,
+        input: Input::Text(text.into()),
+        params: Params {
+            max_tokens,
+            ..Params::default()
+        },
+    }
+}
+
+fn text_of(v: &shm_runtime::ResponseView) -> String {
+    match &v.response().unwrap().body {
+        ArchivedBody::Generation(g) => g.text.as_str().to_owned(),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client killed and restarted at once: the new process registers its pool owner (taking over
+/// the dead one's entry, the first free) before the housekeeper has reaped the dead client's slot,
+/// which still names that owner id. Reaping the slot used to reclaim every chunk of that owner id,
+/// taking the new process's requests and answers from under it (its requests were refused as
+/// "not held", its answers unreadable).
+#[test]
+fn reaping_a_dead_client_spares_the_owner_entry_a_new_process_took_over() {
+    let service = name("owner");
+    let _server = Server::start(ServerConfig::new(
+        &service,
+        vec![ModelConfig::new("echo", "echo")],
+    ))
+    .unwrap();
+    let client = Client::connect(&service).unwrap();
+    let held = client.infer(&generate(1, "echo", "held", 16)).unwrap();
+    let free = client.pool_free();
+    let svc = Service::open(&service).unwrap();
+    let me = ProcessToken::current().raw();
+    let slots = 0..svc.layout.max_clients;
+    let mine = slots
+        .clone()
+        .find(|&c| svc.client(c).token.load(Ordering::Acquire) == me)
+        .unwrap();
+    let ghost = slots
+        .clone()
+        .find(|&c| svc.client(c).token.load(Ordering::Acquire) == 0)
+        .unwrap();
+    // The dead client's slot: its token (a process that does not exist) and the owner id that
+    // the live client now holds.
+    let dead = (u64::from(u32::MAX - 1) << 32) | 99;
+    let e = svc.client(ghost);
+    e.owner.store(
+        svc.client(mine).owner.load(Ordering::Acquire),
+        Ordering::Relaxed,
+    );
+    e.state.store(CLIENT_ACTIVE, Ordering::Release);
+    e.token.store(dead, Ordering::Release);
+    wait_for(
+        "the housekeeper to reap the dead slot",
+        Duration::from_secs(5),
+        || svc.client(ghost).token.load(Ordering::Acquire) == 0,
+    );
+    // The live client's chunks are still its own.
+    assert_eq!(text_of(&held), "held");
+    assert_eq!(client.pool_free(), free);
+    drop(held);
+    let v = client.infer(&generate(2, "echo", "after", 16)).unwrap();
+    assert_eq!(text_of(&v), "after");
+}
+
+/// A worker running a job takes in new descriptors (cancels, most of all) without re-reading the
+/// client table. A client slot that changed hands meanwhile (one client left, another connected
+/// into the same slot and got the same pool owner id) used to have its new holder's request taken
+/// under the departed holder's epoch, then dropped as the departed client's: never answered.
+#[test]
+fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder() {
+    let service = name("handover");
+    let mut slow = ModelConfig::new("slow", "sleep");
+    slow.options
+        .insert("step_ms".into(), toml::Value::Float(1.0));
+    let _server = Server::start(ServerConfig::new(&service, vec![slow])).unwrap();
+    let first = Client::connect(&service).unwrap();
+    let busy = Client::connect(&service).unwrap();
+    // The lane's worker knows both connections.
+    first.infer(&generate(1, "slow", "x", 1)).unwrap();
+    busy.infer(&generate(2, "slow", "x", 1)).unwrap();
+    // `busy` keeps the lane's only worker running for ~400 ms.
+    let long = busy.submit(&generate(3, "slow", "x", 400)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(first);
+    let second = Client::connect(&service).unwrap();
+    let t = second.submit(&generate(4, "slow", "x", 1)).unwrap();
+    let v = second
+        .recv(t, Duration::from_secs(10))
+        .expect("the new holder of the slot is answered");
+    assert!(v.is_final());
+    assert_eq!(text_of(&v), "t0 ");
+    let v = busy.recv(long, Duration::from_secs(10)).unwrap();
+    assert!(v.is_final());
+    assert_eq!(second.stray_answers() + busy.stray_answers(), 0);
+}
