@@ -405,8 +405,10 @@ impl<T> std::fmt::Debug for Consumer<T> {
 }
 
 /// How many times an index may be re-read without any sign of progress before the ring is declared
-/// corrupt (a stamp that fits no lap around the index).
-const MAX_STALE_ROUNDS: u32 = 1 << 16;
+/// corrupt (a stamp that fits no lap around the index). Smaller under cargo-fuzz (`--cfg fuzzing`),
+/// where corrupt rings are the common case and the bound only has to be finite.
+#[allow(unexpected_cfgs)] // `fuzzing` is set by cargo-fuzz, not by this workspace.
+const MAX_STALE_ROUNDS: u32 = if cfg!(fuzzing) { 1 << 8 } else { 1 << 16 };
 
 /// A claimed, unpublished slot.
 struct ClaimedSlot {
@@ -482,6 +484,7 @@ impl<T: Pod> Producer<T> {
         let h = s_.hdr();
         let mine = CLAIMED | s_.index;
         let mut stale_rounds = 0;
+        let mut helped = 0;
         loop {
             let pos = h.tail.load(Ordering::Relaxed);
             let slot = s_.slot(pos);
@@ -508,6 +511,12 @@ impl<T: Pod> Producer<T> {
             } else if delta == 0 || (delta < (1 << (SEQ_BITS - 1)) && state_of(s) == EMPTY) {
                 // Someone claimed `pos` (or it was even consumed already) but tail was not advanced:
                 // help, so a producer that died right after its claim cannot stall the ring.
+                // Tail trails the claims by a few positions, never by laps: helping on for more
+                // than a lap means a peer wrote the stamps, and would take up to 2^47 rounds.
+                helped += 1;
+                if helped > s_.cap + u64::from(MAX_STALE_ROUNDS) {
+                    return Err(PushError::Corrupted(()));
+                }
                 let _ = h.tail.compare_exchange(
                     pos,
                     pos.wrapping_add(1),
@@ -584,7 +593,11 @@ impl<T: Pod> Producer<T> {
                     .wrapping_sub(h.head.load(Ordering::SeqCst))
                     < cap
             };
-            if strategy.wait_until(&h.not_full, deadline, ready).is_err() {
+            // The deadline holds also when `ready` says there is room and `push` still finds none
+            // (indices a peer corrupted): `wait_until` then returns at once, every round.
+            if strategy.wait_until(&h.not_full, deadline, ready).is_err()
+                || Instant::now() >= deadline
+            {
                 return Err(PushError::TimedOut(value));
             }
         }
@@ -660,6 +673,7 @@ impl<T: Pod> Consumer<T> {
         let h = s_.hdr();
         let mine = TAKEN | s_.index;
         let mut stale_rounds = 0;
+        let mut helped = 0;
         loop {
             let pos = h.head.load(Ordering::Relaxed);
             let slot = s_.slot(pos);
@@ -724,7 +738,12 @@ impl<T: Pod> Consumer<T> {
                     return Err(PopError::Corrupted);
                 }
             } else if delta < (1 << (SEQ_BITS - 1)) && st == EMPTY {
-                // Already consumed (the taker died or is slow before advancing head): help.
+                // Already consumed (the taker died or is slow before advancing head): help. As in
+                // `claim`, head trails the takes by a few positions, never by laps.
+                helped += 1;
+                if helped > s_.cap + u64::from(MAX_STALE_ROUNDS) {
+                    return Err(PopError::Corrupted);
+                }
                 let _ = h.head.compare_exchange(
                     pos,
                     pos.wrapping_add(1),
@@ -762,10 +781,13 @@ impl<T: Pod> Consumer<T> {
             let slice = deadline.min(Instant::now() + Duration::from_millis(1));
             let ready =
                 || h.tail.load(Ordering::SeqCst) != head || h.head.load(Ordering::SeqCst) != head;
-            let waited = strategy.wait_until(&h.not_empty, slice, ready);
+            let _ = strategy.wait_until(&h.not_empty, slice, ready);
             // Spin in the first slice only.
             strategy = strategy.parking_now();
-            if waited.is_err() && Instant::now() >= deadline {
+            // Checked whether or not the wait saw something: `ready` may hold while `pop` finds
+            // nothing (a claim not yet published, or indices a peer corrupted), and then the wait
+            // returns at once, every round.
+            if Instant::now() >= deadline {
                 return self.pop().map_err(|e| {
                     if e == PopError::Empty {
                         PopError::TimedOut
@@ -858,6 +880,63 @@ mod tests {
         assert_eq!(rx.pop(), Ok(1));
         assert_eq!(rx.pop(), Ok(3));
         assert_eq!(rx.pop(), Err(PopError::Empty));
+    }
+
+    /// Runs `f` on another thread and fails the test if it has not returned within 5 s.
+    fn returns_in_time<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (done, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(f()));
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the blocking call outlived its deadline")
+    }
+
+    #[test]
+    fn blocking_calls_keep_their_deadline_when_a_peer_corrupts_the_indices() {
+        // A peer bumps tail: `ready` sees an entry, `pop` finds an empty slot.
+        let region = ring(4);
+        let rx = Consumer::<u64>::attach(&region).unwrap();
+        rx.shared.hdr().tail.fetch_add(1, Ordering::SeqCst);
+        let got = returns_in_time(move || {
+            rx.pop_blocking(
+                &WaitStrategy::BusySpin,
+                Instant::now() + Duration::from_millis(20),
+            )
+        });
+        assert_eq!(got, Err(PopError::TimedOut));
+        // A peer bumps head of a full ring: `ready` sees room, `push` finds the slot full.
+        let region = ring(2);
+        let tx = Producer::<u64>::attach(&region).unwrap();
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        tx.shared.hdr().head.fetch_add(1, Ordering::SeqCst);
+        let got = returns_in_time(move || {
+            tx.push_blocking(
+                3,
+                &WaitStrategy::BusySpin,
+                Instant::now() + Duration::from_millis(20),
+            )
+        });
+        assert_eq!(got, Err(PushError::TimedOut(3)));
+    }
+
+    #[test]
+    fn stamps_of_a_far_lap_are_corruption_not_a_lag_to_help_through() {
+        // A peer writes every stamp as EMPTY 2^46 positions ahead: helping the index along one
+        // position at a time would take 2^46 rounds.
+        let region = ring(4);
+        let tx = Producer::<u64>::attach(&region).unwrap();
+        let rx = Consumer::<u64>::attach(&region).unwrap();
+        for i in 0..4 {
+            rx.shared
+                .slot(i)
+                .stamp
+                .store(stamp(i + (1 << 46), EMPTY), Ordering::SeqCst);
+        }
+        assert_eq!(returns_in_time(move || rx.pop()), Err(PopError::Corrupted));
+        assert_eq!(
+            returns_in_time(move || tx.push(1)),
+            Err(PushError::Corrupted(1))
+        );
     }
 
     #[test]
