@@ -161,11 +161,16 @@ impl GgufServer {
     ///
     /// When a request fails.
     pub fn two_streams(&self, n: u32) -> Result<f64> {
-        let name = self.name.clone();
+        // Both connect first, then start together.
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
         let runs: Vec<_> = (0..2)
             .map(|_| {
-                let name = name.clone();
-                std::thread::spawn(move || stream_times(&name, n))
+                let (name, start) = (self.name.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let client = Client::connect(&name);
+                    start.wait();
+                    stream_times(&client?, n)
+                })
             })
             .collect();
         let mut all = Vec::new();
@@ -217,8 +222,7 @@ fn request(n: u32) -> Request {
 
 /// Arrival times of a stream's tokens, and the server's time to first token (µs) from the final
 /// message's usage.
-fn stream_times(name: &str, n: u32) -> Result<(Vec<Instant>, Option<u64>)> {
-    let client = Client::connect(name)?;
+fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<u64>)> {
     let mut times = Vec::with_capacity(n as usize);
     let mut server_ttft = None;
     for item in client.stream(&request(n))? {
@@ -233,8 +237,11 @@ fn stream_times(name: &str, n: u32) -> Result<(Vec<Instant>, Option<u64>)> {
 }
 
 fn stream_from(name: &str, n: u32) -> Result<Rate> {
+    // Connected first: the time to first token runs from the request, as the direct side's runs
+    // from the prompt, not from attaching to the service.
+    let client = Client::connect(name)?;
     let start = Instant::now();
-    let (times, server_ttft) = stream_times(name, n)?;
+    let (times, server_ttft) = stream_times(&client, n)?;
     Ok(Rate {
         server_ttft_ms: server_ttft.map(|us| us as f64 / 1e3),
         ..rate(start, &times)?

@@ -396,11 +396,16 @@ fn runtime(report: &mut Report, quick: bool) {
     peers_section(report);
 }
 
+/// A figure's measurement function.
+type Measurement = fn() -> Result<f64>;
+
 /// The seed's tier-1 microbenchmarks (its request shapes and methods), ours beside them, in
 /// interleaved rounds.
 fn seed(report: &mut Report, quick: bool) {
     use shm_bench::seed_work as sw;
-    println!("seed suite: encode, decode and validation of N-token requests, scheduler, pool, results");
+    println!(
+        "seed suite: encode, decode and validation of N-token requests, scheduler, pool, results"
+    );
     let rounds = if quick { 3 } else { 5 };
     let mut rows = Vec::new();
     for n in sw::SEED_SIZES {
@@ -440,43 +445,129 @@ fn seed(report: &mut Report, quick: bool) {
         let g = |k: &str| report.get(k);
         let (enc, dec, senc, sdec) = (g(&keys[0]), g(&keys[1]), g(&keys[2]), g(&keys[3]));
         let times = |a: Option<f64>, b: Option<f64>, bar: f64| match (a, b) {
-            (Some(a), Some(b)) if a / b >= bar => format!("{:.0} x seed JSON: meets (>= {bar} x)", a / b),
+            (Some(a), Some(b)) if a / b >= bar => {
+                format!("{:.0} x seed JSON: meets (>= {bar} x)", a / b)
+            }
             (Some(a), Some(b)) => format!("{:.1} x seed JSON: **misses** (>= {bar} x)", a / b),
             _ => "not measured".to_owned(),
         };
         let past = match (dec, enc) {
-            (Some(d), Some(e)) if d > e => format!("{:.2} x encode: meets (decode > encode); {}", d / e, times(dec, sdec, 100.0)),
-            (Some(d), Some(e)) => format!("{:.2} x encode: **misses** (decode > encode); {}", d / e, times(dec, sdec, 100.0)),
+            (Some(d), Some(e)) if d > e => format!(
+                "{:.2} x encode: meets (decode > encode); {}",
+                d / e,
+                times(dec, sdec, 100.0)
+            ),
+            (Some(d), Some(e)) => format!(
+                "{:.2} x encode: **misses** (decode > encode); {}",
+                d / e,
+                times(dec, sdec, 100.0)
+            ),
             _ => "not measured".to_owned(),
         };
         let seed_ref = |k: &str| match k {
             "encode" => "seed's published 104-135 Melem/s".to_owned(),
             _ => "seed's published 23.6 Melem/s".to_owned(),
         };
-        rows.push(row(&format!("encode, N = {n} tokens, into a pool chunk"), &keys[0], "Melem/s", &format!(">= 10 x seed JSON; {}", seed_ref("encode")), times(enc, senc, 10.0)));
-        rows.push(row(&format!("decode, N = {n}: full validation + sum of every token, in place"), &keys[1], "Melem/s", &format!("> encode, >= 100 x seed JSON; {}", seed_ref("decode")), past));
-        rows.push(row(&format!("seed method: serde_json encode, N = {n}"), &keys[2], "Melem/s", "measured here", String::new()));
-        rows.push(row(&format!("seed method: serde_json decode + sum, N = {n}"), &keys[3], "Melem/s", "measured here", String::new()));
+        rows.push(row(
+            &format!("encode, N = {n} tokens, into a pool chunk"),
+            &keys[0],
+            "Melem/s",
+            &format!(">= 10 x seed JSON; {}", seed_ref("encode")),
+            times(enc, senc, 10.0),
+        ));
+        rows.push(row(
+            &format!("decode, N = {n}: full validation + sum of every token, in place"),
+            &keys[1],
+            "Melem/s",
+            &format!("> encode, >= 100 x seed JSON; {}", seed_ref("decode")),
+            past,
+        ));
+        rows.push(row(
+            &format!("seed method: serde_json encode, N = {n}"),
+            &keys[2],
+            "Melem/s",
+            "measured here",
+            String::new(),
+        ));
+        rows.push(row(
+            &format!("seed method: serde_json decode + sum, N = {n}"),
+            &keys[3],
+            "Melem/s",
+            "measured here",
+            String::new(),
+        ));
     }
-    let pairs: [(&str, &str, fn() -> Result<f64>); 4] = [
-        ("seed_validate_ns_1000", "seed-style validation (JSON parse + the same limits), 1000 tokens", || sw::seed_validate_ns(1000)),
-        ("seed_scheduler_mops", "seed-style scheduler (binary heap, 4 levels), push + pop", || Ok(sw::seed_scheduler_mops())),
-        ("seed_pool_acquire_release_ns", "seed-style pool (mutex over 4 KiB buffers), acquire + release", || Ok(sw::seed_pool_acquire_release_ns())),
-        ("seed_result_create_ns", "seed-style result (`\"generated \".repeat(200)` into a String)", || Ok(sw::seed_result_create_ns())),
+    let pairs: [(&str, &str, Measurement); 4] = [
+        (
+            "seed_validate_ns_1000",
+            "seed-style validation (JSON parse + the same limits), 1000 tokens",
+            || sw::seed_validate_ns(1000),
+        ),
+        (
+            "seed_scheduler_mops",
+            "seed-style scheduler (binary heap, 4 levels), push + pop",
+            || Ok(sw::seed_scheduler_mops()),
+        ),
+        (
+            "seed_pool_acquire_release_ns",
+            "seed-style pool (mutex over 4 KiB buffers), acquire + release",
+            || Ok(sw::seed_pool_acquire_release_ns()),
+        ),
+        (
+            "seed_result_create_ns",
+            "seed-style result (`\"generated \".repeat(200)` into a String)",
+            || Ok(sw::seed_result_create_ns()),
+        ),
     ];
     for (key, what, f) in pairs {
         measure(report, key, what, || median_of(rounds, f));
     }
     let g = |k: &str| report.get(k);
     let vs = |ours: Option<f64>, seed: Option<f64>, lower_is_better: bool| match (ours, seed) {
-        (Some(o), Some(s)) if lower_is_better => format!("ours {} ns: {:.2} x the seed method's time", fmt_num(o), o / s),
-        (Some(o), Some(s)) => format!("ours {} M/s: {:.2} x the seed method's rate", fmt_num(o), o / s),
+        (Some(o), Some(s)) if lower_is_better => format!(
+            "ours {} ns: {:.2} x the seed method's time",
+            fmt_num(o),
+            o / s
+        ),
+        (Some(o), Some(s)) => format!(
+            "ours {} M/s: {:.2} x the seed method's rate",
+            fmt_num(o),
+            o / s
+        ),
         _ => "not measured".to_owned(),
     };
-    rows.push(row("seed-style validation, 1000 tokens", "seed_validate_ns_1000", "ns", "seed's published 2.9-4.3 ns (a length check, no parse)", vs(g("validate_ns_1000"), g("seed_validate_ns_1000"), true)));
-    rows.push(row("seed-style scheduler, push + pop", "seed_scheduler_mops", "M pairs/s", "seed's published 2-5 Melem/s", vs(g("scheduler_mops"), g("seed_scheduler_mops"), false)));
-    rows.push(row("seed-style pool, acquire + release", "seed_pool_acquire_release_ns", "ns", "seed's published 1.05 us", vs(g("pool_loan_release_ns"), g("seed_pool_acquire_release_ns"), true)));
-    rows.push(row("seed-style result creation, 200 tokens", "seed_result_create_ns", "ns", "seed's published 85-113 ns", vs(g("result_create_ns"), g("seed_result_create_ns"), true)));
+    rows.push(row(
+        "seed-style validation, 1000 tokens",
+        "seed_validate_ns_1000",
+        "ns",
+        "seed's published 2.9-4.3 ns (a length check, no parse)",
+        vs(g("validate_ns_1000"), g("seed_validate_ns_1000"), true),
+    ));
+    rows.push(row(
+        "seed-style scheduler, push + pop",
+        "seed_scheduler_mops",
+        "M pairs/s",
+        "seed's published 2-5 Melem/s",
+        vs(g("scheduler_mops"), g("seed_scheduler_mops"), false),
+    ));
+    rows.push(row(
+        "seed-style pool, acquire + release",
+        "seed_pool_acquire_release_ns",
+        "ns",
+        "seed's published 1.05 us",
+        vs(
+            g("pool_loan_release_ns"),
+            g("seed_pool_acquire_release_ns"),
+            true,
+        ),
+    ));
+    rows.push(row(
+        "seed-style result creation, 200 tokens",
+        "seed_result_create_ns",
+        "ns",
+        "seed's published 85-113 ns",
+        vs(g("result_create_ns"), g("seed_result_create_ns"), true),
+    ));
     report.section(Section {
         title: "The seed's microbenchmarks, reproduced side by side".to_owned(),
         rows,
@@ -953,12 +1044,8 @@ fn gguf(report: &mut Report, quick: bool) {
         }
     }
     let g = |k: &str| report.get(k);
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    let over = ratio(g("gguf_tok_s_runtime"), g("gguf_tok_s_direct"));
-    let two = ratio(g("gguf_tok_s_2streams"), g("gguf_tok_s_runtime"));
+    let over = g("gguf_runtime_over_direct");
+    let two = g("gguf_2streams_over_runtime");
     let verdict = |r: Option<f64>, bar: f64, what: &str| match r {
         Some(r) if r >= bar => format!("{r:.3} x {what}: meets"),
         Some(r) => format!("{r:.3} x {what}: **misses**"),
@@ -982,7 +1069,7 @@ fn gguf(report: &mut Report, quick: bool) {
             row("two streams at once (continuous batching), total", "gguf_tok_s_2streams", "tok/s", ">= 1.3 x one stream", verdict(two, 1.3, "one stream")),
         ],
         notes: vec![
-            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048` per sequence, so one context of 4096, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct and runtime alternate, medians of 3 rounds (1 with --quick).", GGUF_PROMPT, 64, 32),
+            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048` per sequence, so one context of 4096, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct, runtime and two streams alternate in 7 rounds (3 with --quick); each figure is the median of its rounds, and each ratio the median of the ratios within a round.", GGUF_PROMPT, 64, 32),
         ],
     });
 }
@@ -1007,7 +1094,7 @@ fn gguf_measure(report: &mut Report, quick: bool) {
             return missing(report, &format!("{e:#}"));
         }
     };
-    let (rounds, n) = if quick { (1, 32) } else { (3, 64) };
+    let (rounds, n) = if quick { (3, 32) } else { (7, 64) };
     let t = Instant::now();
     let run = || -> Result<(Vec<gguf_work::Rate>, Vec<gguf_work::Rate>, Vec<f64>)> {
         let server = GgufServer::start(2, 1)?;
@@ -1047,10 +1134,22 @@ fn gguf_measure(report: &mut Report, quick: bool) {
                 med(&d, |x| x.tok_s),
                 report.get("gguf_tok_s_2streams").unwrap_or(0.0),
             );
-            report.set("gguf_runtime_over_direct", a / b);
-            report.set("gguf_2streams_over_runtime", c / a);
+            // Ratios of the runs made side by side in each round, then their median: the VM's
+            // speed drifts between rounds by more than the differences measured.
+            let mut over: Vec<f64> = r.iter().zip(&d).map(|(r, d)| r.tok_s / d.tok_s).collect();
+            let mut gain: Vec<f64> = two.iter().zip(&r).map(|(t, r)| t / r.tok_s).collect();
+            report.set(
+                "gguf_runtime_over_direct",
+                shm_bench::stats::median(&mut over),
+            );
+            report.set(
+                "gguf_2streams_over_runtime",
+                shm_bench::stats::median(&mut gain),
+            );
             println!(
-                "  direct {b:.1} tok/s, runtime {a:.1} tok/s, two streams {c:.1} tok/s ({:.1} s)",
+                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x) ({:.1} s)",
+                report.get("gguf_runtime_over_direct").unwrap_or(f64::NAN),
+                report.get("gguf_2streams_over_runtime").unwrap_or(f64::NAN),
                 t.elapsed().as_secs_f64()
             );
         }
