@@ -5,12 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use shm_runtime::output::Out;
 use shm_runtime::protocol::{
-    access_request, check_request, encode_into, FinishReason, Input, Limits, Params, Request, Task,
-    Usage,
+    access_request, check_request, encode_into, Input, Limits, Params, Request, Task,
 };
-use shm_runtime::scheduler::{Job, Scheduler};
 use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 
 use crate::child::{pin_to, Kid};
@@ -226,30 +223,13 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
 ///
 /// When the buffer is too small.
 pub fn result_create_ns() -> Result<f64> {
-    let mut buf = Box::new(Buf([0; 64 << 10]));
-    let text = "generated ".repeat(200);
-    let tokens: Vec<u32> = (0..200).collect();
-    let usage = Usage {
-        prompt_tokens: 1,
-        generated_tokens: 200,
-        ..Usage::default()
-    };
+    let mut r = crate::seed_work::InPlaceResult::new();
     let mut per = Vec::new();
     for _ in 0..31 {
         let iters = 100_000;
         let t = Instant::now();
         for _ in 0..iters {
-            let mut out = Out::in_buffer(&mut buf.0, 1);
-            let mut g = out
-                .generation(200, text.len())
-                .map_err(anyhow::Error::msg)?;
-            g.push_text(std::hint::black_box(&text))
-                .map_err(anyhow::Error::msg)?;
-            g.push_tokens(std::hint::black_box(&tokens))
-                .map_err(anyhow::Error::msg)?;
-            g.finish(FinishReason::Length, usage)
-                .map_err(anyhow::Error::msg)?;
-            std::hint::black_box(out.written());
+            std::hint::black_box(r.create()?);
         }
         per.push(t.elapsed().as_nanos() as f64 / iters as f64);
     }
@@ -259,31 +239,13 @@ pub fn result_create_ns() -> Result<f64> {
 /// Millions of enqueue + dequeue pairs per second through a worker's scheduler (32 client slots,
 /// jobs from 8 clients at 4 priority levels).
 pub fn scheduler_mops() -> f64 {
-    let mut s = Scheduler::new(32);
-    let now = shm_runtime::scheduler::now_ns();
-    let job = Job {
-        client: 0,
-        epoch: 1,
-        ticket: 0,
-        chunk: shm_runtime::ring::pool::ChunkId::from_raw(0),
-        len: 0,
-        request_id: 0,
-        priority: 1,
-        deadline_ns: now,
-        accepted_ns: now,
-    };
+    let mut s = crate::seed_work::OurScheduler::new();
     let mut per = Vec::new();
     for _ in 0..21 {
         let iters = 1_000_000u32;
         let t = Instant::now();
         for i in 0..iters {
-            let _ = s.push(Job {
-                client: (i % 8) as u16,
-                ticket: i,
-                priority: (i & 3) as u8,
-                ..job
-            });
-            std::hint::black_box(s.pop());
+            std::hint::black_box(s.pair(i));
         }
         per.push(iters as f64 / t.elapsed().as_secs_f64() / 1e6);
     }
