@@ -115,6 +115,63 @@ pub fn direct(path: &PathBuf, n: usize, threads: i32, n_ctx: u32) -> Result<Rate
     rate(start, &times)
 }
 
+/// Greedy generation of `n` tokens for each of `seqs` copies of the prompt decoded together in one
+/// batch per step, in this process (llama.cpp's own gain from batching sequences, the ceiling of
+/// continuous batching); total tokens per second after each sequence's first token.
+///
+/// # Errors
+///
+/// When the model or llama.cpp fails.
+pub fn direct_batched(path: &PathBuf, n: usize, threads: i32, seqs: usize) -> Result<f64> {
+    let backend = shm_runtime::backend::gguf::llama().map_err(anyhow::Error::msg)?;
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+    let mut ctx = model
+        .new_context(
+            backend,
+            LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(CONTEXT * seqs as u32))
+                .with_n_batch(512)
+                .with_n_ubatch(512)
+                .with_n_seq_max(seqs as u32)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads),
+        )
+        .map_err(|e| anyhow!("context: {e}"))?;
+    let vocab = model.vocab();
+    let prompt = vocab.tokenize(PROMPT.as_bytes(), true, false);
+    let mut batch = LlamaBatch::new(512, seqs as i32);
+    for seq in 0..seqs {
+        for (i, &t) in prompt.iter().enumerate() {
+            batch.add(t, i as i32, &[seq as i32], i + 1 == prompt.len())?;
+        }
+    }
+    ctx.decode(&mut batch).map_err(|e| anyhow!("decode: {e}"))?;
+    let mut samplers: Vec<_> = (0..seqs).map(|_| LlamaSampler::greedy()).collect();
+    let mut at: Vec<i32> = (0..seqs)
+        .map(|s| ((s + 1) * prompt.len()) as i32 - 1)
+        .collect();
+    let (mut first, mut last) = (None, Instant::now());
+    let mut tokens = 0usize;
+    for pos in (prompt.len() as i32..).take(n) {
+        batch.clear();
+        for seq in 0..seqs {
+            let t = samplers[seq].sample(&ctx, at[seq]);
+            std::hint::black_box(vocab.token_to_piece(t, false, None));
+            batch.add(t, pos, &[seq as i32], true)?;
+            at[seq] = seq as i32;
+        }
+        last = Instant::now();
+        match first {
+            None => first = Some(Instant::now()),
+            Some(_) => tokens += seqs,
+        }
+        ctx.decode(&mut batch).map_err(|e| anyhow!("decode: {e}"))?;
+    }
+    let first = first.ok_or_else(|| anyhow!("no tokens generated"))?;
+    Ok(tokens as f64 / (last - first).as_secs_f64())
+}
+
 /// A SmolLM2 server in a child process.
 #[derive(Debug)]
 pub struct GgufServer {

@@ -1017,12 +1017,14 @@ fn onnx_measure(report: &mut Report, quick: bool) {
     }
 }
 
-const GGUF_KEYS: [&str; 8] = [
+const GGUF_KEYS: [&str; 10] = [
     "gguf_tok_s_direct",
     "gguf_tok_s_runtime",
     "gguf_ttft_ms_runtime",
     "gguf_ttft_ms_direct",
     "gguf_ttft_ms_server",
+    "gguf_tok_s_direct_2seq",
+    "gguf_direct_2seq_over_direct",
     "gguf_tok_s_2streams",
     "gguf_runtime_over_direct",
     "gguf_2streams_over_runtime",
@@ -1067,6 +1069,16 @@ fn gguf(report: &mut Report, quick: bool) {
             row("time to first token in-process", "gguf_ttft_ms_direct", "ms", "", String::new()),
             row("time to first token inside the server (admission to first sample)", "gguf_ttft_ms_server", "ms", "", String::new()),
             row("two streams at once (continuous batching), total", "gguf_tok_s_2streams", "tok/s", ">= 1.3 x one stream", verdict(two, 1.3, "one stream")),
+            row(
+                "two sequences per decode step in-process, llama-cpp-2 directly, total",
+                "gguf_tok_s_direct_2seq",
+                "tok/s",
+                "llama.cpp's own gain from batching: the ceiling of the line above",
+                match g("gguf_direct_2seq_over_direct") {
+                    Some(x) => format!("{x:.2} x one sequence in-process"),
+                    None => "not measured".to_owned(),
+                },
+            ),
         ],
         notes: vec![
             format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048` per sequence, so one context of 4096, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct, runtime and two streams alternate in 7 rounds (3 with --quick); each figure is the median of its rounds, and each ratio the median of the ratios within a round.", GGUF_PROMPT, 64, 32),
@@ -1096,10 +1108,16 @@ fn gguf_measure(report: &mut Report, quick: bool) {
     };
     let (rounds, n) = if quick { (3, 32) } else { (7, 64) };
     let t = Instant::now();
-    let run = || -> Result<(Vec<gguf_work::Rate>, Vec<gguf_work::Rate>, Vec<f64>)> {
+    type Runs = (
+        Vec<gguf_work::Rate>,
+        Vec<gguf_work::Rate>,
+        Vec<f64>,
+        Vec<f64>,
+    );
+    let run = || -> Result<Runs> {
         let server = GgufServer::start(2, 1)?;
         server.stream(8)?;
-        let (mut d, mut r, mut two) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut r, mut two, mut d2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             // The server's context holds `parallel` sequences: the direct side gets one as large.
             d.push(gguf_work::direct(
@@ -1110,12 +1128,13 @@ fn gguf_measure(report: &mut Report, quick: bool) {
             )?);
             r.push(server.stream(n)?);
             two.push(server.two_streams(n)?);
+            d2.push(gguf_work::direct_batched(&path, n as usize, 1, 2)?);
         }
         server.stop()?;
-        Ok((d, r, two))
+        Ok((d, r, two, d2))
     };
     match run() {
-        Ok((d, r, mut two)) => {
+        Ok((d, r, mut two, d2)) => {
             let med = |v: &[gguf_work::Rate], f: fn(&gguf_work::Rate) -> f64| {
                 let mut x: Vec<f64> = v.iter().map(f).collect();
                 shm_bench::stats::median(&mut x)
@@ -1146,10 +1165,23 @@ fn gguf_measure(report: &mut Report, quick: bool) {
                 "gguf_2streams_over_runtime",
                 shm_bench::stats::median(&mut gain),
             );
+            // llama.cpp's own gain from decoding two sequences per step, in-process: the ceiling
+            // of continuous batching on this machine.
+            let mut ceiling: Vec<f64> = d2.iter().zip(&d).map(|(t, d)| t / d.tok_s).collect();
+            report.set(
+                "gguf_tok_s_direct_2seq",
+                shm_bench::stats::median(&mut d2.clone()),
+            );
+            report.set(
+                "gguf_direct_2seq_over_direct",
+                shm_bench::stats::median(&mut ceiling),
+            );
             println!(
-                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x) ({:.1} s)",
+                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x), in-process two sequences {:.1} tok/s ({:.2} x direct) ({:.1} s)",
                 report.get("gguf_runtime_over_direct").unwrap_or(f64::NAN),
                 report.get("gguf_2streams_over_runtime").unwrap_or(f64::NAN),
+                report.get("gguf_tok_s_direct_2seq").unwrap_or(f64::NAN),
+                report.get("gguf_direct_2seq_over_direct").unwrap_or(f64::NAN),
                 t.elapsed().as_secs_f64()
             );
         }
