@@ -3,8 +3,6 @@
 //! Each case must end in a typed error or backpressure, never a hang, and must not cost another
 //! client its answers. Every wait is bounded; a watchdog aborts the binary if a test hangs anyway.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -41,80 +39,12 @@ impl Drop for Watchdog {
     }
 }
 
-struct Kid {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    stdin: Option<ChildStdin>,
-    reaped: bool,
-}
+mod common;
+use common::{say, Kid};
 
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Kid {
-    fn client(role: &str, service: &str, arg: &str) -> Kid {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(SERVICE, service)
-            .env(ARG, arg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Kid {
-            out: BufReader::new(child.stdout.take().unwrap()),
-            stdin: child.stdin.take(),
-            child,
-            reaped: false,
-        }
-    }
-
-    /// The rest of the first line containing `prefix` (the child is killed by Drop if this fails;
-    /// the watchdog bounds a child that prints nothing).
-    fn expect(&mut self, prefix: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.out.read_line(&mut line).unwrap();
-            assert!(n > 0, "child exited before printing {prefix:?}");
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn tell(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: sends a signal to our own child's pid; no memory involved.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(r, 0);
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    fn wait_success(mut self) {
-        let status = self.child.wait().unwrap();
-        self.reaped = true;
-        assert!(status.success(), "child failed: {status:?}");
-    }
-}
-
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
+/// A client process of this binary in `role`.
+fn client(role: &str, service: &str, arg: &str) -> Kid {
+    Kid::role(&[(ROLE, role), (SERVICE, service), (ARG, arg)])
 }
 
 fn unique(tag: &str) -> String {
@@ -394,7 +324,7 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
     let (_, total) = other.pool_free();
     let before = other.infer(&generate(7, "echo", "held", 0)).unwrap();
 
-    let mut hog = Kid::client("hog", &svc, "0");
+    let mut hog = client("hog", &svc, "0");
     let line = hog.expect("HOG ");
     let (held, how) = line.split_once(' ').unwrap();
     let held: u32 = held.parse().unwrap();
@@ -441,7 +371,7 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     cfg.max_clients = 2;
     let _server = Server::start(cfg).unwrap();
     let a = Client::connect(&svc).unwrap();
-    let mut b = Kid::client("idle", &svc, "0");
+    let mut b = client("idle", &svc, "0");
     b.expect("CONNECTED");
 
     let e = Client::connect(&svc).unwrap_err();
@@ -615,7 +545,7 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     let (_, total) = fast.pool_free();
 
     // 48 answers for a response ring of 16: 32 of them cannot be delivered until it reads.
-    let mut slow = Kid::client("no-read", &svc, "48");
+    let mut slow = client("no-read", &svc, "48");
     slow.expect("SUBMITTED");
     wait_for(
         "the slow client's requests to run",
@@ -661,7 +591,7 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     slow.wait_success();
 
     // One that never reads and dies: whatever waited for it is returned.
-    let mut dead = Kid::client("no-read", &svc, "48");
+    let mut dead = client("no-read", &svc, "48");
     dead.expect("SUBMITTED");
     wait_for(
         "the second slow client's requests to run",

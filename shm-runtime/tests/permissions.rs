@@ -2,10 +2,9 @@
 //! neither attach, read, remove nor replace it, names cannot leave /dev/shm, and `cleanup` removes
 //! only segments whose server has died.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shm_runtime::protocol::{Input, Params, Request, Task};
@@ -18,68 +17,26 @@ const SERVICE: &str = "SHM_PERMISSIONS_SERVICE";
 /// The unprivileged account the cross-user test runs its attacker as.
 const OTHER_USER: &str = "shmr-test-other";
 
-struct Kid {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    reaped: bool,
-}
+mod common;
+use common::{say, Kid};
 
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// `shm-runtime serve` with an echo model, under umask 000 (the segment's mode must not
+/// depend on it).
+fn start_server(service: &str) -> Kid {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shm-runtime"));
+    cmd.args(["serve", "--name", service, "--model", "echo=echo"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped());
+    // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
     }
-}
-
-impl Kid {
-    fn from(mut child: Child) -> Kid {
-        Kid {
-            out: BufReader::new(child.stdout.take().unwrap()),
-            child,
-            reaped: false,
-        }
-    }
-
-    /// `shm-runtime serve` with an echo model, under umask 000 (the segment's mode must not
-    /// depend on it).
-    fn server(service: &str) -> Kid {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shm-runtime"));
-        cmd.args(["serve", "--name", service, "--model", "echo=echo"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped());
-        // SAFETY: umask is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::umask(0);
-                Ok(())
-            });
-        }
-        let mut kid = Kid::from(cmd.spawn().unwrap());
-        kid.expect("serving");
-        kid
-    }
-
-    fn expect(&mut self, prefix: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.out.read_line(&mut line).unwrap();
-            assert!(n > 0, "child exited before printing {prefix:?}");
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: sends a signal to our own child's pid; no memory involved.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(r, 0);
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
+    let mut kid = Kid::from(cmd.spawn().unwrap());
+    kid.expect("serving");
+    kid
 }
 
 /// Removes a dead server's segment when dropped (never a live one), so a failing test leaves
@@ -116,12 +73,6 @@ fn cli(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
-}
-
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Child processes: this binary re-executed with [`ROLE`] set.
@@ -165,7 +116,7 @@ fn child_entry() {
 fn a_served_segment_is_private_to_its_user_whatever_the_umask() {
     let service = unique("mode");
     let _cleanup = StaleSegment(service.clone());
-    let server = Kid::server(&service);
+    let server = start_server(&service);
     let meta = std::fs::metadata(path_of(&service)).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o7777,
@@ -273,9 +224,7 @@ fn another_user_can_neither_attach_nor_remove_nor_replace_a_service() {
         "{serve}"
     );
     kid.expect("DONE");
-    let status = kid.child.wait().unwrap();
-    kid.reaped = true;
-    assert!(status.success(), "{status:?}");
+    kid.wait_success();
     assert!(Instant::now() < deadline, "the attacker took too long");
 
     // The service is untouched: same file, same mode, still serving.
@@ -378,7 +327,7 @@ fn service_names_cannot_leave_dev_shm() {
 fn cleanup_never_removes_a_live_service_and_removes_a_dead_ones_segment() {
     let service = unique("cleanup");
     let _cleanup = StaleSegment(service.clone());
-    let mut server = Kid::server(&service);
+    let mut server = start_server(&service);
     let path = path_of(&service);
     let ino = std::fs::metadata(&path).unwrap().ino();
     let client = Client::connect(&service).unwrap();
@@ -418,6 +367,6 @@ fn cleanup_never_removes_a_live_service_and_removes_a_dead_ones_segment() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no segment"));
     // And the name can be served again.
-    let _server = Kid::server(&service);
+    let _server = start_server(&service);
     Client::connect(&service).unwrap().infer(&echo(3)).unwrap();
 }

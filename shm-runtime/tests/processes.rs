@@ -2,8 +2,7 @@
 //! server, clients and servers killed with SIGKILL.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shm_runtime::protocol::{Input, Params, Request, Task};
@@ -13,95 +12,32 @@ const ROLE: &str = "SHM_RUNTIME_TEST_ROLE";
 const SERVICE: &str = "SHM_RUNTIME_TEST_SERVICE";
 const ARG: &str = "SHM_RUNTIME_TEST_ARG";
 
-struct Kid {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    reaped: bool,
+mod common;
+use common::{say, Kid};
+
+/// A client process of this binary in `role`.
+fn client(role: &str, service: &str, arg: &str) -> Kid {
+    Kid::role(&[(ROLE, role), (SERVICE, service), (ARG, arg)])
 }
 
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Kid {
-    fn from(mut child: Child) -> Kid {
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Kid {
-            child,
-            out,
-            reaped: false,
-        }
-    }
-
-    fn client(role: &str, service: &str, arg: &str) -> Kid {
-        Kid::from(
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-                .env(ROLE, role)
-                .env(SERVICE, service)
-                .env(ARG, arg)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn server(service: &str) -> Kid {
-        Kid::from(
-            Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
-                .args([
-                    "serve",
-                    "--name",
-                    service,
-                    "--model",
-                    "echo=echo",
-                    "--model",
-                    "slow=sleep",
-                ])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn expect(&mut self, prefix: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.out.read_line(&mut line).unwrap();
-            assert!(n > 0, "child exited before printing {prefix:?}");
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: sends a signal to our own child's pid; no memory involved.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(r, 0);
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    fn wait_success(mut self) {
-        let status = self.child.wait().unwrap();
-        self.reaped = true;
-        assert!(status.success(), "child failed: {status:?}");
-    }
-}
-
-fn say(line: String) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
+/// `shm-runtime serve` with an echo and a sleep model.
+fn start_server(service: &str) -> Kid {
+    Kid::from(
+        Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+            .args([
+                "serve",
+                "--name",
+                service,
+                "--model",
+                "echo=echo",
+                "--model",
+                "slow=sleep",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A Generate request with default parameters.
@@ -246,9 +182,7 @@ fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills(
     let _server = Server::start(cfg).unwrap();
     let observer = Client::connect(&service).unwrap();
     let (_, total) = observer.pool_free();
-    let mut kids: Vec<Kid> = (0..4)
-        .map(|_| Kid::client("load", &service, "10000"))
-        .collect();
+    let mut kids: Vec<Kid> = (0..4).map(|_| client("load", &service, "10000")).collect();
     kids[0].expect("progress 1000");
     kids[0].kill9();
     for k in kids.drain(1..) {
@@ -278,7 +212,7 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
     .unwrap();
     let observer = Client::connect(&service).unwrap();
     let (_, total) = observer.pool_free();
-    let mut kid = Kid::client("stream-and-hang", &service, "0");
+    let mut kid = client("stream-and-hang", &service, "0");
     kid.expect("STREAMING");
     assert!(observer.pool_free().0 < total, "the child holds chunks");
     kid.kill9();
@@ -297,7 +231,7 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
 fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
     let service = unique("srvkill");
     let _cleanup = StaleSegment(service.clone());
-    let mut server = Kid::server(&service);
+    let mut server = start_server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
     let mut r = generate(0, "slow", "x");
@@ -317,7 +251,7 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
     assert_eq!(client.submit(&r).unwrap_err(), Error::ServerGone);
     drop(client);
     // A new server takes over the stale name; clients reconnect.
-    let mut server = Kid::server(&service);
+    let mut server = start_server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
     r.params.max_tokens = 1;
@@ -344,7 +278,7 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
 fn cli_ping_status_and_sigterm_drain() {
     let service = unique("sigterm");
     let _cleanup = StaleSegment(service.clone());
-    let mut server = Kid::server(&service);
+    let mut server = start_server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
     client.infer(&generate(1, "echo", "counted")).unwrap();
@@ -384,9 +318,7 @@ fn cli_ping_status_and_sigterm_drain() {
     assert_eq!(rc, 0);
     let answer = client.recv(t, Duration::from_secs(10)).unwrap();
     assert!(answer.is_final());
-    let status = server.child.wait().unwrap();
-    server.reaped = true;
-    assert!(status.success(), "{status:?}");
+    server.wait_success();
     assert!(matches!(client.submit(&r), Err(Error::ServerGone)));
     let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
         .args(["status", &service])
