@@ -2,9 +2,10 @@
 //! llama-cpp-2, and the same model behind a server in a child process, streamed to a client here,
 //! alone and with two streams at once.
 //!
-//! Both sides use one llama.cpp thread (the backend's default), a context of the same size and
-//! greedy decoding of the same prompt. Token rates are decode rates: tokens after the first, over the time from the first token
-//! to the last, so prompt processing is in the time to first token only.
+//! Both sides use one llama.cpp thread per sequence being decoded (the backend's default), a
+//! context of the same size and greedy decoding of the same prompt; the server has two workers, so
+//! two streams decode on two cores. Token rates are decode rates: tokens after the first, over the
+//! time from the first token to the last, so prompt processing is in the time to first token only.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -181,15 +182,21 @@ pub struct GgufServer {
 }
 
 impl GgufServer {
-    /// Starts one with `parallel` sequences and `threads` llama.cpp threads, and waits until it
-    /// answers.
+    /// Starts one with `workers` workers, each with a context of `parallel` sequences and
+    /// `threads` llama.cpp threads, and waits until it answers.
     ///
     /// # Errors
     ///
     /// When it does not come up within 60 s.
-    pub fn start(parallel: usize, threads: usize) -> Result<GgufServer> {
-        let name = format!("bench-gguf-{parallel}-{threads}-{}", std::process::id());
-        let mut kid = Kid::spawn("gguf-server", &format!("{name},{parallel},{threads}"))?;
+    pub fn start(parallel: usize, threads: usize, workers: usize) -> Result<GgufServer> {
+        let name = format!(
+            "bench-gguf-{parallel}-{threads}-{workers}-{}",
+            std::process::id()
+        );
+        let mut kid = Kid::spawn(
+            "gguf-server",
+            &format!("{name},{parallel},{threads},{workers}"),
+        )?;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match Client::connect(&name) {
@@ -311,8 +318,8 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
         return Ok(false);
     }
     let parts: Vec<&str> = arg.split(',').collect();
-    let [name, parallel, threads] = parts[..] else {
-        bail!("gguf-server wants NAME,PARALLEL,THREADS, got {arg:?}");
+    let [name, parallel, threads, workers] = parts[..] else {
+        bail!("gguf-server wants NAME,PARALLEL,THREADS,WORKERS, got {arg:?}");
     };
     let mut m = ModelConfig::new("smollm2", "gguf");
     m.path = Some(smollm2()?);
@@ -323,6 +330,7 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
         .insert("context".into(), toml::Value::Integer(CONTEXT.into()));
     m.options
         .insert("threads".into(), toml::Value::Integer(threads.parse()?));
+    m.workers = Some(workers.parse()?);
     let cfg = ServerConfig::new(name, vec![m]);
     crate::child::serve_until_sigterm(cfg)?;
     Ok(true)

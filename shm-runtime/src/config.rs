@@ -26,6 +26,12 @@ pub struct ModelConfig {
     /// Backend options.
     #[serde(default)]
     pub options: toml::Table,
+    /// Worker threads of this model's lane (default: the server's `workers_per_lane`). For a
+    /// model that decodes step by step (GGUF), each worker has its own context and sequences, and
+    /// a new request goes to the least loaded worker: with one llama.cpp thread each, two workers
+    /// decode two streams on two cores without meeting at a barrier.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl ModelConfig {
@@ -37,7 +43,13 @@ impl ModelConfig {
             path: None,
             task: None,
             options: toml::Table::new(),
+            workers: None,
         }
+    }
+
+    /// Worker threads of this model's lane under server configuration `c`.
+    pub fn workers(&self, c: &ServerConfig) -> usize {
+        self.workers.unwrap_or(c.workers_per_lane)
     }
 }
 
@@ -243,6 +255,7 @@ backend = "echo"
 name = "s"
 backend = "sleep"
 path = "weights.bin"
+workers = 3
 options = { step_ms = 2.5 }
 "#,
         )
@@ -260,6 +273,8 @@ options = { step_ms = 2.5 }
         assert_eq!(c.max_inflight, 8);
         assert_eq!(c.default_timeout, Duration::from_millis(1500));
         assert_eq!(c.models.len(), 2);
+        assert_eq!(c.models[0].workers(&c), 2);
+        assert_eq!(c.models[1].workers(&c), 3);
         assert_eq!(
             c.models[1].path.as_deref(),
             Some(dir.join("weights.bin").as_path())

@@ -108,6 +108,12 @@ struct Lane {
     backend: Box<dyn Backend>,
     cancels: Mutex<HashSet<(u16, u32, u32)>>,
     cancels_pending: AtomicUsize,
+    /// Per worker of the lane: its sequences, running and queued (published by lanes whose
+    /// workers each decode step by step, so that new requests go to the least loaded one).
+    loads: Box<[AtomicU32]>,
+    /// Jobs a worker of such a lane queued but cannot start, handed to one with a free slot.
+    handoff: Mutex<VecDeque<Job>>,
+    handoff_len: AtomicUsize,
 }
 
 struct Shared {
@@ -191,9 +197,11 @@ impl Server {
                 "max_clients must be 1..={MAX_CLIENTS}"
             )));
         }
-        if c.workers_per_lane == 0 || c.workers_per_lane * c.models.len() + 2 > RING_PARTICIPANTS {
+        let workers: usize = c.models.iter().map(|m| m.workers(c)).sum();
+        if c.models.iter().any(|m| m.workers(c) == 0) || workers + 2 > RING_PARTICIPANTS {
             return Err(ServerError::Config(format!(
-                "workers_per_lane x models must be 1..={}",
+                "every model needs at least one worker, and all models together at most {} \
+                 (workers_per_lane, or the model's workers); {workers} asked",
                 RING_PARTICIPANTS - 2
             )));
         }
@@ -217,6 +225,9 @@ impl Server {
                 backend,
                 cancels: Mutex::new(HashSet::new()),
                 cancels_pending: AtomicUsize::new(0),
+                loads: (0..m.workers(c)).map(|_| AtomicU32::new(0)).collect(),
+                handoff: Mutex::new(VecDeque::new()),
+                handoff_len: AtomicUsize::new(0),
             });
         }
         let layout = Layout::new(c.max_clients, lanes.len(), c.ring_capacity, &c.pool);
@@ -246,7 +257,7 @@ impl Server {
         let mut threads = Vec::new();
         let mut core_i = 0;
         for lane in 0..shared.lanes.len() {
-            for w in 0..config.workers_per_lane {
+            for w in 0..config.models[lane].workers(&config) {
                 let core = config
                     .cores
                     .get(core_i % config.cores.len().max(1))
@@ -265,7 +276,7 @@ impl Server {
                                     tracing::warn!(core, "could not pin worker");
                                 }
                             }
-                            Worker::new(&sh, lane).with_stepper().run();
+                            Worker::new(&sh, lane, w).with_stepper().run();
                             sh.workers_running.fetch_sub(1, Ordering::AcqRel);
                         })
                         .map_err(|e| ServerError::Setup(e.to_string()))?,
@@ -601,6 +612,8 @@ struct ClientHandles {
 struct Worker<'s> {
     sh: &'s Shared,
     lane: usize,
+    /// This worker's index in its lane.
+    index: usize,
     clients: Vec<Option<ClientHandles>>,
     /// This worker's accepted jobs (see `scheduler`).
     sched: Scheduler,
@@ -646,10 +659,11 @@ const INGEST_BACKLOG: usize = 8;
 const PER_CLIENT_ROUND: usize = 16;
 
 impl<'s> Worker<'s> {
-    fn new(sh: &'s Shared, lane: usize) -> Worker<'s> {
+    fn new(sh: &'s Shared, lane: usize, index: usize) -> Worker<'s> {
         Worker {
             sh,
             lane,
+            index,
             clients: (0..sh.svc.layout.max_clients).map(|_| None).collect(),
             sched: Scheduler::new(sh.svc.layout.max_clients),
             round: 0,
@@ -694,6 +708,7 @@ impl<'s> Worker<'s> {
         loop {
             if sh.exit.load(Ordering::Acquire) {
                 self.stop_all_active(ErrorCode::ShuttingDown, "the server stopped");
+                self.take_handoff(usize::MAX);
                 self.answer_all_queued(ErrorCode::ShuttingDown);
                 return;
             }
@@ -702,12 +717,16 @@ impl<'s> Worker<'s> {
             // With a backlog of jobs, look at the rings only every few rounds: a poll of a ring
             // the client is writing costs a cache-line transfer, and the backlog keeps us busy.
             self.round = self.round.wrapping_add(1);
-            let took = if self.sched.len() < INGEST_BACKLOG || self.round % 4 == 0 {
-                self.ingest(None)
+            let limit = self.ingest_limit();
+            let took = if limit > 0 && (self.sched.len() < INGEST_BACKLOG || self.round % 4 == 0) {
+                let took = self.ingest(None, limit);
+                self.publish_load();
+                took
             } else {
                 0
             };
             if self.stepper.is_some() {
+                self.balance();
                 if self.step_round() {
                     continue;
                 }
@@ -722,13 +741,96 @@ impl<'s> Worker<'s> {
             let lh = sh.svc.lane(self.lane);
             let deadline = Instant::now() + Duration::from_millis(20);
             let this = &self;
+            let lane = self.lane();
             let _ = wait.wait_until(&lh.doorbell, deadline, || {
                 sh.exit.load(Ordering::Relaxed)
                     || !this.sched.is_empty()
                     || this.any_request_waiting()
+                    || lane.handoff_len.load(Ordering::Relaxed) > 0
             });
             self.now = crate::scheduler::now_ns();
         }
+    }
+
+    /// Sequences this worker has, running and queued.
+    fn load(&self) -> usize {
+        self.active.iter().filter(|a| a.is_some()).count() + self.sched.len()
+    }
+
+    fn publish_load(&self) {
+        if let Some(l) = self.lane().loads.get(self.index) {
+            l.store(self.load() as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// How many descriptors to take from the request rings this round. A lane of several workers
+    /// that decode step by step balances them: only a least loaded worker takes requests, one per
+    /// round (it then counts it and looks again), so of two requests arriving together each
+    /// worker takes one, and a second stream starts on an idle worker's core instead of joining
+    /// a busy worker's batch. (The counts are advisory: two workers reading each other at once
+    /// may both take one.)
+    fn ingest_limit(&self) -> usize {
+        let loads = &self.lane().loads;
+        if self.stepper.is_none() || loads.len() < 2 {
+            return usize::MAX;
+        }
+        let mine = self.load();
+        loads[self.index].store(mine as u32, Ordering::Relaxed);
+        let least = loads
+            .iter()
+            .enumerate()
+            .all(|(i, l)| i == self.index || l.load(Ordering::Relaxed) as usize >= mine);
+        usize::from(least)
+    }
+
+    /// Moves queued jobs between the workers of a lane that decode step by step, so that no job
+    /// waits in one worker's queue while another worker has a free slot: a worker with a free
+    /// slot takes handed-over jobs; a worker with jobs it cannot start yet hands one over while
+    /// another worker has a free slot (one at a time, and not once draining has begun, so that
+    /// a job never waits in the hand-over for a worker that has exited).
+    fn balance(&mut self) {
+        let lane = self.lane();
+        if lane.loads.len() < 2 {
+            return;
+        }
+        let slots = self.active.len();
+        let free = self.active.iter().filter(|a| a.is_none()).count();
+        if free > self.sched.len() {
+            if lane.handoff_len.load(Ordering::Acquire) > 0 {
+                self.take_handoff(free - self.sched.len());
+            }
+        } else if self.sched.len() > free
+            && lane.handoff_len.load(Ordering::Acquire) == 0
+            && !self.sh.draining.load(Ordering::Acquire)
+            && lane
+                .loads
+                .iter()
+                .enumerate()
+                .any(|(i, l)| i != self.index && (l.load(Ordering::Relaxed) as usize) < slots)
+        {
+            if let Some(job) = self.sched.pop() {
+                let mut q = lane.handoff.lock().unwrap_or_else(|p| p.into_inner());
+                q.push_back(job);
+                lane.handoff_len.store(q.len(), Ordering::Release);
+                drop(q);
+                self.sh.svc.lane(self.lane).doorbell.notify();
+            }
+        }
+        self.publish_load();
+    }
+
+    /// Takes up to `n` handed-over jobs into this worker's queue.
+    fn take_handoff(&mut self, n: usize) {
+        let lane = self.lane();
+        let mut q = lane.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..n {
+            let Some(job) = q.pop_front() else { break };
+            if let Err(job) = self.sched.push(job) {
+                q.push_front(job);
+                break;
+            }
+        }
+        lane.handoff_len.store(q.len(), Ordering::Release);
     }
 
     fn any_request_waiting(&self) -> bool {
@@ -799,8 +901,8 @@ impl<'s> Worker<'s> {
     }
 
     /// Takes up to PER_CLIENT_ROUND descriptors from each client (only `only` when given),
-    /// round-robin. Returns how many it took.
-    fn ingest(&mut self, only: Option<usize>) -> usize {
+    /// round-robin, and at most `limit` in all. Returns how many it took.
+    fn ingest(&mut self, only: Option<usize>, limit: usize) -> usize {
         let n = self.attached.len();
         if n == 0 {
             return 0;
@@ -817,6 +919,9 @@ impl<'s> Worker<'s> {
                 continue;
             }
             for _ in 0..PER_CLIENT_ROUND {
+                if took >= limit {
+                    return took;
+                }
                 let Some(h) = &self.clients[c] else { break };
                 let d = match h.req.pop() {
                     Ok(d) => d,
@@ -1074,6 +1179,7 @@ impl<'s> Worker<'s> {
         }
         self.events = events;
         self.now = crate::scheduler::now_ns();
+        self.publish_load();
         true
     }
 
@@ -1322,7 +1428,7 @@ impl<'s> Worker<'s> {
             if !others || self.now >= until || self.now - last_arrival > IDLE_GAP {
                 return;
             }
-            if self.ingest(None) == 0 {
+            if self.ingest(None, usize::MAX) == 0 {
                 std::hint::spin_loop();
             }
             self.now = crate::scheduler::now_ns();
@@ -1589,7 +1695,8 @@ impl RunContext for Ctx<'_, '_> {
         // Take in what this client sent meanwhile (a cancel, most likely), and keep the others'
         // requests flowing into the queue.
         self.worker.now = crate::scheduler::now_ns();
-        self.worker.ingest(None);
+        let limit = self.worker.ingest_limit();
+        self.worker.ingest(None, limit);
         if !self.worker.client_alive(c, self.job.epoch) {
             return Some(Stop::ClientGone);
         }

@@ -630,5 +630,15 @@ fn configurations_that_could_never_serve_are_refused_at_start() {
         Server::start(cfg),
         Err(shm_runtime::ServerError::Config(_))
     ));
+    // A model with no worker would never answer; more workers than a ring has participants could
+    // not all attach.
+    for workers in [0, 15] {
+        let mut m = ModelConfig::new("echo", "echo");
+        m.workers = Some(workers);
+        match Server::start(ServerConfig::new(&svc, vec![m])) {
+            Err(shm_runtime::ServerError::Config(m)) => assert!(m.contains("worker"), "{m}"),
+            other => panic!("workers = {workers}: expected a configuration error, got {other:?}"),
+        }
+    }
     assert!(!std::path::Path::new(&format!("/dev/shm/shmr.{svc}")).exists());
 }

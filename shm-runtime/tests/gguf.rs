@@ -252,6 +252,74 @@ fn two_streams_decode_together() {
     );
 }
 
+/// Arrival times of each stream's tokens, for streams of (prompt, max tokens) started together.
+fn streams_at_once(client: &Client, streams: &[(&'static str, u32)]) -> Vec<Vec<Instant>> {
+    let go = std::sync::Arc::new(std::sync::Barrier::new(streams.len()));
+    let runs: Vec<_> = streams
+        .iter()
+        .map(|&(prompt, n)| {
+            let (client, go) = (client.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                let mut times = Vec::new();
+                for item in client.stream(&generate(prompt, n)).unwrap() {
+                    if !item.unwrap().is_final() {
+                        times.push(Instant::now());
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    runs.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
+#[test]
+fn two_workers_take_one_stream_each_and_hand_over_the_third() {
+    // One sequence per worker: two streams can only overlap if each went to its own worker.
+    let mut m = model(smollm(), &[("parallel", 1)]);
+    m.workers = Some(2);
+    let (_server, client) = start("workers", m);
+    let want = [8, 48, 8];
+    let t = streams_at_once(
+        &client,
+        &[
+            (
+                "The history of Rome, from its founding to the fall of the empire",
+                want[0],
+            ),
+            ("Once", want[1]),
+            (
+                "How to bake bread at home, with flour, water, salt and yeast",
+                want[2],
+            ),
+        ],
+    );
+    for (i, s) in t.iter().enumerate() {
+        assert_eq!(s.len(), want[i] as usize, "stream {i}: {} tokens", s.len());
+    }
+    let mut order: Vec<usize> = (0..3).collect();
+    order.sort_by_key(|&i| t[i][0]);
+    let (first, second, last) = (order[0], order[1], order[2]);
+    let end = |i: usize| *t[i].last().unwrap();
+    assert!(
+        t[second][0] < end(first),
+        "the second stream waited for the first: one worker took both"
+    );
+    assert!(
+        t[last][0] >= end(first).min(end(second)),
+        "a third stream ran while both single-sequence workers were busy"
+    );
+    // The queued stream starts when the first worker frees up, whichever worker queued it: it
+    // does not wait behind the long stream.
+    if last != 1 {
+        assert!(
+            t[last][0] < end(1),
+            "the queued stream waited for the long stream although the other worker was free"
+        );
+    }
+}
+
 #[test]
 fn bad_parameters_get_typed_errors() {
     let (_server, client) = start("bad", model(tiny(), &[("context", 64)]));

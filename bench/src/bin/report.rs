@@ -1017,7 +1017,7 @@ fn onnx_measure(report: &mut Report, quick: bool) {
     }
 }
 
-const GGUF_KEYS: [&str; 10] = [
+const GGUF_KEYS: [&str; 13] = [
     "gguf_tok_s_direct",
     "gguf_tok_s_runtime",
     "gguf_ttft_ms_runtime",
@@ -1028,6 +1028,9 @@ const GGUF_KEYS: [&str; 10] = [
     "gguf_tok_s_2streams",
     "gguf_runtime_over_direct",
     "gguf_2streams_over_runtime",
+    "gguf_tok_s_direct_2threads",
+    "gguf_direct_2threads_over_direct",
+    "gguf_2streams_over_direct_2threads",
 ];
 
 fn gguf(report: &mut Report, quick: bool) {
@@ -1068,20 +1071,35 @@ fn gguf(report: &mut Report, quick: bool) {
             row("time to first token through the runtime (prompt of 15 tokens)", "gguf_ttft_ms_runtime", "ms", "", String::new()),
             row("time to first token in-process", "gguf_ttft_ms_direct", "ms", "", String::new()),
             row("time to first token inside the server (admission to first sample)", "gguf_ttft_ms_server", "ms", "", String::new()),
-            row("two streams at once (continuous batching), total", "gguf_tok_s_2streams", "tok/s", ">= 1.3 x one stream", verdict(two, 1.3, "one stream")),
+            row("two streams at once (one per worker), total", "gguf_tok_s_2streams", "tok/s", ">= 1.3 x one stream", verdict(two, 1.3, "one stream")),
             row(
-                "two sequences per decode step in-process, llama-cpp-2 directly, total",
+                "two sequences per decode step in one context on one thread, in-process, total",
                 "gguf_tok_s_direct_2seq",
                 "tok/s",
-                "llama.cpp's own gain from batching: the ceiling of the line above",
+                "llama.cpp's own gain from batching on one core",
                 match g("gguf_direct_2seq_over_direct") {
                     Some(x) => format!("{x:.2} x one sequence in-process"),
                     None => "not measured".to_owned(),
                 },
             ),
+            row(
+                "one sequence on two llama.cpp threads, in-process",
+                "gguf_tok_s_direct_2threads",
+                "tok/s",
+                "the other use of the second core",
+                match (
+                    g("gguf_direct_2threads_over_direct"),
+                    g("gguf_2streams_over_direct_2threads"),
+                ) {
+                    (Some(x), Some(y)) => format!(
+                        "{x:.2} x one thread; two streams give {y:.2} x this"
+                    ),
+                    _ => "not measured".to_owned(),
+                },
+            ),
         ],
         notes: vec![
-            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `parallel = 2`, `context = 2048` per sequence, so one context of 4096, one llama.cpp thread, the defaults) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once, and the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Direct, runtime and two streams alternate in 7 rounds (3 with --quick); each figure is the median of its rounds, and each ratio the median of the ratios within a round.", GGUF_PROMPT, 64, 32),
+            format!("SmolLM2-135M-Instruct (Q4_1) continues the same prompt ({:?}) greedily for up to {} tokens ({} with --quick). Direct: this process loads the model with llama-cpp-2 and decodes one sequence (one llama.cpp thread, a context of 4096 tokens, as large as the server's). Runtime: a server in another process (gguf backend, `workers = 2`, each worker with its own context of `parallel = 2` sequences of `context = 2048` tokens, so 4096, and one llama.cpp thread, the default) streams the tokens to a client here, one stream chunk per token through the shared-memory rings; the client times each chunk's arrival. Rates are decode rates: tokens after the first over the time from the first token to the last; the time to first token covers the prompt; the server's own time to first token (from its usage figures) runs from admitting the request to sampling the first token, so the difference to the client's is transport, queueing and validation. Two streams: two client threads stream the same request at once; the server gives each to its own worker (the least loaded takes a new request), so they decode on the two cores; the total rate counts all tokens after each stream's first over the time from the first token of either to the last token of either. Two sequences in one batch: llama.cpp's gain from decoding two sequences per step on one thread (on this CPU, small; the decode of a 135M model is compute-bound). One sequence on two threads: the same decode as direct with two llama.cpp threads, the alternative to two workers for a machine serving one stream at a time. Direct, runtime, two streams and the in-process variants alternate in 7 rounds (3 with --quick); each figure is the median of its rounds, and each ratio the median of the ratios within a round.", GGUF_PROMPT, 64, 32),
         ],
     });
 }
@@ -1113,11 +1131,13 @@ fn gguf_measure(report: &mut Report, quick: bool) {
         Vec<gguf_work::Rate>,
         Vec<f64>,
         Vec<f64>,
+        Vec<gguf_work::Rate>,
     );
     let run = || -> Result<Runs> {
-        let server = GgufServer::start(2, 1)?;
+        let server = GgufServer::start(2, 1, 2)?;
         server.stream(8)?;
-        let (mut d, mut r, mut two, mut d2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut r, mut two, mut d2, mut dt2) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             // The server's context holds `parallel` sequences: the direct side gets one as large.
             d.push(gguf_work::direct(
@@ -1129,12 +1149,18 @@ fn gguf_measure(report: &mut Report, quick: bool) {
             r.push(server.stream(n)?);
             two.push(server.two_streams(n)?);
             d2.push(gguf_work::direct_batched(&path, n as usize, 1, 2)?);
+            dt2.push(gguf_work::direct(
+                &path,
+                n as usize,
+                2,
+                2 * gguf_work::CONTEXT,
+            )?);
         }
         server.stop()?;
-        Ok((d, r, two, d2))
+        Ok((d, r, two, d2, dt2))
     };
     match run() {
-        Ok((d, r, mut two, d2)) => {
+        Ok((d, r, mut two, d2, dt2)) => {
             let med = |v: &[gguf_work::Rate], f: fn(&gguf_work::Rate) -> f64| {
                 let mut x: Vec<f64> = v.iter().map(f).collect();
                 shm_bench::stats::median(&mut x)
@@ -1176,12 +1202,29 @@ fn gguf_measure(report: &mut Report, quick: bool) {
                 "gguf_direct_2seq_over_direct",
                 shm_bench::stats::median(&mut ceiling),
             );
+            // One sequence on both cores (two llama.cpp threads): the other way to spend the
+            // second core, against which the two streams' total is also set.
+            let mut t2: Vec<f64> = dt2.iter().zip(&d).map(|(t, d)| t.tok_s / d.tok_s).collect();
+            let mut two_over_t2: Vec<f64> =
+                two.iter().zip(&dt2).map(|(t, d)| t / d.tok_s).collect();
+            report.set("gguf_tok_s_direct_2threads", med(&dt2, |x| x.tok_s));
+            report.set(
+                "gguf_direct_2threads_over_direct",
+                shm_bench::stats::median(&mut t2),
+            );
+            report.set(
+                "gguf_2streams_over_direct_2threads",
+                shm_bench::stats::median(&mut two_over_t2),
+            );
             println!(
-                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x), in-process two sequences {:.1} tok/s ({:.2} x direct) ({:.1} s)",
+                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x), in-process two sequences in one batch {:.1} tok/s ({:.2} x direct), one sequence on two threads {:.1} tok/s ({:.2} x direct; two streams {:.2} x that) ({:.1} s)",
                 report.get("gguf_runtime_over_direct").unwrap_or(f64::NAN),
                 report.get("gguf_2streams_over_runtime").unwrap_or(f64::NAN),
                 report.get("gguf_tok_s_direct_2seq").unwrap_or(f64::NAN),
                 report.get("gguf_direct_2seq_over_direct").unwrap_or(f64::NAN),
+                report.get("gguf_tok_s_direct_2threads").unwrap_or(f64::NAN),
+                report.get("gguf_direct_2threads_over_direct").unwrap_or(f64::NAN),
+                report.get("gguf_2streams_over_direct_2threads").unwrap_or(f64::NAN),
                 t.elapsed().as_secs_f64()
             );
         }
