@@ -50,6 +50,9 @@ pub struct Rate {
     /// Time to the first token as the server measured it (from admitting the request to sampling
     /// its first token), ms; `None` in-process.
     pub server_ttft_ms: Option<f64>,
+    /// The decode rate as the server measured it (tokens after the first over the time from the
+    /// first token to the end of the generation, from its usage figures); `None` in-process.
+    pub server_tok_s: Option<f64>,
 }
 
 fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
@@ -62,6 +65,7 @@ fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
         ttft_ms: (first - start).as_secs_f64() * 1e3,
         tokens: times.len(),
         server_ttft_ms: None,
+        server_tok_s: None,
     })
 }
 
@@ -284,20 +288,25 @@ fn request(n: u32) -> Request {
     }
 }
 
-/// Arrival times of a stream's tokens, and the server's time to first token (µs) from the final
-/// message's usage.
-fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<u64>)> {
+/// Arrival times of a stream's tokens, and the final message's usage: (generated tokens, time to
+/// first token µs, total µs).
+fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<(u32, u64, u64)>)> {
     let mut times = Vec::with_capacity(n as usize);
-    let mut server_ttft = None;
+    let mut usage = None;
     for item in client.stream(&request(n))? {
         let v = item?;
         if !v.is_final() {
             times.push(Instant::now());
         } else if let ArchivedBody::Generation(g) = &v.response()?.body {
-            server_ttft = Some(g.usage.ttft_us.to_native());
+            let u = &g.usage;
+            usage = Some((
+                u.generated_tokens.to_native(),
+                u.ttft_us.to_native(),
+                u.total_us.to_native(),
+            ));
         }
     }
-    Ok((times, server_ttft))
+    Ok((times, usage))
 }
 
 fn stream_from(name: &str, n: u32) -> Result<Rate> {
@@ -305,9 +314,12 @@ fn stream_from(name: &str, n: u32) -> Result<Rate> {
     // from the prompt, not from attaching to the service.
     let client = Client::connect(name)?;
     let start = Instant::now();
-    let (times, server_ttft) = stream_times(&client, n)?;
+    let (times, usage) = stream_times(&client, n)?;
     Ok(Rate {
-        server_ttft_ms: server_ttft.map(|us| us as f64 / 1e3),
+        server_ttft_ms: usage.map(|(_, ttft, _)| ttft as f64 / 1e3),
+        server_tok_s: usage
+            .filter(|&(n, ttft, total)| n >= 2 && total > ttft)
+            .map(|(n, ttft, total)| f64::from(n - 1) / ((total - ttft) as f64 / 1e6)),
         ..rate(start, &times)?
     })
 }

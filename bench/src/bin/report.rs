@@ -1017,12 +1017,13 @@ fn onnx_measure(report: &mut Report, quick: bool) {
     }
 }
 
-const GGUF_KEYS: [&str; 13] = [
+const GGUF_KEYS: [&str; 14] = [
     "gguf_tok_s_direct",
     "gguf_tok_s_runtime",
     "gguf_ttft_ms_runtime",
     "gguf_ttft_ms_direct",
     "gguf_ttft_ms_server",
+    "gguf_tok_s_server",
     "gguf_tok_s_direct_2seq",
     "gguf_direct_2seq_over_direct",
     "gguf_tok_s_2streams",
@@ -1068,6 +1069,7 @@ fn gguf(report: &mut Report, quick: bool) {
         rows: vec![
             row("greedy decoding in-process, llama-cpp-2 directly", "gguf_tok_s_direct", "tok/s", "the peer", String::new()),
             row("greedy decoding through the runtime, streamed to a client process", "gguf_tok_s_runtime", "tok/s", ">= 0.97 x direct; seed's tiers 10 / 25 / 50 tok/s", format!("{}; {tier}", verdict(over, 0.97, "direct"))),
+            row("decoding inside the server (its usage figures)", "gguf_tok_s_server", "tok/s", "", "the rate before transport to the client".to_owned()),
             row("time to first token through the runtime (prompt of 15 tokens)", "gguf_ttft_ms_runtime", "ms", "", String::new()),
             row("time to first token in-process", "gguf_ttft_ms_direct", "ms", "", String::new()),
             row("time to first token inside the server (admission to first sample)", "gguf_ttft_ms_server", "ms", "", String::new()),
@@ -1173,6 +1175,10 @@ fn gguf_measure(report: &mut Report, quick: bool) {
                 "gguf_ttft_ms_server",
                 med(&r, |x| x.server_ttft_ms.unwrap_or(f64::NAN)),
             );
+            report.set(
+                "gguf_tok_s_server",
+                med(&r, |x| x.server_tok_s.unwrap_or(f64::NAN)),
+            );
             report.set("gguf_tok_s_2streams", shm_bench::stats::median(&mut two));
             let (a, b, c) = (
                 med(&r, |x| x.tok_s),
@@ -1217,8 +1223,9 @@ fn gguf_measure(report: &mut Report, quick: bool) {
                 shm_bench::stats::median(&mut two_over_t2),
             );
             println!(
-                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x), two streams {c:.1} tok/s ({:.2} x), in-process two sequences in one batch {:.1} tok/s ({:.2} x direct), one sequence on two threads {:.1} tok/s ({:.2} x direct; two streams {:.2} x that) ({:.1} s)",
+                "  direct {b:.1} tok/s, runtime {a:.1} tok/s ({:.3} x; inside the server {:.1}), two streams {c:.1} tok/s ({:.2} x), in-process two sequences in one batch {:.1} tok/s ({:.2} x direct), one sequence on two threads {:.1} tok/s ({:.2} x direct; two streams {:.2} x that) ({:.1} s)",
                 report.get("gguf_runtime_over_direct").unwrap_or(f64::NAN),
+                report.get("gguf_tok_s_server").unwrap_or(f64::NAN),
                 report.get("gguf_2streams_over_runtime").unwrap_or(f64::NAN),
                 report.get("gguf_tok_s_direct_2seq").unwrap_or(f64::NAN),
                 report.get("gguf_direct_2seq_over_direct").unwrap_or(f64::NAN),
