@@ -714,6 +714,10 @@ impl<'s> Worker<'s> {
             }
             self.sync_clients();
             self.flush_backlog();
+            // Handed-over jobs first: they were accepted before anything still in the rings.
+            if self.stepper.is_some() {
+                self.balance();
+            }
             // With a backlog of jobs, look at the rings only every few rounds: a poll of a ring
             // the client is writing costs a cache-line transfer, and the backlog keeps us busy.
             self.round = self.round.wrapping_add(1);
@@ -726,7 +730,6 @@ impl<'s> Worker<'s> {
                 0
             };
             if self.stepper.is_some() {
-                self.balance();
                 if self.step_round() {
                     continue;
                 }

@@ -434,6 +434,110 @@ fn continuous_batching_interleaves_two_streams() {
     assert_eq!(svc.lane(0).running(), 0);
 }
 
+/// Chunk arrival times of a stream of `n` tokens from a new connection, after `go` opens; checks
+/// that every chunk came, in order.
+fn timed_stream(svc: &str, n: u32, go: std::sync::Arc<std::sync::Barrier>) -> Vec<Instant> {
+    let client = Client::connect(svc).unwrap();
+    go.wait();
+    let mut times = Vec::new();
+    for item in client.stream(&gen_req(n)).unwrap() {
+        let v = item.unwrap();
+        if let ArchivedBody::Chunk(c) = &v.response().unwrap().body {
+            assert_eq!(c.index.to_native() as usize, times.len(), "chunks in order");
+            times.push(Instant::now());
+        }
+    }
+    assert_eq!(times.len(), n as usize, "every chunk of the stream");
+    times
+}
+
+#[test]
+fn stepping_workers_share_streams_and_hand_over_queued_ones() {
+    // Two workers of one slot each: a second stream can only overlap the first on the other
+    // worker, and a third must queue.
+    let svc = name("handover");
+    let mut m = sleep_model("gen", 5.0);
+    m.options.insert("slots".into(), toml::Value::Integer(1));
+    m.workers = Some(2);
+    let _server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    for round in 0..3 {
+        // a: long, started first; b: short, on the other worker; c: short, queued behind one of
+        // them, and it must start when b's worker frees up, not wait for a.
+        let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (s1, g1) = (svc.clone(), go.clone());
+        let a = std::thread::spawn(move || timed_stream(&s1, 60, g1));
+        go.wait();
+        std::thread::sleep(Duration::from_millis(30));
+        let go = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let (s2, g2) = (svc.clone(), go.clone());
+        let b = std::thread::spawn(move || timed_stream(&s2, 6, g2));
+        let (s3, g3) = (svc.clone(), go.clone());
+        let c = std::thread::spawn(move || timed_stream(&s3, 6, g3));
+        go.wait();
+        let (ta, tb, tc) = (a.join().unwrap(), b.join().unwrap(), c.join().unwrap());
+        // Of b and c, the one that started first ran beside a; the other waited for it.
+        let (first, second) = if tb[0] <= tc[0] {
+            (&tb, &tc)
+        } else {
+            (&tc, &tb)
+        };
+        let a_end = *ta.last().unwrap();
+        assert!(first[0] < a_end, "round {round}: no stream ran beside a");
+        assert!(
+            second[0] >= *first.last().unwrap(),
+            "round {round}: three streams ran at once on two one-slot workers"
+        );
+        assert!(
+            second[0] < a_end,
+            "round {round}: the queued stream waited for a although the other worker was free"
+        );
+    }
+}
+
+#[test]
+fn a_cancel_reaches_a_stream_while_every_stepping_worker_is_full() {
+    let svc = name("fullcancel");
+    let mut m = sleep_model("gen", 5.0);
+    m.options.insert("slots".into(), toml::Value::Integer(1));
+    m.workers = Some(2);
+    let _server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    let client = Client::connect(&svc).unwrap();
+    // Two long streams fill both workers; a third request queues.
+    let mut s1 = client.stream(&gen_req(400)).unwrap();
+    let mut s2 = client.stream(&gen_req(400)).unwrap();
+    for s in [&mut s1, &mut s2] {
+        assert!(!s.next().unwrap().unwrap().is_final());
+    }
+    let queued = client.submit(&gen_req(3)).unwrap();
+    let t = Instant::now();
+    client.cancel(s1.ticket()).unwrap();
+    let end = s1.find(|i| !matches!(i, Ok(v) if !v.is_final())).unwrap();
+    assert!(
+        matches!(end, Err(Error::Cancelled)),
+        "{:?}",
+        end.map(|_| ())
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the cancel took {:?}",
+        t.elapsed()
+    );
+    // The freed worker takes the queued request at once, while s2 still runs.
+    let v = client.recv(queued, Duration::from_secs(5)).unwrap();
+    assert!(matches!(
+        &v.response().unwrap().body,
+        ArchivedBody::Generation(g) if g.tokens.len() == 3
+    ));
+    assert!(!s2.next().unwrap().unwrap().is_final(), "s2 still running");
+    client.cancel(s2.ticket()).unwrap();
+    let end = s2.find(|i| !matches!(i, Ok(v) if !v.is_final())).unwrap();
+    assert!(
+        matches!(end, Err(Error::Cancelled)),
+        "{:?}",
+        end.map(|_| ())
+    );
+}
+
 #[test]
 fn a_stepped_sequence_stops_on_cancel_deadline_and_stop_sequence() {
     let (_server, svc) = stepping("stops", 2, 5.0);

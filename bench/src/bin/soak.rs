@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Phase 1 (chaos): a server process serves `echo` (echo backend), `slow` (sleep backend, one
-//! request at a time, 1 ms per token) and `steps` (sleep backend stepping 4 slots, 2 ms per step).
+//! request at a time, 1 ms per token) and `steps` (sleep backend on two workers, each stepping 2
+//! slots, 2 ms per step: new requests go to the less loaded worker, queued ones are handed over).
 //! Each client process runs two threads on one connection: a pipeline of mixed requests (echo text
 //! and embeddings with their payload checked, slow and stepped generations, random priorities,
 //! deadlines that expire, cancels mid-way) and a series of streams (chunk indices and text checked
@@ -165,7 +166,8 @@ fn server_config(service: &str) -> ServerConfig {
         .insert("step_ms".into(), toml::Value::Float(2.0));
     steps
         .options
-        .insert("slots".into(), toml::Value::Integer(4));
+        .insert("slots".into(), toml::Value::Integer(2));
+    steps.workers = Some(2);
     ServerConfig::new(service, vec![ModelConfig::new("echo", "echo"), slow, steps])
 }
 
