@@ -288,9 +288,16 @@ fn request(n: u32) -> Request {
     }
 }
 
-/// Arrival times of a stream's tokens, and the final message's usage: (generated tokens, time to
-/// first token µs, total µs).
-fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<(u32, u64, u64)>)> {
+/// The usage figures of a generation's final message.
+#[derive(Debug, Clone, Copy)]
+struct ServerUsage {
+    generated: u32,
+    ttft_us: u64,
+    total_us: u64,
+}
+
+/// Arrival times of a stream's tokens, and the final message's usage.
+fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<ServerUsage>)> {
     let mut times = Vec::with_capacity(n as usize);
     let mut usage = None;
     for item in client.stream(&request(n))? {
@@ -299,11 +306,11 @@ fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<(u32, u
             times.push(Instant::now());
         } else if let ArchivedBody::Generation(g) = &v.response()?.body {
             let u = &g.usage;
-            usage = Some((
-                u.generated_tokens.to_native(),
-                u.ttft_us.to_native(),
-                u.total_us.to_native(),
-            ));
+            usage = Some(ServerUsage {
+                generated: u.generated_tokens.to_native(),
+                ttft_us: u.ttft_us.to_native(),
+                total_us: u.total_us.to_native(),
+            });
         }
     }
     Ok((times, usage))
@@ -316,10 +323,10 @@ fn stream_from(name: &str, n: u32) -> Result<Rate> {
     let start = Instant::now();
     let (times, usage) = stream_times(&client, n)?;
     Ok(Rate {
-        server_ttft_ms: usage.map(|(_, ttft, _)| ttft as f64 / 1e3),
+        server_ttft_ms: usage.map(|u| u.ttft_us as f64 / 1e3),
         server_tok_s: usage
-            .filter(|&(n, ttft, total)| n >= 2 && total > ttft)
-            .map(|(n, ttft, total)| f64::from(n - 1) / ((total - ttft) as f64 / 1e6)),
+            .filter(|u| u.generated >= 2 && u.total_us > u.ttft_us)
+            .map(|u| f64::from(u.generated - 1) / ((u.total_us - u.ttft_us) as f64 / 1e6)),
         ..rate(start, &times)?
     })
 }
