@@ -110,9 +110,12 @@ struct Lane {
     cancels_pending: AtomicUsize,
     /// Per worker of the lane: its sequences, running and queued (published by lanes whose
     /// workers each decode step by step, so that new requests go to the least loaded one).
+    /// SYNC(loads): Relaxed; advisory counts that steer choices, nothing is published through them.
     loads: Box<[AtomicU32]>,
     /// Jobs a worker of such a lane queued but cannot start, handed to one with a free slot.
     handoff: Mutex<VecDeque<Job>>,
+    /// SYNC(handoff): the queue's length, stored under its mutex and read without it as a hint
+    /// (a stale read only delays a take by one round); the jobs move under the mutex.
     handoff_len: AtomicUsize,
 }
 
