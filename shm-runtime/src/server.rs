@@ -826,17 +826,38 @@ impl<'s> Worker<'s> {
     }
 
     /// Takes up to `n` handed-over jobs into this worker's queue.
+    ///
+    /// A job comes with the epoch of the connection that sent it, read by the worker that
+    /// accepted it; this worker's handles may be older (a client that connected since its last
+    /// look at the client table) and would then refuse the answer as a departed client's. So the
+    /// table is read again for such a job, and a job whose client has left since is dropped like
+    /// any other departed client's work.
     fn take_handoff(&mut self, n: usize) {
         let lane = self.lane();
-        let mut q = lane.handoff.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..n {
-            let Some(job) = q.pop_front() else { break };
+        let jobs: Vec<Job> = {
+            let mut q = lane.handoff.lock().unwrap_or_else(|p| p.into_inner());
+            let jobs = (0..n).map_while(|_| q.pop_front()).collect();
+            lane.handoff_len.store(q.len(), Ordering::Release);
+            jobs
+        };
+        for job in jobs {
+            let c = usize::from(job.client);
+            let current = |w: &Self| w.clients[c].as_ref().is_some_and(|h| h.epoch == job.epoch);
+            if !current(self) {
+                self.seen_gen = u64::MAX;
+                self.sync_clients();
+            }
+            if !current(self) {
+                self.job_gone();
+                let _ = self.sh.pool.release(job.chunk, self.sh.owner);
+                continue;
+            }
             if let Err(job) = self.sched.push(job) {
-                q.push_front(job);
-                break;
+                // Only a client index outside the table is refused, which no accepted job has.
+                self.job_gone();
+                let _ = self.sh.pool.release(job.chunk, self.sh.owner);
             }
         }
-        lane.handoff_len.store(q.len(), Ordering::Release);
     }
 
     fn any_request_waiting(&self) -> bool {
