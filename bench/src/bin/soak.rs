@@ -173,6 +173,13 @@ fn server_config(service: &str) -> ServerConfig {
 
 /// Serves until SIGTERM or the end of stdin, then drains for a second and stops.
 fn role_server(service: &str) -> Result<()> {
+    // The runtime's warnings (a ring it could not attach to, an answer with no chunk), on stderr
+    // beside the supervisor's report.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let server = Server::start(server_config(service))?;
