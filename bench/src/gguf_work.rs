@@ -72,6 +72,18 @@ fn rate(start: Instant, times: &[Instant]) -> Result<Rate> {
 /// The server's context for one sequence (its `context` option); it holds `parallel` of them.
 pub const CONTEXT: u32 = 2048;
 
+/// An in-process context of `n_ctx` tokens for `seqs` sequences on `threads` llama.cpp threads,
+/// decoding up to 512 tokens per step.
+fn context_params(n_ctx: u32, seqs: u32, threads: i32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_seq_max(seqs)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+}
+
 /// Greedy generation of `n` tokens in this process with `threads` llama.cpp threads and a context
 /// of `n_ctx` tokens (a server's is [`CONTEXT`] x its `parallel`).
 ///
@@ -83,15 +95,7 @@ pub fn direct(path: &PathBuf, n: usize, threads: i32, n_ctx: u32) -> Result<Rate
     let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
         .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
     let mut ctx = model
-        .new_context(
-            backend,
-            LlamaContextParams::default()
-                .with_n_ctx(NonZeroU32::new(n_ctx))
-                .with_n_batch(512)
-                .with_n_ubatch(512)
-                .with_n_threads(threads)
-                .with_n_threads_batch(threads),
-        )
+        .new_context(backend, context_params(n_ctx, 1, threads))
         .map_err(|e| anyhow!("context: {e}"))?;
     let vocab = model.vocab();
     let start = Instant::now();
@@ -134,13 +138,7 @@ pub fn direct_batched(path: &PathBuf, n: usize, threads: i32, seqs: usize) -> Re
     let mut ctx = model
         .new_context(
             backend,
-            LlamaContextParams::default()
-                .with_n_ctx(NonZeroU32::new(CONTEXT * seqs as u32))
-                .with_n_batch(512)
-                .with_n_ubatch(512)
-                .with_n_seq_max(seqs as u32)
-                .with_n_threads(threads)
-                .with_n_threads_batch(threads),
+            context_params(CONTEXT * seqs as u32, seqs as u32, threads),
         )
         .map_err(|e| anyhow!("context: {e}"))?;
     let vocab = model.vocab();

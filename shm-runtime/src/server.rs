@@ -848,14 +848,12 @@ impl<'s> Worker<'s> {
                 self.sync_clients();
             }
             if !current(self) {
-                self.job_gone();
-                let _ = self.sh.pool.release(job.chunk, self.sh.owner);
+                self.drop_queued(&job);
                 continue;
             }
             if let Err(job) = self.sched.push(job) {
                 // Only a client index outside the table is refused, which no accepted job has.
-                self.job_gone();
-                let _ = self.sh.pool.release(job.chunk, self.sh.owner);
+                self.drop_queued(&job);
             }
         }
     }
@@ -871,9 +869,14 @@ impl<'s> Worker<'s> {
     fn drop_pending(&mut self, c: usize) {
         let jobs: Vec<Job> = self.sched.drain_client(c);
         for job in jobs {
-            self.job_gone();
-            let _ = self.sh.pool.release(job.chunk, self.sh.owner);
+            self.drop_queued(&job);
         }
+    }
+
+    /// Drops a queued job of a departed client: its chunk goes back, nobody is answered.
+    fn drop_queued(&self, job: &Job) {
+        self.job_gone();
+        let _ = self.sh.pool.release(job.chunk, self.sh.owner);
     }
 
     /// Counts a queued job that leaves without running (dropped, or answered at exit).

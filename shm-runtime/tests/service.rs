@@ -434,6 +434,14 @@ fn continuous_batching_interleaves_two_streams() {
     assert_eq!(svc.lane(0).running(), 0);
 }
 
+/// A server whose stepping model `gen` has two workers of one slot each (5 ms per step).
+fn one_slot_workers(svc: &str) -> Server {
+    let mut m = sleep_model("gen", 5.0);
+    m.options.insert("slots".into(), toml::Value::Integer(1));
+    m.workers = Some(2);
+    Server::start(ServerConfig::new(svc, vec![m])).expect("server starts")
+}
+
 /// Chunk arrival times of a stream of `n` tokens from a new connection, after `go` opens; checks
 /// that every chunk came, in order.
 fn timed_stream(svc: &str, n: u32, go: std::sync::Arc<std::sync::Barrier>) -> Vec<Instant> {
@@ -456,10 +464,7 @@ fn stepping_workers_share_streams_and_hand_over_queued_ones() {
     // Two workers of one slot each: a second stream can only overlap the first on the other
     // worker, and a third must queue.
     let svc = name("handover");
-    let mut m = sleep_model("gen", 5.0);
-    m.options.insert("slots".into(), toml::Value::Integer(1));
-    m.workers = Some(2);
-    let _server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    let _server = one_slot_workers(&svc);
     for round in 0..3 {
         // a: long, started first; b: short, on the other worker; c: short, queued behind one of
         // them, and it must start when b's worker frees up, not wait for a.
@@ -497,10 +502,7 @@ fn stepping_workers_share_streams_and_hand_over_queued_ones() {
 #[test]
 fn a_cancel_reaches_a_stream_while_every_stepping_worker_is_full() {
     let svc = name("fullcancel");
-    let mut m = sleep_model("gen", 5.0);
-    m.options.insert("slots".into(), toml::Value::Integer(1));
-    m.workers = Some(2);
-    let _server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
+    let _server = one_slot_workers(&svc);
     let client = Client::connect(&svc).unwrap();
     // Two long streams fill both workers; a third request queues.
     let mut s1 = client.stream(&gen_req(400)).unwrap();
