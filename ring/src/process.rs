@@ -168,7 +168,8 @@ mod tests {
     fn reaped_child_is_dead_and_recycled_pid_does_not_match() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let (start, _) = read_start_time(pid).unwrap_or((7, b'R'));
+        let (start, _) = read_start_time(pid)
+            .expect("an unreaped child's start time is readable in /proc/<pid>/stat");
         let token = ProcessToken::from_parts(pid, start);
         child.wait().unwrap();
         assert!(!token.is_alive());

@@ -852,22 +852,47 @@ mod tests {
     #[test]
     fn garbage_and_truncation_are_refused() {
         let mut buf = Aligned([0; 4096]);
-        let req = request(Input::Text("hello".into()));
+        // Longer than an inline string: the text is reached through a relative pointer and a
+        // length, both of which a flip may corrupt.
+        let text = "hello, shared memory";
+        let req = request(Input::Text(text.into()));
         let n = encode_into(&req, &mut buf.0).unwrap();
         for cut in [0, 1, n / 2, n - 1] {
             assert!(access_request(&buf.0[..cut]).is_err(), "cut {cut}");
         }
-        let mut flipped = 0;
+        let text_at = buf.0[..n]
+            .windows(text.len())
+            .position(|w| w == text.as_bytes())
+            .expect("the text is in the archive");
+        let mut refused = 0;
         for i in 0..n {
             let mut b = Aligned([0; 4096]);
             b.0[..n].copy_from_slice(&buf.0[..n]);
             b.0[i] ^= 0xFF;
-            // Any outcome but a panic or UB is fine; count refusals to see bytecheck at work.
-            if access_request(&b.0[..n]).is_err() {
-                flipped += 1;
+            match access_request(&b.0[..n]) {
+                Err(e) => {
+                    assert!(e.contains("not a valid archive"), "byte {i}: {e}");
+                    refused += 1;
+                }
+                Ok(a) => {
+                    // A flipped ASCII byte is never valid UTF-8.
+                    assert!(
+                        !(text_at..text_at + text.len()).contains(&i),
+                        "byte {i} of the text flipped into invalid UTF-8 was accepted"
+                    );
+                    // What bytecheck accepts is a changed scalar (id, a parameter), never an
+                    // archive that points elsewhere: the strings still read the same. (The
+                    // model name is inline, ended by 0xFF padding: a flipped pad byte lengthens
+                    // it with a NUL.)
+                    assert_eq!(a.model.trim_end_matches('\0'), "echo", "byte {i}");
+                    match &a.input {
+                        ArchivedInput::Text(t) => assert_eq!(t.as_str(), text, "byte {i}"),
+                        other => panic!("byte {i}: the input became {other:?}"),
+                    }
+                }
             }
         }
-        assert!(flipped > 0);
+        assert!(refused >= text.len() + 4, "{refused} of {n} flips refused");
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn is_busy(e: &Error, cause: &str) -> bool {
 
 /// Child processes: this binary re-executed with [`ROLE`] set.
 #[test]
+#[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
@@ -337,9 +338,8 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
     );
     assert!(other.pool_free().0 <= 1);
 
-    // Everyone else gets a typed Busy at once: at submit when no chunk is left, else as the
-    // answer (which then finds no chunk).
-    let start = Instant::now();
+    // Everyone else gets a typed Busy, not a hang: at submit when no chunk is left, else as the
+    // answer (which then finds no chunk); `final_of` fails if none comes within 5 s.
     match other.submit(&generate(8, "echo", "starved", 0)) {
         Err(e) => assert!(is_busy(&e, "no shared memory"), "{e:?}"),
         Ok(t) => {
@@ -347,7 +347,6 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
             assert!(matches!(e, Error::Busy(_)), "{e:?}");
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(1));
     assert_eq!(other.in_flight(), 0);
     // What it already held is intact.
     assert_eq!(text_of(&before), "held");
@@ -553,36 +552,31 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
         || completed() >= 48,
     );
 
-    // Another client of the same model is answered promptly, in full, many times over.
+    // Another client of the same model is answered, in full, many times over, while the slow
+    // client's 32 undelivered answers wait (it reads nothing until told below: a worker stuck
+    // on its full ring would leave these unanswered).
     for i in 0..50u64 {
-        let start = Instant::now();
         let v = fast
             .infer_timeout(&generate(i + 1, "slow", "f", 1), Duration::from_secs(5))
-            .unwrap();
+            .unwrap_or_else(|e| panic!("answer {i}: {e}"));
         assert_eq!(text_of(&v), "t0 ");
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "answer {i} took {:?}",
-            start.elapsed()
-        );
     }
-    // Its stream chunks flow while the model runs, not all at the end.
+    // Its stream chunks flow while the model runs, not all at the end: the first one arrives
+    // while the request is still running.
     let mut r = generate(100, "slow", "stream", 100);
     r.params.stream = true;
-    let start = Instant::now();
     let mut chunks = fast.stream(&r).unwrap();
     let first = chunks.next().unwrap().unwrap();
-    let first_after = start.elapsed();
     assert!(!first.is_final());
+    assert_eq!(
+        observer.lane(0).running(),
+        1,
+        "the first chunk came after the end"
+    );
     drop(first);
     let rest: Vec<_> = chunks.map(Result::unwrap).collect();
-    let total_time = start.elapsed();
     assert_eq!(rest.len(), 100, "99 more chunks and the final answer");
     assert!(rest.last().unwrap().is_final());
-    assert!(
-        first_after < total_time / 2,
-        "the first stream chunk came after {first_after:?} of {total_time:?}"
-    );
     drop(rest);
 
     // The slow client's answers were kept, not dropped: it reads all 48 now.

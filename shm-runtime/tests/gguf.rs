@@ -21,6 +21,9 @@ use shm_runtime::config::cache_dir;
 use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Params, Request, Task};
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
 
+mod common;
+use common::Want;
+
 const SMOLLM: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn name(tag: &str) -> String {
@@ -218,9 +221,15 @@ fn a_stream_arrives_token_by_token_in_order_and_can_be_cancelled() {
 #[test]
 fn two_streams_decode_together() {
     let (_server, client) = start("two", model(smollm(), &[("parallel", 2)]));
-    let run = |client: Client, prompt: &'static str, delay: u64| {
+    // b starts once a's sequence runs.
+    let run = |client: Client, prompt: &'static str, after_running: u64| {
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(delay));
+            let svc = shm_runtime::service::Service::open(&name("two")).unwrap();
+            let end = Instant::now() + Duration::from_secs(60);
+            while svc.lane(0).running() < after_running {
+                assert!(Instant::now() < end, "the first stream never started");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut times = Vec::new();
             for item in client.stream(&generate(prompt, 32)).unwrap() {
                 let v = item.unwrap();
@@ -232,7 +241,7 @@ fn two_streams_decode_together() {
         })
     };
     let a = run(client.clone(), "The history of Rome", 0);
-    let b = run(client.clone(), "How to bake bread", 30);
+    let b = run(client.clone(), "How to bake bread", 1);
     let (ta, tb) = (a.join().unwrap(), b.join().unwrap());
     assert!(
         ta.len() >= 16 && tb.len() >= 16,
@@ -324,26 +333,35 @@ fn two_workers_take_one_stream_each_and_hand_over_the_third() {
 fn bad_parameters_get_typed_errors() {
     let (_server, client) = start("bad", model(tiny(), &[("context", 64)]));
     let mut cases = Vec::new();
-    cases.push(("max_tokens 0", generate("hi", 0)));
+    cases.push((
+        "max_tokens 0",
+        generate("hi", 0),
+        Want::Invalid("max_tokens"),
+    ));
     let mut r = generate("hi", 4);
     r.params.temperature = -1.0;
-    cases.push(("negative temperature", r));
+    cases.push(("negative temperature", r, Want::Invalid("temperature")));
     cases.push((
         "prompt longer than the context",
         generate(&"word ".repeat(200), 4),
+        Want::Invalid("the context holds 64"),
     ));
     let mut r = generate("hi", 4);
     r.input = Input::Tokens(vec![1, 2, 99_999_999]);
-    cases.push(("token id outside the vocabulary", r));
+    cases.push((
+        "token id outside the vocabulary",
+        r,
+        Want::Invalid("token id 99999999 is outside the vocabulary"),
+    ));
     let mut r = generate("hi", 4);
     r.task = Task::Embed;
-    cases.push(("a task the model does not do", r));
-    for (what, r) in cases {
-        match client.infer(&r) {
-            Err(Error::InvalidRequest(m)) | Err(Error::ModelNotFound(m)) => println!("{what}: {m}"),
-            Err(e) => panic!("{what}: wrong error {e:?}"),
-            Ok(v) => panic!("{what}: answered {:?}", v.response().unwrap().body),
-        }
+    cases.push((
+        "a task the model does not do",
+        r,
+        Want::NoModel("does not do Embed"),
+    ));
+    for (what, r, want) in cases {
+        want.check(what, client.infer(&r));
     }
     // The model still generates, up to max_tokens.
     let (_, ids) = answer(&client, &generate("hi", 5));

@@ -1,7 +1,7 @@
 //! The runtime across real processes: client processes (this test binary re-executed) against a
 //! server, clients and servers killed with SIGKILL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,11 @@ fn client(role: &str, service: &str, arg: &str) -> Kid {
 
 /// `shm-runtime serve` with an echo and a sleep model.
 fn start_server(service: &str) -> Kid {
+    start_server_with(service, &[])
+}
+
+/// `shm-runtime serve` with an echo and a sleep model, and `extra` arguments.
+fn start_server_with(service: &str, extra: &[&str]) -> Kid {
     Kid::from(
         Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
             .args([
@@ -33,6 +38,7 @@ fn start_server(service: &str) -> Kid {
                 "--model",
                 "slow=sleep",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -86,8 +92,9 @@ impl Rng {
 fn load(service: &str, n: u64, seed: u64) {
     let client = Client::connect(service).unwrap();
     let mut rng = Rng(seed | 1);
-    let mut open: HashMap<Ticket, u64> = HashMap::new();
-    let mut finals: HashMap<u64, u32> = HashMap::new();
+    // Ticket -> (request number, sent to the slow model).
+    let mut open: HashMap<Ticket, (u64, bool)> = HashMap::new();
+    let mut finished: HashSet<Ticket> = HashSet::new();
     let (mut sent, mut answered, mut timed_out) = (0u64, 0u64, 0u64);
     while answered < n {
         while sent < n && open.len() < 16 {
@@ -112,30 +119,49 @@ fn load(service: &str, n: u64, seed: u64) {
                 params,
             };
             let t = client.submit(&req).unwrap();
-            open.insert(t, sent);
+            assert!(
+                open.insert(t, (sent, slow)).is_none(),
+                "ticket {t:?} issued twice"
+            );
             sent += 1;
         }
-        let (&t, &i) = open.iter().next().unwrap();
+        let (&t, &(i, slow)) = open.iter().next().unwrap();
         match client.recv(t, Duration::from_secs(20)) {
             Ok(v) if !v.is_final() => continue,
             Ok(_) => {}
-            Err(Error::TimedOut) => timed_out += 1,
-            Err(e) => panic!("request {i}: unexpected {e}"),
+            // The server's answer for a deadline it could not meet (a client-side timeout would
+            // leave the request in flight, caught below).
+            Err(Error::TimedOut) if slow => timed_out += 1,
+            Err(e) => panic!("request {i} (slow: {slow}): unexpected {e}"),
         }
         open.remove(&t);
-        *finals.entry(i).or_default() += 1;
+        assert!(finished.insert(t), "request {i}: a second final answer");
         answered += 1;
         if answered % 1000 == 0 {
             say(format!("progress {answered}"));
         }
     }
-    assert_eq!(finals.len() as u64, n);
-    assert!(finals.values().all(|&c| c == 1));
+    assert_eq!(finished.len() as u64, n);
+    // A final answer removes its ticket from `open`, so a second answer for it (or an answer for a
+    // ticket never sent) is not read above: the client returns it unread and counts it as a
+    // stray. One request per lane after all the others, answered in turn, brings in whatever the
+    // workers sent before.
+    for model in ["echo", "slow"] {
+        let mut r = generate(0, model, "last");
+        r.params.max_tokens = 1;
+        assert!(client.infer(&r).unwrap().is_final());
+    }
+    assert_eq!(
+        client.stray_answers(),
+        0,
+        "answers for tickets not in flight"
+    );
     assert_eq!(client.in_flight(), 0);
     say(format!("ok {answered} timed_out {timed_out}"));
 }
 
 #[test]
+#[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
@@ -158,9 +184,66 @@ fn child_entry() {
             std::thread::sleep(Duration::from_secs(60));
             drop(first);
         }
+        "rewrite-after-submit" => rewrite_after_submit(&service, arg, std::process::id() as u64),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
+}
+
+/// A use-after-submit bug: sends `n` echo requests through chunks it keeps writing random bytes
+/// into after submitting them (racing the server's read), and checks that each gets one final
+/// answer: the echo, or an `InvalidRequest` refusal. Prints "ok <answered> <refused> <renamed>".
+fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
+    use shm_runtime::protocol::encode_request;
+    use shm_runtime::ring::pool::{OwnerId, Pool};
+    use shm_runtime::ring::ProcessToken;
+    use shm_runtime::service::Service;
+    use std::sync::atomic::Ordering;
+
+    let client = Client::connect(service).unwrap();
+    let svc = Service::open(service).unwrap();
+    let me = ProcessToken::current().raw();
+    let slot = (0..svc.layout.max_clients)
+        .find(|&c| svc.client(c).token.load(Ordering::Acquire) == me)
+        .expect("this process's client slot");
+    let owner = OwnerId::from_raw(svc.client(slot).owner.load(Ordering::Acquire))
+        .expect("the client's pool owner id");
+    let pool = Pool::attach(&svc.pool_region()).unwrap();
+    // Longer than an inline string, so the archive holds a relative pointer and a length to
+    // corrupt. Request id 0: the client then checks nothing of the answer's id.
+    let req = generate(0, "echo", &"rewritten after submit; ".repeat(4));
+    let mut rng = Rng(seed | 1);
+    let (mut answered, mut refused, mut renamed) = (0u64, 0u64, 0u64);
+    for i in 0..n {
+        // A 16 KiB chunk: echo answers of ~100 bytes come from the small classes, so a write that
+        // lands after the server released the chunk hits a free chunk, never an answer.
+        let mut loan = pool.loan(owner, 16 << 10).unwrap();
+        let len = encode_request(&req, loan.as_mut_slice()).unwrap();
+        let at = loan.as_mut_ptr();
+        let id = loan.into_id();
+        let t = client
+            .submit_descriptor("echo", id.raw(), len as u32)
+            .unwrap();
+        for _ in 0..16 {
+            let k = (rng.next() % len as u64) as usize;
+            // SAFETY: k < len <= the chunk's 16 KiB, and the segment stays mapped while `pool`
+            // lives. The server reads these bytes meanwhile: that race is what is under test (its
+            // hardened copy); the volatile write keeps it from being elided.
+            unsafe { at.add(k).write_volatile(rng.next() as u8) };
+        }
+        match client.recv(t, Duration::from_secs(10)) {
+            Ok(v) => {
+                assert!(v.is_final(), "request {i}: an echo is one final answer");
+                answered += 1;
+            }
+            Err(Error::InvalidRequest(_)) => refused += 1,
+            // A rewrite of the request id that the server read: its answer names that id.
+            Err(Error::Protocol(m)) if m.contains("answer for request") => renamed += 1,
+            Err(e) => panic!("request {i}: {e}"),
+        }
+    }
+    assert_eq!(client.in_flight(), 0);
+    say(format!("ok {answered} {refused} {renamed}"));
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -219,12 +302,17 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
     wait_for("the pool to refill", Duration::from_secs(5), || {
         observer.pool_free() == (total, total)
     });
-    // The lane is free again: a short request is answered promptly.
-    let t = Instant::now();
+    // The lane dropped the dead client's running stream and queued requests (10,000 tokens of
+    // 5 ms each would run for 50 s), and serves again.
+    let svc = shm_runtime::service::Service::open(&service).unwrap();
+    wait_for(
+        "the lane to drop the dead client's work",
+        Duration::from_secs(10),
+        || svc.lane(1).running() == 0 && svc.lane(1).queued() == 0,
+    );
     let mut r = generate(0, "slow", "x");
     r.params.max_tokens = 1;
     observer.infer(&r).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(2));
 }
 
 #[test]
@@ -238,15 +326,11 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
     r.params.max_tokens = 1000;
     let t = client.submit(&r).unwrap();
     server.kill9();
-    let start = Instant::now();
+    // Noticed well before the request's own end (1000 steps of 10 ms) and the wait's: ServerGone,
+    // not TimedOut. (How fast: the soak's server-kill phase measures it.)
     assert_eq!(
-        client.recv(t, Duration::from_secs(30)).unwrap_err(),
+        client.recv(t, Duration::from_secs(5)).unwrap_err(),
         Error::ServerGone
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "ServerGone took {:?}",
-        start.elapsed()
     );
     assert_eq!(client.submit(&r).unwrap_err(), Error::ServerGone);
     drop(client);
@@ -312,7 +396,10 @@ fn cli_ping_status_and_sigterm_drain() {
     let mut r = generate(2, "slow", "x");
     r.params.max_tokens = 10;
     let t = client.submit(&r).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    let svc = shm_runtime::service::Service::open(&service).unwrap();
+    wait_for("the slow request to start", Duration::from_secs(10), || {
+        svc.lane(1).running() == 1
+    });
     // SAFETY: signals our own child; no memory involved.
     let rc = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
@@ -331,4 +418,28 @@ fn cli_ping_status_and_sigterm_drain() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_hardened_server_survives_a_client_that_rewrites_its_requests_after_submitting() {
+    let service = unique("rewrite");
+    let _cleanup = StaleSegment(service.clone());
+    let mut server = start_server_with(&service, &["--hardened"]);
+    server.expect("serving");
+    let observer = Client::connect(&service).unwrap();
+    let (_, total) = observer.pool_free();
+    let mut kid = client("rewrite-after-submit", &service, "20000");
+    let line = kid.expect("ok ");
+    kid.wait_success();
+    let counts: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 20_000, "{line}");
+    assert!(counts[1] > 0, "no rewrite was ever refused: {line}");
+    // The server lives, serves, and has every chunk back.
+    let v = observer.infer(&generate(0, "echo", "after")).unwrap();
+    assert!(v.is_final());
+    drop(v);
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        observer.pool_free() == (total, total)
+    });
+    server.kill9();
 }

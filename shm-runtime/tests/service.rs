@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use shm_runtime::protocol::{
     ArchivedBody, ArchivedTensorData, Input, Params, Request, Task, Tensor, TensorData,
 };
+use shm_runtime::service::Service;
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
 
 fn name(tag: &str) -> String {
@@ -29,6 +30,20 @@ fn server(tag: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Client) 
     let server = Server::start(cfg).expect("server starts");
     let client = Client::connect(&svc).expect("client connects");
     (server, client)
+}
+
+/// Waits (polling, generously bounded) until `f` holds.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The segment of the service [`server`] started for `tag` (its lane 0 is echo, lane 1 slow).
+fn lane_of(tag: &str) -> Service {
+    Service::open(&name(tag)).expect("the service is up")
 }
 
 fn req(model: &str, task: Task, input: Input) -> Request {
@@ -130,7 +145,18 @@ fn streams_arrive_in_order_then_the_final_answer() {
 
 #[test]
 fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
-    let (_server, client) = server("bad", |_| {});
+    bad_requests("bad", false);
+}
+
+#[test]
+fn a_hardened_server_gives_bad_requests_the_same_typed_errors() {
+    bad_requests("bad-hardened", true);
+}
+
+/// Unknown models, refused parameters, garbage bytes, impossible lengths and forged chunk ids,
+/// against a server that validates in place or (`hardened`) copies each request first.
+fn bad_requests(tag: &str, hardened: bool) {
+    let (_server, client) = server(tag, |c| c.hardened = hardened);
     let unknown = client.infer(&req("nope", Task::Generate, Input::Text("x".into())));
     assert!(
         matches!(unknown, Err(Error::ModelNotFound(_))),
@@ -182,13 +208,19 @@ fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
 #[test]
 fn deadlines_cancel_and_quota() {
     let (_server, client) = server("deadline", |c| c.max_inflight = 3);
-    // Runs 10 x 20 ms but may take 60 ms: stopped at the deadline.
+    // Runs 10 x 20 ms but may take 60 ms: stopped at the deadline, not run to the end (its
+    // chunks show how far it got).
     let mut r = req("slow", Task::Generate, Input::Text("x".into()));
     r.params.max_tokens = 10;
     r.params.timeout_ms = 60;
-    let t0 = Instant::now();
-    assert_eq!(client.infer(&r).unwrap_err(), Error::TimedOut);
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    let items: Vec<_> = client.stream(&r).unwrap().collect();
+    let (end, chunks) = items.split_last().unwrap();
+    assert_eq!(end.as_ref().unwrap_err(), &Error::TimedOut);
+    assert!(chunks
+        .iter()
+        .all(|c| c.as_ref().is_ok_and(|v| !v.is_final())));
+    assert!(chunks.len() < 10, "ran all {} steps", chunks.len());
+    r.params.stream = false;
     // Cancel a running stream after its first chunk.
     r.params.timeout_ms = 0;
     r.params.max_tokens = 200;
@@ -232,7 +264,8 @@ fn more_urgent_requests_run_first() {
     let mut blocker = req("slow", Task::Generate, Input::Text("x".into()));
     blocker.params.max_tokens = 5;
     let b = client.submit(&blocker).unwrap();
-    std::thread::sleep(Duration::from_millis(30));
+    let svc = lane_of("prio");
+    wait_for("the blocker to run", || svc.lane(1).running() == 1);
     let mut tickets = Vec::new();
     for p in [3u8, 2, 1, 0] {
         let mut r = req("slow", Task::Generate, Input::Text("x".into()));
@@ -289,7 +322,10 @@ fn shutdown_answers_what_it_cannot_finish() {
     let mut r = req("slow", Task::Generate, Input::Text("x".into()));
     r.params.max_tokens = 50;
     let tickets: Vec<_> = (0..4).map(|_| client.submit(&r).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(50));
+    let svc = lane_of("drain");
+    wait_for("one running, three queued", || {
+        svc.lane(1).running() == 1 && svc.lane(1).queued() == 3
+    });
     let c2 = client.clone();
     let waiter = std::thread::spawn(move || {
         tickets
@@ -304,21 +340,14 @@ fn shutdown_answers_what_it_cannot_finish() {
     });
     server.shutdown(Duration::from_millis(100));
     let results = waiter.join().unwrap();
+    // 50 steps of 20 ms outlast the 100 ms grace: the running request and the three queued ones
+    // are each answered before the server goes (not left to fail with ServerGone).
     for r in &results {
         assert!(
-            matches!(
-                r,
-                Err(Error::ShuttingDown) | Err(Error::Cancelled) | Err(Error::ServerGone)
-            ),
+            matches!(r, Err(Error::ShuttingDown) | Err(Error::Cancelled)),
             "{results:?}"
         );
     }
-    assert!(
-        results
-            .iter()
-            .any(|r| matches!(r, Err(Error::ShuttingDown) | Err(Error::Cancelled))),
-        "at least the queued ones are answered: {results:?}"
-    );
     assert_eq!(
         client.submit(&req("echo", Task::Generate, Input::Text("late".into()))),
         Err(Error::ServerGone)
@@ -336,7 +365,17 @@ fn connect_errors_are_typed() {
         &name("dup"),
         vec![ModelConfig::new("e", "echo")],
     ));
-    assert!(again.is_err(), "a live server's name is refused");
+    assert!(
+        matches!(
+            again,
+            Err(shm_runtime::ServerError::Segment {
+                source: shm_runtime::ring::CreateError::AlreadyExists { .. },
+                ..
+            })
+        ),
+        "a live server's name is refused: {:?}",
+        again.map(|_| ())
+    );
     let bad = Server::start(ServerConfig::new(
         &name("badmodel"),
         vec![ModelConfig::new("m", "no-such-backend")],
@@ -357,7 +396,14 @@ fn a_flooding_client_does_not_starve_another() {
     let mut r = req("slow", Task::Generate, Input::Text("x".into()));
     r.params.max_tokens = 1;
     let flood: Vec<_> = (0..40).map(|_| flooder.submit(&r).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(12));
+    let lanes = Service::open(&svc).unwrap();
+    wait_for("the flood to start", || {
+        lanes
+            .lane(0)
+            .started
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= 1
+    });
     let t = polite.submit(&r).unwrap();
     polite.recv(t, Duration::from_secs(5)).unwrap();
     // The polite request waited for at most a few rounds of the flood, not all 40 (200 ms).
@@ -394,10 +440,14 @@ fn gen_req(max_tokens: u32) -> Request {
 #[test]
 fn continuous_batching_interleaves_two_streams() {
     let (_server, svc) = stepping("interleave", 4, 5.0);
-    let run = |svc: String, delay_ms: u64| {
+    // b starts once a's sequence runs.
+    let run = |svc: String, after_running: u64| {
         std::thread::spawn(move || {
             let client = Client::connect(&svc).unwrap();
-            std::thread::sleep(Duration::from_millis(delay_ms));
+            let lanes = Service::open(&svc).unwrap();
+            wait_for("the other stream to start", || {
+                lanes.lane(0).running() >= after_running
+            });
             let mut times = Vec::new();
             let mut indexes = Vec::new();
             let mut final_text = String::new();
@@ -416,7 +466,7 @@ fn continuous_batching_interleaves_two_streams() {
         })
     };
     let a = run(svc.clone(), 0);
-    let b = run(svc.clone(), 20);
+    let b = run(svc.clone(), 1);
     let (ta, ia, fa) = a.join().unwrap();
     let (tb, ib, fb) = b.join().unwrap();
     let want: Vec<u32> = (0..20).collect();
@@ -430,7 +480,7 @@ fn continuous_batching_interleaves_two_streams() {
         "b waited for a to finish: b started {:?} after a's end",
         tb[0] - *ta.last().unwrap()
     );
-    let svc = shm_runtime::service::Service::open(&svc).unwrap();
+    let svc = Service::open(&svc).unwrap();
     assert_eq!(svc.lane(0).running(), 0);
 }
 
@@ -472,7 +522,8 @@ fn stepping_workers_share_streams_and_hand_over_queued_ones() {
         let (s1, g1) = (svc.clone(), go.clone());
         let a = std::thread::spawn(move || timed_stream(&s1, 60, g1));
         go.wait();
-        std::thread::sleep(Duration::from_millis(30));
+        let lanes = Service::open(&svc).unwrap();
+        wait_for("stream a to start", || lanes.lane(0).running() == 1);
         let go = std::sync::Arc::new(std::sync::Barrier::new(3));
         let (s2, g2) = (svc.clone(), go.clone());
         let b = std::thread::spawn(move || timed_stream(&s2, 6, g2));
@@ -511,19 +562,21 @@ fn a_cancel_reaches_a_stream_while_every_stepping_worker_is_full() {
         assert!(!s.next().unwrap().unwrap().is_final());
     }
     let queued = client.submit(&gen_req(3)).unwrap();
-    let t = Instant::now();
     client.cancel(s1.ticket()).unwrap();
-    let end = s1.find(|i| !matches!(i, Ok(v) if !v.is_final())).unwrap();
+    let mut after_cancel = 0;
+    let end = s1
+        .find(|i| {
+            after_cancel += 1;
+            !matches!(i, Ok(v) if !v.is_final())
+        })
+        .unwrap();
     assert!(
         matches!(end, Err(Error::Cancelled)),
         "{:?}",
         end.map(|_| ())
     );
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "the cancel took {:?}",
-        t.elapsed()
-    );
+    // Taken in between steps: a few more tokens at most, not the rest of the 400.
+    assert!(after_cancel <= 10, "{after_cancel} chunks after the cancel");
     // The freed worker takes the queued request at once, while s2 still runs.
     let v = client.recv(queued, Duration::from_secs(5)).unwrap();
     assert!(matches!(

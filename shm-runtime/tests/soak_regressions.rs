@@ -102,22 +102,54 @@ fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder
     slow.options
         .insert("step_ms".into(), toml::Value::Float(1.0));
     let _server = Server::start(ServerConfig::new(&service, vec![slow])).unwrap();
+    let svc = Service::open(&service).unwrap();
+    let me = ProcessToken::current().raw();
     let first = Client::connect(&service).unwrap();
+    let slot = (0..svc.layout.max_clients)
+        .find(|&c| svc.client(c).token.load(Ordering::Acquire) == me)
+        .expect("the first client's slot");
+    let first_epoch = svc.client(slot).epoch.load(Ordering::Acquire);
     let busy = Client::connect(&service).unwrap();
     // The lane's worker knows both connections.
     first.infer(&generate(1, "slow", "x", 1)).unwrap();
     busy.infer(&generate(2, "slow", "x", 1)).unwrap();
-    // `busy` keeps the lane's only worker running for ~400 ms.
-    let long = busy.submit(&generate(3, "slow", "x", 400)).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // `busy` keeps the lane's only worker running for a second or more.
+    let long = busy.submit(&generate(3, "slow", "x", 1000)).unwrap();
+    wait_for("the long job to run", Duration::from_secs(10), || {
+        svc.lane(0).running() == 1
+    });
+    // The first holder leaves with requests queued in its ring, behind the running job.
+    for id in 10..13 {
+        first.submit(&generate(id, "slow", "first's", 1)).unwrap();
+    }
     drop(first);
     let second = Client::connect(&service).unwrap();
-    let t = second.submit(&generate(4, "slow", "x", 1)).unwrap();
-    let v = second
-        .recv(t, Duration::from_secs(10))
-        .expect("the new holder of the slot is answered");
-    assert!(v.is_final());
-    assert_eq!(text_of(&v), "t0 ");
+    let e = svc.client(slot);
+    assert_eq!(e.token.load(Ordering::Acquire), me, "the slot is reused");
+    assert_ne!(
+        e.epoch.load(Ordering::Acquire),
+        first_epoch,
+        "under a new epoch"
+    );
+    // Its tickets repeat the first holder's sequence numbers: only the epoch tells them apart.
+    let mine: Vec<_> = (20..23)
+        .map(|id| {
+            (
+                id,
+                second.submit(&generate(id, "slow", "second's", 1)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(svc.lane(0).running(), 1, "the long job still runs");
+    for (id, t) in mine {
+        // The client checks the answer's request id against the ticket's.
+        let v = second
+            .recv(t, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("request {id} of the new holder: {e}"));
+        assert!(v.is_final());
+        assert_eq!(v.response().unwrap().id, id);
+        assert_eq!(text_of(&v), "t0 ");
+    }
     let v = busy.recv(long, Duration::from_secs(10)).unwrap();
     assert!(v.is_final());
     assert_eq!(second.stray_answers() + busy.stray_answers(), 0);

@@ -39,9 +39,15 @@ impl Kid {
     /// This test binary re-executed to run only `child_entry`, with `env` telling it its role.
     pub(crate) fn role(env: &[(&str, &str)]) -> Kid {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "--exact",
+            "child_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -88,4 +94,33 @@ pub(crate) fn say(line: String) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").unwrap();
     out.flush().unwrap();
+}
+
+/// The one error a refused request must get: its kind and a part of its message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Want {
+    /// `Error::InvalidRequest` whose message contains this.
+    Invalid(&'static str),
+    /// `Error::ModelNotFound` whose message contains this.
+    NoModel(&'static str),
+}
+
+impl Want {
+    /// Panics, naming the case `what`, unless `got` is this error.
+    pub(crate) fn check(
+        self,
+        what: &str,
+        got: Result<shm_runtime::ResponseView, shm_runtime::Error>,
+    ) {
+        use shm_runtime::Error;
+        let ok = match (&got, self) {
+            (Err(Error::InvalidRequest(m)), Want::Invalid(n)) => m.contains(n),
+            (Err(Error::ModelNotFound(m)), Want::NoModel(n)) => m.contains(n),
+            _ => false,
+        };
+        match got {
+            Ok(v) => panic!("{what}: answered {:?}", v.response().map(|r| &r.body)),
+            Err(e) => assert!(ok, "{what}: wanted {self:?}, got {e:?}"),
+        }
+    }
 }
