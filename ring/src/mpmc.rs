@@ -889,11 +889,14 @@ mod tests {
         assert_eq!(rx.pop(), Err(PopError::Empty));
     }
 
-    /// Runs `f` on another thread and fails the test if it has not returned within 5 s.
+    /// Runs `f` on another thread and fails the test if it has not returned within 5 s (under
+    /// miri, which interprets every thread of every test on one core, 600 s: still nothing like
+    /// the 2^46 rounds an unbounded loop would take there).
     fn returns_in_time<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
         let (done, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || done.send(f()));
-        rx.recv_timeout(Duration::from_secs(5))
+        let limit = Duration::from_secs(if cfg!(miri) { 600 } else { 5 });
+        rx.recv_timeout(limit)
             .expect("the blocking call outlived its deadline")
     }
 
