@@ -10,26 +10,27 @@
 # shm-runtime's processes tests). Those orderings are tested by the process tests themselves.
 #
 # Needs nightly with rust-src (-Zbuild-std builds std instrumented too, so std's own
-# synchronisation is seen); installs rust-src when missing. Without it, prints SKIPPED and exits 0.
+# synchronisation is seen), installed by ci/nightly.sh when missing. When it cannot be had (or the
+# host has no ThreadSanitizer), fails if CI is set and prints SKIPPED with the reason otherwise.
 # Reports are suppressed only through ci/tsan.supp, each entry with the reason it is not a race.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 skip() {
+  if [ -n "${CI:-}" ]; then
+    echo "tsan: FAILED: $1 (CI is set: ThreadSanitizer must run)" >&2
+    exit 1
+  fi
   echo "tsan: SKIPPED ($1)"
   exit 0
 }
 
-cargo +nightly --version >/dev/null 2>&1 || skip "no nightly toolchain"
+bash ci/nightly.sh tsan || skip "no nightly toolchain with rust-src can be installed on this machine"
 host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 case "$host" in
   x86_64-unknown-linux-gnu | aarch64-unknown-linux-gnu) ;;
   *) skip "ThreadSanitizer is not supported on $host" ;;
 esac
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  rustup component add rust-src --toolchain nightly >/dev/null 2>&1 ||
-    skip "the rust-src component for nightly cannot be installed"
-fi
 
 export CARGO_TARGET_DIR="${TSAN_TARGET_DIR:-target/tsan}"
 export RUSTFLAGS="-Zsanitizer=thread"

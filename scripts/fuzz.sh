@@ -5,11 +5,11 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60; targets: FUZZ_TARGETS="request ...")
 #
-# Needs a nightly toolchain (cargo-fuzz builds with -Zsanitizer=address); installs cargo-fuzz into
-# ~/.cargo/bin when missing. Seeds are generated into fuzz/corpus/<target> first; the corpus grows
-# there between runs. Prints each target's executions (libFuzzer's final stats) and fails if any
-# target finds a crash, a leak or a hang (reproducer in fuzz/artifacts/<target>/). Without nightly
-# it prints SKIPPED and exits 0.
+# Needs a nightly toolchain (cargo-fuzz builds with -Zsanitizer=address) and cargo-fuzz, installed
+# by ci/nightly.sh when missing; when they cannot be had, fails if CI is set and prints SKIPPED with
+# the reason otherwise. Seeds are generated into fuzz/corpus/<target> first; the corpus grows there
+# between runs. Prints each target's executions (libFuzzer's final stats) and fails if a target does
+# not build or finds a crash, a leak or a hang (reproducer in fuzz/artifacts/<target>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -17,20 +17,17 @@ secs="${1:-60}"
 targets="${FUZZ_TARGETS:-request descriptor headers}"
 
 skip() {
+  if [ -n "${CI:-}" ]; then
+    echo "fuzz: FAILED: $1 (CI is set: fuzzing must run)" >&2
+    exit 1
+  fi
   echo "fuzz: SKIPPED ($1)"
   exit 0
 }
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  rustup toolchain install nightly --profile minimal >/dev/null 2>&1 ||
-    skip "no nightly toolchain, and none can be installed"
-fi
+bash ci/nightly.sh fuzz || skip "no nightly toolchain with cargo-fuzz can be installed on this machine"
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "fuzz: installing cargo-fuzz"
-  cargo +nightly install cargo-fuzz --locked >/dev/null 2>&1 ||
-    skip "cargo-fuzz could not be installed"
-fi
+cargo fuzz --version >/dev/null 2>&1 || skip "cargo fuzz does not run"
 
 cd fuzz
 # The seed writer is an ordinary program (no sanitizer, no libFuzzer).
@@ -42,7 +39,16 @@ status=0
 summary=()
 for t in $targets; do
   echo "== fuzz $t (${secs}s)"
-  cargo +nightly fuzz build "$t" 2>&1 | grep -v '^\s*Compiling' || true
+  # Only the Compiling lines are filtered out; the build's own exit status decides.
+  set +e
+  cargo +nightly fuzz build "$t" 2>&1 | grep -v '^\s*Compiling'
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    summary+=("$t: FAILED to build (cargo fuzz build exit $rc)")
+    continue
+  fi
   mkdir -p "artifacts/$t"
   log="target/fuzz-$t.log"
   start=$(date +%s)

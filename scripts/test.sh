@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, doc, cross-process and model tests (real ONNX Runtime and llama.cpp
-# with real models), a short chaos soak, then loom, miri, ThreadSanitizer and a short fuzz run
-# (the last three need a nightly toolchain and say SKIPPED with the reason when none can be had).
-# Idempotent: first fetches ONNX Runtime, the models and llama.cpp's build tools (scripts/setup.sh).
+# with real models), the root-only tests, the fuzz harnesses' own tests, a short chaos soak, then
+# loom, miri, ThreadSanitizer and a short fuzz run.
+# Idempotent: first fetches ONNX Runtime, the models and llama.cpp's build tools (scripts/setup.sh),
+# then the nightly toolchain with miri and rust-src, and cargo-fuzz (ci/nightly.sh). With CI set,
+# nothing is skipped: a step that cannot run fails the suite; without CI, the miri, TSan and fuzz
+# steps and the root-only tests say SKIPPED with the reason when they cannot run here.
 # Runs in the release profile, the one the benchmarks use, so llama.cpp is built once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all
+if ! bash ci/nightly.sh; then
+  [ -z "${CI:-}" ] || exit 1
+  echo "test: no nightly tooling: the miri, TSan and fuzz steps will say SKIPPED"
+fi
 features=shm-runtime/onnx,shm-runtime/gguf,shm-bench/onnx,shm-bench/gguf
 cargo build --release --workspace --all-targets --features "$features"
 cargo test --release --workspace --features "$features"
+# The tests that need root (a second user, segments of other users), marked #[ignore = "needs root"]:
+# shm-ring's processes and shm-runtime's permissions tests. --ignored also runs the child-process
+# entries, which do nothing unless started as a child. Same features as above: no rebuild.
+if [ "$(id -u)" = 0 ]; then
+  cargo test --release --workspace --features "$features" --test processes --test permissions -- --ignored
+elif [ -n "${CI:-}" ]; then
+  echo "test: FAILED: the root-only tests (shm-ring processes, shm-runtime permissions, --ignored) need root; CI must run as root" >&2
+  exit 1
+else
+  echo "test: SKIPPED the root-only tests (shm-ring processes, shm-runtime permissions, --ignored): not root"
+fi
+# The fuzz harnesses as plain tests (fuzz/ is outside the workspace; stable is enough).
+cargo test --release --manifest-path fuzz/Cargo.toml
 # Chaos: client processes killed every 200 ms, a garbage-writing client, a server killed under
 # waiting clients (docs/reliability.md); 20 s here, 120 s for the full bar.
 cargo run --release -p shm-bench --features "$features" --bin soak -- --seconds 20

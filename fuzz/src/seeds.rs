@@ -246,6 +246,38 @@ mod tests {
         }
     }
 
+    /// Each seed with bytes overwritten (xorshift choices, reproducible): the harnesses must hold
+    /// on inputs near the valid ones too, not only on the seeds themselves.
+    #[test]
+    fn mutated_seeds_run_clean() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let targets: [(fn() -> Vec<(String, Vec<u8>)>, fn(&[u8])); 3] = [
+            (request_seeds, crate::request::run),
+            (descriptor_seeds, crate::descriptor::run),
+            (headers_seeds, crate::headers::run),
+        ];
+        for (seeds, run) in targets {
+            for (_, seed) in seeds() {
+                for _ in 0..64 {
+                    let mut s = seed.clone();
+                    for _ in 0..1 + next() % 4 {
+                        let at = (next() % s.len().max(1) as u64) as usize;
+                        if let Some(b) = s.get_mut(at) {
+                            *b = next() as u8;
+                        }
+                    }
+                    run(&s);
+                }
+            }
+        }
+    }
+
     #[test]
     fn request_seeds_are_valid_requests() {
         let limits = shm_runtime::protocol::Limits::default();

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::Arc;
 use loom::thread;
 use shm_ring::pool::{Pool, PoolConfig, SizeClass};
 use shm_ring::{mpmc, spsc, Region, WaitStrategy};
@@ -106,18 +108,31 @@ fn pool_never_loans_one_chunk_twice() {
         };
         let region = Region::heap(Pool::bytes_for(&config));
         Pool::init(&region, &config).unwrap();
-        let threads: Vec<_> = (0..2u8)
-            .map(|t| {
+        // Bit N is set while chunk N is out on a loan: a second loan of it finds the bit set.
+        let loaned = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
                 let region = region.clone();
+                let loaned = Arc::clone(&loaned);
                 thread::spawn(move || {
                     let pool = Pool::attach(&region).unwrap();
                     let me = pool.register_owner().unwrap();
+                    // Both loans are held across the other thread's loans and releases.
+                    let mut held = Vec::new();
                     for _ in 0..2 {
                         if let Ok(loan) = pool.loan(me, 64) {
-                            let id = loan.id();
-                            drop(loan);
-                            let _ = (id, t);
+                            let n = loan.id().index();
+                            assert!(n < 64, "chunk index {n} out of the bitmap");
+                            let before = loaned.fetch_or(1 << n, Ordering::SeqCst);
+                            assert_eq!(before & (1 << n), 0, "chunk {n} loaned twice");
+                            held.push(loan);
                         }
+                    }
+                    for loan in held {
+                        // Cleared before the chunk goes back, so its next loan finds it clear.
+                        let n = loan.id().index();
+                        loaned.fetch_and(!(1 << n), Ordering::SeqCst);
+                        drop(loan);
                     }
                 })
             })
@@ -125,6 +140,7 @@ fn pool_never_loans_one_chunk_twice() {
         for t in threads {
             t.join().unwrap();
         }
+        assert_eq!(loaned.load(Ordering::SeqCst), 0);
         let pool = Pool::attach(&region).unwrap();
         assert_eq!(pool.stats().in_use(), 0);
         assert_eq!(pool.stats().classes[0].free, 2);
