@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
-use shm_runtime::output::Out;
+use shm_runtime::backend::writer::Out;
 use shm_runtime::protocol::{
     access_request, encode_into, ArchivedBody, Input, Params, Request, Task,
 };

@@ -27,12 +27,12 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig};
 use shm_ring::{CreateOptions, Region, Segment};
-use shm_runtime::output::Out;
+use shm_runtime::backend::writer::Out;
 use shm_runtime::protocol::{
     access_request_chunk, encode_request, tokens_native, ArchivedInput, FinishReason, Input,
     Limits, Params, Request, Task, Usage,
 };
-use shm_runtime::scheduler::{Job, Scheduler};
+use shm_runtime::scheduler::{Job, ReplyTo, Scheduler};
 
 use crate::stats::median;
 
@@ -493,9 +493,11 @@ impl OurScheduler {
         OurScheduler {
             s: Scheduler::new(32),
             job: Job {
-                client: 0,
-                epoch: 1,
-                ticket: 0,
+                reply: ReplyTo {
+                    slot: 0,
+                    epoch: 1,
+                    ticket: 0,
+                },
                 chunk: ChunkId::from_raw(0),
                 len: 0,
                 request_id: 0,
@@ -510,8 +512,11 @@ impl OurScheduler {
     #[inline]
     pub fn pair(&mut self, i: u32) -> Option<u64> {
         let _ = self.s.push(Job {
-            client: (i % 8) as u16,
-            ticket: i,
+            reply: ReplyTo {
+                slot: (i % 8) as u16,
+                epoch: 1,
+                ticket: i,
+            },
             request_id: u64::from(i),
             priority: (i & 3) as u8,
             ..self.job
@@ -525,8 +530,11 @@ impl OurScheduler {
     pub fn burst(&mut self, k: u32) -> u64 {
         for i in 0..k {
             let _ = self.s.push(Job {
-                client: (i % 8) as u16,
-                ticket: i,
+                reply: ReplyTo {
+                    slot: (i % 8) as u16,
+                    epoch: 1,
+                    ticket: i,
+                },
                 request_id: u64::from(i),
                 priority: (i & 3) as u8,
                 ..self.job

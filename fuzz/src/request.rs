@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shm_runtime::backend::echo::Echo;
 use shm_runtime::backend::{Backend, RunContext, Stop};
-use shm_runtime::output::Out;
+use shm_runtime::backend::writer::Out;
 use shm_runtime::protocol::{
     access_request, access_request_chunk, access_response, check_request, f32_native, i32_native,
     i64_native, read_request_head, tokens_native, u64_native, ArchivedInput, ArchivedRequest,

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use shm_ring::pool::PoolConfig;
 use shm_ring::WaitStrategy;
 
-use crate::protocol::Limits;
+use crate::protocol::{Limits, MAX_DESC_LEN};
+use crate::service::{MAX_CLIENTS, MAX_MODELS, MAX_NAME, RING_PARTICIPANTS};
 
 /// One model to load.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,6 +101,83 @@ impl ServerConfig {
             hardened: false,
         }
     }
+}
+
+impl ServerConfig {
+    /// Checks what the server needs of this configuration before it loads anything: the ring
+    /// size, chunk sizes a descriptor can name, the model count and names, client slots and
+    /// worker threads.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ring_capacity < 2 {
+            return Err(ConfigError::RingCapacity(self.ring_capacity));
+        }
+        // A descriptor carries a length of 24 bits: larger chunks would have their answers and
+        // requests cut short.
+        if let Some(k) = self
+            .pool
+            .classes
+            .iter()
+            .find(|k| k.chunk_size > MAX_DESC_LEN)
+        {
+            return Err(ConfigError::ChunkTooLarge(k.chunk_size));
+        }
+        if self.models.is_empty() {
+            return Err(ConfigError::NoModels);
+        }
+        if self.models.len() > MAX_MODELS {
+            return Err(ConfigError::TooManyModels(self.models.len()));
+        }
+        if self.max_clients == 0 || self.max_clients > MAX_CLIENTS {
+            return Err(ConfigError::MaxClients(self.max_clients));
+        }
+        let workers: usize = self.models.iter().map(|m| m.workers(self)).sum();
+        if self.models.iter().any(|m| m.workers(self) == 0) || workers + 2 > RING_PARTICIPANTS {
+            return Err(ConfigError::Workers(workers));
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.models {
+            if m.name.is_empty() || m.name.len() > MAX_NAME || !names.insert(m.name.as_str()) {
+                return Err(ConfigError::ModelName(m.name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`ServerConfig::validate`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Rings need at least two entries.
+    #[error("ring_capacity must be at least 2, not {0}")]
+    RingCapacity(usize),
+    /// A pool size class has chunks longer than a descriptor can describe.
+    #[error(
+        "pool chunks must be at most {MAX_DESC_LEN} bytes (a descriptor's length field), not {0}"
+    )]
+    ChunkTooLarge(usize),
+    /// Nothing to serve.
+    #[error("no models configured")]
+    NoModels,
+    /// More models than the service's model table holds.
+    #[error("{0} models; at most {MAX_MODELS}")]
+    TooManyModels(usize),
+    /// `max_clients` out of range.
+    #[error("max_clients must be 1..={MAX_CLIENTS}, not {0}")]
+    MaxClients(usize),
+    /// A model without a worker, or more workers in all than a ring has participants.
+    #[error(
+        "every model needs at least one worker, and all models together at most {max} \
+         (workers_per_lane, or the model's workers); {0} asked",
+        max = RING_PARTICIPANTS - 2
+    )]
+    Workers(usize),
+    /// An empty, too long or repeated model name.
+    #[error("model names must be unique and 1..={MAX_NAME} bytes: {0:?}")]
+    ModelName(String),
 }
 
 /// The TOML file.

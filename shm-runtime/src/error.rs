@@ -66,3 +66,47 @@ impl Error {
         }
     }
 }
+
+/// Why a [`Server`](crate::Server) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error("invalid configuration")]
+    Config(#[from] crate::config::ConfigError),
+    /// A model could not be loaded.
+    #[error("cannot load model {name:?}")]
+    Model {
+        /// The model.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::backend::LoadError,
+    },
+    /// The segment could not be created (name in use by a live server, permissions...).
+    #[error("cannot create service {name:?}")]
+    Segment {
+        /// Service name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: shm_ring::CreateError,
+    },
+    /// Setting up the service segment or the server's threads failed.
+    #[error("cannot set up the service: {what}")]
+    Setup {
+        /// What could not be done.
+        what: &'static str,
+        /// The cause, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl ServerError {
+    pub(crate) fn setup(
+        what: &'static str,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ServerError {
+        ServerError::Setup { what, source }
+    }
+}

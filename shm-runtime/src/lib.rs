@@ -41,13 +41,12 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod output;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;
 pub mod service;
 
 pub use client::{Client, ClientOptions, ResponseView, Ticket};
-pub use config::{ModelConfig, ServerConfig};
-pub use error::Error;
-pub use server::{Server, ServerError};
+pub use config::{ConfigError, ModelConfig, ServerConfig};
+pub use error::{Error, ServerError};
+pub use server::Server;

@@ -296,6 +296,54 @@ impl ErrorCode {
     }
 }
 
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorCode::InvalidRequest => "the request is invalid",
+            ErrorCode::ModelNotFound => "no such model, or it does not do that task",
+            ErrorCode::Busy => "the service is busy",
+            ErrorCode::TimedOut => "the deadline passed",
+            ErrorCode::Cancelled => "the request was cancelled",
+            ErrorCode::Backend => "the model failed",
+            ErrorCode::ShuttingDown => "the server is shutting down",
+            ErrorCode::ResourceExhausted => "the server has no memory for the answer",
+        })
+    }
+}
+
+/// Why the server refuses or ends a request: the code its client sees and a sentence that says
+/// what was wrong. Validation returns these; the server answers them as error responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error kind on the wire.
+    pub code: ErrorCode,
+    /// What was wrong, for the client's error message.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An [`ErrorCode::InvalidRequest`] refusal.
+    pub fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 impl ArchivedErrorCode {
     /// The native code.
     pub fn to_native(&self) -> ErrorCode {

@@ -14,15 +14,32 @@ use shm_ring::pool::ChunkId;
 
 use crate::protocol::PRIORITY_LEVELS;
 
-/// A request accepted into a lane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Job {
+/// Where the answers of a request go: a client slot, the epoch of the connection that sent it (a
+/// slot's later holder never gets them), and the ticket the client knows the request by. It is
+/// also the key of a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyTo {
     /// Client slot.
-    pub client: u16,
+    pub slot: u16,
     /// The client slot's epoch when the request was accepted.
     pub epoch: u32,
     /// The client's ticket.
     pub ticket: u32,
+}
+
+impl ReplyTo {
+    /// The client slot as an index.
+    #[inline]
+    pub fn slot(&self) -> usize {
+        usize::from(self.slot)
+    }
+}
+
+/// A request accepted into a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// Where its answers go.
+    pub reply: ReplyTo,
     /// The request chunk, now owned by the server.
     pub chunk: ChunkId,
     /// Bytes of the request (head and archive) in the chunk.
@@ -91,11 +108,11 @@ impl Scheduler {
     #[inline]
     pub fn push(&mut self, job: Job) -> Result<(), Job> {
         let level = usize::from(job.priority).min(PRIORITY_LEVELS - 1);
-        let Some(q) = self.queues.get_mut(usize::from(job.client)) else {
+        let Some(q) = self.queues.get_mut(job.reply.slot()) else {
             return Err(job);
         };
         q[level].push_back(job);
-        self.nonempty[level] |= 1 << job.client;
+        self.nonempty[level] |= 1 << job.reply.slot;
         self.total += 1;
         Ok(())
     }
@@ -164,9 +181,11 @@ mod tests {
     fn job(client: u16, ticket: u32, priority: u8) -> Job {
         let now = now_ns();
         Job {
-            client,
-            epoch: 1,
-            ticket,
+            reply: ReplyTo {
+                slot: client,
+                epoch: 1,
+                ticket,
+            },
             chunk: ChunkId::from_raw(0),
             len: 0,
             request_id: 0,
@@ -182,7 +201,9 @@ mod tests {
         for (t, p) in [(1, 3), (2, 1), (3, 0), (4, 1), (5, 3), (6, 0)] {
             s.push(job(0, t, p)).unwrap();
         }
-        let order: Vec<u32> = std::iter::from_fn(|| s.pop()).map(|j| j.ticket).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| s.pop())
+            .map(|j| j.reply.ticket)
+            .collect();
         assert_eq!(order, vec![3, 6, 2, 4, 1, 5]);
     }
 
@@ -195,7 +216,7 @@ mod tests {
         s.push(job(2, 100, 1)).unwrap();
         s.push(job(3, 200, 2)).unwrap();
         let order: Vec<(u16, u32)> = std::iter::from_fn(|| s.pop())
-            .map(|j| (j.client, j.ticket))
+            .map(|j| (j.reply.slot, j.reply.ticket))
             .collect();
         assert_eq!(
             order,
@@ -221,7 +242,7 @@ mod tests {
         assert!(s.push(job(9, 4, 0)).is_err(), "slot out of range");
         assert_eq!(s.drain_client(1).len(), 2);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.pop().map(|j| j.ticket), Some(3));
+        assert_eq!(s.pop().map(|j| j.reply.ticket), Some(3));
         assert!(s.pop().is_none() && s.is_empty());
     }
 }

@@ -1,8 +1,8 @@
 //! The echo backend: answers every task from the input itself, with no model. For tests and for
 //! measuring the runtime's own overhead.
 
+use crate::backend::writer::{Out, TensorsWriter};
 use crate::backend::{Backend, BackendError, RunContext};
-use crate::output::{Out, TensorsWriter};
 use crate::protocol::{
     f32_native, i32_native, i64_native, u64_native, ArchivedInput, ArchivedRequest, ArchivedTask,
     ArchivedTensorData, Body, FinishReason, LabelScore, StreamChunk, Task, Usage,

@@ -33,9 +33,9 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::backend::writer::Out;
 use crate::backend::{Admitted, Backend, BackendError, RunContext, StepEvent, Stepper};
 use crate::config::ModelConfig;
-use crate::output::Out;
 use crate::protocol::{tokens_native, ArchivedInput, ArchivedRequest, FinishReason, Task, Usage};
 
 /// The process's llama.cpp backend, initialised on first use.

@@ -6,11 +6,15 @@ pub mod echo;
 pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+mod registry;
 pub mod sleep;
+pub mod writer;
 
 use std::time::{Duration, Instant};
 
-use crate::output::Out;
+pub use registry::{factory, load, Factory, LoadError};
+
+use crate::backend::writer::Out;
 use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
 
 /// Why a run stopped early.

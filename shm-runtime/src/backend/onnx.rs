@@ -31,9 +31,9 @@ use ort::session::Session;
 use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
 use tokenizers::Tokenizer;
 
+use crate::backend::writer::{Elem, Out, TensorsWriter};
 use crate::backend::{Backend, BackendError, Batching, RunContext};
 use crate::config::{cache_dir, ModelConfig};
-use crate::output::{Elem, Out, TensorsWriter};
 use crate::protocol::{
     f32_native, i32_native, i64_native, tokens_native, u64_native, ArchivedInput, ArchivedRequest,
     ArchivedTensorData, Body, LabelScore, Task,

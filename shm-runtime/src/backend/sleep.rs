@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backend::writer::Out;
 use crate::backend::{Admitted, Backend, BackendError, RunContext, StepEvent, Stepper};
-use crate::output::Out;
+use crate::config::ModelConfig;
 use crate::protocol::{ArchivedRequest, ArchivedTask, FinishReason, StreamChunk, Task, Usage};
 
 /// Sleeps `step` per token, `max_tokens` tokens.
@@ -16,6 +17,38 @@ pub struct Sleep {
     /// `step` of sleep) gives every running sequence its next token, and new requests join between
     /// steps, the way a model decodes a batch.
     pub slots: Option<usize>,
+}
+
+impl Sleep {
+    /// The backend a model configuration describes: options `step_ms` (a number, 0..=60000,
+    /// default 10) and `slots` (an integer 1..=64: continuous batching over that many sequences).
+    ///
+    /// # Errors
+    ///
+    /// A sentence naming the bad option.
+    pub fn from_config(m: &ModelConfig) -> Result<Sleep, String> {
+        let ms = match m.options.get("step_ms") {
+            None => 10.0,
+            Some(v) => v
+                .as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .ok_or("option step_ms must be a number")?,
+        };
+        if !(0.0..=60_000.0).contains(&ms) {
+            return Err(format!("step_ms {ms} out of range 0..=60000"));
+        }
+        let slots = match m.options.get("slots") {
+            None => None,
+            Some(v) => match v.as_integer() {
+                Some(n @ 1..=64) => Some(n as usize),
+                _ => return Err("option slots must be an integer in 1..=64".into()),
+            },
+        };
+        Ok(Sleep {
+            step: Duration::from_secs_f64(ms / 1000.0),
+            slots,
+        })
+    }
 }
 
 const TASKS: [Task; 4] = [Task::Classify, Task::Embed, Task::Generate, Task::Tensors];

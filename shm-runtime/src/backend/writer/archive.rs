@@ -1,0 +1,229 @@
+//! The archive's root, written behind payloads already in place: mirror types that archive as
+//! the protocol's own archived types, and the writer over the chunk's tail.
+
+use std::marker::PhantomData;
+
+use rkyv::rancor::{Fallible, Source};
+use rkyv::ser::{Positional, Writer};
+use rkyv::string::repr::{ArchivedStringRepr, INLINE_CAPACITY};
+use rkyv::string::ArchivedString;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Place, Serialize};
+
+use super::ROOT_ROOM;
+use crate::protocol::{
+    ArchivedBody, ArchivedErrorBody, ArchivedGeneration, ArchivedResponse, ArchivedStreamChunk,
+    ArchivedTensor, ArchivedTensorData, Body, ErrorCode, FinishReason, LabelScore, Response, Usage,
+};
+
+/// The rkyv writer for the root: the tail of a chunk, at positions counted from the chunk start.
+pub(super) struct Tail<'b> {
+    pub(super) buf: &'b mut [u8],
+    pub(super) base: usize,
+    pub(super) len: usize,
+}
+
+impl Positional for Tail<'_> {
+    fn pos(&self) -> usize {
+        self.base + self.len
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no room behind the payload for the answer's root")]
+pub(super) struct NoRoom;
+
+impl<E: Source> Writer<E> for Tail<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let end = self.len + bytes.len();
+        if end > self.buf.len() {
+            return Err(E::new(NoRoom));
+        }
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A slice already in the output at `pos`: archives as an [`ArchivedVec`] pointing at it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Placed<T> {
+    pub(super) pos: usize,
+    pub(super) len: usize,
+    pub(super) _t: PhantomData<T>,
+}
+
+impl<T> Placed<T> {
+    pub(super) fn new(pos: usize, len: usize) -> Placed<T> {
+        Placed {
+            pos,
+            len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Archive> Archive for Placed<T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.len, resolver, out);
+    }
+}
+
+impl<T: Archive, S: Fallible + ?Sized> Serialize<S> for Placed<T> {
+    fn serialize(&self, _: &mut S) -> Result<VecResolver, S::Error> {
+        Ok(VecResolver::from_pos(self.pos))
+    }
+}
+
+/// A string already in the output at `pos` (`text` is those bytes): archives as an
+/// [`ArchivedString`] pointing at them, or holding them inline when they are short.
+pub(super) struct PlacedStr<'t> {
+    pub(super) text: &'t str,
+    pub(super) pos: usize,
+}
+
+impl Archive for PlacedStr<'_> {
+    type Archived = ArchivedString;
+    type Resolver = ();
+
+    fn resolve(&self, (): (), out: Place<ArchivedString>) {
+        // SAFETY: ArchivedString is a repr(transparent) wrapper of ArchivedStringRepr, so a place
+        // for one is a place for the other.
+        let repr = unsafe { out.cast_unchecked::<ArchivedStringRepr>() };
+        if self.text.len() <= INLINE_CAPACITY {
+            // SAFETY: the length is at most INLINE_CAPACITY and `repr` is a place to write to.
+            unsafe { ArchivedStringRepr::emplace_inline(self.text, repr.ptr()) }
+        } else {
+            // SAFETY: INLINE_CAPACITY < length, and lengths are far below OUT_OF_LINE_CAPACITY
+            // (chunks are at most a few MiB); the bytes sit at `pos`, before the root.
+            unsafe { ArchivedStringRepr::emplace_out_of_line(self.text, self.pos, repr) }
+        }
+    }
+}
+
+impl<S: Fallible + ?Sized> Serialize<S> for PlacedStr<'_> {
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        Ok(())
+    }
+}
+
+/// Mirror of [`Response`] over placed payloads.
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedResponse)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator + Fallible,
+    <__S as Fallible>::Error: Source,
+))]
+pub(super) struct ResponseOut<'t> {
+    pub(super) id: u64,
+    #[rkyv(omit_bounds)]
+    pub(super) body: BodyOut<'t>,
+}
+
+/// Mirror of [`Body`]: the same variants in the same order (the tags are positions).
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedBody)]
+#[allow(dead_code)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator + Fallible,
+    <__S as Fallible>::Error: Source,
+))]
+pub(super) enum BodyOut<'t> {
+    Classification(Placed<LabelScore>),
+    Embedding(Placed<f32>),
+    Generation(#[rkyv(omit_bounds)] GenerationOut<'t>),
+    Chunk(#[rkyv(omit_bounds)] ChunkOut<'t>),
+    Tensors(#[rkyv(omit_bounds)] Entries<'t, TensorOut<'t>>),
+    Error(#[rkyv(omit_bounds)] ErrorOut<'t>),
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedErrorBody)]
+pub(super) struct ErrorOut<'t> {
+    pub(super) code: ErrorCode,
+    #[rkyv(omit_bounds)]
+    pub(super) message: PlacedStr<'t>,
+}
+
+/// Entries serialized behind the payload (the array of tensor entries): archives as an
+/// [`ArchivedVec`]. Borrowed, so that the root has nothing to drop.
+pub(super) struct Entries<'e, T>(pub(super) &'e [T]);
+
+impl<T: Archive> Archive for Entries<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for Entries<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + rkyv::ser::Allocator + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.0, s)
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedGeneration)]
+pub(super) struct GenerationOut<'t> {
+    #[rkyv(omit_bounds)]
+    pub(super) text: PlacedStr<'t>,
+    pub(super) tokens: Placed<u32>,
+    pub(super) finish: FinishReason,
+    pub(super) usage: Usage,
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedStreamChunk)]
+pub(super) struct ChunkOut<'t> {
+    pub(super) index: u32,
+    #[rkyv(omit_bounds)]
+    pub(super) text: PlacedStr<'t>,
+    pub(super) tokens: Placed<u32>,
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedTensor)]
+pub(super) struct TensorOut<'t> {
+    #[rkyv(omit_bounds)]
+    pub(super) name: PlacedStr<'t>,
+    pub(super) shape: Placed<u64>,
+    pub(super) data: TensorDataOut,
+}
+
+/// Mirror of [`TensorData`](crate::protocol::TensorData) over placed elements.
+#[doc(hidden)]
+#[derive(Archive, Serialize, Clone, Copy, Debug)]
+#[rkyv(as = ArchivedTensorData)]
+pub enum TensorDataOut {
+    F32(Placed<f32>),
+    I64(Placed<i64>),
+    I32(Placed<i32>),
+    U8(Placed<u8>),
+}
+
+/// A first guess at the bytes an owned answer needs.
+pub(crate) fn estimate(resp: &Response) -> usize {
+    let payload = match &resp.body {
+        Body::Classification(v) => v.iter().map(|l| l.label.len() + 16).sum(),
+        Body::Embedding(v) => v.len() * 4,
+        Body::Generation(g) => g.text.len() + g.tokens.len() * 4,
+        Body::Chunk(c) => c.text.len() + c.tokens.len() * 4,
+        Body::Tensors(ts) => ts
+            .iter()
+            .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
+            .sum(),
+        Body::Error(e) => e.message.len(),
+    };
+    payload + ROOT_ROOM
+}

@@ -1,0 +1,370 @@
+//! Answers written in place: a backend writes its result straight into the response chunk.
+//!
+//! [`Out`] is the answer of one request. A backend either hands it an owned [`Body`]
+//! ([`Out::body`], serialized once into the chunk) or, for the bulky results, writes the payload
+//! where the client will read it:
+//!
+//! * [`Out::embedding`] lends the vector as `&mut [f32]` inside the chunk;
+//! * [`Out::generation`] appends text and token ids as they are produced;
+//! * [`Out::tensors`] lends each output tensor's data inside the chunk.
+//!
+//! Then only the small root of the archive (a few dozen bytes) is serialized behind the payload.
+//! The layout follows rkyv's rules, so the client validates and reads it like any other archive:
+//! payloads come first, in the order in which the archived fields are visited (text before tokens,
+//! a tensor's name before its shape before its data, tensor after tensor), gaps between them are
+//! allowed, and the root comes last.
+//!
+//! The root is written through mirror types that archive as the protocol's own archived types
+//! (`#[rkyv(as = ...)]`) but point at payloads already in place; a unit test checks that an answer
+//! written this way is byte-for-byte the answer rkyv writes from the owned value.
+
+use rkyv::rancor;
+use rkyv::ser::allocator::SubAllocator;
+use rkyv::{Archive, Place, Serialize};
+use shm_ring::pool::{Loan, OwnerId, Pool};
+
+use crate::backend::BackendError;
+use crate::protocol::{encode_into, ArchivedResponse, Body, Response};
+
+/// Room kept behind the payload for the archive's root.
+const ROOT_ROOM: usize = 256;
+
+/// Where an answer is written: a chunk loaned from the pool on demand, or a caller's buffer.
+enum Store<'a> {
+    Pool {
+        pool: &'a Pool,
+        owner: OwnerId,
+        loan: Option<Loan<'a>>,
+    },
+    Buf(&'a mut [u8]),
+}
+
+/// The answer of one request, written in place. See the [module](self) docs.
+pub struct Out<'a> {
+    store: Store<'a>,
+    id: u64,
+    len: usize,
+}
+
+impl std::fmt::Debug for Out<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Out<'a> {
+    /// An answer to request `id` that loans its chunk from `pool` as `owner` when it is written.
+    pub fn in_pool(pool: &'a Pool, owner: OwnerId, id: u64) -> Out<'a> {
+        Out {
+            store: Store::Pool {
+                pool,
+                owner,
+                loan: None,
+            },
+            id,
+            len: 0,
+        }
+    }
+
+    /// An answer to request `id` written into `buf`, which must be 16-byte aligned (tests and
+    /// benchmarks).
+    ///
+    /// # Panics
+    ///
+    /// When `buf` is not 16-byte aligned.
+    #[inline]
+    pub fn in_buffer(buf: &'a mut [u8], id: u64) -> Out<'a> {
+        assert!(
+            buf.as_ptr().align_offset(16) == 0,
+            "an answer buffer must be 16-byte aligned"
+        );
+        Out {
+            store: Store::Buf(buf),
+            id,
+            len: 0,
+        }
+    }
+
+    /// The id of the request this answers.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Bytes of the finished answer, `None` while nothing has been written.
+    #[inline]
+    pub fn written(&self) -> Option<usize> {
+        (self.len > 0).then_some(self.len)
+    }
+
+    /// The finished answer's bytes.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        let len = self.written()?;
+        match &self.store {
+            Store::Pool { loan, .. } => loan.as_ref().map(|l| &l.as_slice()[..len]),
+            Store::Buf(b) => Some(&b[..len]),
+        }
+    }
+
+    /// The chunk with the finished answer and its length, for the server to hand to the client.
+    pub(crate) fn take_loan(&mut self) -> Option<(Loan<'a>, usize)> {
+        let len = self.written()?;
+        match &mut self.store {
+            Store::Pool { loan, .. } => loan.take().map(|l| (l, len)),
+            Store::Buf(_) => None,
+        }
+    }
+
+    /// A writable chunk of at least `size` bytes (the one already held when it is big enough).
+    #[inline]
+    fn room(&mut self, size: usize) -> Result<&mut [u8], BackendError> {
+        self.len = 0;
+        let fits = match &self.store {
+            Store::Buf(b) => b.len() >= size,
+            Store::Pool { loan, .. } => loan.as_ref().is_some_and(|l| l.len() >= size),
+        };
+        if !fits {
+            self.get_room(size)?;
+        }
+        Ok(match &mut self.store {
+            Store::Buf(b) => &mut b[..],
+            Store::Pool { loan, .. } => loan.as_mut().map(Loan::as_mut_slice).unwrap_or_default(),
+        })
+    }
+
+    /// Loans a chunk of at least `size` bytes, giving back the one held.
+    #[cold]
+    #[inline(never)]
+    fn get_room(&mut self, size: usize) -> Result<(), BackendError> {
+        match &mut self.store {
+            Store::Buf(b) => Err(BackendError::Exhausted(format!(
+                "the answer needs {size} bytes, the buffer has {}",
+                b.len()
+            ))),
+            Store::Pool { pool, owner, loan } => {
+                let max = pool.max_chunk_size();
+                if size > max {
+                    return Err(BackendError::Exhausted(format!(
+                        "the answer needs {size} bytes, the largest chunk has {max}"
+                    )));
+                }
+                *loan = None;
+                *loan = Some(pool.loan(*owner, size).map_err(|e| {
+                    BackendError::Exhausted(format!("no chunk for the answer: {e}"))
+                })?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes an owned body (classification, errors, anything small).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Exhausted`] when no chunk can hold it.
+    pub fn body(&mut self, body: Body) -> Result<(), BackendError> {
+        self.response(&Response { id: self.id, body })
+    }
+
+    /// Writes a whole owned response (its own id), serialized once: into a chunk sized by
+    /// [`estimate`], doubled up to the largest chunk while it does not fit.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Exhausted`] when no chunk can hold it.
+    pub(crate) fn response(&mut self, resp: &Response) -> Result<(), BackendError> {
+        let mut size = estimate(resp);
+        loop {
+            let max = match &self.store {
+                Store::Pool { pool, .. } => pool.max_chunk_size(),
+                Store::Buf(b) => b.len(),
+            };
+            let buf = self.room(size.min(max))?;
+            match encode_into(resp, buf) {
+                Ok(len) => {
+                    self.len = len;
+                    return Ok(());
+                }
+                Err(_) if size < max => size = (size * 2).min(max),
+                Err(e) => {
+                    return Err(BackendError::Exhausted(format!(
+                        "the answer does not fit the largest chunk: {e}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Writes an embedding of `dim` floats: `fill` gets the vector inside the chunk.
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns, or [`BackendError::Exhausted`] when no chunk can hold it.
+    #[inline]
+    pub fn embedding(
+        &mut self,
+        dim: usize,
+        fill: impl FnOnce(&mut [f32]) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let id = self.id;
+        let buf = self.room(dim * 4 + ROOT_ROOM)?;
+        fill(bytemuck::cast_slice_mut(&mut buf[..dim * 4]))?;
+        let root = ResponseOut {
+            id,
+            body: BodyOut::Embedding(Placed::new(0, dim)),
+        };
+        self.len = write_root(&mut buf[dim * 4..], dim * 4, &root)?;
+        Ok(())
+    }
+
+    /// Starts a generation result with room for `max_tokens` token ids and, as a first guess,
+    /// `text_hint` bytes of text (it grows past that while the chunk has room).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Exhausted`] when no chunk can hold it.
+    #[inline]
+    pub fn generation(
+        &mut self,
+        max_tokens: usize,
+        text_hint: usize,
+    ) -> Result<GenerationWriter<'_, 'a>, BackendError> {
+        let tokens_at = align(text_hint.max(16), 16);
+        let want = tokens_at + max_tokens * 4 + ROOT_ROOM;
+        // Loan a little extra so that text beyond the guess rarely needs the tokens moved.
+        let buf_len = self.room(want + want / 2)?.len();
+        Ok(GenerationWriter {
+            out: self,
+            st: GenerationState {
+                buf_len,
+                text_len: 0,
+                tokens_at,
+                n_tokens: 0,
+                max_tokens,
+            },
+        })
+    }
+
+    /// Continues a generation result [suspended](GenerationWriter::suspend) with `state`, which
+    /// must come from this `Out`.
+    #[inline]
+    pub fn resume_generation(&mut self, state: GenerationState) -> GenerationWriter<'_, 'a> {
+        GenerationWriter {
+            out: self,
+            st: state,
+        }
+    }
+
+    /// Writes named tensors: `fill` adds them one after another with [`TensorsWriter::add`].
+    /// `payload` is the bytes all their names, shapes and data need together (see
+    /// [`TensorsWriter::bytes_for`]).
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns, or [`BackendError::Exhausted`] when no chunk can hold it.
+    pub fn tensors(
+        &mut self,
+        payload: usize,
+        fill: impl FnOnce(&mut TensorsWriter<'_>) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let id = self.id;
+        let buf = self.room(payload + ROOT_ROOM + 64)?;
+        let mut w = TensorsWriter {
+            buf,
+            at: 0,
+            placed: Vec::new(),
+        };
+        fill(&mut w)?;
+        let TensorsWriter { buf, at, placed } = w;
+        let (data, tail) = buf.split_at_mut(at);
+        let tensors: Vec<TensorOut<'_>> = placed
+            .iter()
+            .map(|p| TensorOut {
+                name: PlacedStr {
+                    // SAFETY: the name was copied in from a &str by `add`, so the bytes are UTF-8.
+                    text: unsafe { std::str::from_utf8_unchecked(&data[p.name.0..p.name.1]) },
+                    pos: p.name.0,
+                },
+                shape: Placed::new(p.shape.0, p.shape.1),
+                data: p.data,
+            })
+            .collect();
+        let root = ResponseOut {
+            id,
+            body: BodyOut::Tensors(Entries(&tensors)),
+        };
+        self.len = write_root(tail, at, &root)?;
+        Ok(())
+    }
+}
+
+/// Serializes `root` into `tail`, which starts at position `base` of the chunk; returns the
+/// answer's length (the root is its last part).
+///
+/// The root's own bytes are resolved straight into the chunk: the placed payloads leave nothing
+/// for the serializer to write except the arrays of tensor entries.
+#[inline]
+fn write_root<T>(tail: &mut [u8], base: usize, root: &T) -> Result<usize, BackendError>
+where
+    T: Archive
+        + for<'c, 'x> Serialize<
+            rkyv::api::low::LowSerializer<Tail<'x>, SubAllocator<'c>, rancor::Error>,
+        >,
+{
+    let exhausted = |e: rancor::Error| {
+        BackendError::Exhausted(format!("the answer does not fit its chunk: {e}"))
+    };
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    let mut ser = rkyv::ser::Serializer::new(
+        Tail {
+            buf: &mut *tail,
+            base,
+            len: 0,
+        },
+        SubAllocator::new(&mut scratch),
+        (),
+    );
+    let resolver = root
+        .serialize(rancor::Strategy::<_, rancor::Error>::wrap(&mut ser))
+        .map_err(exhausted)?;
+    let written = ser.into_writer().len;
+    let (size, align_to) = (
+        std::mem::size_of::<T::Archived>(),
+        std::mem::align_of::<T::Archived>(),
+    );
+    const { assert!(std::mem::align_of::<ArchivedResponse>() <= 16) };
+    let pos = align(base + written, align_to);
+    let (from, to) = (pos - base, pos - base + size);
+    if to > tail.len() {
+        return Err(BackendError::Exhausted(
+            "no room behind the payload for the answer's root".into(),
+        ));
+    }
+    let dst = &mut tail[from..to];
+    dst.fill(0);
+    // SAFETY: `dst` is `size` zeroed (so initialized) bytes, borrowed exclusively, at position
+    // `pos` of a chunk whose start is 16-byte aligned (Out::in_buffer asserts it; pool chunks are
+    // 64-byte aligned), and `pos` is a multiple of the root's alignment (at most 16, asserted
+    // above), so the pointer is aligned for T::Archived.
+    let place = unsafe { Place::new_unchecked(pos, dst.as_mut_ptr().cast::<T::Archived>()) };
+    root.resolve(resolver, place);
+    Ok(pos + size)
+}
+
+fn align(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+mod archive;
+mod generation;
+mod tensors;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use archive::estimate;
+pub use archive::TensorDataOut;
+use archive::{BodyOut, Entries, Placed, PlacedStr, ResponseOut, Tail, TensorOut};
+pub use generation::{GenerationState, GenerationWriter};
+pub use tensors::{Elem, TensorsWriter};

@@ -1,0 +1,228 @@
+//! The server: creates the service segment, loads the models, and runs the lanes' workers and a
+//! housekeeper.
+//!
+//! A worker of lane `l` takes requests from every active client's request ring for `l` (a few per
+//! client per round, round-robin), checks each request's head, queues it in its [`Scheduler`],
+//! and runs the most urgent queued job after validating the whole request. Results are serialized
+//! straight into a response chunk, given to the client's pool owner and announced on the client's
+//! response ring. The housekeeper notices dead clients and returns everything they held.
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | [`Server`]: start (checks, models, segment, threads) and stop (drain) |
+//! | `state.rs` | what the threads share: flags, the model lanes, cancel sets, transfer queues |
+//! | `setup.rs` | the layout of a new service segment |
+//! | `housekeeper.rs` | dead clients and dead pool owners |
+//! | `worker/` | a lane worker: its loop, intake, books, answers and execution modes |
+//!
+//! [`Scheduler`]: crate::scheduler::Scheduler
+
+mod housekeeper;
+mod setup;
+mod state;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shm_ring::pool::Pool;
+use shm_ring::{CreateOptions, Segment};
+
+use crate::backend;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::protocol::PROTOCOL_VERSION;
+use crate::service::{Layout, STATE_DRAINING, STATE_RUNNING, STATE_STOPPED};
+use state::{ModelLane, ServerState};
+
+/// A running server. Dropping it drains for up to 5 seconds and stops.
+pub struct Server {
+    state: Arc<ServerState>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.state.config.name)
+            .field("lanes", &self.state.lanes.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Creates the service segment, loads the models and starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError`]: a bad configuration, a model that does not load, a service name held by a
+    /// live server.
+    pub fn start(mut config: ServerConfig) -> Result<Server, ServerError> {
+        // Every client registers one pool owner and the server one more: with fewer entries the
+        // last client slots could never be used.
+        config.pool.max_owners = config.pool.max_owners.max(config.max_clients as u32 + 1);
+        // The name first: nothing is loaded for a name that cannot be served.
+        if !shm_ring::segment::validate_name(&config.name) {
+            return Err(ServerError::Segment {
+                name: config.name.clone(),
+                source: shm_ring::CreateError::InvalidName(config.name.clone()),
+            });
+        }
+        config.validate()?;
+        let mut lanes = Vec::new();
+        for m in &config.models {
+            let backend = backend::load(m).map_err(|source| ServerError::Model {
+                name: m.name.clone(),
+                source,
+            })?;
+            lanes.push(ModelLane::new(m.name.clone(), backend, m.workers(&config)));
+        }
+        let layout = Layout::new(
+            config.max_clients,
+            lanes.len(),
+            config.ring_capacity,
+            &config.pool,
+        );
+        let mut opts = CreateOptions::new(layout.total);
+        opts.user_version = PROTOCOL_VERSION;
+        let seg = Segment::create(&config.name, &opts).map_err(|source| ServerError::Segment {
+            name: config.name.clone(),
+            source,
+        })?;
+        let svc = setup::init_segment(Arc::new(seg), &layout, &config, &lanes)?;
+        let pool = Pool::attach(&svc.pool_region())
+            .map_err(|e| ServerError::setup("cannot attach to the pool", Some(e.into())))?;
+        let owner = pool.register_owner().map_err(|e| {
+            ServerError::setup("cannot register the server's pool owner", Some(e.into()))
+        })?;
+        let state = Arc::new(ServerState {
+            svc,
+            pool,
+            owner,
+            lanes,
+            config,
+            draining: AtomicBool::new(false),
+            drain_expired: AtomicBool::new(false),
+            exit: AtomicBool::new(false),
+            workers_running: AtomicU32::new(0),
+        });
+        let threads = spawn_threads(&state)?;
+        state
+            .svc
+            .header()
+            .state
+            .store(STATE_RUNNING, Ordering::Release);
+        tracing::info!(
+            service = %state.config.name,
+            models = ?state.config.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            bytes = layout.total,
+            "serving"
+        );
+        Ok(Server { state, threads })
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// Stops taking new requests, lets queued and running ones finish until `grace` has passed,
+    /// answers the rest `ShuttingDown`, then stops every thread and removes the segment.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let state = &self.state;
+        if state.exit.load(Ordering::Acquire) {
+            return;
+        }
+        let grace_end = Instant::now() + grace;
+        // SYNC(draining): Release; pairs with the Acquire in the worker's intake. The flags are
+        // one-way switches read on every request: no data rides on them beyond "stop".
+        state.draining.store(true, Ordering::Release);
+        state
+            .svc
+            .header()
+            .state
+            .store(STATE_DRAINING, Ordering::Release);
+        state.wake_workers();
+        // Wait until every queue is empty and nothing runs (or the grace period and a margin end).
+        let hard = Instant::now() + grace + Duration::from_secs(2);
+        while Instant::now() < hard {
+            if Instant::now() >= grace_end && !state.drain_expired.load(Ordering::Relaxed) {
+                // SYNC(drain_expired): pairs with the Acquire loads in the worker's books
+                // (`begin`) and its run context (`should_stop`).
+                state.drain_expired.store(true, Ordering::Release);
+                state.wake_workers();
+            }
+            let busy = (0..state.lanes.len()).any(|l| {
+                let counters = state.svc.lane(l);
+                counters.queued() > 0 || counters.running() > 0
+            });
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        state
+            .svc
+            .header()
+            .state
+            .store(STATE_STOPPED, Ordering::Release);
+        // SYNC(exit): Release after the STOPPED state; pairs with the Acquire in the worker loop
+        // and the housekeeper (the Relaxed load in the wait condition only ends a wait early).
+        state.exit.store(true, Ordering::Release);
+        state.wake_workers();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        tracing::info!(service = %state.config.name, "stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// Starts every lane's workers (pinned to the configured cores in turn) and the housekeeper.
+fn spawn_threads(state: &Arc<ServerState>) -> Result<Vec<JoinHandle<()>>, ServerError> {
+    let config = &state.config;
+    let mut threads = Vec::new();
+    let mut next_core = 0;
+    for lane in 0..state.lanes.len() {
+        for index in 0..config.models[lane].workers(config) {
+            let core = config
+                .cores
+                .get(next_core % config.cores.len().max(1))
+                .copied();
+            next_core += 1;
+            let state = state.clone();
+            state.workers_running.fetch_add(1, Ordering::AcqRel);
+            let thread = std::thread::Builder::new()
+                .name(format!("lane{lane}-w{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                            tracing::warn!(core, "could not pin worker");
+                        }
+                    }
+                    worker::Worker::new(&state, lane, index).run();
+                    state.workers_running.fetch_sub(1, Ordering::AcqRel);
+                })
+                .map_err(|e| ServerError::setup("cannot start a worker thread", Some(e.into())))?;
+            threads.push(thread);
+        }
+    }
+    let state = state.clone();
+    let housekeeper = std::thread::Builder::new()
+        .name("housekeeper".into())
+        .spawn(move || housekeeper::run(&state))
+        .map_err(|e| ServerError::setup("cannot start the housekeeper thread", Some(e.into())))?;
+    threads.push(housekeeper);
+    Ok(threads)
+}

@@ -1,0 +1,115 @@
+//! Dynamic batching: a backend that runs several requests in one call
+//! ([`Backend::run_batch`](crate::backend::Backend::run_batch)) gets the queued jobs of its lane
+//! together, waiting a little for more while other clients are sending.
+
+use std::sync::atomic::Ordering;
+
+use super::request::validate;
+use super::{refusal, Desk};
+use crate::backend::writer::Out;
+use crate::backend::Batching;
+use crate::protocol::{ErrorCode, Refusal};
+use crate::scheduler::{now_ns, Job};
+
+/// A partial batch stops waiting after this long without a new request (nanoseconds).
+const IDLE_GAP: u64 = 100_000;
+
+/// Another client counts as sending if it sent this lane a request this recently (nanoseconds).
+const RECENT: u64 = 100_000_000;
+
+impl Desk<'_> {
+    /// Runs `first` with up to `b.max_batch - 1` more queued jobs of this lane in one backend call,
+    /// waiting up to `b.max_delay` for more while other clients of the lane are active.
+    pub(super) fn run_batched(&mut self, first: Job, b: Batching) {
+        let mut jobs = vec![first];
+        self.gather(&mut jobs, b);
+        jobs.retain(|j| self.begin(j));
+        if jobs.is_empty() {
+            return;
+        }
+        let state = self.state;
+        let lane = self.lane;
+        let mut privates: Vec<Vec<u128>> = jobs.iter().map(|_| Vec::new()).collect();
+        let mut results: Vec<Option<Result<(), Refusal>>> = jobs.iter().map(|_| None).collect();
+        let mut reqs = Vec::with_capacity(jobs.len());
+        let mut members = Vec::with_capacity(jobs.len());
+        for ((i, job), private) in jobs.iter().enumerate().zip(privates.iter_mut()) {
+            match validate(state, lane, job, private) {
+                Ok(r) => {
+                    reqs.push(r);
+                    members.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let mut outs: Vec<Out<'_>> = members
+            .iter()
+            .map(|&i| Out::in_pool(&state.pool, state.owner, jobs[i].request_id))
+            .collect();
+        if !reqs.is_empty() {
+            if reqs.len() > 1 {
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .batched
+                    .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+            }
+            let ran = lane.backend.run_batch(&reqs, &mut outs);
+            for (k, &i) in members.iter().enumerate() {
+                results[i] = Some(match ran.get(k) {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(refusal(e)),
+                    None => Err(Refusal::new(ErrorCode::Backend, "the batch lost a result")),
+                });
+            }
+        }
+        drop(reqs);
+        let mut outs = outs.into_iter();
+        for (i, job) in jobs.iter().enumerate() {
+            let result = results[i]
+                .take()
+                .unwrap_or_else(|| Err(Refusal::new(ErrorCode::Backend, "no result")));
+            let out = if members.contains(&i) {
+                outs.next()
+            } else {
+                None
+            };
+            let out = out.unwrap_or_else(|| Out::in_pool(&state.pool, state.owner, job.request_id));
+            self.end(job, result, out);
+        }
+    }
+
+    /// Adds queued jobs to `jobs` up to the batch size. A partial batch waits for more, up to the
+    /// batch delay, only while another client sent this lane a request in the last 100 ms (so a
+    /// lone client never waits) and requests keep arriving (it stops after 100 us without one).
+    fn gather(&mut self, jobs: &mut Vec<Job>, b: Batching) {
+        let until = self.now + b.max_delay.as_nanos() as u64;
+        let mut last_arrival = self.now;
+        loop {
+            let before = jobs.len();
+            while jobs.len() < b.max_batch {
+                match self.queue.pop() {
+                    Some(j) => jobs.push(j),
+                    None => break,
+                }
+            }
+            if jobs.len() >= b.max_batch || self.state.exit.load(Ordering::Relaxed) {
+                return;
+            }
+            if jobs.len() > before {
+                last_arrival = self.now;
+            }
+            let recent = self.now.saturating_sub(RECENT);
+            let others = self.clients.attached.iter().any(|&slot| {
+                self.clients.last_request[slot] >= recent
+                    && !jobs.iter().any(|j| j.reply.slot() == slot)
+            });
+            if !others || self.now >= until || self.now - last_arrival > IDLE_GAP {
+                return;
+            }
+            if self.ingest(None, usize::MAX) == 0 {
+                std::hint::spin_loop();
+            }
+            self.now = now_ns();
+        }
+    }
+}

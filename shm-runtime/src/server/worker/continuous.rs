@@ -1,0 +1,226 @@
+//! Continuous batching: a backend that decodes step by step (a [`Stepper`]) runs several
+//! sequences together; between steps, queued jobs join free slots and sequences that must stop
+//! (client gone, cancelled, deadline, drain) leave.
+
+use std::sync::atomic::Ordering;
+
+use super::request::validate;
+use super::{refusal, Worker};
+use crate::backend::writer::{GenerationState, Out};
+use crate::backend::{StepEvent, Stepper};
+use crate::protocol::{Body, DescKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk};
+use crate::scheduler::{now_ns, Job};
+
+/// A request being decoded by the lane's stepper.
+pub(super) struct Sequence<'s> {
+    job: Job,
+    out: Out<'s>,
+    gen: GenerationState,
+    stream: bool,
+    /// Index of its next stream chunk.
+    index: u32,
+}
+
+impl<'s> Worker<'s> {
+    /// One round of continuous batching: admits queued jobs into free slots, ends sequences that
+    /// must stop, and runs one decode step. Returns whether there was anything to do.
+    pub(super) fn step_round(&mut self) -> bool {
+        let mut did = false;
+        while let Some(slot) = self.sequences.iter().position(Option::is_none) {
+            let Some(job) = self.desk.queue.pop() else {
+                break;
+            };
+            did = true;
+            if self.desk.begin(&job) {
+                self.admit(slot, job);
+            }
+        }
+        if self.sequences.iter().all(Option::is_none) {
+            self.desk.running = 0;
+            return did;
+        }
+        self.end_stopped_sequences();
+        let mut events = std::mem::take(&mut self.events);
+        if let Some(st) = self.stepper_mut() {
+            st.step(&mut events);
+        }
+        for ev in events.drain(..) {
+            self.on_step_event(ev);
+        }
+        self.events = events;
+        self.desk.now = now_ns();
+        self.desk.running = self.sequences.iter().filter(|s| s.is_some()).count();
+        self.desk.publish_load();
+        true
+    }
+
+    /// Ends the sequences whose client left, that were cancelled, whose deadline passed, or that
+    /// the drain's end stops.
+    fn end_stopped_sequences(&mut self) {
+        // SYNC(drain_expired): pairs with the Release store in `Server::stop`.
+        let drain_expired = self.desk.state.drain_expired.load(Ordering::Acquire);
+        for slot in 0..self.sequences.len() {
+            let Some(seq) = &self.sequences[slot] else {
+                continue;
+            };
+            let reply = seq.job.reply;
+            if !self.desk.client_alive(reply) || self.desk.clients.get(reply.slot()).is_none() {
+                let seq = self.take_sequence(slot);
+                self.desk.drop_started(&seq.job);
+            } else if self.desk.lane.cancels.contains(reply) {
+                let seq = self.take_sequence(slot);
+                let err = Refusal::new(ErrorCode::Cancelled, "cancelled while running");
+                self.desk.end(&seq.job, Err(err), seq.out);
+            } else if drain_expired {
+                let seq = self.take_sequence(slot);
+                let err = Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down");
+                self.desk.end(&seq.job, Err(err), seq.out);
+            } else if self.desk.now >= seq.job.deadline_ns {
+                let usage = self
+                    .stepper_mut()
+                    .map(|st| st.release(slot))
+                    .unwrap_or_default();
+                let mut seq = self.sequences[slot].take().expect("checked above");
+                let res = seq
+                    .out
+                    .resume_generation(seq.gen)
+                    .finish(FinishReason::Timeout, usage)
+                    .map_err(|e| refusal(&e));
+                self.desk.end(&seq.job, res, seq.out);
+            }
+        }
+    }
+
+    fn stepper_mut(&mut self) -> Option<&mut (dyn Stepper + 's)> {
+        match &mut self.stepper {
+            Some(Ok(st)) => Some(st.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// Takes `job` into stepper slot `slot`, or answers it when it cannot run.
+    fn admit(&mut self, slot: usize, job: Job) {
+        let state = self.desk.state;
+        let lane = self.desk.lane;
+        let mut private = Vec::new();
+        let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
+        let admitted = validate(state, lane, &job, &mut private).and_then(|req| {
+            let stream = req.params.stream;
+            match &mut self.stepper {
+                Some(Ok(st)) => st
+                    .admit(slot, req)
+                    .map(|a| (a, stream))
+                    .map_err(|e| refusal(&e)),
+                Some(Err(e)) => Err(Refusal::new(ErrorCode::Backend, e.clone())),
+                None => Err(Refusal::new(ErrorCode::Backend, "no stepper")),
+            }
+        });
+        let (admitted, stream) = match admitted {
+            Ok(a) => a,
+            Err(e) => return self.desk.end(&job, Err(e), out),
+        };
+        match out
+            .generation(admitted.max_tokens, admitted.max_tokens * 8)
+            .map(|g| g.suspend())
+        {
+            Ok(gen) => {
+                self.sequences[slot] = Some(Sequence {
+                    job,
+                    out,
+                    gen,
+                    stream,
+                    index: 0,
+                });
+            }
+            Err(e) => {
+                if let Some(st) = self.stepper_mut() {
+                    st.release(slot);
+                }
+                self.desk.end(&job, Err(refusal(&e)), out);
+            }
+        }
+    }
+
+    /// Frees stepper slot `slot` and takes its sequence out.
+    fn take_sequence(&mut self, slot: usize) -> Sequence<'s> {
+        if let Some(st) = self.stepper_mut() {
+            st.release(slot);
+        }
+        self.sequences[slot].take().expect("a running slot")
+    }
+
+    fn on_step_event(&mut self, ev: StepEvent) {
+        match ev {
+            StepEvent::Token { slot, id, text } => {
+                let Some(seq) = self.sequences[slot].as_mut() else {
+                    return;
+                };
+                let mut g = seq.out.resume_generation(seq.gen);
+                let pushed = g.push(id, &text);
+                seq.gen = g.suspend();
+                let (reply, stream, index) = (seq.job.reply, seq.stream, seq.index);
+                seq.index += 1;
+                let mut failed = pushed.err().map(|e| refusal(&e));
+                if failed.is_none() && stream {
+                    let resp = Response {
+                        id: seq.job.request_id,
+                        body: Body::Chunk(StreamChunk {
+                            index,
+                            text,
+                            tokens: vec![id],
+                        }),
+                    };
+                    if !self.desk.answer(reply, DescKind::Partial, &resp) {
+                        failed = Some(Refusal::new(
+                            ErrorCode::ResourceExhausted,
+                            "no memory for a stream chunk",
+                        ));
+                    }
+                }
+                if let Some(err) = failed {
+                    let seq = self.take_sequence(slot);
+                    self.desk.end(&seq.job, Err(err), seq.out);
+                }
+            }
+            StepEvent::Done {
+                slot,
+                finish,
+                usage,
+                trim,
+            } => {
+                let Some(mut seq) = self.sequences[slot].take() else {
+                    return;
+                };
+                let mut g = seq.out.resume_generation(seq.gen);
+                let keep = g.text().len().saturating_sub(trim);
+                let keep = (0..=keep)
+                    .rev()
+                    .find(|&k| g.text().is_char_boundary(k))
+                    .unwrap_or(0);
+                g.truncate_text(keep);
+                let res = g.finish(finish, usage).map_err(|e| refusal(&e));
+                self.desk.end(&seq.job, res, seq.out);
+            }
+            StepEvent::Failed { slot, error } => {
+                if let Some(seq) = self.sequences[slot].take() {
+                    self.desk.end(&seq.job, Err(refusal(&error)), seq.out);
+                }
+            }
+        }
+    }
+
+    /// Ends every running sequence with error `code` (at exit); a departed client's are dropped.
+    pub(super) fn stop_all_sequences(&mut self, code: ErrorCode, message: &str) {
+        for slot in 0..self.sequences.len() {
+            if self.sequences[slot].is_some() {
+                let seq = self.take_sequence(slot);
+                if self.desk.client_alive(seq.job.reply) {
+                    self.desk
+                        .end(&seq.job, Err(Refusal::new(code, message)), seq.out);
+                } else {
+                    self.desk.drop_started(&seq.job);
+                }
+            }
+        }
+    }
+}
