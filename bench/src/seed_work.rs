@@ -502,6 +502,7 @@ impl OurScheduler {
                 len: 0,
                 request_id: 0,
                 priority: 1,
+                timeout_ms: 0,
                 deadline_ns: now,
                 accepted_ns: now,
             },

@@ -31,9 +31,9 @@
 use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig, SizeClass};
 use shm_ring::Region;
 use shm_runtime::protocol::{
-    access_request_chunk, access_response, encode_into, encode_request, parse_desc,
-    read_request_head, Body, DescKind, ErrorBody, ErrorCode, Input, Limits, Params, Request,
-    Response, Task,
+    access_request_body, access_response, encode_into, encode_request, read_request_head, Body,
+    Descriptor, DescriptorKind, ErrorBody, ErrorCode, Input, Limits, Params, Request, Response,
+    Task,
 };
 
 use crate::Bytes;
@@ -161,10 +161,13 @@ fn serve(
 ) {
     // sync_clients: no owner id, no attachment.
     let Some(client) = client else { return };
-    let Some((kind, chunk, len, _ticket)) = parse_desc(d) else {
+    let Some(Descriptor {
+        kind, chunk, len, ..
+    }) = Descriptor::from_words(d)
+    else {
         return;
     };
-    if kind != DescKind::Request {
+    if kind != DescriptorKind::Request {
         return;
     }
     // accept(): take the chunk (refused unless the client holds it under that generation).
@@ -180,15 +183,16 @@ fn serve(
         .chunk_slice(id, server)
         .map_err(|e| e.to_string())
         .and_then(|b| match b.get(..len as usize) {
-            Some(b) => read_request_head(b, limits),
+            Some(b) => read_request_head(b, limits).map_err(|r| r.message),
             None => Err("descriptor length exceeds the chunk".to_owned()),
         });
     if head.is_ok() {
-        // validate() via request_bytes(): length against the chunk, then the whole chunk.
+        // validate() via request_bytes(): length against the chunk, then the archive against
+        // the head read at intake.
         let bytes = pool.chunk_slice(id, server).expect("the server holds it");
-        if let Some(bytes) = bytes.get(..len as usize) {
+        if let (Some(bytes), Ok(head)) = (bytes.get(..len as usize), &head) {
             let _ =
-                access_request_chunk(bytes, limits).map(|(h, r)| (h.id, r.model.as_str().len()));
+                access_request_body(bytes, head, limits).map(|r| (r.id, r.model.as_str().len()));
         }
     }
     // hand_over(): an answer in a fresh chunk, given to the client's owner.
@@ -221,10 +225,13 @@ fn answer(pool: &Pool, server: OwnerId, client: OwnerId, answer_len: usize) {
 
 /// The client's handling of answer descriptor `d`.
 fn receive(pool: &Pool, owner: OwnerId, d: [u64; 2]) {
-    let Some((kind, chunk, len, _ticket)) = parse_desc(d) else {
+    let Some(Descriptor {
+        kind, chunk, len, ..
+    }) = Descriptor::from_words(d)
+    else {
         return;
     };
-    if kind == DescKind::InlineError {
+    if kind == DescriptorKind::InlineError {
         let _ = ErrorCode::from_u8(len as u8);
         return;
     }

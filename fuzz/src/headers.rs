@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use shm_ring::pool::{ChunkId, Loan, OwnerId, Pool, PoolConfig, SizeClass};
 use shm_ring::{mpmc, spsc, Region, WaitStrategy};
-use shm_runtime::protocol::{Desc, PROTOCOL_VERSION};
+use shm_runtime::protocol::{DescriptorWords, PROTOCOL_VERSION};
 use shm_runtime::service::{Layout, ServiceHeader, RING_PARTICIPANTS, SERVICE_MAGIC};
 
 use crate::Bytes;
@@ -102,11 +102,11 @@ fn now() -> Instant {
 
 fn spsc_ops(input: &mut Bytes<'_>) {
     let cap = 1usize << (input.u8() % 5);
-    let span = spsc::bytes_for::<Desc>(cap);
+    let span = spsc::bytes_for::<DescriptorWords>(cap);
     let region = Region::heap(span);
-    spsc::init::<Desc>(&region, cap).expect("the region fits the ring");
-    let mut tx = spsc::Producer::<Desc>::attach(&region).ok();
-    let mut rx = spsc::Consumer::<Desc>::attach(&region).ok();
+    spsc::init::<DescriptorWords>(&region, cap).expect("the region fits the ring");
+    let mut tx = spsc::Producer::<DescriptorWords>::attach(&region).ok();
+    let mut rx = spsc::Consumer::<DescriptorWords>::attach(&region).ok();
     let mut next = 0u64;
     let mut out = [[0u64; 2]; 24];
     for _ in 0..MAX_OPS {
@@ -138,7 +138,8 @@ fn spsc_ops(input: &mut Bytes<'_>) {
             6 => {
                 let n = usize::from(input.u8()) % out.len();
                 if let Some(tx) = &mut tx {
-                    let values: Vec<Desc> = (0..n as u64).map(|i| [next + i, 0]).collect();
+                    let values: Vec<DescriptorWords> =
+                        (0..n as u64).map(|i| [next + i, 0]).collect();
                     next += n as u64;
                     assert!(tx.push_slice(&values) <= n);
                 }
@@ -183,12 +184,12 @@ fn spsc_ops(input: &mut Bytes<'_>) {
 fn mpmc_ops(input: &mut Bytes<'_>) {
     let cap = 2usize << (input.u8() % 4);
     let participants = 1 + usize::from(input.u8() % 4);
-    let span = mpmc::bytes_for::<Desc>(cap, participants);
+    let span = mpmc::bytes_for::<DescriptorWords>(cap, participants);
     let region = Region::heap(span);
-    mpmc::init::<Desc>(&region, cap, participants).expect("the region fits the ring");
-    let mut producers: [Option<mpmc::Producer<Desc>>; 2] =
+    mpmc::init::<DescriptorWords>(&region, cap, participants).expect("the region fits the ring");
+    let mut producers: [Option<mpmc::Producer<DescriptorWords>>; 2] =
         [mpmc::Producer::attach(&region).ok(), None];
-    let mut consumers: [Option<mpmc::Consumer<Desc>>; 2] =
+    let mut consumers: [Option<mpmc::Consumer<DescriptorWords>>; 2] =
         [mpmc::Consumer::attach(&region).ok(), None];
     let mut next = 0u64;
     for _ in 0..MAX_OPS {
@@ -451,9 +452,10 @@ fn service_ops(input: &mut Bytes<'_>) {
     }
     for c in 0..max_clients {
         let ring = |off| region.slice(off, layout.ring_bytes).expect("inside");
-        mpmc::init::<Desc>(&ring(layout.response_ring(c)), cap, RING_PARTICIPANTS).expect("fits");
+        mpmc::init::<DescriptorWords>(&ring(layout.response_ring(c)), cap, RING_PARTICIPANTS)
+            .expect("fits");
         for l in 0..lanes {
-            mpmc::init::<Desc>(&ring(layout.request_ring(c, l)), cap, RING_PARTICIPANTS)
+            mpmc::init::<DescriptorWords>(&ring(layout.request_ring(c, l)), cap, RING_PARTICIPANTS)
                 .expect("fits");
         }
     }
@@ -487,14 +489,14 @@ fn open_service(region: &Region, input: &mut Bytes<'_>) {
         let resp = region
             .slice(layout.response_ring(c), layout.ring_bytes)
             .expect("a validated layout keeps every ring inside the segment");
-        if let Ok(p) = mpmc::Producer::<Desc>::attach(&resp) {
+        if let Ok(p) = mpmc::Producer::<DescriptorWords>::attach(&resp) {
             let _ = p.push([c as u64, 0]);
         }
         for l in 0..layout.lanes {
             let req = region
                 .slice(layout.request_ring(c, l), layout.ring_bytes)
                 .expect("a validated layout keeps every ring inside the segment");
-            if let Ok(cons) = mpmc::Consumer::<Desc>::attach(&req) {
+            if let Ok(cons) = mpmc::Consumer::<DescriptorWords>::attach(&req) {
                 for _ in 0..(which % 4) {
                     let _ = cons.pop();
                 }

@@ -14,12 +14,13 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use shm_runtime::backend::echo::Echo;
-use shm_runtime::backend::{Backend, RunContext, Stop};
 use shm_runtime::backend::writer::Out;
+use shm_runtime::backend::{Backend, RunContext, Stop};
 use shm_runtime::protocol::{
-    access_request, access_request_chunk, access_response, check_request, f32_native, i32_native,
-    i64_native, read_request_head, tokens_native, u64_native, ArchivedInput, ArchivedRequest,
-    ArchivedTensorData, Limits, StreamChunk, REQUEST_HEAD,
+    access_request, access_request_body, access_request_chunk, access_response, check_request,
+    f32_native, i32_native, i64_native, read_request_head, tokens_native, u64_native,
+    ArchivedInput, ArchivedRequest, ArchivedTensorData, ErrorCode, Limits, StreamChunk,
+    REQUEST_HEAD,
 };
 
 use crate::{aligned, bytes_mut, Line};
@@ -64,6 +65,11 @@ pub fn check_chunk(bytes: &[u8], answer: &mut [u8]) {
     // validate(): the whole chunk.
     match access_request_chunk(bytes, &limits) {
         Ok((h, req)) => {
+            assert_eq!(
+                access_request_body(bytes, &h, &limits).map(|r| r.id.to_native()),
+                Ok(h.id),
+                "the archive checked against the head read at intake differs"
+            );
             assert!(archive_ok, "the chunk passed but its archive alone did not");
             assert_eq!(head, Ok(h), "the head read twice differs");
             assert_eq!(req.id.to_native(), h.id);
@@ -72,7 +78,10 @@ pub fn check_chunk(bytes: &[u8], answer: &mut [u8]) {
             let _ = req.task.to_native();
             run_echo(req, answer);
         }
-        Err(msg) => assert!(!msg.is_empty()),
+        Err(refusal) => {
+            assert_eq!(refusal.code, ErrorCode::InvalidRequest);
+            assert!(!refusal.message.is_empty());
+        }
     }
 }
 

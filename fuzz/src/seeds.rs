@@ -3,7 +3,8 @@
 //! (see `scripts/fuzz.sh`), so nothing binary is kept in the repository.
 
 use shm_runtime::protocol::{
-    desc, encode_request, ChatMessage, DescKind, Input, Params, Request, Task, Tensor, TensorData,
+    encode_request, ChatMessage, Descriptor, DescriptorKind, Input, Params, Request, Task, Tensor,
+    TensorData,
 };
 
 use crate::headers::{MPMC, PATCH_BYTES, PATCH_WORD, POOL, SERVICE, SPSC};
@@ -124,7 +125,9 @@ pub fn descriptor_seeds() -> Vec<(String, Vec<u8>)> {
             encode_request(r, crate::bytes_mut(&mut buf)).expect("fits") as u32
         })
         .collect::<Vec<_>>();
-    let req = |k: usize, len: u32| desc(DescKind::Request, 0, len, 7 + k as u32);
+    let req = |k: usize, len: u32| {
+        Descriptor::new(DescriptorKind::Request, 0, len, 7 + k as u32).to_words()
+    };
     let mut seeds = Vec::new();
     // Each of client A's requests, sent properly (known id, no change), answered.
     let mut all = Vec::new();
@@ -140,13 +143,34 @@ pub fn descriptor_seeds() -> Vec<(String, Vec<u8>)> {
     mixed.extend(record(0x81, 2, 0, 1, 0, req(1, lens[1])));
     mixed.extend(record(0x82, 1, 0, 1, 0, req(2, 1 << 20)));
     mixed.extend(record(0x83, 2, 0, 1, 0, req(3, 256)));
-    mixed.extend(record(0, 1, 0, 0, 0, desc(DescKind::Cancel, 0, 0, 9)));
+    mixed.extend(record(
+        0,
+        1,
+        0,
+        0,
+        0,
+        Descriptor::new(DescriptorKind::Cancel, 0, 0, 9).to_words(),
+    ));
     mixed.extend(record(0, 9, 0, 0, 77, [0, 0xEE << 56]));
     seeds.push(("descriptor-mixed".into(), mixed));
     // The client path: answers to A, then releasing them; inline errors.
     let mut client = record(0x80, 1, 0, 40, 0, req(0, lens[0]));
-    client.extend(record(0, 1, 1, 0, 0, desc(DescKind::InlineError, 0, 3, 1)));
-    client.extend(record(0x80, 1, 1, 0, 0, desc(DescKind::Final, 0, 64, 1)));
+    client.extend(record(
+        0,
+        1,
+        1,
+        0,
+        0,
+        Descriptor::new(DescriptorKind::InlineError, 0, 3, 1).to_words(),
+    ));
+    client.extend(record(
+        0x80,
+        1,
+        1,
+        0,
+        0,
+        Descriptor::new(DescriptorKind::Final, 0, 64, 1).to_words(),
+    ));
     client.extend(record(0x84, 0, 0, 0, 0, req(4, 16)));
     seeds.push(("descriptor-client".into(), client));
     seeds

@@ -16,8 +16,8 @@ use shm_ring::{mpmc, OpenError, Segment, SegmentOpenOptions, WaitStrategy};
 
 use crate::error::Error;
 use crate::protocol::{
-    access_response, desc, encode_request, parse_desc, ticket_of_epoch, ArchivedBody,
-    ArchivedResponse, Desc, DescKind, ErrorCode, Request, PROTOCOL_VERSION,
+    access_response, encode_request, ticket_of_epoch, ArchivedBody, ArchivedResponse, Descriptor,
+    DescriptorKind, DescriptorWords, ErrorCode, Request, PROTOCOL_VERSION,
 };
 use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
 
@@ -47,7 +47,7 @@ pub struct Ticket(pub u32);
 struct Pending {
     lane: usize,
     request_id: u64,
-    arrived: VecDeque<Desc>,
+    arrived: VecDeque<DescriptorWords>,
 }
 
 /// Tickets are sequential u32s from this process: a multiplicative hash spreads them well enough
@@ -87,8 +87,8 @@ struct Inner {
     owner: OwnerId,
     slot: usize,
     epoch: u32,
-    requests: Vec<mpmc::Producer<Desc>>,
-    responses: mpmc::Consumer<Desc>,
+    requests: Vec<mpmc::Producer<DescriptorWords>>,
+    responses: mpmc::Consumer<DescriptorWords>,
     inbox: Mutex<Inbox>,
     arrived: Condvar,
     next_ticket: AtomicU32,
@@ -169,7 +169,7 @@ impl Client {
             return Err(Error::Busy("every client slot is taken".into()));
         };
         let e = svc.client(slot);
-        let setup = || -> Result<(Vec<mpmc::Producer<Desc>>, mpmc::Consumer<Desc>), Error> {
+        let setup = || -> Result<(Vec<mpmc::Producer<DescriptorWords>>, mpmc::Consumer<DescriptorWords>), Error> {
             let responses = mpmc::Consumer::attach(&svc.response_ring(slot))
                 .map_err(|e| Error::Attach(e.to_string()))?;
             let requests = (0..svc.layout.lanes)
@@ -192,8 +192,8 @@ impl Client {
         let _ = responses.clear_parked_consumers();
         // Answers left for a previous holder of this slot: return their chunks.
         while let Ok(d) = responses.pop() {
-            if let Some((_, chunk, _, _)) = parse_desc(d) {
-                let _ = pool.release(ChunkId::from_raw(chunk), owner);
+            if let Some(d) = Descriptor::from_words(d) {
+                let _ = pool.release(ChunkId::from_raw(d.chunk), owner);
             }
         }
         e.owner.store(owner.get(), Ordering::Relaxed);
@@ -296,11 +296,13 @@ impl Client {
         self.view(ticket.0, d)
     }
 
-    fn view(&self, ticket: u32, d: Desc) -> Result<ResponseView, Error> {
+    fn view(&self, ticket: u32, d: DescriptorWords) -> Result<ResponseView, Error> {
         let inner = &*self.inner;
-        let (kind, chunk, len, _) =
-            parse_desc(d).ok_or_else(|| Error::Protocol("unknown descriptor kind".into()))?;
-        let final_ = kind != DescKind::Partial;
+        let Descriptor {
+            kind, chunk, len, ..
+        } = Descriptor::from_words(d)
+            .ok_or_else(|| Error::Protocol("unknown descriptor kind".into()))?;
+        let final_ = kind != DescriptorKind::Partial;
         let request_id = {
             let mut inbox = inner.inbox();
             let id = inbox.pending.get(&ticket).map(|p| p.request_id);
@@ -312,10 +314,10 @@ impl Client {
             }
             id.unwrap_or(0)
         };
-        if kind == DescKind::InlineError {
+        if kind == DescriptorKind::InlineError {
             let code = ErrorCode::from_u8(len as u8)
                 .ok_or_else(|| Error::Protocol(format!("unknown error code {len}")))?;
-            return Err(Error::from_code(code, format!("{code:?}")));
+            return Err(Error::from_code(code, code.to_string()));
         }
         let view = ResponseView {
             client: self.inner.clone(),
@@ -407,7 +409,9 @@ impl Client {
                 arrived: VecDeque::new(),
             },
         );
-        if let Err(e) = ring.push(desc(DescKind::Request, chunk.raw(), len, ticket)) {
+        if let Err(e) =
+            ring.push(Descriptor::new(DescriptorKind::Request, chunk.raw(), len, ticket).to_words())
+        {
             inner.inbox().pending.remove(&ticket);
             let _ = inner.pool.release(chunk, inner.owner);
             return Err(Error::Busy(format!("the request ring is full: {e}")));
@@ -499,7 +503,7 @@ impl Client {
             .map(|p| p.lane)
             .ok_or(Error::UnknownTicket(ticket.0))?;
         inner.requests[lane]
-            .push(desc(DescKind::Cancel, 0, 0, ticket.0))
+            .push(Descriptor::new(DescriptorKind::Cancel, 0, 0, ticket.0).to_words())
             .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
         inner.svc.lane(lane).doorbell.notify();
         Ok(())
@@ -538,8 +542,8 @@ impl Inner {
 
     /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
     /// after a timeout, or a previous holder's of the slot: those are not counted as strays).
-    fn route(&self, inbox: &mut Inbox, d: Desc) {
-        let t = d[1] as u32;
+    fn route(&self, inbox: &mut Inbox, d: DescriptorWords) {
+        let t = Descriptor::ticket_of(d);
         match inbox.pending.get_mut(&t) {
             Some(p) => p.arrived.push_back(d),
             None if !ticket_of_epoch(t, self.epoch) => self.release_answer(d),
@@ -548,16 +552,16 @@ impl Inner {
     }
 
     /// Returns the chunk of an answer nobody waits for, counting it as a stray.
-    fn discard(&self, d: Desc) {
+    fn discard(&self, d: DescriptorWords) {
         self.strays.fetch_add(1, Ordering::Relaxed);
         self.release_answer(d);
     }
 
     /// Returns an answer's chunk (if it has one and it is ours).
-    fn release_answer(&self, d: Desc) {
-        if let Some((kind, chunk, _, _)) = parse_desc(d) {
-            if kind != DescKind::InlineError {
-                let _ = self.pool.release(ChunkId::from_raw(chunk), self.owner);
+    fn release_answer(&self, d: DescriptorWords) {
+        if let Some(d) = Descriptor::from_words(d) {
+            if d.kind != DescriptorKind::InlineError {
+                let _ = self.pool.release(ChunkId::from_raw(d.chunk), self.owner);
             }
         }
     }
@@ -568,7 +572,7 @@ impl Inner {
 
     /// Waits for the next descriptor of `ticket`, taking the leader role (popping the ring and
     /// routing) when nobody holds it.
-    fn next_for(&self, ticket: u32, deadline: Instant) -> Result<Desc, Error> {
+    fn next_for(&self, ticket: u32, deadline: Instant) -> Result<DescriptorWords, Error> {
         let mut inbox = self.inbox();
         loop {
             match inbox.pending.get_mut(&ticket) {
@@ -692,7 +696,7 @@ impl ResponseView {
         let bytes = bytes
             .get(..self.len)
             .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))?;
-        access_response(bytes).map_err(Error::Protocol)
+        access_response(bytes).map_err(|r| Error::Protocol(r.message))
     }
 
     /// Whether this is the final answer of its request.

@@ -48,6 +48,8 @@ pub struct Job {
     pub request_id: u64,
     /// 0 (most urgent) ..= 3.
     pub priority: u8,
+    /// The timeout its head asked for (0: the server's default); the archive must agree.
+    pub timeout_ms: u32,
     /// When it must be answered by, nanoseconds on the [`now_ns`] clock.
     pub deadline_ns: u64,
     /// When it was accepted, nanoseconds on the [`now_ns`] clock.
@@ -190,6 +192,7 @@ mod tests {
             len: 0,
             request_id: 0,
             priority,
+            timeout_ms: 0,
             deadline_ns: now,
             accepted_ns: now,
         }

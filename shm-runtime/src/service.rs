@@ -21,7 +21,7 @@ use shm_ring::pool::{Pool, PoolConfig};
 use shm_ring::wait::WaitWord;
 use shm_ring::{mpmc, Region, Segment};
 
-use crate::protocol::{Desc, PROTOCOL_VERSION};
+use crate::protocol::{DescriptorWords, PROTOCOL_VERSION};
 
 /// Magic of a service header ("SHMS").
 pub const SERVICE_MAGIC: u32 = u32::from_le_bytes(*b"SHMS");
@@ -237,7 +237,10 @@ impl Layout {
         let clients = up(lane_headers + lanes * up(std::mem::size_of::<LaneHeader>()));
         let stats = up(clients + max_clients * std::mem::size_of::<ClientEntry>());
         let rings = up(stats + std::mem::size_of::<Stats>());
-        let ring_bytes = up(mpmc::bytes_for::<Desc>(ring_capacity, RING_PARTICIPANTS));
+        let ring_bytes = up(mpmc::bytes_for::<DescriptorWords>(
+            ring_capacity,
+            RING_PARTICIPANTS,
+        ));
         let pool_off = up(rings + max_clients * (lanes + 1) * ring_bytes);
         let pool_bytes = Pool::bytes_for(pool);
         Layout {

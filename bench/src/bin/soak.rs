@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use shm_runtime::protocol::{
-    encode_request, ArchivedBody, ArchivedFinishReason, Desc, Input, Params, Request, Task,
+    encode_request, ArchivedBody, ArchivedFinishReason, DescriptorWords, Input, Params, Request,
+    Task,
 };
 use shm_runtime::ring::pool::{ChunkId, OwnerId, Pool};
 use shm_runtime::ring::process::ProcessToken;
@@ -830,7 +831,7 @@ struct Raw {
     /// A second owner registered by this process: its chunks are not the connection's.
     other: OwnerId,
     /// Producers on the connection's own request rings, one per lane.
-    rings: Vec<mpmc::Producer<Desc>>,
+    rings: Vec<mpmc::Producer<DescriptorWords>>,
 }
 
 impl Raw {
@@ -906,7 +907,7 @@ fn role_garbage(service: &str, arg: &str) -> Result<ExitCode> {
                 let kind = kinds[rng.range(0, kinds.len() as u64) as usize];
                 raw_ticket = raw_ticket.wrapping_add(1) | 0x8000_0000;
                 let len = rng.range(0, 1 << 24);
-                let d: Desc = [
+                let d: DescriptorWords = [
                     rng.next(),
                     (u64::from(kind) << 56) | (len << 32) | u64::from(raw_ticket),
                 ];

@@ -11,7 +11,7 @@ use super::state::ModelLane;
 use crate::backend;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::protocol::{Desc, PROTOCOL_VERSION};
+use crate::protocol::{DescriptorWords, PROTOCOL_VERSION};
 use crate::service::{self, Layout, Service, RING_PARTICIPANTS, SERVICE_MAGIC};
 
 /// Writes the service structures into `seg` (just created, zero-filled) and publishes them.
@@ -48,7 +48,7 @@ pub(super) fn init_segment(
         let r = region
             .slice(offset, layout.ring_bytes)
             .map_err(|e| ServerError::setup("a ring lies outside the segment", Some(e.into())))?;
-        mpmc::init::<Desc>(&r, layout.ring_capacity, RING_PARTICIPANTS)
+        mpmc::init::<DescriptorWords>(&r, layout.ring_capacity, RING_PARTICIPANTS)
             .map_err(|e| ServerError::setup("cannot lay out a ring", Some(e.into())))
     };
     for slot in 0..layout.max_clients {

@@ -7,7 +7,7 @@ use shm_ring::mpmc;
 use shm_ring::pool::OwnerId;
 
 use super::Desk;
-use crate::protocol::Desc;
+use crate::protocol::DescriptorWords;
 use crate::scheduler::ReplyTo;
 use crate::service::CLIENT_ACTIVE;
 
@@ -17,8 +17,8 @@ pub(super) struct ClientHandles {
     pub(super) epoch: u32,
     /// The client's pool owner: request chunks are taken from it, answers given to it.
     pub(super) owner: OwnerId,
-    pub(super) requests: mpmc::Consumer<Desc>,
-    pub(super) responses: mpmc::Producer<Desc>,
+    pub(super) requests: mpmc::Consumer<DescriptorWords>,
+    pub(super) responses: mpmc::Producer<DescriptorWords>,
 }
 
 /// Handles by client slot.

@@ -8,7 +8,9 @@ use super::request::validate;
 use super::{refusal, Worker};
 use crate::backend::writer::{GenerationState, Out};
 use crate::backend::{StepEvent, Stepper};
-use crate::protocol::{Body, DescKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk};
+use crate::protocol::{
+    Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk,
+};
 use crate::scheduler::{now_ns, Job};
 
 /// A request being decoded by the lane's stepper.
@@ -170,7 +172,7 @@ impl<'s> Worker<'s> {
                             tokens: vec![id],
                         }),
                     };
-                    if !self.desk.answer(reply, DescKind::Partial, &resp) {
+                    if !self.desk.answer(reply, DescriptorKind::Partial, &resp) {
                         failed = Some(Refusal::new(
                             ErrorCode::ResourceExhausted,
                             "no memory for a stream chunk",

@@ -9,7 +9,8 @@ use shm_ring::pool::ChunkId;
 
 use super::Desk;
 use crate::protocol::{
-    parse_desc, read_request_head, ticket_of_epoch, Desc, DescKind, ErrorCode, Refusal, RequestHead,
+    read_request_head, ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords, ErrorCode,
+    Refusal, RequestHead,
 };
 use crate::scheduler::{Job, ReplyTo};
 
@@ -46,7 +47,9 @@ impl Desk<'_> {
                     break;
                 };
                 took += 1;
-                if !ticket_of_epoch(d[1] as u32, h.epoch) && !self.current_holder_sent(slot, d) {
+                if !ticket_of_epoch(Descriptor::ticket_of(d), h.epoch)
+                    && !self.current_holder_sent(slot, d)
+                {
                     // Left in the ring by a previous holder of the slot (its chunks went back
                     // with it), or garbage: nobody to answer.
                     continue;
@@ -62,26 +65,32 @@ impl Desk<'_> {
     /// running a job ingests without looking at the table: the slot may have changed hands
     /// meanwhile, and the new holder's requests must be taken with the new holder's epoch and
     /// owner, never the departed one's.)
-    fn current_holder_sent(&mut self, slot: usize, d: Desc) -> bool {
+    fn current_holder_sent(&mut self, slot: usize, d: DescriptorWords) -> bool {
         self.clients.mark_stale();
         self.sync_clients();
         self.clients
             .get(slot)
-            .is_some_and(|h| ticket_of_epoch(d[1] as u32, h.epoch))
+            .is_some_and(|h| ticket_of_epoch(Descriptor::ticket_of(d), h.epoch))
     }
 
     /// Takes one descriptor of `slot`'s current connection: a cancel, or a request to queue.
-    fn accept(&mut self, slot: usize, d: Desc) {
+    fn accept(&mut self, slot: usize, d: DescriptorWords) {
         let state = self.state;
         let Some(h) = self.clients.get(slot) else {
             return;
         };
         let (epoch, client_owner) = (h.epoch, h.owner);
-        let Some((kind, chunk, len, ticket)) = parse_desc(d) else {
+        let Some(Descriptor {
+            kind,
+            chunk,
+            len,
+            ticket,
+        }) = Descriptor::from_words(d)
+        else {
             let reply = ReplyTo {
                 slot: slot as u16,
                 epoch,
-                ticket: d[1] as u32,
+                ticket: Descriptor::ticket_of(d),
             };
             self.answer_inline(reply, ErrorCode::InvalidRequest);
             return;
@@ -92,12 +101,12 @@ impl Desk<'_> {
             ticket,
         };
         match kind {
-            DescKind::Cancel => {
+            DescriptorKind::Cancel => {
                 let cap = 4 * state.svc.layout.max_clients * state.config.max_inflight as usize;
                 self.lane.cancels.insert(reply, cap);
                 return;
             }
-            DescKind::Request => {}
+            DescriptorKind::Request => {}
             _ => {
                 self.answer_inline(reply, ErrorCode::InvalidRequest);
                 return;
@@ -160,6 +169,7 @@ impl Desk<'_> {
             len,
             request_id: head.id,
             priority: head.priority,
+            timeout_ms: head.timeout_ms,
             deadline_ns: self.now + timeout.as_nanos() as u64,
             accepted_ns: self.now,
         };
@@ -184,7 +194,7 @@ impl Desk<'_> {
             .chunk_slice(id, state.owner)
             .map_err(|e| Refusal::invalid(format!("request chunk unavailable: {e}")))?;
         match bytes.get(..len as usize) {
-            Some(b) => read_request_head(b, &state.config.limits).map_err(Refusal::invalid),
+            Some(b) => read_request_head(b, &state.config.limits),
             None => Err(Refusal::invalid(format!(
                 "descriptor length {len} exceeds the chunk's {} bytes",
                 bytes.len()

@@ -17,7 +17,7 @@ use shm_ring::pool::ChunkId;
 
 use super::Desk;
 use crate::backend::writer::Out;
-use crate::protocol::{DescKind, ErrorCode, Refusal};
+use crate::protocol::{DescriptorKind, ErrorCode, Refusal};
 use crate::scheduler::{now_ns, Job, ReplyTo};
 
 impl Desk<'_> {
@@ -78,7 +78,7 @@ impl Desk<'_> {
         drop(out);
         match result {
             Ok((loan, len)) => {
-                if self.give_to_client(reply, DescKind::Final, loan, len) {
+                if self.give_to_client(reply, DescriptorKind::Final, loan, len) {
                     state.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
                 }
             }

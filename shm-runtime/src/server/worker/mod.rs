@@ -276,7 +276,7 @@ impl RunContext for RunCtx<'_, '_> {
         // A stream chunk waits briefly for memory rather than being lost.
         while !self
             .desk
-            .answer(reply, crate::protocol::DescKind::Partial, &resp)
+            .answer(reply, crate::protocol::DescriptorKind::Partial, &resp)
         {
             if !self.desk.client_alive(reply) {
                 return Err(Stop::ClientGone);

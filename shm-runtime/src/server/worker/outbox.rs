@@ -12,14 +12,16 @@ use shm_ring::pool::Loan;
 use super::clients::ClientTable;
 use super::Desk;
 use crate::backend::writer::Out;
-use crate::protocol::{desc, Body, Desc, DescKind, ErrorBody, ErrorCode, Refusal, Response};
+use crate::protocol::{
+    Body, Descriptor, DescriptorKind, DescriptorWords, ErrorBody, ErrorCode, Refusal, Response,
+};
 use crate::scheduler::ReplyTo;
 
 /// Announcements that did not fit in their client's response ring yet.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     /// Oldest first: (client slot, connection epoch, descriptor).
-    backlog: VecDeque<(usize, u32, Desc)>,
+    backlog: VecDeque<(usize, u32, DescriptorWords)>,
     /// Bit `slot % 64` set: that client has announcements in `backlog`.
     backlogged: u64,
 }
@@ -35,8 +37,8 @@ impl Outbox {
         &mut self,
         slot: usize,
         epoch: u32,
-        d: Desc,
-        push: impl FnOnce(usize, u32, Desc) -> bool,
+        d: DescriptorWords,
+        push: impl FnOnce(usize, u32, DescriptorWords) -> bool,
     ) {
         let bit = 1u64 << (slot % 64);
         if self.backlogged & bit != 0 || !push(slot, epoch, d) {
@@ -48,7 +50,7 @@ impl Outbox {
     /// Retries the waiting announcements, oldest first. Once a client's push fails, the rest of
     /// its announcements stay (in order) without another try: one failed push per client per
     /// pass.
-    pub(super) fn flush(&mut self, mut push: impl FnMut(usize, u32, Desc) -> bool) {
+    pub(super) fn flush(&mut self, mut push: impl FnMut(usize, u32, DescriptorWords) -> bool) {
         if self.backlog.is_empty() {
             return;
         }
@@ -68,7 +70,7 @@ impl Outbox {
 /// Pushes `d` to `slot`'s response ring through `clients`. False when the ring is full; true when
 /// it went, or when it cannot ever go (the client left: its chunks go back with its owner; or it
 /// broke its ring: the answer is dropped).
-fn try_push(clients: &ClientTable, slot: usize, epoch: u32, d: Desc) -> bool {
+fn try_push(clients: &ClientTable, slot: usize, epoch: u32, d: DescriptorWords) -> bool {
     match clients.get(slot) {
         Some(h) if h.epoch == epoch => match h.responses.push(d) {
             Ok(()) => true,
@@ -97,20 +99,20 @@ impl Desk<'_> {
                 message: refusal.message,
             }),
         };
-        if !self.answer(reply, DescKind::Final, &resp) {
+        if !self.answer(reply, DescriptorKind::Final, &resp) {
             self.answer_inline(reply, code);
         }
     }
 
     /// An error answer with no chunk (when even a chunk cannot be had).
     pub(super) fn answer_inline(&mut self, reply: ReplyTo, code: ErrorCode) {
-        let d = desc(DescKind::InlineError, 0, code as u32, reply.ticket);
+        let d = Descriptor::new(DescriptorKind::InlineError, 0, code as u32, reply.ticket);
         self.deliver(reply, d);
     }
 
     /// Serializes `resp` into a fresh chunk, gives it to the client and announces it. Returns
     /// false when no chunk could be had or the client is gone.
-    pub(super) fn answer(&mut self, reply: ReplyTo, kind: DescKind, resp: &Response) -> bool {
+    pub(super) fn answer(&mut self, reply: ReplyTo, kind: DescriptorKind, resp: &Response) -> bool {
         let state = self.state;
         if self.clients.current(reply).is_none() {
             return false;
@@ -131,7 +133,7 @@ impl Desk<'_> {
     pub(super) fn give_to_client(
         &mut self,
         reply: ReplyTo,
-        kind: DescKind,
+        kind: DescriptorKind,
         loan: Loan<'_>,
         len: usize,
     ) -> bool {
@@ -152,17 +154,21 @@ impl Desk<'_> {
             let _ = state.pool.release(id, state.owner);
             return false;
         }
-        self.deliver(reply, desc(kind, id.raw(), len as u32, reply.ticket));
+        self.deliver(
+            reply,
+            Descriptor::new(kind, id.raw(), len as u32, reply.ticket),
+        );
         true
     }
 
     /// Announces `d` on `reply`'s response ring, or keeps it for later if the ring is full (a
     /// client that does not read its answers gets them when it does).
-    fn deliver(&mut self, reply: ReplyTo, d: Desc) {
+    fn deliver(&mut self, reply: ReplyTo, d: Descriptor) {
         let clients = &self.clients;
-        self.outbox.send(reply.slot(), reply.epoch, d, |s, e, d| {
-            try_push(clients, s, e, d)
-        });
+        self.outbox
+            .send(reply.slot(), reply.epoch, d.to_words(), |s, e, d| {
+                try_push(clients, s, e, d)
+            });
     }
 
     /// Retries the announcements waiting for room in their rings.

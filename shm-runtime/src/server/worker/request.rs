@@ -6,7 +6,7 @@
 use shm_ring::pool::ChunkId;
 
 use crate::backend;
-use crate::protocol::{access_request_chunk, ArchivedRequest, ErrorCode, Refusal};
+use crate::protocol::{access_request_body, ArchivedRequest, ErrorCode, Refusal, RequestHead};
 use crate::scheduler::Job;
 use crate::server::state::{ModelLane, ServerState};
 
@@ -49,13 +49,13 @@ pub(super) fn validate<'b>(
     private: &'b mut Vec<u128>,
 ) -> Result<&'b ArchivedRequest, Refusal> {
     let bytes = request_bytes(state, job.chunk, job.len, private)?;
-    let (head, req) =
-        access_request_chunk(bytes, &state.config.limits).map_err(Refusal::invalid)?;
-    if head.id != job.request_id || head.priority != job.priority {
-        return Err(Refusal::invalid(
-            "the request head changed after the request was submitted",
-        ));
-    }
+    // The head was read and checked when the job was queued; the archive must agree with it.
+    let head = RequestHead {
+        priority: job.priority,
+        timeout_ms: job.timeout_ms,
+        id: job.request_id,
+    };
+    let req = access_request_body(bytes, &head, &state.config.limits)?;
     if req.model.as_str() != lane.name {
         return Err(Refusal::new(
             ErrorCode::ModelNotFound,

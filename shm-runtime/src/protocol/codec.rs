@@ -1,0 +1,92 @@
+//! Serializing into chunks and validating archives read from them.
+
+use rkyv::rancor;
+use rkyv::Serialize;
+
+use super::{ArchivedRequest, ArchivedResponse, Refusal, Request, REQUEST_HEAD};
+
+/// Validates `bytes` as an archived [`Request`] (bytecheck: every offset, length, enum tag and
+/// UTF-8 string) and returns a view of it.
+///
+/// `bytes` must start at a 16-byte aligned address (pool chunks are 64-byte aligned).
+///
+/// # Errors
+///
+/// An [`ErrorCode::InvalidRequest`](super::ErrorCode::InvalidRequest) refusal naming what is
+/// malformed.
+pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest, Refusal> {
+    rkyv::access::<ArchivedRequest, rancor::Error>(bytes)
+        .map_err(|e| Refusal::invalid(format!("the request is not a valid archive: {e}")))
+}
+
+/// Validates `bytes` as an archived [`Response`].
+///
+/// # Errors
+///
+/// An [`ErrorCode::InvalidRequest`](super::ErrorCode::InvalidRequest) refusal naming what is
+/// malformed.
+pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse, Refusal> {
+    rkyv::access::<ArchivedResponse, rancor::Error>(bytes)
+        .map_err(|e| Refusal::invalid(format!("the response is not a valid archive: {e}")))
+}
+
+/// Serializes `value` into `out` (no allocation of an intermediate buffer) and returns the number
+/// of bytes written.
+///
+/// Tries first with scratch space on the stack (no thread-local arena: the common answers need
+/// none or little), then with rkyv's arena-backed serializer.
+///
+/// # Errors
+///
+/// When `out` is too small.
+pub fn encode_into<T>(value: &T, out: &mut [u8]) -> Result<usize, rancor::Error>
+where
+    T: for<'x, 'a> Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::ser::writer::Buffer<'x>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rancor::Error,
+            >,
+        > + for<'x, 'c> Serialize<
+            rkyv::api::low::LowSerializer<
+                rkyv::ser::writer::Buffer<'x>,
+                rkyv::ser::allocator::SubAllocator<'c>,
+                rancor::Error,
+            >,
+        >,
+{
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    if let Ok(buf) = rkyv::api::low::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        value,
+        rkyv::ser::writer::Buffer::from(&mut *out),
+        rkyv::ser::allocator::SubAllocator::new(&mut scratch),
+    ) {
+        return Ok(buf.len());
+    }
+    let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+        value,
+        rkyv::ser::writer::Buffer::from(out),
+    )?;
+    Ok(buf.len())
+}
+
+/// Writes the request head and the archived request into a chunk; returns the bytes used.
+///
+/// # Errors
+///
+/// When `out` is too small.
+pub fn encode_request(req: &Request, out: &mut [u8]) -> Result<usize, rancor::Error> {
+    if out.len() < REQUEST_HEAD {
+        return Err(<rancor::Error as rancor::Source>::new(HeadTooSmall));
+    }
+    let (head, body) = out.split_at_mut(REQUEST_HEAD);
+    head[0] = req.params.priority;
+    head[1..4].fill(0);
+    head[4..8].copy_from_slice(&req.params.timeout_ms.to_le_bytes());
+    head[8..16].copy_from_slice(&req.id.to_le_bytes());
+    Ok(REQUEST_HEAD + encode_into(req, body)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("buffer smaller than the request head")]
+struct HeadTooSmall;

@@ -1,0 +1,26 @@
+//! The wire protocol: rkyv-archived requests and responses, serialized straight into pool chunks and
+//! read in place after validation.
+//!
+//! A request travels as a 16-byte [`Descriptor`] on a ring that names a chunk; the chunk holds the
+//! archived [`Request`]. The server validates it with bytecheck ([`access_request`]) and the
+//! semantic [`Limits`] ([`check_request`]) before any field is used, and answers with an archived
+//! [`Response`] in a chunk of its own (or, when even that is impossible, with an error code inline in
+//! the descriptor).
+
+/// Version of this protocol; lives in the service segment header. Bumped on any change to the
+/// archived types or the descriptor format.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+mod codec;
+mod descriptor;
+mod head;
+mod limits;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use codec::*;
+pub use descriptor::*;
+pub use head::*;
+pub use limits::*;
+pub use types::*;
