@@ -44,6 +44,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod error;
 pub mod memory;
 pub mod mpmc;
 pub mod pool;
@@ -53,6 +54,7 @@ pub mod spsc;
 mod sync;
 pub mod wait;
 
+pub use error::{AttachError, PopError, PushError};
 pub use memory::{HeapMemory, Memory, Region, RegionError};
 pub use process::ProcessToken;
 pub use segment::{

@@ -52,7 +52,7 @@ use crate::process::{claim_slot, release_slot, slot_vacant, Claimed, ProcessToke
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{WaitStrategy, WaitWord};
 
-pub use crate::spsc::{AttachError, PopError, PushError};
+pub use crate::error::{AttachError, PopError, PushError};
 
 /// Magic of an initialised MPMC ring header ("MPMC").
 pub const MPMC_MAGIC: u32 = u32::from_le_bytes(*b"MPMC");

@@ -43,6 +43,8 @@ use crate::process::{claim_slot, release_slot, slot_vacant, ProcessToken};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{WaitStrategy, WaitWord};
 
+pub use crate::error::{AttachError, PopError, PushError};
+
 /// Magic of an initialised SPSC ring header ("SPSC").
 pub const SPSC_MAGIC: u32 = u32::from_le_bytes(*b"SPSC");
 const SPSC_VERSION: u32 = 1;
@@ -89,90 +91,6 @@ fn slots_offset() -> usize {
 pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
     let cap = capacity.max(1).next_power_of_two();
     slots_offset() + cap * std::mem::size_of::<UnsafeCell<T>>()
-}
-
-/// Why a ring could not be initialised or attached.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AttachError {
-    /// The region is smaller than the ring needs.
-    #[error("region of {available} bytes is too small; the ring needs {needed}")]
-    RegionTooSmall {
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes available.
-        available: usize,
-    },
-    /// Nothing initialised is there (or something else is).
-    #[error("no initialised ring in this region (magic {0:#x})")]
-    NotInitialised(u32),
-    /// The ring was made for entries of another size or format.
-    #[error("ring holds {found}-byte entries (format {version}), this handle uses {expected}-byte entries")]
-    EntryMismatch {
-        /// Entry size in the header.
-        found: u32,
-        /// Entry size of this handle's type.
-        expected: u32,
-        /// Format version in the header.
-        version: u32,
-    },
-    /// The capacity in the header is zero, not a power of two, or larger than the region allows.
-    #[error("ring header is corrupt: capacity {0}")]
-    BadCapacity(u32),
-    /// The capacity requested at init is zero or too large.
-    #[error("invalid ring capacity {0}")]
-    InvalidCapacity(usize),
-    /// Another live process holds the role.
-    #[error("the role is held by live process {pid}")]
-    RoleTaken {
-        /// Holder's pid.
-        pid: u32,
-    },
-}
-
-/// Why a push failed; the value comes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PushError<T> {
-    /// The ring is full.
-    #[error("the ring is full")]
-    Full(T),
-    /// The consumer role is vacant (released, or its holder died) and the ring stayed full.
-    #[error("the consumer has gone")]
-    Abandoned(T),
-    /// The deadline passed while the ring stayed full.
-    #[error("timed out waiting for space")]
-    TimedOut(T),
-    /// The shared indices contradict each other: the peer wrote garbage.
-    #[error("the ring's indices are corrupt")]
-    Corrupted(T),
-}
-
-impl<T> PushError<T> {
-    /// The value that was not pushed.
-    pub fn into_inner(self) -> T {
-        match self {
-            PushError::Full(v)
-            | PushError::Abandoned(v)
-            | PushError::TimedOut(v)
-            | PushError::Corrupted(v) => v,
-        }
-    }
-}
-
-/// Why a pop returned nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PopError {
-    /// The ring is empty.
-    #[error("the ring is empty")]
-    Empty,
-    /// The producer role is vacant (released, or its holder died) and the ring is empty.
-    #[error("the producer has gone")]
-    Abandoned,
-    /// The deadline passed while the ring stayed empty.
-    #[error("timed out waiting for an entry")]
-    TimedOut,
-    /// The shared indices contradict each other: the peer wrote garbage.
-    #[error("the ring's indices are corrupt")]
-    Corrupted,
 }
 
 /// Writes a fresh ring header for `capacity` entries (rounded up to a power of two) into `region`.

@@ -28,6 +28,16 @@ pub enum Stop {
     ClientGone,
 }
 
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Cancelled => "the client cancelled the request",
+            Stop::TimedOut => "the request's deadline passed",
+            Stop::ClientGone => "the client is gone",
+        })
+    }
+}
+
 /// Why a backend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -35,7 +45,7 @@ pub enum BackendError {
     #[error("{0}")]
     Invalid(String),
     /// The run was stopped between steps.
-    #[error("stopped: {0:?}")]
+    #[error("stopped: {0}")]
     Stopped(Stop),
     /// The model failed.
     #[error("{0}")]

@@ -16,6 +16,24 @@ pub enum Task {
     Tensors,
 }
 
+impl Task {
+    /// The task's name, as in configuration files: `classify`, `embed`, `generate`, `tensors`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Embed => "embed",
+            Task::Generate => "generate",
+            Task::Tensors => "tensors",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl ArchivedTask {
     /// The native task.
     pub fn to_native(self) -> Task {

@@ -74,7 +74,7 @@ fn try_push(clients: &ClientTable, slot: usize, epoch: u32, d: DescriptorWords) 
     match clients.get(slot) {
         Some(h) if h.epoch == epoch => match h.responses.push(d) {
             Ok(()) => true,
-            Err(e) => matches!(e, shm_ring::spsc::PushError::Corrupted(_)),
+            Err(e) => matches!(e, shm_ring::PushError::Corrupted(_)),
         },
         _ => true,
     }

@@ -70,7 +70,11 @@ pub(super) fn validate<'b>(
     if mask & (1 << (req.task.to_native() as u32)) == 0 {
         return Err(Refusal::new(
             ErrorCode::ModelNotFound,
-            format!("model {:?} does not do task {:?}", lane.name, req.task),
+            format!(
+                "model {:?} does not do task {}",
+                lane.name,
+                req.task.to_native()
+            ),
         ));
     }
     Ok(req)
