@@ -1,6 +1,8 @@
 //! Server configuration: from a TOML file or built in code.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "toml")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -9,6 +11,114 @@ use shm_ring::WaitStrategy;
 
 use crate::protocol::{Limits, MAX_DESC_LEN};
 use crate::service::{MAX_CLIENTS, MAX_MODELS, MAX_NAME, RING_PARTICIPANTS};
+
+/// A model's backend options by name, as a configuration file's `options = { ... }` gives them.
+pub type Options = std::collections::BTreeMap<String, OptionValue>;
+
+/// The value of one backend option: the plain values a configuration file can hold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    /// `true` or `false`.
+    Boolean(bool),
+    /// A whole number.
+    Integer(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// Text.
+    String(String),
+    /// A list of values.
+    Array(Vec<OptionValue>),
+}
+
+impl OptionValue {
+    /// The boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            OptionValue::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The whole number, if it is one.
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            OptionValue::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The number with a fraction, if it is one (a whole number is not: see [`as_number`]).
+    ///
+    /// [`as_number`]: OptionValue::as_number
+    pub fn as_float(&self) -> Option<f64> {
+        match self {
+            OptionValue::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Any number, whole or not.
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            OptionValue::Float(f) => Some(*f),
+            OptionValue::Integer(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    /// The text, if it is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            OptionValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The list, if it is one.
+    pub fn as_array(&self) -> Option<&[OptionValue]> {
+        match self {
+            OptionValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl From<bool> for OptionValue {
+    fn from(v: bool) -> Self {
+        OptionValue::Boolean(v)
+    }
+}
+
+impl From<i64> for OptionValue {
+    fn from(v: i64) -> Self {
+        OptionValue::Integer(v)
+    }
+}
+
+impl From<f64> for OptionValue {
+    fn from(v: f64) -> Self {
+        OptionValue::Float(v)
+    }
+}
+
+impl From<&str> for OptionValue {
+    fn from(v: &str) -> Self {
+        OptionValue::String(v.to_owned())
+    }
+}
+
+impl From<String> for OptionValue {
+    fn from(v: String) -> Self {
+        OptionValue::String(v)
+    }
+}
+
+impl<T: Into<OptionValue>> From<Vec<T>> for OptionValue {
+    fn from(v: Vec<T>) -> Self {
+        OptionValue::Array(v.into_iter().map(Into::into).collect())
+    }
+}
 
 /// One model to load.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -24,9 +134,9 @@ pub struct ModelConfig {
     /// Task for backends that do several.
     #[serde(default)]
     pub task: Option<String>,
-    /// Backend options.
+    /// Backend options: each backend reads and checks its own.
     #[serde(default)]
-    pub options: toml::Table,
+    pub options: Options,
     /// Worker threads of this model's lane (default: the server's `workers_per_lane`). For a
     /// model that decodes step by step (GGUF), each worker has its own context and sequences, and
     /// a new request goes to the least loaded worker: with one llama.cpp thread each, two workers
@@ -43,7 +153,7 @@ impl ModelConfig {
             backend: backend.to_owned(),
             path: None,
             task: None,
-            options: toml::Table::new(),
+            options: Options::new(),
             workers: None,
         }
     }
@@ -181,6 +291,7 @@ pub enum ConfigError {
 }
 
 /// The TOML file.
+#[cfg(feature = "toml")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -192,6 +303,7 @@ struct File {
     models: Vec<ModelConfig>,
 }
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerSection {
@@ -241,7 +353,8 @@ pub fn cache_dir() -> PathBuf {
     base.join("shm-runtime")
 }
 
-/// Reads a TOML configuration file. `name` overrides the file's `service`.
+/// Reads a TOML configuration file (feature `toml`, on by default). `name` overrides the file's
+/// `service`.
 ///
 /// ```toml
 /// service = "demo"
@@ -257,6 +370,7 @@ pub fn cache_dir() -> PathBuf {
 /// # Errors
 ///
 /// A sentence naming the file and what is wrong.
+#[cfg(feature = "toml")]
 pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
@@ -312,6 +426,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "toml")]
     fn a_config_file_sets_the_server_and_its_models() {
         let dir = std::env::temp_dir().join(format!("shm-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -334,7 +449,7 @@ name = "s"
 backend = "sleep"
 path = "weights.bin"
 workers = 3
-options = { step_ms = 2.5 }
+options = { step_ms = 2.5, slots = 2, pooling = "cls", normalize = false, labels = ["a", "b"] }
 "#,
         )
         .unwrap();
@@ -357,6 +472,13 @@ options = { step_ms = 2.5 }
             c.models[1].path.as_deref(),
             Some(dir.join("weights.bin").as_path())
         );
+        let options = &c.models[1].options;
+        assert_eq!(options["step_ms"], OptionValue::Float(2.5));
+        assert_eq!(options["slots"], OptionValue::Integer(2));
+        assert_eq!(options["pooling"].as_str(), Some("cls"));
+        assert_eq!(options["normalize"].as_bool(), Some(false));
+        assert_eq!(options["labels"], OptionValue::from(vec!["a", "b"]));
+        assert_eq!(options["slots"].as_number(), Some(2.0));
         assert_eq!(load(&path, Some("override")).unwrap().name, "override");
         std::fs::write(
             &path,

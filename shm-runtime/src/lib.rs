@@ -45,8 +45,10 @@ pub mod protocol;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod status;
 
 pub use client::{Client, ClientOptions, ResponseView, Ticket};
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
 pub use server::Server;
+pub use status::{status, ServiceStatus};

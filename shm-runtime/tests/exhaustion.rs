@@ -55,10 +55,13 @@ fn unique(tag: &str) -> String {
 
 fn sleep_model(name: &str, step_ms: f64, slots: Option<i64>) -> ModelConfig {
     let mut m = ModelConfig::new(name, "sleep");
-    m.options
-        .insert("step_ms".into(), toml::Value::Float(step_ms));
+    m.options.insert(
+        "step_ms".into(),
+        shm_runtime::config::OptionValue::Float(step_ms),
+    );
     if let Some(n) = slots {
-        m.options.insert("slots".into(), toml::Value::Integer(n));
+        m.options
+            .insert("slots".into(), shm_runtime::config::OptionValue::Integer(n));
     }
     m
 }

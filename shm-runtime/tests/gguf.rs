@@ -49,7 +49,8 @@ fn model(path: PathBuf, options: &[(&str, i64)]) -> ModelConfig {
     m.path = Some(path);
     m.task = Some("generate".into());
     for (k, v) in options {
-        m.options.insert((*k).into(), toml::Value::Integer(*v));
+        m.options
+            .insert((*k).into(), shm_runtime::config::OptionValue::Integer(*v));
     }
     m
 }

@@ -54,17 +54,17 @@ fn tiny_models() -> Vec<ModelConfig> {
             "embed",
             "embed",
             tiny("embed.onnx"),
-            &[("max_length", toml::Value::Integer(64))],
+            &[("max_length", shm_runtime::config::OptionValue::Integer(64))],
         ),
         model(
             "classify",
             "classify",
             tiny("classify.onnx"),
             &[
-                ("max_length", toml::Value::Integer(64)),
+                ("max_length", shm_runtime::config::OptionValue::Integer(64)),
                 (
                     "labels_file",
-                    toml::Value::String("classify.labels.txt".into()),
+                    shm_runtime::config::OptionValue::String("classify.labels.txt".into()),
                 ),
             ],
         ),
@@ -325,9 +325,10 @@ fn named_tensors_run_on_the_request_data_and_come_back_exactly() {
 #[test]
 fn concurrent_requests_are_batched_and_each_client_gets_its_own_row() {
     let mut models = tiny_models();
-    models[0]
-        .options
-        .insert("max_delay_us".into(), toml::Value::Integer(20_000));
+    models[0].options.insert(
+        "max_delay_us".into(),
+        shm_runtime::config::OptionValue::Integer(20_000),
+    );
     let (_server, svc) = start("batch", models);
     let want: Vec<Vec<f32>> = {
         let mut d = Direct::new(&tiny("embed.onnx"), &tiny("tokenizer.json"), 64);
@@ -406,7 +407,10 @@ fn the_sentiment_classifier_labels_held_out_sentences() {
             "sentiment",
             "classify",
             path,
-            &[("output", toml::Value::String("logits".into()))],
+            &[(
+                "output",
+                shm_runtime::config::OptionValue::String("logits".into()),
+            )],
         )],
     );
     let client = Client::connect(&svc).unwrap();

@@ -258,8 +258,10 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills() {
     let service = unique("load");
     let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options
-        .insert("step_ms".into(), toml::Value::Float(1.0));
+    slow.options.insert(
+        "step_ms".into(),
+        shm_runtime::config::OptionValue::Float(1.0),
+    );
     let mut cfg = ServerConfig::new(&service, vec![ModelConfig::new("echo", "echo"), slow]);
     cfg.max_inflight = 32;
     let _server = Server::start(cfg).unwrap();
@@ -286,8 +288,10 @@ fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills(
 fn a_client_killed_mid_stream_is_cleaned_up() {
     let service = unique("midstream");
     let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options
-        .insert("step_ms".into(), toml::Value::Float(5.0));
+    slow.options.insert(
+        "step_ms".into(),
+        shm_runtime::config::OptionValue::Float(5.0),
+    );
     let _server = Server::start(ServerConfig::new(
         &service,
         vec![ModelConfig::new("echo", "echo"), slow],

@@ -15,8 +15,10 @@ fn name(tag: &str) -> String {
 
 fn sleep_model(name: &str, step_ms: f64) -> ModelConfig {
     let mut m = ModelConfig::new(name, "sleep");
-    m.options
-        .insert("step_ms".into(), toml::Value::Float(step_ms));
+    m.options.insert(
+        "step_ms".into(),
+        shm_runtime::config::OptionValue::Float(step_ms),
+    );
     m
 }
 
@@ -421,8 +423,10 @@ fn a_flooding_client_does_not_starve_another() {
 fn stepping(tag: &str, slots: i64, step_ms: f64) -> (Server, String) {
     let svc = name(tag);
     let mut m = sleep_model("gen", step_ms);
-    m.options
-        .insert("slots".into(), toml::Value::Integer(slots));
+    m.options.insert(
+        "slots".into(),
+        shm_runtime::config::OptionValue::Integer(slots),
+    );
     let server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
     (server, svc)
 }
@@ -487,7 +491,8 @@ fn continuous_batching_interleaves_two_streams() {
 /// A server whose stepping model `gen` has two workers of one slot each (5 ms per step).
 fn one_slot_workers(svc: &str) -> Server {
     let mut m = sleep_model("gen", 5.0);
-    m.options.insert("slots".into(), toml::Value::Integer(1));
+    m.options
+        .insert("slots".into(), shm_runtime::config::OptionValue::Integer(1));
     m.workers = Some(2);
     Server::start(ServerConfig::new(svc, vec![m])).expect("server starts")
 }

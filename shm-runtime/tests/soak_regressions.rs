@@ -99,8 +99,10 @@ fn reaping_a_dead_client_spares_the_owner_entry_a_new_process_took_over() {
 fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder() {
     let service = name("handover");
     let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options
-        .insert("step_ms".into(), toml::Value::Float(1.0));
+    slow.options.insert(
+        "step_ms".into(),
+        shm_runtime::config::OptionValue::Float(1.0),
+    );
     let _server = Server::start(ServerConfig::new(&service, vec![slow])).unwrap();
     let svc = Service::open(&service).unwrap();
     let me = ProcessToken::current().raw();

@@ -99,8 +99,7 @@ mod tests {
     #[test]
     fn each_backend_parses_its_own_options() {
         let mut m = ModelConfig::new("m", "sleep");
-        m.options
-            .insert("step_ms".into(), toml::Value::String("fast".into()));
+        m.options.insert("step_ms".into(), "fast".into());
         let err = load(&m).err();
         assert!(
             matches!(&err, Some(LoadError::Failed(msg)) if msg.contains("step_ms")),

@@ -29,10 +29,7 @@ impl Sleep {
     pub fn from_config(m: &ModelConfig) -> Result<Sleep, String> {
         let ms = match m.options.get("step_ms") {
             None => 10.0,
-            Some(v) => v
-                .as_float()
-                .or_else(|| v.as_integer().map(|i| i as f64))
-                .ok_or("option step_ms must be a number")?,
+            Some(v) => v.as_number().ok_or("option step_ms must be a number")?,
         };
         if !(0.0..=60_000.0).contains(&ms) {
             return Err(format!("step_ms {ms} out of range 0..=60000"));

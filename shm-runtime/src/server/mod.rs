@@ -59,55 +59,8 @@ impl Server {
     ///
     /// [`ServerError`]: a bad configuration, a model that does not load, a service name held by a
     /// live server.
-    pub fn start(mut config: ServerConfig) -> Result<Server, ServerError> {
-        // Every client registers one pool owner and the server one more: with fewer entries the
-        // last client slots could never be used.
-        config.pool.max_owners = config.pool.max_owners.max(config.max_clients as u32 + 1);
-        // The name first: nothing is loaded for a name that cannot be served.
-        if !shm_ring::segment::validate_name(&config.name) {
-            return Err(ServerError::Segment {
-                name: config.name.clone(),
-                source: shm_ring::CreateError::InvalidName(config.name.clone()),
-            });
-        }
-        config.validate()?;
-        let mut lanes = Vec::new();
-        for m in &config.models {
-            let backend = backend::load(m).map_err(|source| ServerError::Model {
-                name: m.name.clone(),
-                source,
-            })?;
-            lanes.push(ModelLane::new(m.name.clone(), backend, m.workers(&config)));
-        }
-        let layout = Layout::new(
-            config.max_clients,
-            lanes.len(),
-            config.ring_capacity,
-            &config.pool,
-        );
-        let mut opts = CreateOptions::new(layout.total);
-        opts.user_version = PROTOCOL_VERSION;
-        let seg = Segment::create(&config.name, &opts).map_err(|source| ServerError::Segment {
-            name: config.name.clone(),
-            source,
-        })?;
-        let svc = setup::init_segment(Arc::new(seg), &layout, &config, &lanes)?;
-        let pool = Pool::attach(&svc.pool_region())
-            .map_err(|e| ServerError::setup("cannot attach to the pool", Some(e.into())))?;
-        let owner = pool.register_owner().map_err(|e| {
-            ServerError::setup("cannot register the server's pool owner", Some(e.into()))
-        })?;
-        let state = Arc::new(ServerState {
-            svc,
-            pool,
-            owner,
-            lanes,
-            config,
-            draining: AtomicBool::new(false),
-            drain_expired: AtomicBool::new(false),
-            exit: AtomicBool::new(false),
-            workers_running: AtomicU32::new(0),
-        });
+    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let state = Arc::new(prepare(config)?);
         let threads = spawn_threads(&state)?;
         state
             .svc
@@ -117,7 +70,7 @@ impl Server {
         tracing::info!(
             service = %state.config.name,
             models = ?state.config.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
-            bytes = layout.total,
+            bytes = state.svc.layout.total,
             "serving"
         );
         Ok(Server { state, threads })
@@ -187,6 +140,60 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// Everything but the threads: checks the configuration, loads the models, creates and lays
+/// out the service segment, and registers the server's pool owner. The segment's state stays
+/// `starting` until the workers run.
+pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerError> {
+    // Every client registers one pool owner and the server one more: with fewer entries the
+    // last client slots could never be used.
+    config.pool.max_owners = config.pool.max_owners.max(config.max_clients as u32 + 1);
+    // The name first: nothing is loaded for a name that cannot be served.
+    if !shm_ring::segment::validate_name(&config.name) {
+        return Err(ServerError::Segment {
+            name: config.name.clone(),
+            source: shm_ring::CreateError::InvalidName(config.name.clone()),
+        });
+    }
+    config.validate()?;
+    let mut lanes = Vec::new();
+    for m in &config.models {
+        let backend = backend::load(m).map_err(|source| ServerError::Model {
+            name: m.name.clone(),
+            source,
+        })?;
+        lanes.push(ModelLane::new(m.name.clone(), backend, m.workers(&config)));
+    }
+    let layout = Layout::new(
+        config.max_clients,
+        lanes.len(),
+        config.ring_capacity,
+        &config.pool,
+    );
+    let mut opts = CreateOptions::new(layout.total);
+    opts.user_version = PROTOCOL_VERSION;
+    let seg = Segment::create(&config.name, &opts).map_err(|source| ServerError::Segment {
+        name: config.name.clone(),
+        source,
+    })?;
+    let svc = setup::init_segment(Arc::new(seg), &layout, &config, &lanes)?;
+    let pool = Pool::attach(&svc.pool_region())
+        .map_err(|e| ServerError::setup("cannot attach to the pool", Some(e.into())))?;
+    let owner = pool.register_owner().map_err(|e| {
+        ServerError::setup("cannot register the server's pool owner", Some(e.into()))
+    })?;
+    Ok(ServerState {
+        svc,
+        pool,
+        owner,
+        lanes,
+        config,
+        draining: AtomicBool::new(false),
+        drain_expired: AtomicBool::new(false),
+        exit: AtomicBool::new(false),
+        workers_running: AtomicU32::new(0),
+    })
 }
 
 /// Starts every lane's workers (pinned to the configured cores in turn) and the housekeeper.

@@ -49,6 +49,8 @@ mod ledger;
 mod outbox;
 mod request;
 mod single;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

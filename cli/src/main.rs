@@ -9,7 +9,6 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use shm_runtime::protocol::{Input, Params, Request, Task};
 use shm_runtime::ring::Segment;
-use shm_runtime::service::Service;
 use shm_runtime::{config, Client, ModelConfig, Server, ServerConfig};
 
 #[derive(Parser)]
@@ -157,116 +156,54 @@ fn serve(
     Ok(())
 }
 
-fn open_service(name: &str) -> Result<Service> {
-    Service::open(name).map_err(anyhow::Error::msg)
-}
-
 fn status(name: &str, json: bool) -> Result<()> {
-    let svc = open_service(name)?;
-    let h = svc.header();
-    let st = svc.stats();
-    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let state = match h.state.load(Ordering::Acquire) {
-        0 => "starting",
-        1 => "running",
-        2 => "draining",
-        _ => "stopped",
-    };
-    let alive = svc.server_alive();
-    let lanes: Vec<_> = (0..svc.layout.lanes)
-        .map(|l| {
-            let lh = svc.lane(l);
-            serde_json::json!({
-                "model": svc.model_name(l),
-                "queued": lh.queued(),
-                "running": lh.running(),
-                "accepted": ld(&lh.accepted),
-                "completed": ld(&lh.completed),
-                "batches": ld(&lh.batches),
-                "batched": ld(&lh.batched),
-            })
-        })
-        .collect();
-    let clients: Vec<_> = (0..svc.layout.max_clients)
-        .filter_map(|c| {
-            let e = svc.client(c);
-            let token = e.token.load(Ordering::Relaxed);
-            (token != 0).then(|| {
-                serde_json::json!({
-                    "slot": c,
-                    "pid": token >> 32,
-                    "inflight": e.inflight.load(Ordering::Relaxed),
-                    "requests": ld(&e.requests),
-                    "errors": ld(&e.errors),
-                })
-            })
-        })
-        .collect();
-    let names = [
-        "",
-        "invalid_request",
-        "model_not_found",
-        "busy",
-        "timed_out",
-        "cancelled",
-        "backend",
-        "shutting_down",
-        "resource_exhausted",
-    ];
-    let errors: serde_json::Map<_, _> = (1..names.len())
-        .map(|i| (names[i].to_owned(), serde_json::json!(ld(&st.errors[i]))))
-        .collect();
-    let hist: Vec<u64> = st.latency_us_log2.iter().map(ld).collect();
-    let pool = shm_runtime::ring::pool::Pool::attach(&svc.pool_region())?.stats();
-    let pool_json: Vec<_> = pool
-        .classes
-        .iter()
-        .map(|c| serde_json::json!({"chunk_size": c.chunk_size, "free": c.free, "count": c.count, "high_water": c.high_water}))
-        .collect();
-    let v = serde_json::json!({
-        "service": name,
-        "state": state,
-        "server_alive": alive,
-        "server_pid": h.server_pid.load(Ordering::Relaxed),
-        "requests": ld(&st.requests),
-        "ok": ld(&st.ok),
-        "errors": errors,
-        "clients_reaped": ld(&st.clients_reaped),
-        "chunks_reclaimed": ld(&st.chunks_reclaimed),
-        "latency_us_log2_buckets": hist,
-        "lanes": lanes,
-        "clients": clients,
-        "pool": pool_json,
-    });
+    let st = shm_runtime::status(name)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
     println!(
-        "service {name:?}: {state}, server pid {} ({})",
-        v["server_pid"],
-        if alive { "alive" } else { "dead" }
+        "service {name:?}: {}, server pid {} ({})",
+        st.state,
+        st.server_pid,
+        if st.server_alive { "alive" } else { "dead" }
     );
+    let errors: Vec<String> = st
+        .errors
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
     println!(
-        "requests {}  ok {}  errors {}",
-        v["requests"],
-        v["ok"],
-        serde_json::Value::Object(errors)
+        "requests {}  ok {}  errors: {}",
+        st.requests,
+        st.ok,
+        if errors.is_empty() {
+            "none".to_owned()
+        } else {
+            errors.join(", ")
+        }
     );
-    for l in &lanes {
+    for l in &st.lanes {
         println!(
             "lane {}: queued {} running {} accepted {} completed {} (batched: {} requests in {} batches)",
-            l["model"], l["queued"], l["running"], l["accepted"], l["completed"], l["batched"], l["batches"]
+            l.model.as_deref().unwrap_or("?"),
+            l.queued,
+            l.running,
+            l.accepted,
+            l.completed,
+            l.batched,
+            l.batches
         );
     }
-    println!("clients: {}", clients.len());
-    for c in &clients {
+    println!("clients: {}", st.clients.len());
+    for c in &st.clients {
         println!(
             "  slot {} pid {} inflight {} requests {} errors {}",
-            c["slot"], c["pid"], c["inflight"], c["requests"], c["errors"]
+            c.slot, c.pid, c.inflight, c.requests, c.errors
         );
     }
-    for c in &pool.classes {
+    for c in &st.pool {
         println!(
             "pool {:>8} B: {}/{} free, high water {}",
             c.chunk_size, c.free, c.count, c.high_water

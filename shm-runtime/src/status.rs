@@ -1,0 +1,230 @@
+//! A service's state and counters, read from its segment by any process of the same user: what
+//! `shm-runtime status` prints and what monitoring reads, without knowing the segment's layout.
+//!
+//! Every figure is a relaxed load of a counter the server keeps moving: a snapshot, not a
+//! transaction (a request may be counted as accepted and not yet as completed).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::protocol::ErrorCode;
+use crate::service::{Service, STATE_DRAINING, STATE_RUNNING, STATE_STARTING};
+use crate::Error;
+
+/// Where a server stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Loading models; not yet taking requests.
+    Starting,
+    /// Taking requests.
+    Running,
+    /// Finishing what it accepted; refusing new work.
+    Draining,
+    /// Stopped (or the state word holds something unknown).
+    Stopped,
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Draining => "draining",
+            ServiceState::Stopped => "stopped",
+        })
+    }
+}
+
+/// One model's lane: its queue and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaneStatus {
+    /// The model's name (`None` if the segment holds no valid name for it).
+    pub model: Option<String>,
+    /// Requests queued, not yet running.
+    pub queued: u64,
+    /// Requests running.
+    pub running: u64,
+    /// Requests accepted since the start.
+    pub accepted: u64,
+    /// Requests completed since the start.
+    pub completed: u64,
+    /// Batches run (models that batch).
+    pub batches: u64,
+    /// Requests run in those batches.
+    pub batched: u64,
+}
+
+/// One connected client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientStatus {
+    /// Its slot in the client table.
+    pub slot: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// Requests in flight now.
+    pub inflight: u32,
+    /// Requests it sent.
+    pub requests: u64,
+    /// Error answers it got.
+    pub errors: u64,
+}
+
+/// One size class of the shared pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolClassStatus {
+    /// Bytes per chunk.
+    pub chunk_size: usize,
+    /// Chunks free now.
+    pub free: u32,
+    /// Chunks in the class.
+    pub count: u32,
+    /// Most chunks ever in use at once.
+    pub high_water: u32,
+}
+
+/// A snapshot of a service: see [`status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub service: String,
+    /// Where its server stands.
+    pub state: ServiceState,
+    /// Whether the server process is alive (it holds its segment's lock and is not stopped).
+    pub server_alive: bool,
+    /// The server's process id.
+    pub server_pid: u32,
+    /// Requests taken from the rings.
+    pub requests: u64,
+    /// Requests answered with a result.
+    pub ok: u64,
+    /// Error answers by kind (`invalid_request`, `busy`, ...).
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Dead clients whose slots were reclaimed.
+    pub clients_reaped: u64,
+    /// Chunks returned to the pool from dead clients.
+    pub chunks_reclaimed: u64,
+    /// Request latencies: bucket `i` counts those of `2^i` to `2^(i+1)` microseconds.
+    pub latency_us_log2_buckets: Vec<u64>,
+    /// The model lanes.
+    pub lanes: Vec<LaneStatus>,
+    /// The connected clients.
+    pub clients: Vec<ClientStatus>,
+    /// The pool's size classes.
+    pub pool: Vec<PoolClassStatus>,
+}
+
+/// The snake-case name of an error kind, as [`ServiceStatus::errors`] keys it.
+pub fn error_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::ModelNotFound => "model_not_found",
+        ErrorCode::Busy => "busy",
+        ErrorCode::TimedOut => "timed_out",
+        ErrorCode::Cancelled => "cancelled",
+        ErrorCode::Backend => "backend",
+        ErrorCode::ShuttingDown => "shutting_down",
+        ErrorCode::ResourceExhausted => "resource_exhausted",
+    }
+}
+
+/// Reads the state and counters of service `name`, also when its server has died (its segment is
+/// still there).
+///
+/// # Errors
+///
+/// [`Error::Attach`] when there is no such segment, it belongs to another user, or it is not a
+/// service of this protocol.
+pub fn status(name: &str) -> Result<ServiceStatus, Error> {
+    let svc = Service::open(name).map_err(Error::Attach)?;
+    let pool = shm_ring::pool::Pool::attach(&svc.pool_region())
+        .map_err(|e| Error::Attach(format!("reading the pool of service {name:?}: {e}")))?
+        .stats();
+    Ok(snapshot(name, &svc, &pool))
+}
+
+fn snapshot(name: &str, svc: &Service, pool: &shm_ring::pool::PoolStats) -> ServiceStatus {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let header = svc.header();
+    let stats = svc.stats();
+    let state = match header.state.load(Ordering::Acquire) {
+        STATE_STARTING => ServiceState::Starting,
+        STATE_RUNNING => ServiceState::Running,
+        STATE_DRAINING => ServiceState::Draining,
+        _ => ServiceState::Stopped,
+    };
+    let lanes = (0..svc.layout.lanes)
+        .map(|l| {
+            let lane = svc.lane(l);
+            LaneStatus {
+                model: svc.model_name(l),
+                queued: lane.queued(),
+                running: lane.running(),
+                accepted: load(&lane.accepted),
+                completed: load(&lane.completed),
+                batches: load(&lane.batches),
+                batched: load(&lane.batched),
+            }
+        })
+        .collect();
+    let clients = (0..svc.layout.max_clients)
+        .filter_map(|slot| {
+            let entry = svc.client(slot);
+            let token = entry.token.load(Ordering::Relaxed);
+            (token != 0).then(|| ClientStatus {
+                slot,
+                pid: (token >> 32) as u32,
+                inflight: entry.inflight.load(Ordering::Relaxed),
+                requests: load(&entry.requests),
+                errors: load(&entry.errors),
+            })
+        })
+        .collect();
+    let errors = (1..=u8::MAX)
+        .map_while(ErrorCode::from_u8)
+        .filter_map(|code| {
+            let count = stats.errors.get(code as usize)?;
+            Some((error_name(code), load(count)))
+        })
+        .collect();
+    ServiceStatus {
+        service: name.to_owned(),
+        state,
+        server_alive: svc.server_alive(),
+        server_pid: header.server_pid.load(Ordering::Relaxed),
+        requests: load(&stats.requests),
+        ok: load(&stats.ok),
+        errors,
+        clients_reaped: load(&stats.clients_reaped),
+        chunks_reclaimed: load(&stats.chunks_reclaimed),
+        latency_us_log2_buckets: stats.latency_us_log2.iter().map(load).collect(),
+        lanes,
+        clients,
+        pool: pool
+            .classes
+            .iter()
+            .map(|c| PoolClassStatus {
+                chunk_size: c.chunk_size,
+                free: c.free,
+                count: c.count,
+                high_water: c.high_water,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_has_a_distinct_name() {
+        let names: std::collections::BTreeSet<_> = (1..=u8::MAX)
+            .map_while(ErrorCode::from_u8)
+            .map(error_name)
+            .collect();
+        assert_eq!(names.len(), 8);
+    }
+}
