@@ -14,7 +14,7 @@ use std::time::Instant;
 use shm_ring::pool::{ChunkId, Loan, OwnerId, Pool, PoolConfig, SizeClass};
 use shm_ring::{mpmc, spsc, Region, WaitStrategy};
 use shm_runtime::protocol::{DescriptorWords, PROTOCOL_VERSION};
-use shm_runtime::service::{Layout, ServiceHeader, RING_PARTICIPANTS, SERVICE_MAGIC};
+use shm_runtime::testing::{Layout, ServiceHeader, RING_PARTICIPANTS, SERVICE_MAGIC};
 
 use crate::Bytes;
 

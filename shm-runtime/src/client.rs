@@ -351,6 +351,7 @@ impl Client {
     ///
     /// As for [`submit`](Self::submit).
     #[doc(hidden)]
+    #[doc(hidden)]
     pub fn submit_bytes(
         &self,
         model: &str,
@@ -376,6 +377,7 @@ impl Client {
     /// # Errors
     ///
     /// As for [`submit`](Self::submit).
+    #[doc(hidden)]
     #[doc(hidden)]
     pub fn submit_descriptor(&self, model: &str, chunk: u64, len: u32) -> Result<Ticket, Error> {
         let (lane, _) = self
@@ -421,6 +423,7 @@ impl Client {
     }
 
     /// The pool's free chunks now, over all classes (for tests and status).
+    #[doc(hidden)]
     #[doc(hidden)]
     pub fn pool_free(&self) -> (u32, u32) {
         let st = self.inner.pool.stats();
@@ -510,6 +513,7 @@ impl Client {
     }
 
     /// The server's pid, as its segment header records it.
+    #[doc(hidden)]
     pub fn server_pid(&self) -> Option<u32> {
         match self.inner.svc.header().server_pid.load(Ordering::Relaxed) {
             0 => None,

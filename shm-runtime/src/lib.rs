@@ -38,17 +38,27 @@
 pub use shm_ring as ring;
 
 pub mod backend;
-pub mod client;
+mod client;
 pub mod config;
-pub mod error;
+mod error;
 pub mod protocol;
-pub mod scheduler;
-pub mod server;
-pub mod service;
-pub mod status;
+mod scheduler;
+mod server;
+mod service;
+mod status;
 
-pub use client::{Client, ClientOptions, ResponseView, Ticket};
+pub use client::{Client, ClientOptions, ResponseView, Stream, Ticket};
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
 pub use server::Server;
-pub use status::{status, ServiceStatus};
+pub use status::{
+    error_name, status, ClientStatus, LaneStatus, PoolClassStatus, ServiceState, ServiceStatus,
+};
+
+/// Internals for the benchmarks, the fuzz targets and out-of-tree test clients: the service
+/// segment's layout and the scheduler. Not a stable interface.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::scheduler::*;
+    pub use crate::service::*;
+}

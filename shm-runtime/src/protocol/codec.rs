@@ -19,7 +19,7 @@ pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest, Refusal> {
         .map_err(|e| Refusal::invalid(format!("the request is not a valid archive: {e}")))
 }
 
-/// Validates `bytes` as an archived [`Response`].
+/// Validates `bytes` as an archived [`Response`](super::Response).
 ///
 /// # Errors
 ///
@@ -75,6 +75,7 @@ where
 /// # Errors
 ///
 /// When `out` is too small.
+#[doc(hidden)]
 pub fn encode_request(req: &Request, out: &mut [u8]) -> Result<usize, rancor::Error> {
     if out.len() < REQUEST_HEAD {
         return Err(<rancor::Error as rancor::Source>::new(HeadTooSmall));

@@ -39,7 +39,7 @@ impl Elem for u8 {
     }
 }
 
-/// Adds output tensors in place; see [`Out::tensors`].
+/// Adds output tensors in place; see [`Out::tensors`](super::Out::tensors).
 pub struct TensorsWriter<'b> {
     pub(super) buf: &'b mut [u8],
     pub(super) at: usize,
