@@ -5,7 +5,7 @@
 //! (one client slot). Answers arrive on one response ring; whichever waiting thread holds the
 //! "leader" role pops it and routes it to the ticket it belongs to.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +16,16 @@ use shm_ring::{mpmc, OpenError, Segment, SegmentOpenOptions, WaitStrategy};
 
 use crate::error::Error;
 use crate::protocol::{
-    access_response, encode_request, ticket_of_epoch, ArchivedBody, ArchivedResponse, Descriptor,
-    DescriptorKind, DescriptorWords, ErrorCode, Request, PROTOCOL_VERSION,
+    encode_request, ArchivedBody, Descriptor, DescriptorKind, DescriptorWords, ErrorCode, Request,
+    PROTOCOL_VERSION,
 };
 use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
+
+mod inbox;
+mod view;
+
+use inbox::{Inbox, Pending};
+pub use view::{ResponseView, Stream};
 
 /// How a client waits.
 #[derive(Debug, Clone)]
@@ -42,42 +48,6 @@ impl Default for ClientOptions {
 /// A request in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket(pub u32);
-
-#[derive(Debug)]
-struct Pending {
-    lane: usize,
-    request_id: u64,
-    arrived: VecDeque<DescriptorWords>,
-}
-
-/// Tickets are sequential u32s from this process: a multiplicative hash spreads them well enough
-/// (SipHash would cost more than the rest of a lookup).
-#[derive(Debug, Default, Clone, Copy)]
-struct TicketHasher(u64);
-
-impl std::hash::Hasher for TicketHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Tickets = HashMap<u32, Pending, std::hash::BuildHasherDefault<TicketHasher>>;
-
-#[derive(Debug, Default)]
-struct Inbox {
-    leader: bool,
-    /// Threads waiting on the condvar (notify only when there are some: a notify is a syscall).
-    sleepers: usize,
-    pending: Tickets,
-}
 
 struct Inner {
     svc: Service,
@@ -543,94 +513,6 @@ impl Inner {
             .find(|(n, _, _)| n == name)
             .map(|(_, lane, tasks)| (*lane, *tasks))
     }
-
-    /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
-    /// after a timeout, or a previous holder's of the slot: those are not counted as strays).
-    fn route(&self, inbox: &mut Inbox, d: DescriptorWords) {
-        let t = Descriptor::ticket_of(d);
-        match inbox.pending.get_mut(&t) {
-            Some(p) => p.arrived.push_back(d),
-            None if !ticket_of_epoch(t, self.epoch) => self.release_answer(d),
-            None => self.discard(d),
-        }
-    }
-
-    /// Returns the chunk of an answer nobody waits for, counting it as a stray.
-    fn discard(&self, d: DescriptorWords) {
-        self.strays.fetch_add(1, Ordering::Relaxed);
-        self.release_answer(d);
-    }
-
-    /// Returns an answer's chunk (if it has one and it is ours).
-    fn release_answer(&self, d: DescriptorWords) {
-        if let Some(d) = Descriptor::from_words(d) {
-            if d.kind != DescriptorKind::InlineError {
-                let _ = self.pool.release(ChunkId::from_raw(d.chunk), self.owner);
-            }
-        }
-    }
-
-    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits for the next descriptor of `ticket`, taking the leader role (popping the ring and
-    /// routing) when nobody holds it.
-    fn next_for(&self, ticket: u32, deadline: Instant) -> Result<DescriptorWords, Error> {
-        let mut inbox = self.inbox();
-        loop {
-            match inbox.pending.get_mut(&ticket) {
-                None => return Err(Error::UnknownTicket(ticket)),
-                Some(p) => {
-                    if let Some(d) = p.arrived.pop_front() {
-                        return Ok(d);
-                    }
-                }
-            }
-            if !inbox.leader {
-                // Fast path: the answer may be there already; no clock, no wait.
-                if let Ok(d) = self.responses.pop() {
-                    self.route(&mut inbox, d);
-                    continue;
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::TimedOut);
-            }
-            if inbox.leader {
-                let slice = (deadline - now).min(Duration::from_millis(20));
-                inbox.sleepers += 1;
-                inbox = self
-                    .arrived
-                    .wait_timeout(inbox, slice)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                inbox.sleepers -= 1;
-                continue;
-            }
-            inbox.leader = true;
-            drop(inbox);
-            let slice = deadline.min(now + Duration::from_millis(20));
-            let popped = self.responses.pop_blocking(&self.options.wait, slice);
-            inbox = self.inbox();
-            inbox.leader = false;
-            match popped {
-                Ok(d) => self.route(&mut inbox, d),
-                Err(_) => {
-                    if self.server_gone.load(Ordering::Relaxed) || !self.svc.server_alive() {
-                        self.server_gone.store(true, Ordering::Relaxed);
-                        self.arrived.notify_all();
-                        return Err(Error::ServerGone);
-                    }
-                }
-            }
-            // Wake the others to check their tickets and take over as leader.
-            if inbox.sleepers > 0 {
-                self.arrived.notify_all();
-            }
-        }
-    }
 }
 
 impl Drop for Inner {
@@ -665,95 +547,4 @@ fn estimate(req: &Request) -> usize {
             .sum(),
     };
     input + req.model.len() + req.params.stop.iter().map(|s| s.len() + 8).sum::<usize>() + 256
-}
-
-/// An answer in shared memory, read in place; its chunk returns to the pool on drop.
-pub struct ResponseView {
-    client: Arc<Inner>,
-    chunk: ChunkId,
-    len: usize,
-    is_final: bool,
-}
-
-impl std::fmt::Debug for ResponseView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseView")
-            .field("chunk", &self.chunk)
-            .field("len", &self.len)
-            .field("final", &self.is_final)
-            .finish()
-    }
-}
-
-impl ResponseView {
-    /// The archived response (validated on every call: the bytes are in shared memory).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
-    pub fn response(&self) -> Result<&ArchivedResponse, Error> {
-        let bytes = self
-            .client
-            .pool
-            .chunk_slice(self.chunk, self.client.owner)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        let bytes = bytes
-            .get(..self.len)
-            .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))?;
-        access_response(bytes).map_err(|r| Error::Protocol(r.message))
-    }
-
-    /// Whether this is the final answer of its request.
-    pub fn is_final(&self) -> bool {
-        self.is_final
-    }
-
-    /// Size of the archived answer in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the archive is empty (never, for a valid answer).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for ResponseView {
-    fn drop(&mut self) {
-        let _ = self.client.pool.release(self.chunk, self.client.owner);
-    }
-}
-
-/// The chunks of a streamed answer, then its final answer.
-#[derive(Debug)]
-pub struct Stream {
-    client: Client,
-    ticket: Ticket,
-    done: bool,
-    deadline: Instant,
-}
-
-impl Stream {
-    /// The request's ticket (for [`Client::cancel`]).
-    pub fn ticket(&self) -> Ticket {
-        self.ticket
-    }
-}
-
-impl Iterator for Stream {
-    type Item = Result<ResponseView, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let r = self.client.recv(self.ticket, left);
-        match &r {
-            Ok(v) if !v.is_final() => {}
-            _ => self.done = true,
-        }
-        Some(r)
-    }
 }

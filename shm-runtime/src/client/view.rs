@@ -1,0 +1,102 @@
+//! Answers read in place: a [`ResponseView`] holds its chunk until dropped; a [`Stream`] yields a
+//! request's answers one by one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shm_ring::pool::ChunkId;
+
+use super::{Client, Inner, Ticket};
+use crate::error::Error;
+use crate::protocol::{access_response, ArchivedResponse};
+
+/// An answer in shared memory, read in place; its chunk returns to the pool on drop.
+pub struct ResponseView {
+    pub(super) client: Arc<Inner>,
+    pub(super) chunk: ChunkId,
+    pub(super) len: usize,
+    pub(super) is_final: bool,
+}
+
+impl std::fmt::Debug for ResponseView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseView")
+            .field("chunk", &self.chunk)
+            .field("len", &self.len)
+            .field("final", &self.is_final)
+            .finish()
+    }
+}
+
+impl ResponseView {
+    /// The archived response (validated on every call: the bytes are in shared memory).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
+    pub fn response(&self) -> Result<&ArchivedResponse, Error> {
+        let bytes = self
+            .client
+            .pool
+            .chunk_slice(self.chunk, self.client.owner)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = bytes
+            .get(..self.len)
+            .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))?;
+        access_response(bytes).map_err(|r| Error::Protocol(r.message))
+    }
+
+    /// Whether this is the final answer of its request.
+    pub fn is_final(&self) -> bool {
+        self.is_final
+    }
+
+    /// Size of the archived answer in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the archive is empty (never, for a valid answer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for ResponseView {
+    fn drop(&mut self) {
+        let _ = self.client.pool.release(self.chunk, self.client.owner);
+    }
+}
+
+/// The chunks of a streamed answer, then its final answer.
+#[derive(Debug)]
+pub struct Stream {
+    pub(super) client: Client,
+    pub(super) ticket: Ticket,
+    pub(super) done: bool,
+    pub(super) deadline: Instant,
+}
+
+impl Stream {
+    /// The request's ticket (for [`Client::cancel`]).
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Result<ResponseView, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let r = self.client.recv(self.ticket, left);
+        match &r {
+            Ok(v) if !v.is_final() => {}
+            _ => self.done = true,
+        }
+        Some(r)
+    }
+}
