@@ -20,7 +20,6 @@ use shm_runtime::backend::gguf::llama;
 use shm_runtime::config::cache_dir;
 use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Request, Task};
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
-
 use shm_test_support::runtime::{RequestExt, Want};
 use shm_test_support::unique_name;
 

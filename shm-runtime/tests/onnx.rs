@@ -16,7 +16,6 @@ use shm_runtime::backend::onnx::environment;
 use shm_runtime::config::cache_dir;
 use shm_runtime::protocol::{ArchivedBody, Input, Request, Task, Tensor, TensorData};
 use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
-
 use shm_test_support::runtime::{request, Want};
 use shm_test_support::unique_name;
 

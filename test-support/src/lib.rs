@@ -7,9 +7,9 @@
 //! - [`names`]: segment and service names that no other test binary uses ([`unique_name`]).
 //! - [`wait`]: a condition polled until it holds, failing the test after a time limit
 //!   ([`wait_for`]).
-//! - `runtime` (feature `runtime`): request builders ([`runtime::generate`],
-//!   [`runtime::request`]), the expected refusal of a bad request ([`runtime::Want`]), the text of
-//!   an answer, the sleep model's configuration, and a guard removing a dead server's segment.
+//! - `runtime` (feature `runtime`): the request builders (`runtime::generate`,
+//!   `runtime::request`), the expected refusal of a bad request (`runtime::Want`), the text of an
+//!   answer, the sleep model's configuration, and a guard removing a dead server's segment.
 //!
 //! # Why the request builders sit behind a feature
 //!
