@@ -6,10 +6,7 @@ use std::path::Path;
 
 use shm_ring::segment::validate_name;
 use shm_ring::{CreateError, CreateOptions, OpenError, RemoveError, Segment};
-
-fn name(tag: &str) -> String {
-    format!("perm-{tag}-{}", std::process::id())
-}
+use shm_test_support::unique_name;
 
 fn mode_of(seg: &Segment) -> u32 {
     std::fs::metadata(seg.path()).unwrap().permissions().mode() & 0o7777
@@ -22,10 +19,10 @@ fn segments_get_exactly_their_mode_whatever_the_umask() {
     for umask in [0o000, 0o022, 0o077, 0o777] {
         // SAFETY: umask has no preconditions.
         let old = unsafe { libc::umask(umask) };
-        let default = Segment::create(&name("default"), &CreateOptions::new(4096));
+        let default = Segment::create(&unique_name("default"), &CreateOptions::new(4096));
         let mut opts = CreateOptions::new(4096);
         opts.mode = 0o640;
-        let group = Segment::create(&name("group"), &opts);
+        let group = Segment::create(&unique_name("group"), &opts);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         let (default, group) = (default.unwrap(), group.unwrap());

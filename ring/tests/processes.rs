@@ -1,8 +1,6 @@
 //! Cross-process tests: real child processes (this test binary re-executed) share real segments in
 //! /dev/shm; kill -9 tests show that every structure recovers and nothing leaks.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +8,7 @@ use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig};
 use shm_ring::{
     mpmc, spsc, CreateError, CreateOptions, OpenError, Region, RemoveError, Segment, WaitStrategy,
 };
-
-const CHILD_ROLE: &str = "SHM_RING_TEST_ROLE";
-const CHILD_SEGMENT: &str = "SHM_RING_TEST_SEGMENT";
-const CHILD_ARG: &str = "SHM_RING_TEST_ARG";
+use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
 
 // Fixed places of the structures inside the test segments.
 const SPSC_AT: usize = 0;
@@ -26,17 +21,6 @@ const SEGMENT_SIZE: usize = 2 << 20;
 
 fn secs(n: u64) -> Instant {
     Instant::now() + Duration::from_secs(n)
-}
-
-fn unique_name(test: &str) -> String {
-    format!(
-        "test-{}-{}-{}",
-        std::process::id(),
-        test,
-        std::time::SystemTime::now()
-            .elapsed()
-            .map_or(0, |d| d.as_nanos())
-    )
 }
 
 fn regions(seg: Segment) -> (Region, Region, Region, Region) {
@@ -61,130 +45,42 @@ fn fixture(test: &str) -> (String, Region, Region, Region, Region) {
     (name, s, m, h, p)
 }
 
-struct Kid {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    reaped: bool,
-}
-
-impl Drop for Kid {
-    /// A failing test must not leave its child behind.
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Kid {
-    /// Re-executes this test binary running only `child_entry`, in role `role`.
-    fn spawn(role: &str, segment: &str, arg: &str) -> Kid {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ROLE, role)
-            .env(CHILD_SEGMENT, segment)
-            .env(CHILD_ARG, arg)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Kid {
-            child,
-            out,
-            reaped: false,
-        }
-    }
-
-    /// Waits for a line starting with `prefix` and returns the rest.
-    fn expect(&mut self, prefix: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.out.read_line(&mut line).unwrap();
-            assert!(n > 0, "child exited before printing {prefix:?}");
-            // The harness may have printed "test child_entry ... " without a newline first.
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: sends a signal to our own child's pid; no memory involved.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(r, 0);
-    }
-
-    fn wait_success(mut self) {
-        let status = self.child.wait().unwrap();
-        self.reaped = true;
-        assert!(status.success(), "child failed: {status:?}");
-    }
-
-    fn wait_killed(mut self) {
-        use std::os::unix::process::ExitStatusExt;
-        let status = self.child.wait().unwrap();
-        self.reaped = true;
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "child was not killed: {status:?}"
-        );
-    }
-}
-
-/// Prints one line to the parent and flushes it at once (the parent waits for it).
-fn say(line: String) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
-}
-
 /// The child side of every test. Does nothing unless spawned by a test with a role.
 #[test]
 #[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
+    let Some(task) = ChildTask::from_env() else {
         return;
     };
-    let name = std::env::var(CHILD_SEGMENT).unwrap();
-    let arg: u64 = std::env::var(CHILD_ARG).unwrap().parse().unwrap_or(0);
+    let (role, name, arg) = (task.role.as_str(), task.name.as_str(), task.number());
     if role == "create-and-hang" {
-        let _seg = Segment::create(&name, &CreateOptions::new(1 << 16)).unwrap();
-        say("READY".into());
+        let _seg = Segment::create(name, &CreateOptions::new(1 << 16)).unwrap();
+        say("READY");
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
     if role == "open-only" {
-        match Segment::open(&name) {
-            Ok(_) => say("RESULT ok".into()),
-            Err(OpenError::PermissionDenied(_)) => say("RESULT permission-denied".into()),
+        match Segment::open(name) {
+            Ok(_) => say("RESULT ok"),
+            Err(OpenError::PermissionDenied(_)) => say("RESULT permission-denied"),
             Err(e) => say(format!("RESULT other {e}")),
         }
         std::process::exit(0);
     }
-    let (s, m, h, p) = regions(Segment::open(&name).unwrap());
+    let (s, m, h, p) = regions(Segment::open(name).unwrap());
     let strategy = WaitStrategy::default();
-    match role.as_str() {
+    match role {
         "spsc-produce" => {
             let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-            say("READY".into());
+            say("READY");
             for i in arg..arg + 100_000 {
                 tx.push_blocking(i, &strategy, secs(30)).unwrap();
             }
         }
         "spsc-produce-forever" => {
             let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-            say("READY".into());
+            say("READY");
             let mut i = 0;
             loop {
                 tx.push_blocking(i, &strategy, secs(60)).unwrap();
@@ -193,7 +89,7 @@ fn child_entry() {
         }
         "spsc-consume-forever" => {
             let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-            say("READY".into());
+            say("READY");
             loop {
                 std::hint::black_box(rx.pop_blocking(&strategy, secs(60)).unwrap());
             }
@@ -208,13 +104,13 @@ fn child_entry() {
         }
         "spsc-wait-one" => {
             let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-            say("READY".into());
+            say("READY");
             let v = rx.pop_blocking(&strategy, secs(20)).unwrap();
             say(format!("GOT {v}"));
         }
         "mpmc-produce" => {
             let tx = mpmc::Producer::<u64>::attach(&m).unwrap();
-            say("READY".into());
+            say("READY");
             for i in 0..arg {
                 tx.push_blocking(
                     (u64::from(std::process::id()) << 32) | i,
@@ -231,7 +127,7 @@ fn child_entry() {
             }
             tx.push_with(|slot| {
                 *slot = 0xDEAD;
-                say("CLAIMED".into());
+                say("CLAIMED");
                 // SAFETY: raising SIGKILL on ourselves; never returns.
                 unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             })
@@ -264,7 +160,7 @@ fn child_entry() {
             loan.as_mut_slice()[..11].copy_from_slice(b"from child!");
             let id = loan.into_id();
             tx.push([id.raw(), u64::from(me.get())]).unwrap();
-            say("SENT".into());
+            say("SENT");
             // Stay alive until the parent has adopted the chunk (it pushes back a byte).
             let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
             rx.pop_blocking(&strategy, secs(30)).unwrap();
@@ -278,7 +174,7 @@ fn child_entry() {
 fn spsc_streams_in_order_between_processes() {
     let (name, s, ..) = fixture("spsc-order");
     let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("spsc-produce", &name, "5");
+    let mut kid = Kid::role("spsc-produce", &name, "5");
     kid.expect("READY");
     for i in 5..100_005 {
         assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
@@ -292,15 +188,13 @@ fn spsc_streams_in_order_between_processes() {
 fn spsc_parked_consumer_is_woken_by_another_process() {
     let (name, s, ..) = fixture("spsc-wake");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("spsc-wait-one", &name, "0");
+    let mut kid = Kid::role("spsc-wait-one", &name, "0");
     kid.expect("READY");
     // The default strategy spins first, then parks on the futex: push only once it is parked,
     // so the push must wake it.
-    let end = Instant::now() + Duration::from_secs(10);
-    while tx.parked_consumers() == 0 {
-        assert!(Instant::now() < end, "the child never parked");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for("the child to park", Duration::from_secs(10), || {
+        tx.parked_consumers() > 0
+    });
     tx.push(77).unwrap();
     assert_eq!(kid.expect("GOT"), "77");
     kid.wait_success();
@@ -310,13 +204,11 @@ fn spsc_parked_consumer_is_woken_by_another_process() {
 fn a_consumer_killed_while_parked_leaves_no_waiter_behind() {
     let (name, s, ..) = fixture("spsc-parked-kill");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("spsc-wait-one", &name, "0");
+    let mut kid = Kid::role("spsc-wait-one", &name, "0");
     kid.expect("READY");
-    let end = Instant::now() + Duration::from_secs(5);
-    while tx.parked_consumers() == 0 {
-        assert!(Instant::now() < end, "the child never parked");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("the child to park", Duration::from_secs(5), || {
+        tx.parked_consumers() > 0
+    });
     kid.kill9();
     kid.wait_killed();
     assert_eq!(tx.parked_consumers(), 1, "the dead waiter is still counted");
@@ -331,7 +223,7 @@ fn a_consumer_killed_while_parked_leaves_no_waiter_behind() {
 fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
     let (name, s, ..) = fixture("spsc-kill-producer");
     let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("spsc-produce-forever", &name, "0");
+    let mut kid = Kid::role("spsc-produce-forever", &name, "0");
     kid.expect("READY");
     let mut next = 0;
     while next < 50_000 {
@@ -350,7 +242,7 @@ fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
     }
     assert!(rx.is_abandoned(), "a dead producer counts as gone");
     // A new producer process takes the role over and the stream continues.
-    let kid = Kid::spawn("spsc-produce", &name, "1000000000");
+    let kid = Kid::role("spsc-produce", &name, "1000000000");
     for i in 1_000_000_000..1_000_100_000 {
         assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
     }
@@ -361,7 +253,7 @@ fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
 fn spsc_consumer_killed_mid_stream_is_replaced() {
     let (name, s, ..) = fixture("spsc-kill-consumer");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("spsc-consume-forever", &name, "0");
+    let mut kid = Kid::role("spsc-consume-forever", &name, "0");
     kid.expect("READY");
     let mut next = 0u64;
     while next < 50_000 {
@@ -381,7 +273,7 @@ fn spsc_consumer_killed_mid_stream_is_replaced() {
     };
     assert!(matches!(r, spsc::PushError::Abandoned(_)), "{r:?}");
     // A new consumer resumes exactly where the dead one stopped publishing its progress.
-    let kid = Kid::spawn("spsc-consume-check", &name, "2000");
+    let kid = Kid::role("spsc-consume-check", &name, "2000");
     let mut kid = kid;
     for _ in 0..2000 {
         tx.push_blocking(next, &WaitStrategy::default(), secs(30))
@@ -402,7 +294,7 @@ fn mpmc_two_producer_processes_deliver_everything_once_in_order() {
     let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
     let per = 50_000u64;
     let kids: Vec<Kid> = (0..2)
-        .map(|_| Kid::spawn("mpmc-produce", &name, &per.to_string()))
+        .map(|_| Kid::role("mpmc-produce", &name, &per.to_string()))
         .collect();
     let mut next = std::collections::HashMap::new();
     for _ in 0..2 * per {
@@ -422,11 +314,11 @@ fn mpmc_two_producer_processes_deliver_everything_once_in_order() {
 fn mpmc_producer_killed_between_claim_and_publish_does_not_block_the_ring() {
     let (name, _s, m, ..) = fixture("mpmc-kill-claim");
     let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
-    let mut kid = Kid::spawn("mpmc-die-mid-push", &name, "10");
+    let mut kid = Kid::role("mpmc-die-mid-push", &name, "10");
     kid.expect("CLAIMED");
     kid.wait_killed();
     // Another producer process pushes behind the dead claim.
-    Kid::spawn("mpmc-push-range", &name, "100").wait_success();
+    Kid::role("mpmc-push-range", &name, "100").wait_success();
     let mut got = Vec::new();
     while got.len() < 20 {
         got.push(rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap());
@@ -454,7 +346,7 @@ fn pool_loan_holder_killed_is_reclaimed_without_leaks() {
     let (name, .., p) = fixture("pool-kill");
     let pool = Pool::attach(&p).unwrap();
     let before = pool.stats();
-    let mut kid = Kid::spawn("pool-hold", &name, "10");
+    let mut kid = Kid::role("pool-hold", &name, "10");
     let owner: u32 = kid.expect("READY").parse().unwrap();
     assert_eq!(pool.stats().in_use(), 10);
     assert_eq!(pool.held_by(OwnerId::from_raw(owner).unwrap()), 10);
@@ -482,7 +374,7 @@ fn pool_chunk_moves_between_processes_by_id() {
     let me = pool.register_owner().unwrap();
     let mut rx = spsc::Consumer::<[u64; 2]>::attach(&h).unwrap();
     let mut ack = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::spawn("pool-send", &name, "0");
+    let mut kid = Kid::role("pool-send", &name, "0");
     kid.expect("SENT");
     let [id, from] = rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap();
     let from = OwnerId::from_raw(from as u32).unwrap();
@@ -603,18 +495,7 @@ fn another_user_cannot_open_a_segment() {
     );
     let name = unique_name("seg-perm");
     let _seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(&exe)
-        .args([
-            "--exact",
-            "child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ROLE, "open-only")
-        .env(CHILD_SEGMENT, &name)
-        .env(CHILD_ARG, "0")
+    let out = ChildTask::command("open-only", &name, "0")
         .uid(65534)
         .gid(65534)
         .output();
@@ -633,14 +514,14 @@ fn another_user_cannot_open_a_segment() {
 #[test]
 fn live_segment_refuses_a_second_creator_and_stale_one_is_replaced() {
     let name = unique_name("seg-stale");
-    let mut kid = Kid::spawn("create-and-hang", &name, "0");
+    let mut kid = Kid::role("create-and-hang", &name, "0");
     kid.expect("READY");
     let seg = Segment::open(&name).unwrap();
     assert!(seg.creator_alive());
-    assert_eq!(seg.creator_pid(), kid.child.id());
+    assert_eq!(seg.creator_pid(), kid.pid());
     let second = Segment::create(&name, &CreateOptions::new(4096));
     assert!(
-        matches!(&second, Err(CreateError::AlreadyExists { pid, .. }) if *pid == kid.child.id()),
+        matches!(&second, Err(CreateError::AlreadyExists { pid, .. }) if *pid == kid.pid()),
         "{second:?}"
     );
     kid.kill9();

@@ -6,16 +6,14 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task, Tensor, TensorData};
+use shm_runtime::protocol::{Input, Task, Tensor, TensorData};
 use shm_runtime::ring::pool::{PoolConfig, SizeClass};
-use shm_runtime::service::{Service, MAX_CLIENTS};
+use shm_runtime::testing::{Service, MAX_CLIENTS};
 use shm_runtime::{
     Client, ConfigError, Error, ModelConfig, ResponseView, Server, ServerConfig, Ticket,
 };
-
-const ROLE: &str = "SHM_EXHAUSTION_ROLE";
-const SERVICE: &str = "SHM_EXHAUSTION_SERVICE";
-const ARG: &str = "SHM_EXHAUSTION_ARG";
+use shm_test_support::runtime::{generate, generated_text, RequestExt};
+use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
 
 /// Aborts the whole test binary when a test runs longer than its limit: a hang fails loudly
 /// instead of stalling the suite.
@@ -41,54 +39,19 @@ impl Drop for Watchdog {
     }
 }
 
-mod common;
-use common::{say, Kid};
-
 /// A client process of this binary in `role`.
 fn client(role: &str, service: &str, arg: &str) -> Kid {
-    Kid::role(&[(ROLE, role), (SERVICE, service), (ARG, arg)])
+    Kid::role(role, service, arg)
 }
 
-fn unique(tag: &str) -> String {
-    format!("x-{tag}-{}", std::process::id())
-}
-
+/// The sleep model as `name` (`step_ms` per token), with `slots` sequences stepped together.
 fn sleep_model(name: &str, step_ms: f64, slots: Option<i64>) -> ModelConfig {
-    let mut m = ModelConfig::new(name, "sleep");
-    m.options.insert(
-        "step_ms".into(),
-        shm_runtime::config::OptionValue::Float(step_ms),
-    );
+    let mut m = shm_test_support::runtime::sleep_model(name, step_ms);
     if let Some(n) = slots {
         m.options
             .insert("slots".into(), shm_runtime::config::OptionValue::Integer(n));
     }
     m
-}
-
-/// A Generate request; `max_tokens` 0 means the default.
-fn generate(id: u64, model: &str, text: &str, max_tokens: u32) -> Request {
-    Request {
-        id,
-        model: model.into(),
-        task: Task::Generate,
-        input: Input::Text(text.into()),
-        params: Params {
-            max_tokens: if max_tokens == 0 {
-                Params::default().max_tokens
-            } else {
-                max_tokens
-            },
-            ..Params::default()
-        },
-    }
-}
-
-fn text_of(v: &ResponseView) -> String {
-    match &v.response().unwrap().body {
-        ArchivedBody::Generation(g) => g.text.as_str().to_owned(),
-        other => panic!("expected a generation, got {other:?}"),
-    }
 }
 
 /// The final answer of `t`, skipping stream chunks; fails the test after `limit`.
@@ -106,41 +69,32 @@ fn final_of(client: &Client, t: Ticket, limit: Duration) -> Result<ResponseView,
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn is_busy(e: &Error, cause: &str) -> bool {
     matches!(e, Error::Busy(m) if m.contains(cause))
 }
 
-/// Child processes: this binary re-executed with [`ROLE`] set.
+/// Child processes: this binary re-executed in a role.
 #[test]
 #[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(task) = ChildTask::from_env() else {
         return;
     };
-    let service = std::env::var(SERVICE).unwrap();
-    let arg: u64 = std::env::var(ARG).unwrap().parse().unwrap_or(0);
-    match role.as_str() {
+    let (service, arg) = (task.name.as_str(), task.number());
+    match task.role.as_str() {
         // Connects, says so, and waits to be killed.
         "idle" => {
-            let _client = Client::connect(&service).unwrap();
-            say("CONNECTED".into());
+            let _client = Client::connect(service).unwrap();
+            say("CONNECTED");
             std::thread::sleep(Duration::from_secs(60));
         }
         // Takes every chunk it can (keeping each answer), then reports how it was stopped.
         "hog" => {
-            let client = Client::connect(&service).unwrap();
+            let client = Client::connect(service).unwrap();
             let mut views = Vec::new();
             let how = loop {
                 assert!(views.len() < 100_000, "the pool never ran out");
-                let t = match client.submit(&generate(0, "echo", "hog", 0)) {
+                let t = match client.submit(&generate("echo", "hog")) {
                     Ok(t) => t,
                     Err(e) => break format!("submit {e}"),
                 };
@@ -154,11 +108,13 @@ fn child_entry() {
         }
         // Sends `arg` requests and reads no answer until told to on stdin; then reads them all.
         "no-read" => {
-            let client = Client::connect(&service).unwrap();
+            let client = Client::connect(service).unwrap();
             let mut tickets = Vec::new();
             let end = Instant::now() + Duration::from_secs(10);
             for i in 0..arg {
-                let r = generate(i + 1, "slow", &format!("s{i}"), 1);
+                let r = generate("slow", &format!("s{i}"))
+                    .with_id(i + 1)
+                    .with_max_tokens(1);
                 loop {
                     match client.submit(&r) {
                         Ok(t) => break tickets.push(t),
@@ -171,14 +127,14 @@ fn child_entry() {
                     }
                 }
             }
-            say("SUBMITTED".into());
+            say("SUBMITTED");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).unwrap();
             for (i, t) in tickets.into_iter().enumerate() {
                 // The answer's id is checked against the request's by the client.
                 let v = final_of(&client, t, Duration::from_secs(5))
                     .unwrap_or_else(|e| panic!("answer {i}: {e}"));
-                assert_eq!(text_of(&v), "t0 ");
+                assert_eq!(generated_text(&v), "t0 ");
             }
             assert_eq!(client.in_flight(), 0);
             say(format!("READ {arg}"));
@@ -191,7 +147,7 @@ fn child_entry() {
 #[test]
 fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer() {
     let _dog = Watchdog::new("full request ring", Duration::from_secs(30));
-    let svc = unique("ring");
+    let svc = unique_name("ring");
     // A stepping model takes in requests only between its 150 ms steps, so a burst fills the ring.
     let mut cfg = ServerConfig::new(&svc, vec![sleep_model("steps", 150.0, Some(64))]);
     cfg.ring_capacity = 16;
@@ -200,7 +156,7 @@ fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer()
     let client = Client::connect(&svc).unwrap();
     let (_, total) = client.pool_free();
 
-    let mut first = generate(1, "steps", "first", 4);
+    let mut first = generate("steps", "first").with_id(1).with_max_tokens(4);
     first.params.stream = true;
     let t0 = client.submit(&first).unwrap();
     let v = client.recv(t0, Duration::from_secs(5)).unwrap();
@@ -210,7 +166,11 @@ fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer()
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..2000u64 {
-        match client.submit(&generate(100 + i, "steps", "burst", 1)) {
+        match client.submit(
+            &generate("steps", "burst")
+                .with_id(100 + i)
+                .with_max_tokens(1),
+        ) {
             Ok(t) => accepted.push((t, 100 + i)),
             Err(e) => {
                 refused = Some(e);
@@ -236,17 +196,21 @@ fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer()
         let v = final_of(&client, *t, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("request {id}: {e}"));
         assert_eq!(v.response().unwrap().id, *id);
-        assert_eq!(text_of(&v), "t0 ");
+        assert_eq!(generated_text(&v), "t0 ");
     }
     let v = final_of(&client, t0, Duration::from_secs(5)).unwrap();
-    assert_eq!(text_of(&v), "t0 t1 t2 t3 ");
+    assert_eq!(generated_text(&v), "t0 t1 t2 t3 ");
     drop(v);
 
     // Drained: submits succeed again.
     let later: Vec<_> = (0..16)
         .map(|i| {
             client
-                .submit(&generate(5000 + i, "steps", "later", 1))
+                .submit(
+                    &generate("steps", "later")
+                        .with_id(5000 + i)
+                        .with_max_tokens(1),
+                )
                 .unwrap()
         })
         .collect();
@@ -272,7 +236,7 @@ fn small_pool(quota: u32) -> PoolConfig {
 #[test]
 fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
     let _dog = Watchdog::new("quota", Duration::from_secs(30));
-    let svc = unique("quota");
+    let svc = unique_name("quota");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     cfg.pool = small_pool(16);
     let _server = Server::start(cfg).unwrap();
@@ -285,7 +249,7 @@ fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
     let refused = loop {
         assert!(kept.len() <= 16, "the quota of 16 was not enforced");
         let i = kept.len();
-        match greedy.infer(&generate(i as u64 + 1, "echo", &format!("g{i}"), 0)) {
+        match greedy.infer(&generate("echo", &format!("g{i}")).with_id(i as u64 + 1)) {
             Ok(v) => kept.push(v),
             Err(e) => break e,
         }
@@ -301,19 +265,21 @@ fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
     for i in 0..100 {
         let v = other
             .infer_timeout(
-                &generate(i + 1, "echo", &format!("o{i}"), 0),
+                &generate("echo", &format!("o{i}")).with_id(i + 1),
                 Duration::from_secs(5),
             )
             .unwrap();
-        assert_eq!(text_of(&v), format!("o{i}"));
+        assert_eq!(generated_text(&v), format!("o{i}"));
     }
     // The greedy client's answers were not touched.
     for (i, v) in kept.iter().enumerate() {
-        assert_eq!(text_of(v), format!("g{i}"));
+        assert_eq!(generated_text(v), format!("g{i}"));
     }
     // Giving back one answer lets it send one more request.
     kept.pop();
-    greedy.infer(&generate(99, "echo", "again", 0)).unwrap();
+    greedy
+        .infer(&generate("echo", "again").with_id(99))
+        .unwrap();
     drop(kept);
     assert_eq!(other.pool_free(), (total, total));
 }
@@ -321,14 +287,14 @@ fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
 #[test]
 fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies() {
     let _dog = Watchdog::new("exhausted pool", Duration::from_secs(30));
-    let svc = unique("pool");
+    let svc = unique_name("pool");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     // A quota above the pool's size: one client can take everything.
     cfg.pool = small_pool(1000);
     let _server = Server::start(cfg).unwrap();
     let other = Client::connect(&svc).unwrap();
     let (_, total) = other.pool_free();
-    let before = other.infer(&generate(7, "echo", "held", 0)).unwrap();
+    let before = other.infer(&generate("echo", "held").with_id(7)).unwrap();
 
     let mut hog = client("hog", &svc, "0");
     let line = hog.expect("HOG ");
@@ -345,7 +311,7 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
 
     // Everyone else gets a typed Busy, not a hang: at submit when no chunk is left, else as the
     // answer (which then finds no chunk); `final_of` fails if none comes within 5 s.
-    match other.submit(&generate(8, "echo", "starved", 0)) {
+    match other.submit(&generate("echo", "starved").with_id(8)) {
         Err(e) => assert!(is_busy(&e, "no shared memory"), "{e:?}"),
         Ok(t) => {
             let e = final_of(&other, t, Duration::from_secs(5)).unwrap_err();
@@ -354,15 +320,15 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
     }
     assert_eq!(other.in_flight(), 0);
     // What it already held is intact.
-    assert_eq!(text_of(&before), "held");
+    assert_eq!(generated_text(&before), "held");
 
     // The hog dies: its chunks come back and the others are served again.
     hog.kill9();
     wait_for("the hog's chunks to return", Duration::from_secs(5), || {
         other.pool_free().0 == total - 1
     });
-    let v = other.infer(&generate(9, "echo", "fed", 0)).unwrap();
-    assert_eq!(text_of(&v), "fed");
+    let v = other.infer(&generate("echo", "fed").with_id(9)).unwrap();
+    assert_eq!(generated_text(&v), "fed");
     drop((v, before));
     assert_eq!(other.pool_free(), (total, total));
 }
@@ -370,7 +336,7 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
 #[test]
 fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     let _dog = Watchdog::new("max clients", Duration::from_secs(30));
-    let svc = unique("maxcl");
+    let svc = unique_name("maxcl");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     cfg.max_clients = 2;
     let _server = Server::start(cfg).unwrap();
@@ -381,7 +347,7 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     let e = Client::connect(&svc).unwrap_err();
     assert!(is_busy(&e, "every client slot is taken"), "{e:?}");
     // The connected ones are served meanwhile.
-    a.infer(&generate(1, "echo", "a", 0)).unwrap();
+    a.infer(&generate("echo", "a").with_id(1)).unwrap();
 
     // One leaves cleanly: its slot is free at once.
     drop(a);
@@ -409,15 +375,15 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
         },
     );
     let d = d.unwrap();
-    let v = d.infer(&generate(2, "echo", "d", 0)).unwrap();
-    assert_eq!(text_of(&v), "d");
-    c.infer(&generate(3, "echo", "c", 0)).unwrap();
+    let v = d.infer(&generate("echo", "d").with_id(2)).unwrap();
+    assert_eq!(generated_text(&v), "d");
+    c.infer(&generate("echo", "c").with_id(3)).unwrap();
 }
 
 #[test]
 fn every_one_of_max_clients_slots_can_be_used() {
     let _dog = Watchdog::new("all slots", Duration::from_secs(30));
-    let svc = unique("allslots");
+    let svc = unique_name("allslots");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     cfg.max_clients = MAX_CLIENTS;
     cfg.ring_capacity = 16;
@@ -429,15 +395,17 @@ fn every_one_of_max_clients_slots_can_be_used() {
     let e = Client::connect(&svc).unwrap_err();
     assert!(matches!(e, Error::Busy(_)), "{e:?}");
     for (i, c) in clients.iter().enumerate() {
-        let v = c.infer(&generate(1, "echo", &format!("c{i}"), 0)).unwrap();
-        assert_eq!(text_of(&v), format!("c{i}"));
+        let v = c
+            .infer(&generate("echo", &format!("c{i}")).with_id(1))
+            .unwrap();
+        assert_eq!(generated_text(&v), format!("c{i}"));
     }
 }
 
 #[test]
 fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
     let _dog = Watchdog::new("oversized", Duration::from_secs(30));
-    let svc = unique("big");
+    let svc = unique_name("big");
     let _server = Server::start(ServerConfig::new(
         &svc,
         vec![ModelConfig::new("echo", "echo")],
@@ -452,7 +420,7 @@ fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
 
     // Larger than the largest chunk: refused before it leaves the client.
     let huge = "x".repeat(2 << 20);
-    match client.submit(&generate(1, "echo", &huge, 0)) {
+    match client.submit(&generate("echo", &huge).with_id(1)) {
         Err(Error::InvalidRequest(m)) => assert!(m.contains("largest chunk"), "{m}"),
         other => panic!("expected InvalidRequest, got {other:?}"),
     }
@@ -462,17 +430,21 @@ fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
     // Fits a chunk but breaks a limit: the server refuses it.
     let long = "y".repeat(300 << 10);
     invalid(
-        client.infer(&generate(2, "echo", &long, 0)),
+        client.infer(&generate("echo", &long).with_id(2)),
         "exceeds the limit",
     );
-    let mut r = generate(3, "echo", "", 0);
+    let mut r = generate("echo", "").with_id(3);
     r.input = Input::Tokens(vec![1; 40 << 10]);
     invalid(client.infer(&r), "exceed the limit");
     invalid(
-        client.infer(&generate(4, "echo", "many tokens", (32 << 10) + 1)),
+        client.infer(
+            &generate("echo", "many tokens")
+                .with_id(4)
+                .with_max_tokens((32 << 10) + 1),
+        ),
         "max_tokens",
     );
-    let mut r = generate(5, "echo", "", 0);
+    let mut r = generate("echo", "").with_id(5);
     r.task = Task::Tensors;
     r.input = Input::Tensors(
         (0..17)
@@ -484,10 +456,10 @@ fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
             .collect(),
     );
     invalid(client.infer(&r), "tensors");
-    let mut r = generate(6, "echo", "late", 0);
+    let mut r = generate("echo", "late").with_id(6);
     r.params.timeout_ms = u32::MAX;
     invalid(client.infer(&r), "timeout_ms");
-    let mut r = generate(7, "echo", "", 0);
+    let mut r = generate("echo", "").with_id(7);
     r.params.stop = (0..17).map(|i| format!("s{i}")).collect();
     invalid(client.infer(&r), "stop");
     // A descriptor claiming more bytes than its chunk has.
@@ -495,8 +467,10 @@ fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
     invalid(client.recv(t, Duration::from_secs(5)), "exceeds the chunk");
 
     // The server is fine and nothing leaked.
-    let v = client.infer(&generate(8, "echo", "still here", 0)).unwrap();
-    assert_eq!(text_of(&v), "still here");
+    let v = client
+        .infer(&generate("echo", "still here").with_id(8))
+        .unwrap();
+    assert_eq!(generated_text(&v), "still here");
     drop(v);
     assert_eq!(client.in_flight(), 0);
     assert_eq!(client.pool_free(), (total, total));
@@ -505,7 +479,7 @@ fn oversized_requests_get_invalid_request_and_the_server_keeps_serving() {
 #[test]
 fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
     let _dog = Watchdog::new("oversized answer", Duration::from_secs(30));
-    let svc = unique("bigans");
+    let svc = unique_name("bigans");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     cfg.pool = PoolConfig {
         classes: vec![SizeClass {
@@ -519,14 +493,14 @@ fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
     let client = Client::connect(&svc).unwrap();
     let (_, total) = client.pool_free();
     // 3000 bytes of text fit a 4 KiB chunk; their embedding (3000 f32) does not.
-    let mut r = generate(1, "echo", &"e".repeat(3000), 0);
+    let mut r = generate("echo", &"e".repeat(3000)).with_id(1);
     r.task = Task::Embed;
     match client.infer_timeout(&r, Duration::from_secs(5)) {
         Err(Error::Busy(m)) => assert!(m.contains("chunk"), "{m}"),
         other => panic!("expected a typed error, got {other:?}"),
     }
-    let v = client.infer(&generate(2, "echo", "small", 0)).unwrap();
-    assert_eq!(text_of(&v), "small");
+    let v = client.infer(&generate("echo", "small").with_id(2)).unwrap();
+    assert_eq!(generated_text(&v), "small");
     drop(v);
     assert_eq!(client.pool_free(), (total, total));
 }
@@ -534,7 +508,7 @@ fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
 #[test]
 fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     let _dog = Watchdog::new("slow reader", Duration::from_secs(40));
-    let svc = unique("noread");
+    let svc = unique_name("noread");
     let mut cfg = ServerConfig::new(&svc, vec![sleep_model("slow", 5.0, None)]);
     cfg.ring_capacity = 16;
     let _server = Server::start(cfg).unwrap();
@@ -562,13 +536,16 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     // on its full ring would leave these unanswered).
     for i in 0..50u64 {
         let v = fast
-            .infer_timeout(&generate(i + 1, "slow", "f", 1), Duration::from_secs(5))
+            .infer_timeout(
+                &generate("slow", "f").with_id(i + 1).with_max_tokens(1),
+                Duration::from_secs(5),
+            )
             .unwrap_or_else(|e| panic!("answer {i}: {e}"));
-        assert_eq!(text_of(&v), "t0 ");
+        assert_eq!(generated_text(&v), "t0 ");
     }
     // Its stream chunks flow while the model runs, not all at the end: the first one arrives
     // while the request is still running.
-    let mut r = generate(100, "slow", "stream", 100);
+    let mut r = generate("slow", "stream").with_id(100).with_max_tokens(100);
     r.params.stream = true;
     let mut chunks = fast.stream(&r).unwrap();
     let first = chunks.next().unwrap().unwrap();
@@ -602,12 +579,13 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     wait_for("the pool to refill", Duration::from_secs(5), || {
         fast.pool_free() == (total, total)
     });
-    fast.infer(&generate(200, "slow", "after", 1)).unwrap();
+    fast.infer(&generate("slow", "after").with_id(200).with_max_tokens(1))
+        .unwrap();
 }
 
 #[test]
 fn configurations_that_could_never_serve_are_refused_at_start() {
-    let svc = unique("badcfg");
+    let svc = unique_name("badcfg");
     let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
     // Chunks larger than a descriptor's 24-bit length could not carry their answers.
     cfg.pool = PoolConfig {

@@ -18,17 +18,12 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use shm_runtime::backend::gguf::llama;
 use shm_runtime::config::cache_dir;
-use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Params, Request, Task};
+use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Request, Task};
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
-
-mod common;
-use common::Want;
+use shm_test_support::runtime::{RequestExt, Want};
+use shm_test_support::unique_name;
 
 const SMOLLM: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn name(tag: &str) -> String {
-    format!("gguf-{tag}-{}", std::process::id())
-}
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny/tiny-llama.gguf")
@@ -56,24 +51,17 @@ fn model(path: PathBuf, options: &[(&str, i64)]) -> ModelConfig {
 }
 
 fn start(tag: &str, m: ModelConfig) -> (Server, Client) {
-    let svc = name(tag);
+    let svc = unique_name(tag);
     let server = Server::start(ServerConfig::new(&svc, vec![m])).expect("server starts");
     let client = Client::connect(&svc).expect("client connects");
     (server, client)
 }
 
+/// A greedy (temperature 0) Generate request to the model `llm`.
 fn generate(prompt: &str, max_tokens: u32) -> Request {
-    Request {
-        id: 0,
-        model: "llm".into(),
-        task: Task::Generate,
-        input: Input::Text(prompt.into()),
-        params: Params {
-            max_tokens,
-            temperature: 0.0,
-            ..Params::default()
-        },
-    }
+    let mut r = shm_test_support::runtime::generate("llm", prompt).with_max_tokens(max_tokens);
+    r.params.temperature = 0.0;
+    r
 }
 
 /// Greedy ids straight from llama-cpp-2 in this process, as the backend tokenizes the prompt.
@@ -225,7 +213,7 @@ fn two_streams_decode_together() {
     // b starts once a's sequence runs.
     let run = |client: Client, prompt: &'static str, after_running: u64| {
         std::thread::spawn(move || {
-            let svc = shm_runtime::service::Service::open(&name("two")).unwrap();
+            let svc = shm_runtime::testing::Service::open(&unique_name("two")).unwrap();
             let end = Instant::now() + Duration::from_secs(60);
             while svc.lane(0).running() < after_running {
                 assert!(Instant::now() < end, "the first stream never started");

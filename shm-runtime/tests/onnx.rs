@@ -14,17 +14,12 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use shm_runtime::backend::onnx::environment;
 use shm_runtime::config::cache_dir;
-use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task, Tensor, TensorData};
+use shm_runtime::protocol::{ArchivedBody, Input, Request, Task, Tensor, TensorData};
 use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
-
-mod common;
-use common::Want;
+use shm_test_support::runtime::{request, Want};
+use shm_test_support::unique_name;
 
 const SETUP: &str = "run scripts/setup.sh (it fetches ONNX Runtime and the models)";
-
-fn name(tag: &str) -> String {
-    format!("onnx-{tag}-{}", std::process::id())
-}
 
 fn tiny(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +33,12 @@ fn cached(rel: &str) -> PathBuf {
     p
 }
 
-fn model(name: &str, task: &str, path: PathBuf, options: &[(&str, toml::Value)]) -> ModelConfig {
+fn model(
+    name: &str,
+    task: &str,
+    path: PathBuf,
+    options: &[(&str, shm_runtime::config::OptionValue)],
+) -> ModelConfig {
     let mut m = ModelConfig::new(name, "onnx");
     m.task = Some(task.into());
     m.path = Some(path);
@@ -74,19 +74,9 @@ fn tiny_models() -> Vec<ModelConfig> {
 
 fn start(tag: &str, models: Vec<ModelConfig>) -> (Server, String) {
     environment().unwrap_or_else(|e| panic!("{e}"));
-    let svc = name(tag);
+    let svc = unique_name(tag);
     let server = Server::start(ServerConfig::new(&svc, models)).expect("server starts");
     (server, svc)
-}
-
-fn req(model: &str, task: Task, input: Input) -> Request {
-    Request {
-        id: 0,
-        model: model.into(),
-        task,
-        input,
-        params: Params::default(),
-    }
 }
 
 /// A direct, in-process run of a BERT-shaped model on one text, as the backend does it.
@@ -171,7 +161,7 @@ impl Direct {
 
 fn embedding(client: &Client, model: &str, text: &str) -> Vec<f32> {
     let v = client
-        .infer(&req(model, Task::Embed, Input::Text(text.into())))
+        .infer(&request(model, Task::Embed, Input::Text(text.into())))
         .unwrap_or_else(|e| panic!("embed {text:?}: {e}"));
     match &v.response().unwrap().body {
         ArchivedBody::Embedding(e) => e.iter().map(|x| x.to_native()).collect(),
@@ -181,7 +171,7 @@ fn embedding(client: &Client, model: &str, text: &str) -> Vec<f32> {
 
 fn labels(client: &Client, model: &str, text: &str) -> Vec<(String, f32)> {
     let v = client
-        .infer(&req(model, Task::Classify, Input::Text(text.into())))
+        .infer(&request(model, Task::Classify, Input::Text(text.into())))
         .unwrap_or_else(|e| panic!("classify {text:?}: {e}"));
     match &v.response().unwrap().body {
         ArchivedBody::Classification(s) => s
@@ -248,7 +238,7 @@ fn tiny_models_through_the_runtime_equal_direct_ort() {
         .get_ids()
         .to_vec();
     let v = client
-        .infer(&req("embed", Task::Embed, Input::Tokens(ids)))
+        .infer(&request("embed", Task::Embed, Input::Tokens(ids)))
         .unwrap();
     let ArchivedBody::Embedding(e) = &v.response().unwrap().body else {
         panic!("not an embedding");
@@ -264,7 +254,7 @@ fn named_tensors_run_on_the_request_data_and_come_back_exactly() {
     let x: Vec<f32> = (0..3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
     let bias = vec![0.5f32, -1.0, 0.25, 2.0];
     let v = client
-        .infer(&req(
+        .infer(&request(
             "affine",
             Task::Tensors,
             Input::Tensors(vec![
@@ -359,7 +349,7 @@ fn concurrent_requests_are_batched_and_each_client_gets_its_own_row() {
     for t in threads {
         t.join().unwrap();
     }
-    let svc = shm_runtime::service::Service::open(&svc).unwrap();
+    let svc = shm_runtime::testing::Service::open(&svc).unwrap();
     let lane = svc.lane(0);
     let (batches, batched) = (
         lane.batches.load(std::sync::atomic::Ordering::Relaxed),
@@ -450,37 +440,37 @@ fn bad_input_gets_typed_errors() {
     let cases: Vec<(&str, Request, Want)> = vec![
         (
             "unknown model",
-            req("nope", Task::Embed, Input::Text("hi".into())),
+            request("nope", Task::Embed, Input::Text("hi".into())),
             Want::NoModel("nope"),
         ),
         (
             "task the model does not do",
-            req("embed", Task::Classify, Input::Text("hi".into())),
+            request("embed", Task::Classify, Input::Text("hi".into())),
             Want::NoModel("does not do Classify"),
         ),
         (
             "empty text",
-            req("embed", Task::Embed, Input::Text("  ".into())),
+            request("embed", Task::Embed, Input::Text("  ".into())),
             Want::Invalid("the text is empty"),
         ),
         (
             "oversized text",
-            req("embed", Task::Embed, Input::Text("word ".repeat(1 << 20))),
+            request("embed", Task::Embed, Input::Text("word ".repeat(1 << 20))),
             Want::Invalid("does not fit the largest chunk"),
         ),
         (
             "token id outside the vocabulary",
-            req("embed", Task::Embed, Input::Tokens(vec![1, 999_999])),
+            request("embed", Task::Embed, Input::Tokens(vec![1, 999_999])),
             Want::Invalid("outside the vocabulary"),
         ),
         (
             "tensors to a text model",
-            req("embed", Task::Embed, Input::Tensors(vec![bias()])),
+            request("embed", Task::Embed, Input::Tensors(vec![bias()])),
             Want::Invalid("text or token ids"),
         ),
         (
             "wrong tensor name",
-            req(
+            request(
                 "affine",
                 Task::Tensors,
                 Input::Tensors(vec![
@@ -492,7 +482,7 @@ fn bad_input_gets_typed_errors() {
         ),
         (
             "wrong tensor shape",
-            req(
+            request(
                 "affine",
                 Task::Tensors,
                 Input::Tensors(vec![
@@ -504,7 +494,7 @@ fn bad_input_gets_typed_errors() {
         ),
         (
             "shape and data disagree",
-            req(
+            request(
                 "affine",
                 Task::Tensors,
                 Input::Tensors(vec![
@@ -516,7 +506,7 @@ fn bad_input_gets_typed_errors() {
         ),
         (
             "wrong tensor dtype",
-            req(
+            request(
                 "affine",
                 Task::Tensors,
                 Input::Tensors(vec![
@@ -528,7 +518,7 @@ fn bad_input_gets_typed_errors() {
         ),
         (
             "missing input",
-            req(
+            request(
                 "affine",
                 Task::Tensors,
                 Input::Tensors(vec![tensor("x", vec![1, 8], TensorData::F32(vec![0.0; 8]))]),
@@ -537,7 +527,7 @@ fn bad_input_gets_typed_errors() {
         ),
         (
             "text to a tensors model",
-            req("affine", Task::Tensors, Input::Text("hi".into())),
+            request("affine", Task::Tensors, Input::Text("hi".into())),
             Want::Invalid("this model takes tensors (Input::Tensors)"),
         ),
     ];
@@ -550,7 +540,7 @@ fn bad_input_gets_typed_errors() {
 
 #[test]
 fn a_missing_model_or_library_fails_with_a_message_saying_how_to_get_it() {
-    let svc = name("missing");
+    let svc = unique_name("missing");
     let err = Server::start(ServerConfig::new(
         &svc,
         vec![model(

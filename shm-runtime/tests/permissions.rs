@@ -4,29 +4,25 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::protocol::Request;
 use shm_runtime::ring::{CreateError, OpenError, Segment};
-use shm_runtime::service::Service;
+use shm_runtime::testing::Service;
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig, ServerError};
+use shm_test_support::runtime::{generate, RequestExt, StaleSegment};
+use shm_test_support::{say, unique_name, ChildTask, Kid};
 
-const ROLE: &str = "SHM_PERMISSIONS_ROLE";
-const SERVICE: &str = "SHM_PERMISSIONS_SERVICE";
 /// The unprivileged account the cross-user test runs its attacker as.
 const OTHER_USER: &str = "shmr-test-other";
-
-mod common;
-use common::{say, Kid};
 
 /// `shm-runtime serve` with an echo model, under umask 000 (the segment's mode must not
 /// depend on it).
 fn start_server(service: &str) -> Kid {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shm-runtime"));
     cmd.args(["serve", "--name", service, "--model", "echo=echo"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped());
+        .env("RUST_LOG", "warn");
     // SAFETY: umask is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -34,37 +30,18 @@ fn start_server(service: &str) -> Kid {
             Ok(())
         });
     }
-    let mut kid = Kid::from(cmd.spawn().unwrap());
+    let mut kid = Kid::spawn(&mut cmd);
     kid.expect("serving");
     kid
-}
-
-/// Removes a dead server's segment when dropped (never a live one), so a failing test leaves
-/// nothing in /dev/shm.
-struct StaleSegment(String);
-
-impl Drop for StaleSegment {
-    fn drop(&mut self) {
-        let _ = Segment::remove(&self.0, std::path::Path::new("/dev/shm"));
-    }
-}
-
-fn unique(tag: &str) -> String {
-    format!("perm-{tag}-{}", std::process::id())
 }
 
 fn path_of(service: &str) -> String {
     format!("/dev/shm/shmr.{service}")
 }
 
+/// A Generate request to the echo model.
 fn echo(id: u64) -> Request {
-    Request {
-        id,
-        model: "echo".into(),
-        task: Task::Generate,
-        input: Input::Text("hi".into()),
-        params: Params::default(),
-    }
+    generate("echo", "hi").with_id(id)
 }
 
 fn cli(args: &[&str]) -> Output {
@@ -75,15 +52,15 @@ fn cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Child processes: this binary re-executed with [`ROLE`] set.
+/// Child processes: this binary re-executed in a role.
 #[test]
 #[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(task) = ChildTask::from_env() else {
         return;
     };
-    let service = std::env::var(SERVICE).unwrap();
-    match role.as_str() {
+    let service = task.name;
+    match task.role.as_str() {
         // Runs as another, unprivileged user and tries everything against the service.
         "other-user" => {
             // SAFETY: geteuid has no preconditions.
@@ -106,7 +83,7 @@ fn child_entry() {
                 vec![ModelConfig::new("echo", "echo")],
             ));
             say(format!("SERVE {:?}", serve.err()));
-            say("DONE".into());
+            say("DONE");
         }
         other => panic!("unknown role {other}"),
     }
@@ -115,7 +92,7 @@ fn child_entry() {
 
 #[test]
 fn a_served_segment_is_private_to_its_user_whatever_the_umask() {
-    let service = unique("mode");
+    let service = unique_name("mode");
     let _cleanup = StaleSegment(service.clone());
     let server = start_server(&service);
     let meta = std::fs::metadata(path_of(&service)).unwrap();
@@ -184,7 +161,7 @@ fn another_user_can_neither_attach_nor_remove_nor_replace_a_service() {
     );
     let (uid, gid) = other_user().unwrap();
     assert_ne!(uid, 0);
-    let service = unique("other");
+    let service = unique_name("other");
     let server = Server::start(ServerConfig::new(
         &service,
         vec![ModelConfig::new("echo", "echo")],
@@ -192,23 +169,12 @@ fn another_user_can_neither_attach_nor_remove_nor_replace_a_service() {
     .unwrap();
     let ino = std::fs::metadata(path_of(&service)).unwrap().ino();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "other-user")
-        .env(SERVICE, &service)
-        .env_remove("HOME")
-        .uid(uid)
-        .gid(gid)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut kid = Kid::from(child);
+    let mut kid = Kid::spawn(
+        ChildTask::command("other-user", &service, "")
+            .env_remove("HOME")
+            .uid(uid)
+            .gid(gid),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let euid = kid.expect("EUID ");
     assert_eq!(euid, uid.to_string(), "the attacker is not root");
@@ -337,7 +303,7 @@ fn service_names_cannot_leave_dev_shm() {
 
 #[test]
 fn cleanup_never_removes_a_live_service_and_removes_a_dead_ones_segment() {
-    let service = unique("cleanup");
+    let service = unique_name("cleanup");
     let _cleanup = StaleSegment(service.clone());
     let mut server = start_server(&service);
     let path = path_of(&service);

@@ -2,22 +2,17 @@
 //! server, clients and servers killed with SIGKILL.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use shm_runtime::protocol::{Input, Params, Request, Task};
+use shm_runtime::protocol::{Params, Request};
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig, Ticket};
-
-const ROLE: &str = "SHM_RUNTIME_TEST_ROLE";
-const SERVICE: &str = "SHM_RUNTIME_TEST_SERVICE";
-const ARG: &str = "SHM_RUNTIME_TEST_ARG";
-
-mod common;
-use common::{say, Kid};
+use shm_test_support::runtime::{generate, sleep_model, RequestExt, StaleSegment};
+use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
 
 /// A client process of this binary in `role`.
 fn client(role: &str, service: &str, arg: &str) -> Kid {
-    Kid::role(&[(ROLE, role), (SERVICE, service), (ARG, arg)])
+    Kid::role(role, service, arg)
 }
 
 /// `shm-runtime serve` with an echo and a sleep model.
@@ -27,7 +22,7 @@ fn start_server(service: &str) -> Kid {
 
 /// `shm-runtime serve` with an echo and a sleep model, and `extra` arguments.
 fn start_server_with(service: &str, extra: &[&str]) -> Kid {
-    Kid::from(
+    Kid::spawn(
         Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
             .args([
                 "serve",
@@ -39,39 +34,8 @@ fn start_server_with(service: &str, extra: &[&str]) -> Kid {
                 "slow=sleep",
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .env("RUST_LOG", "warn"),
     )
-}
-
-/// A Generate request with default parameters.
-fn generate(id: u64, model: &str, text: &str) -> Request {
-    Request {
-        id,
-        model: model.into(),
-        task: Task::Generate,
-        input: Input::Text(text.into()),
-        params: Params::default(),
-    }
-}
-
-/// Removes a service's segment when dropped if its server is dead (a failing test that killed a
-/// server must not leave its segment in /dev/shm; a live one is never removed).
-struct StaleSegment(String);
-
-impl Drop for StaleSegment {
-    fn drop(&mut self) {
-        let _ = shm_runtime::ring::Segment::remove(
-            &self.0,
-            &shm_runtime::ring::SegmentOpenOptions::default().dir,
-        );
-    }
-}
-
-fn unique(tag: &str) -> String {
-    format!("p-{tag}-{}", std::process::id())
 }
 
 /// xorshift64*: reproducible pseudo-random choices without a dependency.
@@ -112,11 +76,11 @@ fn load(service: &str, n: u64, seed: u64) {
                 params.max_tokens = 100;
             }
             let req = Request {
-                id: 0,
-                model: if slow { "slow" } else { "echo" }.into(),
-                task: Task::Generate,
-                input: Input::Text(format!("request {sent}")),
                 params,
+                ..generate(
+                    if slow { "slow" } else { "echo" },
+                    &format!("request {sent}"),
+                )
             };
             let t = client.submit(&req).unwrap();
             assert!(
@@ -147,7 +111,7 @@ fn load(service: &str, n: u64, seed: u64) {
     // stray. One request per lane after all the others, answered in turn, brings in whatever the
     // workers sent before.
     for model in ["echo", "slow"] {
-        let mut r = generate(0, model, "last");
+        let mut r = generate(model, "last");
         r.params.max_tokens = 1;
         assert!(client.infer(&r).unwrap().is_final());
     }
@@ -163,16 +127,15 @@ fn load(service: &str, n: u64, seed: u64) {
 #[test]
 #[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(task) = ChildTask::from_env() else {
         return;
     };
-    let service = std::env::var(SERVICE).unwrap();
-    let arg: u64 = std::env::var(ARG).unwrap().parse().unwrap_or(0);
-    match role.as_str() {
-        "load" => load(&service, arg, std::process::id() as u64),
+    let (service, arg) = (task.name.as_str(), task.number());
+    match task.role.as_str() {
+        "load" => load(service, arg, std::process::id() as u64),
         "stream-and-hang" => {
-            let client = Client::connect(&service).unwrap();
-            let mut r = generate(0, "slow", "x");
+            let client = Client::connect(service).unwrap();
+            let mut r = generate("slow", "x");
             r.params.max_tokens = 10_000;
             let mut s = client.stream(&r).unwrap();
             let first = s.next().unwrap().unwrap();
@@ -180,11 +143,11 @@ fn child_entry() {
             for _ in 0..8 {
                 client.submit(&r).unwrap();
             }
-            say("STREAMING".into());
+            say("STREAMING");
             std::thread::sleep(Duration::from_secs(60));
             drop(first);
         }
-        "rewrite-after-submit" => rewrite_after_submit(&service, arg, std::process::id() as u64),
+        "rewrite-after-submit" => rewrite_after_submit(service, arg, std::process::id() as u64),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -197,7 +160,7 @@ fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
     use shm_runtime::protocol::encode_request;
     use shm_runtime::ring::pool::{OwnerId, Pool};
     use shm_runtime::ring::ProcessToken;
-    use shm_runtime::service::Service;
+    use shm_runtime::testing::Service;
     use std::sync::atomic::Ordering;
 
     let client = Client::connect(service).unwrap();
@@ -211,7 +174,7 @@ fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
     let pool = Pool::attach(&svc.pool_region()).unwrap();
     // Longer than an inline string, so the archive holds a relative pointer and a length to
     // corrupt. Request id 0: the client then checks nothing of the answer's id.
-    let req = generate(0, "echo", &"rewritten after submit; ".repeat(4));
+    let req = generate("echo", &"rewritten after submit; ".repeat(4));
     let mut rng = Rng(seed | 1);
     let (mut answered, mut refused, mut renamed) = (0u64, 0u64, 0u64);
     for i in 0..n {
@@ -246,22 +209,10 @@ fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
     say(format!("ok {answered} {refused} {renamed}"));
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills() {
-    let service = unique("load");
-    let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options.insert(
-        "step_ms".into(),
-        shm_runtime::config::OptionValue::Float(1.0),
-    );
+    let service = unique_name("load");
+    let slow = sleep_model("slow", 1.0);
     let mut cfg = ServerConfig::new(&service, vec![ModelConfig::new("echo", "echo"), slow]);
     cfg.max_inflight = 32;
     let _server = Server::start(cfg).unwrap();
@@ -280,18 +231,14 @@ fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills(
     wait_for("the pool to refill", Duration::from_secs(5), || {
         observer.pool_free() == (total, total)
     });
-    let ok = observer.infer(&generate(0, "echo", "after")).unwrap();
+    let ok = observer.infer(&generate("echo", "after")).unwrap();
     assert!(ok.is_final());
 }
 
 #[test]
 fn a_client_killed_mid_stream_is_cleaned_up() {
-    let service = unique("midstream");
-    let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options.insert(
-        "step_ms".into(),
-        shm_runtime::config::OptionValue::Float(5.0),
-    );
+    let service = unique_name("midstream");
+    let slow = sleep_model("slow", 5.0);
     let _server = Server::start(ServerConfig::new(
         &service,
         vec![ModelConfig::new("echo", "echo"), slow],
@@ -308,25 +255,25 @@ fn a_client_killed_mid_stream_is_cleaned_up() {
     });
     // The lane dropped the dead client's running stream and queued requests (10,000 tokens of
     // 5 ms each would run for 50 s), and serves again.
-    let svc = shm_runtime::service::Service::open(&service).unwrap();
+    let svc = shm_runtime::testing::Service::open(&service).unwrap();
     wait_for(
         "the lane to drop the dead client's work",
         Duration::from_secs(10),
         || svc.lane(1).running() == 0 && svc.lane(1).queued() == 0,
     );
-    let mut r = generate(0, "slow", "x");
+    let mut r = generate("slow", "x");
     r.params.max_tokens = 1;
     observer.infer(&r).unwrap();
 }
 
 #[test]
 fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
-    let service = unique("srvkill");
+    let service = unique_name("srvkill");
     let _cleanup = StaleSegment(service.clone());
     let mut server = start_server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
-    let mut r = generate(0, "slow", "x");
+    let mut r = generate("slow", "x");
     r.params.max_tokens = 1000;
     let t = client.submit(&r).unwrap();
     server.kill9();
@@ -364,12 +311,14 @@ fn a_killed_server_gives_server_gone_and_a_restarted_one_serves_again() {
 
 #[test]
 fn cli_ping_status_and_sigterm_drain() {
-    let service = unique("sigterm");
+    let service = unique_name("sigterm");
     let _cleanup = StaleSegment(service.clone());
     let mut server = start_server(&service);
     server.expect("serving");
     let client = Client::connect(&service).unwrap();
-    client.infer(&generate(1, "echo", "counted")).unwrap();
+    client
+        .infer(&generate("echo", "counted").with_id(1))
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
         .args(["ping", &service, "-c", "2"])
         .output()
@@ -397,16 +346,14 @@ fn cli_ping_status_and_sigterm_drain() {
     assert_eq!(v["lanes"][0]["model"], "echo");
     // A request that takes 100 ms is running when SIGTERM arrives: it finishes (grace 5 s), then
     // the server exits cleanly and removes its segment.
-    let mut r = generate(2, "slow", "x");
+    let mut r = generate("slow", "x").with_id(2);
     r.params.max_tokens = 10;
     let t = client.submit(&r).unwrap();
-    let svc = shm_runtime::service::Service::open(&service).unwrap();
+    let svc = shm_runtime::testing::Service::open(&service).unwrap();
     wait_for("the slow request to start", Duration::from_secs(10), || {
         svc.lane(1).running() == 1
     });
-    // SAFETY: signals our own child; no memory involved.
-    let rc = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    server.signal(libc::SIGTERM);
     let answer = client.recv(t, Duration::from_secs(10)).unwrap();
     assert!(answer.is_final());
     server.wait_success();
@@ -426,7 +373,7 @@ fn cli_ping_status_and_sigterm_drain() {
 
 #[test]
 fn a_hardened_server_survives_a_client_that_rewrites_its_requests_after_submitting() {
-    let service = unique("rewrite");
+    let service = unique_name("rewrite");
     let _cleanup = StaleSegment(service.clone());
     let mut server = start_server_with(&service, &["--hardened"]);
     server.expect("serving");
@@ -439,7 +386,7 @@ fn a_hardened_server_survives_a_client_that_rewrites_its_requests_after_submitti
     assert_eq!(counts.iter().sum::<u64>(), 20_000, "{line}");
     assert!(counts[1] > 0, "no rewrite was ever refused: {line}");
     // The server lives, serves, and has every chunk back.
-    let v = observer.infer(&generate(0, "echo", "after")).unwrap();
+    let v = observer.infer(&generate("echo", "after")).unwrap();
     assert!(v.is_final());
     drop(v);
     wait_for("the pool to refill", Duration::from_secs(5), || {

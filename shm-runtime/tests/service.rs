@@ -4,26 +4,18 @@
 use std::time::{Duration, Instant};
 
 use shm_runtime::protocol::{
-    ArchivedBody, ArchivedTensorData, Input, Params, Request, Task, Tensor, TensorData,
+    ArchivedBody, ArchivedTensorData, Input, Request, Task, Tensor, TensorData,
 };
-use shm_runtime::service::Service;
+use shm_runtime::testing::Service;
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig};
+use shm_test_support::runtime::{generate, request, sleep_model, RequestExt};
+use shm_test_support::{unique_name, wait_for};
 
-fn name(tag: &str) -> String {
-    format!("t-{tag}-{}", std::process::id())
-}
-
-fn sleep_model(name: &str, step_ms: f64) -> ModelConfig {
-    let mut m = ModelConfig::new(name, "sleep");
-    m.options.insert(
-        "step_ms".into(),
-        shm_runtime::config::OptionValue::Float(step_ms),
-    );
-    m
-}
+/// How long a test waits for a server's state (generously: the machine may be loaded).
+const STATE_LIMIT: Duration = Duration::from_secs(20);
 
 fn server(tag: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Client) {
-    let svc = name(tag);
+    let svc = unique_name(tag);
     let mut cfg = ServerConfig::new(
         &svc,
         vec![ModelConfig::new("echo", "echo"), sleep_model("slow", 20.0)],
@@ -34,42 +26,21 @@ fn server(tag: &str, tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Client) 
     (server, client)
 }
 
-/// Waits (polling, generously bounded) until `f` holds.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The segment of the service [`server`] started for `tag` (its lane 0 is echo, lane 1 slow).
 fn lane_of(tag: &str) -> Service {
-    Service::open(&name(tag)).expect("the service is up")
-}
-
-fn req(model: &str, task: Task, input: Input) -> Request {
-    Request {
-        id: 0,
-        model: model.into(),
-        task,
-        input,
-        params: Params::default(),
-    }
+    Service::open(&unique_name(tag)).expect("the service is up")
 }
 
 #[test]
 fn every_task_round_trips_through_shared_memory() {
     let (_server, client) = server("tasks", |_| {});
-    let v = client
-        .infer(&req("echo", Task::Generate, Input::Text("hello".into())))
-        .unwrap();
+    let v = client.infer(&generate("echo", "hello")).unwrap();
     match &v.response().unwrap().body {
         ArchivedBody::Generation(g) => assert_eq!(g.text.as_str(), "hello"),
         other => panic!("unexpected {other:?}"),
     }
     let v = client
-        .infer(&req("echo", Task::Embed, Input::Tokens(vec![1, 2, 3])))
+        .infer(&request("echo", Task::Embed, Input::Tokens(vec![1, 2, 3])))
         .unwrap();
     match &v.response().unwrap().body {
         ArchivedBody::Embedding(e) => {
@@ -81,7 +52,7 @@ fn every_task_round_trips_through_shared_memory() {
         other => panic!("unexpected {other:?}"),
     }
     let v = client
-        .infer(&req("echo", Task::Classify, Input::Text("pos".into())))
+        .infer(&request("echo", Task::Classify, Input::Text("pos".into())))
         .unwrap();
     match &v.response().unwrap().body {
         ArchivedBody::Classification(c) => assert_eq!(c[0].label.as_str(), "pos"),
@@ -93,7 +64,7 @@ fn every_task_round_trips_through_shared_memory() {
         data: TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]),
     };
     let v = client
-        .infer(&req("echo", Task::Tensors, Input::Tensors(vec![t])))
+        .infer(&request("echo", Task::Tensors, Input::Tensors(vec![t])))
         .unwrap();
     match &v.response().unwrap().body {
         ArchivedBody::Tensors(ts) => match &ts[0].data {
@@ -109,11 +80,7 @@ fn dropping_views_returns_every_chunk() {
     let (_server, client) = server("chunks", |_| {});
     let (free0, total) = client.pool_free();
     let views: Vec<_> = (0..50)
-        .map(|i| {
-            client
-                .infer(&req("echo", Task::Generate, Input::Text(format!("n{i}"))))
-                .unwrap()
-        })
+        .map(|i| client.infer(&generate("echo", &format!("n{i}"))).unwrap())
         .collect();
     assert_eq!(
         client.pool_free().0,
@@ -127,7 +94,7 @@ fn dropping_views_returns_every_chunk() {
 #[test]
 fn streams_arrive_in_order_then_the_final_answer() {
     let (_server, client) = server("stream", |_| {});
-    let mut r = req("echo", Task::Generate, Input::Text("abcdef".into()));
+    let mut r = generate("echo", "abcdef");
     r.params.max_tokens = 100;
     let items: Vec<_> = client.stream(&r).unwrap().collect();
     assert_eq!(items.len(), 7);
@@ -159,18 +126,18 @@ fn a_hardened_server_gives_bad_requests_the_same_typed_errors() {
 /// against a server that validates in place or (`hardened`) copies each request first.
 fn bad_requests(tag: &str, hardened: bool) {
     let (_server, client) = server(tag, |c| c.hardened = hardened);
-    let unknown = client.infer(&req("nope", Task::Generate, Input::Text("x".into())));
+    let unknown = client.infer(&generate("nope", "x"));
     assert!(
         matches!(unknown, Err(Error::ModelNotFound(_))),
         "{unknown:?}"
     );
-    let mut r = req("echo", Task::Generate, Input::Text("x".into()));
+    let mut r = generate("echo", "x");
     r.params.temperature = -1.0;
     assert!(matches!(client.infer(&r), Err(Error::InvalidRequest(m)) if m.contains("temperature")));
     r.params.temperature = 0.0;
     r.params.max_tokens = 0;
     assert!(matches!(client.infer(&r), Err(Error::InvalidRequest(m)) if m.contains("max_tokens")));
-    let big = req("echo", Task::Generate, Input::Text("x".repeat(300 << 10)));
+    let big = generate("echo", &"x".repeat(300 << 10));
     assert!(matches!(client.infer(&big), Err(Error::InvalidRequest(m)) if m.contains("exceeds")));
     // Garbage bytes where an archive should be.
     let t = client.submit_bytes("echo", &[0xAB; 300], 300).unwrap();
@@ -195,13 +162,7 @@ fn bad_requests(tag: &str, hardened: bool) {
             "forged id {forged:#x}"
         );
     }
-    let ok = client
-        .infer(&req(
-            "echo",
-            Task::Generate,
-            Input::Text("still here".into()),
-        ))
-        .unwrap();
+    let ok = client.infer(&generate("echo", "still here")).unwrap();
     assert!(
         matches!(&ok.response().unwrap().body, ArchivedBody::Generation(g) if g.text == "still here")
     );
@@ -212,7 +173,7 @@ fn deadlines_cancel_and_quota() {
     let (_server, client) = server("deadline", |c| c.max_inflight = 3);
     // Runs 10 x 20 ms but may take 60 ms: stopped at the deadline, not run to the end (its
     // chunks show how far it got).
-    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    let mut r = generate("slow", "x");
     r.params.max_tokens = 10;
     r.params.timeout_ms = 60;
     let items: Vec<_> = client.stream(&r).unwrap().collect();
@@ -263,14 +224,16 @@ fn deadlines_cancel_and_quota() {
 #[test]
 fn more_urgent_requests_run_first() {
     let (_server, client) = server("prio", |_| {});
-    let mut blocker = req("slow", Task::Generate, Input::Text("x".into()));
+    let mut blocker = generate("slow", "x");
     blocker.params.max_tokens = 5;
     let b = client.submit(&blocker).unwrap();
     let svc = lane_of("prio");
-    wait_for("the blocker to run", || svc.lane(1).running() == 1);
+    wait_for("the blocker to run", STATE_LIMIT, || {
+        svc.lane(1).running() == 1
+    });
     let mut tickets = Vec::new();
     for p in [3u8, 2, 1, 0] {
-        let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+        let mut r = generate("slow", "x");
         r.params.max_tokens = 1;
         r.params.priority = p;
         tickets.push((p, client.submit(&r).unwrap()));
@@ -301,9 +264,7 @@ fn threads_share_one_client() {
             std::thread::spawn(move || {
                 for i in 0..500 {
                     let text = format!("t{t}-{i}");
-                    let v = client
-                        .infer(&req("echo", Task::Generate, Input::Text(text.clone())))
-                        .unwrap();
+                    let v = client.infer(&generate("echo", &text)).unwrap();
                     match &v.response().unwrap().body {
                         ArchivedBody::Generation(g) => assert_eq!(g.text.as_str(), text),
                         other => panic!("unexpected {other:?}"),
@@ -321,11 +282,11 @@ fn threads_share_one_client() {
 #[test]
 fn shutdown_answers_what_it_cannot_finish() {
     let (server, client) = server("drain", |_| {});
-    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    let mut r = generate("slow", "x");
     r.params.max_tokens = 50;
     let tickets: Vec<_> = (0..4).map(|_| client.submit(&r).unwrap()).collect();
     let svc = lane_of("drain");
-    wait_for("one running, three queued", || {
+    wait_for("one running, three queued", STATE_LIMIT, || {
         svc.lane(1).running() == 1 && svc.lane(1).queued() == 3
     });
     let c2 = client.clone();
@@ -351,7 +312,7 @@ fn shutdown_answers_what_it_cannot_finish() {
         );
     }
     assert_eq!(
-        client.submit(&req("echo", Task::Generate, Input::Text("late".into()))),
+        client.submit(&generate("echo", "late")),
         Err(Error::ServerGone)
     );
 }
@@ -364,7 +325,7 @@ fn connect_errors_are_typed() {
     );
     let (_server, _client) = server("dup", |_| {});
     let again = Server::start(ServerConfig::new(
-        &name("dup"),
+        &unique_name("dup"),
         vec![ModelConfig::new("e", "echo")],
     ));
     assert!(
@@ -379,7 +340,7 @@ fn connect_errors_are_typed() {
         again.map(|_| ())
     );
     let bad = Server::start(ServerConfig::new(
-        &name("badmodel"),
+        &unique_name("badmodel"),
         vec![ModelConfig::new("m", "no-such-backend")],
     ));
     assert!(matches!(bad, Err(shm_runtime::ServerError::Model { .. })));
@@ -387,7 +348,7 @@ fn connect_errors_are_typed() {
 
 #[test]
 fn a_flooding_client_does_not_starve_another() {
-    let svc = name("fair");
+    let svc = unique_name("fair");
     let mut slow = sleep_model("slow", 5.0);
     slow.name = "slow".into();
     let mut cfg = ServerConfig::new(&svc, vec![slow]);
@@ -395,11 +356,11 @@ fn a_flooding_client_does_not_starve_another() {
     let _server = Server::start(cfg).unwrap();
     let flooder = Client::connect(&svc).unwrap();
     let polite = Client::connect(&svc).unwrap();
-    let mut r = req("slow", Task::Generate, Input::Text("x".into()));
+    let mut r = generate("slow", "x");
     r.params.max_tokens = 1;
     let flood: Vec<_> = (0..40).map(|_| flooder.submit(&r).unwrap()).collect();
     let lanes = Service::open(&svc).unwrap();
-    wait_for("the flood to start", || {
+    wait_for("the flood to start", STATE_LIMIT, || {
         lanes
             .lane(0)
             .started
@@ -421,7 +382,7 @@ fn a_flooding_client_does_not_starve_another() {
 }
 
 fn stepping(tag: &str, slots: i64, step_ms: f64) -> (Server, String) {
-    let svc = name(tag);
+    let svc = unique_name(tag);
     let mut m = sleep_model("gen", step_ms);
     m.options.insert(
         "slots".into(),
@@ -431,14 +392,9 @@ fn stepping(tag: &str, slots: i64, step_ms: f64) -> (Server, String) {
     (server, svc)
 }
 
+/// A Generate request to the stepping model `gen` for `max_tokens` tokens.
 fn gen_req(max_tokens: u32) -> Request {
-    Request {
-        params: Params {
-            max_tokens,
-            ..Params::default()
-        },
-        ..req("gen", Task::Generate, Input::Text("go".into()))
-    }
+    generate("gen", "go").with_max_tokens(max_tokens)
 }
 
 #[test]
@@ -449,7 +405,7 @@ fn continuous_batching_interleaves_two_streams() {
         std::thread::spawn(move || {
             let client = Client::connect(&svc).unwrap();
             let lanes = Service::open(&svc).unwrap();
-            wait_for("the other stream to start", || {
+            wait_for("the other stream to start", STATE_LIMIT, || {
                 lanes.lane(0).running() >= after_running
             });
             let mut times = Vec::new();
@@ -518,7 +474,7 @@ fn timed_stream(svc: &str, n: u32, go: std::sync::Arc<std::sync::Barrier>) -> Ve
 fn stepping_workers_share_streams_and_hand_over_queued_ones() {
     // Two workers of one slot each: a second stream can only overlap the first on the other
     // worker, and a third must queue.
-    let svc = name("handover");
+    let svc = unique_name("handover");
     let _server = one_slot_workers(&svc);
     for round in 0..3 {
         // a: long, started first; b: short, on the other worker; c: short, queued behind one of
@@ -528,7 +484,9 @@ fn stepping_workers_share_streams_and_hand_over_queued_ones() {
         let a = std::thread::spawn(move || timed_stream(&s1, 60, g1));
         go.wait();
         let lanes = Service::open(&svc).unwrap();
-        wait_for("stream a to start", || lanes.lane(0).running() == 1);
+        wait_for("stream a to start", STATE_LIMIT, || {
+            lanes.lane(0).running() == 1
+        });
         let go = std::sync::Arc::new(std::sync::Barrier::new(3));
         let (s2, g2) = (svc.clone(), go.clone());
         let b = std::thread::spawn(move || timed_stream(&s2, 6, g2));
@@ -557,7 +515,7 @@ fn stepping_workers_share_streams_and_hand_over_queued_ones() {
 
 #[test]
 fn a_cancel_reaches_a_stream_while_every_stepping_worker_is_full() {
-    let svc = name("fullcancel");
+    let svc = unique_name("fullcancel");
     let _server = one_slot_workers(&svc);
     let client = Client::connect(&svc).unwrap();
     // Two long streams fill both workers; a third request queues.

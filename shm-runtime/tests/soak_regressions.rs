@@ -2,44 +2,13 @@
 //! deterministically in one process.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::ring::ProcessToken;
-use shm_runtime::service::{Service, CLIENT_ACTIVE};
+use shm_runtime::testing::{Service, CLIENT_ACTIVE};
 use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
-
-fn name(tag: &str) -> String {
-    format!("r-{tag}-{}", std::process::id())
-}
-
-fn generate(id: u64, model: &str, text: &str, max_tokens: u32) -> Request {
-    Request {
-        id,
-        model: model.into(),
-        task: Task::Generate,
-        input: Input::Text(text.into()),
-        params: Params {
-            max_tokens,
-            ..Params::default()
-        },
-    }
-}
-
-fn text_of(v: &shm_runtime::ResponseView) -> String {
-    match &v.response().unwrap().body {
-        ArchivedBody::Generation(g) => g.text.as_str().to_owned(),
-        other => panic!("unexpected answer {other:?}"),
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use shm_test_support::runtime::{generate, generated_text, sleep_model, RequestExt};
+use shm_test_support::{unique_name, wait_for};
 
 /// A client killed and restarted at once: the new process registers its pool owner (taking over
 /// the dead one's entry, the first free) before the housekeeper has reaped the dead client's slot,
@@ -48,14 +17,16 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 /// "not held", its answers unreadable).
 #[test]
 fn reaping_a_dead_client_spares_the_owner_entry_a_new_process_took_over() {
-    let service = name("owner");
+    let service = unique_name("owner");
     let _server = Server::start(ServerConfig::new(
         &service,
         vec![ModelConfig::new("echo", "echo")],
     ))
     .unwrap();
     let client = Client::connect(&service).unwrap();
-    let held = client.infer(&generate(1, "echo", "held", 16)).unwrap();
+    let held = client
+        .infer(&generate("echo", "held").with_id(1).with_max_tokens(16))
+        .unwrap();
     let free = client.pool_free();
     let svc = Service::open(&service).unwrap();
     let me = ProcessToken::current().raw();
@@ -84,11 +55,13 @@ fn reaping_a_dead_client_spares_the_owner_entry_a_new_process_took_over() {
         || svc.client(ghost).token.load(Ordering::Acquire) == 0,
     );
     // The live client's chunks are still its own.
-    assert_eq!(text_of(&held), "held");
+    assert_eq!(generated_text(&held), "held");
     assert_eq!(client.pool_free(), free);
     drop(held);
-    let v = client.infer(&generate(2, "echo", "after", 16)).unwrap();
-    assert_eq!(text_of(&v), "after");
+    let v = client
+        .infer(&generate("echo", "after").with_id(2).with_max_tokens(16))
+        .unwrap();
+    assert_eq!(generated_text(&v), "after");
 }
 
 /// A worker running a job takes in new descriptors (cancels, most of all) without re-reading the
@@ -97,12 +70,8 @@ fn reaping_a_dead_client_spares_the_owner_entry_a_new_process_took_over() {
 /// under the departed holder's epoch, then dropped as the departed client's: never answered.
 #[test]
 fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder() {
-    let service = name("handover");
-    let mut slow = ModelConfig::new("slow", "sleep");
-    slow.options.insert(
-        "step_ms".into(),
-        shm_runtime::config::OptionValue::Float(1.0),
-    );
+    let service = unique_name("handover");
+    let slow = sleep_model("slow", 1.0);
     let _server = Server::start(ServerConfig::new(&service, vec![slow])).unwrap();
     let svc = Service::open(&service).unwrap();
     let me = ProcessToken::current().raw();
@@ -113,16 +82,23 @@ fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder
     let first_epoch = svc.client(slot).epoch.load(Ordering::Acquire);
     let busy = Client::connect(&service).unwrap();
     // The lane's worker knows both connections.
-    first.infer(&generate(1, "slow", "x", 1)).unwrap();
-    busy.infer(&generate(2, "slow", "x", 1)).unwrap();
+    first
+        .infer(&generate("slow", "x").with_id(1).with_max_tokens(1))
+        .unwrap();
+    busy.infer(&generate("slow", "x").with_id(2).with_max_tokens(1))
+        .unwrap();
     // `busy` keeps the lane's only worker running for a second or more.
-    let long = busy.submit(&generate(3, "slow", "x", 1000)).unwrap();
+    let long = busy
+        .submit(&generate("slow", "x").with_id(3).with_max_tokens(1000))
+        .unwrap();
     wait_for("the long job to run", Duration::from_secs(10), || {
         svc.lane(0).running() == 1
     });
     // The first holder leaves with requests queued in its ring, behind the running job.
     for id in 10..13 {
-        first.submit(&generate(id, "slow", "first's", 1)).unwrap();
+        first
+            .submit(&generate("slow", "first's").with_id(id).with_max_tokens(1))
+            .unwrap();
     }
     drop(first);
     let second = Client::connect(&service).unwrap();
@@ -138,7 +114,9 @@ fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder
         .map(|id| {
             (
                 id,
-                second.submit(&generate(id, "slow", "second's", 1)).unwrap(),
+                second
+                    .submit(&generate("slow", "second's").with_id(id).with_max_tokens(1))
+                    .unwrap(),
             )
         })
         .collect();
@@ -150,7 +128,7 @@ fn a_slot_reconnected_while_the_worker_runs_a_job_is_served_under_its_new_holder
             .unwrap_or_else(|e| panic!("request {id} of the new holder: {e}"));
         assert!(v.is_final());
         assert_eq!(v.response().unwrap().id, id);
-        assert_eq!(text_of(&v), "t0 ");
+        assert_eq!(generated_text(&v), "t0 ");
     }
     let v = busy.recv(long, Duration::from_secs(10)).unwrap();
     assert!(v.is_final());
