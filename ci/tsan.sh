@@ -3,7 +3,7 @@
 # unit tests (rings, pool and wait words driven from several threads), shm-runtime's unit tests, and
 # shm-runtime's in-process service tests (a server's workers and housekeeper, and client threads,
 # in one process). TSan sees only the process it runs in, so the cross-process tests
-# (ring/tests/processes.rs, shm-runtime/tests/processes.rs) are not run here: when a chunk goes to
+# (ring/tests/processes.rs, cli/tests/processes.rs) are not run here: when a chunk goes to
 # a client process and comes back through the pool, the atomics that order its reuse (owner word,
 # free-list head) were last written by the other process, invisible to TSan, and two server workers
 # writing answers into the same chunk one after the other are reported as a race (seen in

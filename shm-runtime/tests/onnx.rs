@@ -17,7 +17,7 @@ use shm_runtime::config::cache_dir;
 use shm_runtime::protocol::{ArchivedBody, Input, Request, Task, Tensor, TensorData};
 use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
 use shm_test_support::runtime::{request, Want};
-use shm_test_support::unique_name;
+use shm_test_support::{say, unique_name, ChildTask};
 
 const SETUP: &str = "run scripts/setup.sh (it fetches ONNX Runtime and the models)";
 
@@ -558,26 +558,52 @@ fn a_missing_model_or_library_fails_with_a_message_saying_how_to_get_it() {
     );
 
     // The library: in a child process, so this process's ONNX Runtime stays loaded.
-    let exe = env!("CARGO_BIN_EXE_shm-runtime");
     let dir = std::env::temp_dir().join(format!("onnx-missing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "service = \"{svc}-lib\"\n[[model]]\nname = \"e\"\nbackend = \"onnx\"\ntask = \"embed\"\npath = \"{}\"\n",
-            tiny("embed.onnx").display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&cfg)
+    let out = ChildTask::command("start-without-library", &format!("{svc}-lib"), "")
         .env("ORT_DYLIB_PATH", dir.join("no-such-libonnxruntime.so"))
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "served without a library");
-    assert!(stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("REFUSED"),
+        "served without a library: {stdout}"
+    );
+    assert!(stdout.contains("ORT_DYLIB_PATH"), "{stdout}");
+}
+
+#[test]
+#[ignore = "a child process's entry point: runs only when a test spawns this binary with a role"]
+fn child_entry() {
+    let Some(task) = ChildTask::from_env() else {
+        return;
+    };
+    match task.role.as_str() {
+        // Starts a server of the tiny embedding model with the environment it was given, and says
+        // how that went.
+        "start-without-library" => {
+            let config = ServerConfig::new(
+                &task.name,
+                vec![model("e", "embed", tiny("embed.onnx"), &[])],
+            );
+            match Server::start(config) {
+                Ok(_) => say("SERVED"),
+                Err(e) => say(format!("REFUSED {}", error_chain(&e))),
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+/// An error and its sources, one after another.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
