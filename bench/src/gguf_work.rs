@@ -20,7 +20,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::{Client, ModelConfig, ServerConfig};
 
-use crate::child::Kid;
+use crate::process::ChildProcess;
 
 /// SmolLM2 in the cache (`scripts/setup.sh gguf`).
 ///
@@ -178,7 +178,7 @@ pub fn direct_batched(path: &PathBuf, n: usize, threads: i32, seqs: usize) -> Re
 /// A SmolLM2 server in a child process.
 #[derive(Debug)]
 pub struct GgufServer {
-    kid: Kid,
+    child: ChildProcess,
     /// Its service name.
     pub name: String,
 }
@@ -195,15 +195,15 @@ impl GgufServer {
             "bench-gguf-{parallel}-{threads}-{workers}-{}",
             std::process::id()
         );
-        let mut kid = Kid::spawn(
+        let mut child = ChildProcess::spawn(
             "gguf-server",
             &format!("{name},{parallel},{threads},{workers}"),
         )?;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match Client::connect(&name) {
-                Ok(_) => return Ok(GgufServer { kid, name }),
-                Err(_) if Instant::now() < end && kid.exit_status().is_none() => {
+                Ok(_) => return Ok(GgufServer { child, name }),
+                Err(_) if Instant::now() < end && child.exit_status().is_none() => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => bail!("GGUF server did not come up: {e}"),
@@ -267,7 +267,7 @@ impl GgufServer {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
-        self.kid.join()
+        self.child.join()
     }
 }
 

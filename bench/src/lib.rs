@@ -13,6 +13,6 @@ pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod ring_work;
-pub mod rt_work;
+pub mod runtime_work;
 pub mod seed_work;
-pub mod stats;
+pub use shm_peers::stats;

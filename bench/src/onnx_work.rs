@@ -26,7 +26,7 @@ use shm_runtime::ring::WaitStrategy;
 use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 use tokenizers::Tokenizer;
 
-use crate::child::{online_cpus, Kid};
+use crate::child::{online_cpus, ChildProcess};
 
 /// The sentence every measurement sends.
 pub const SENTENCE: &str =
@@ -307,7 +307,7 @@ impl Direct {
 /// An ONNX server in a child process serving one model.
 #[derive(Debug)]
 pub struct OnnxServer {
-    kid: Kid,
+    child: ChildProcess,
     /// Its service name.
     pub name: String,
     /// Its pid.
@@ -336,21 +336,21 @@ impl OnnxServer {
             max_batch.unwrap_or(0),
             pin.map_or("none".to_owned(), |p| p.to_string())
         );
-        let mut kid = Kid::spawn("onnx-server", &arg)?;
+        let mut child = ChildProcess::spawn("onnx-server", &arg)?;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match Client::connect(&name) {
                 Ok(c) => {
                     let pid = c.server_pid().ok_or_else(|| anyhow!("no server pid"))?;
                     return Ok(OnnxServer {
-                        kid,
+                        child,
                         name,
                         pid,
                         kind,
                     });
                 }
                 Err(e) => {
-                    if let Some(status) = kid.exit_status() {
+                    if let Some(status) = child.exit_status() {
                         bail!("the onnx server exited ({status}) before it answered");
                     }
                     if Instant::now() >= end {
@@ -402,7 +402,7 @@ impl OnnxServer {
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
         }
-        self.kid.join()
+        self.child.join()
     }
 }
 

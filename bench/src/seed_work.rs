@@ -470,10 +470,10 @@ impl SeedHeap {
     }
 }
 
-/// This project's worker scheduler with the job shape of [`rt_work::scheduler_mops`]
+/// This project's worker scheduler with the job shape of [`runtime_work::scheduler_mops`]
 /// (32 client slots, jobs of 8 clients at 4 priority levels).
 ///
-/// [`rt_work::scheduler_mops`]: crate::rt_work::scheduler_mops
+/// [`runtime_work::scheduler_mops`]: crate::runtime_work::scheduler_mops
 #[derive(Debug)]
 pub struct OurScheduler {
     s: Scheduler,
@@ -664,10 +664,10 @@ pub fn seed_result_create(request_id: u64) -> SeedResult {
 #[repr(C, align(64))]
 struct ResultBuf([u8; 64 << 10]);
 
-/// A 200-token generation written in place, the work of [`rt_work::result_create_ns`]: the text
+/// A 200-token generation written in place, the work of [`runtime_work::result_create_ns`]: the text
 /// (2000 bytes) and 200 token ids appended through [`Out::generation`], then the archive's root.
 ///
-/// [`rt_work::result_create_ns`]: crate::rt_work::result_create_ns
+/// [`runtime_work::result_create_ns`]: crate::runtime_work::result_create_ns
 pub struct InPlaceResult {
     buf: Box<ResultBuf>,
     text: String,
@@ -788,7 +788,7 @@ pub fn seed_concurrent_heap(per_producer: u64, producers: usize) -> Duration {
 ///
 /// When a connection or a request fails.
 pub fn echo_clients(
-    server: &crate::rt_work::EchoServer,
+    server: &crate::runtime_work::EchoServer,
     clients: usize,
     per_client: usize,
 ) -> Result<Duration> {
@@ -802,7 +802,7 @@ pub fn echo_clients(
             .map(|client| {
                 let start = &start;
                 s.spawn(move || -> Result<()> {
-                    let req = crate::rt_work::echo_request();
+                    let req = crate::runtime_work::echo_request();
                     let mut open = std::collections::VecDeque::with_capacity(16);
                     start.wait();
                     let (mut sent, mut done) = (0, 0);
@@ -953,9 +953,9 @@ pub fn validate_chunk_ns(n: usize) -> Result<f64> {
 }
 
 /// Millions of enqueue + dequeue pairs per second through the seed's binary-heap scheduler (4
-/// priority levels), the same pattern as [`rt_work::scheduler_mops`]. Median of 31 batches.
+/// priority levels), the same pattern as [`runtime_work::scheduler_mops`]. Median of 31 batches.
 ///
-/// [`rt_work::scheduler_mops`]: crate::rt_work::scheduler_mops
+/// [`runtime_work::scheduler_mops`]: crate::runtime_work::scheduler_mops
 pub fn seed_scheduler_mops() -> f64 {
     let mut h = SeedHeap::new();
     let mut i = 0u32;

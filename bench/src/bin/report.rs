@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use shm_bench::report::{at_least, at_most, fmt_num, Report, Row, Section};
 use shm_bench::stats::Percentiles;
-use shm_bench::{child, peers, ring_work, rt_work};
+use shm_bench::{child, peers, ring_work, runtime_work};
 use shm_runtime::ring::WaitStrategy;
 
 struct Args {
@@ -262,8 +262,8 @@ fn runtime(report: &mut Report, quick: bool) {
                 for (k, (_, t)) in transports.iter().enumerate() {
                     let r = match *t {
                         Transport::Shm(server_wait, client_wait, pause, n) => {
-                            let server = rt_work::EchoServer::start(server_wait)?;
-                            let r = rt_work::round_trips(&server, client_wait, n / 3, pause);
+                            let server = runtime_work::EchoServer::start(server_wait)?;
+                            let r = runtime_work::round_trips(&server, client_wait, n / 3, pause);
                             server.stop()?;
                             r?
                         }
@@ -304,8 +304,8 @@ fn runtime(report: &mut Report, quick: bool) {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for _ in 0..3 {
                 for (hardened, out) in [(false, &mut a), (true, &mut b)] {
-                    let server = rt_work::EchoServer::start_with("busy", hardened)?;
-                    let r = rt_work::round_trips(&server, WaitStrategy::BusySpin, n / 3, None);
+                    let server = runtime_work::EchoServer::start_with("busy", hardened)?;
+                    let r = runtime_work::round_trips(&server, WaitStrategy::BusySpin, n / 3, None);
                     server.stop()?;
                     out.push(r?.p50);
                 }
@@ -324,8 +324,9 @@ fn runtime(report: &mut Report, quick: bool) {
         "pipelined, 64 in flight, median of 3",
         || {
             median_of(3, || {
-                let server = rt_work::EchoServer::start("busy")?;
-                let r = rt_work::pipelined(&server, if quick { 300_000 } else { 2_000_000 }, 64);
+                let server = runtime_work::EchoServer::start("busy")?;
+                let r =
+                    runtime_work::pipelined(&server, if quick { 300_000 } else { 2_000_000 }, 64);
                 server.stop()?;
                 r
             })
@@ -336,8 +337,8 @@ fn runtime(report: &mut Report, quick: bool) {
         "idle_server_cpu_pct",
         "idle server CPU over 2 s",
         || {
-            let server = rt_work::EchoServer::start("park")?;
-            let r = rt_work::idle_cpu_pct(server.pid, Duration::from_secs(2));
+            let server = runtime_work::EchoServer::start("park")?;
+            let r = runtime_work::idle_cpu_pct(server.pid, Duration::from_secs(2));
             server.stop()?;
             r
         },
@@ -347,19 +348,19 @@ fn runtime(report: &mut Report, quick: bool) {
         report,
         "validate_ns_1000",
         "validate a 1000-token request",
-        || rt_work::validate_ns(1000),
+        || runtime_work::validate_ns(1000),
     );
     measure(
         report,
         "result_create_ns",
         "write a 200-token result in place",
-        rt_work::result_create_ns,
+        runtime_work::result_create_ns,
     );
     measure(
         report,
         "scheduler_mops",
         "scheduler enqueue + dequeue",
-        || Ok(rt_work::scheduler_mops()),
+        || Ok(runtime_work::scheduler_mops()),
     );
     let g = |k: &str| report.get(k);
     report.section(Section {

@@ -10,13 +10,13 @@ use shm_runtime::protocol::{
 };
 use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 
-use crate::child::{pin_to, Kid};
+use crate::child::{pin_to, ChildProcess};
 use crate::stats::{median, Latencies, Percentiles};
 
 /// An echo server in a child process, pinned to the second CPU.
 #[derive(Debug)]
 pub struct EchoServer {
-    kid: Kid,
+    child: ChildProcess,
     /// Its service name.
     pub name: String,
     /// Its pid.
@@ -40,14 +40,14 @@ impl EchoServer {
     /// As for [`start`](Self::start).
     pub fn start_with(wait: &str, hardened: bool) -> Result<EchoServer> {
         let name = format!("bench-echo-{wait}-{hardened}-{}", std::process::id());
-        let kid = Kid::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
+        let child = ChildProcess::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             match Client::connect(&name) {
                 Ok(c) => {
                     let pid = server_pid(&c)?;
                     drop(c);
-                    return Ok(EchoServer { kid, name, pid });
+                    return Ok(EchoServer { child, name, pid });
                 }
                 Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => bail!("echo server did not come up: {e}"),
@@ -65,7 +65,7 @@ impl EchoServer {
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
         }
-        self.kid.join()
+        self.child.join()
     }
 }
 
