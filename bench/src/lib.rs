@@ -15,4 +15,5 @@ pub mod report;
 pub mod ring_work;
 pub mod runtime_work;
 pub mod seed_work;
+pub mod soak;
 pub use shm_peers::stats;
