@@ -15,6 +15,6 @@ pub mod peers;
 pub mod report;
 pub mod ring_work;
 pub mod runtime_work;
-pub mod seed_work;
+pub mod seed_comparison;
 pub mod soak;
 pub use shm_peers::stats;

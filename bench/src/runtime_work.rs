@@ -223,7 +223,7 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
 ///
 /// When the buffer is too small.
 pub fn result_create_ns() -> Result<f64> {
-    let mut r = crate::seed_work::InPlaceResult::new();
+    let mut r = crate::seed_comparison::InPlaceResult::new();
     let mut per = Vec::new();
     for _ in 0..31 {
         let iters = 100_000;
@@ -239,7 +239,7 @@ pub fn result_create_ns() -> Result<f64> {
 /// Millions of enqueue + dequeue pairs per second through a worker's scheduler (32 client slots,
 /// jobs from 8 clients at 4 priority levels).
 pub fn scheduler_mops() -> f64 {
-    let mut s = crate::seed_work::OurScheduler::new();
+    let mut s = crate::seed_comparison::OurScheduler::new();
     let mut per = Vec::new();
     for _ in 0..21 {
         let iters = 1_000_000u32;

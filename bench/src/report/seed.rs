@@ -12,7 +12,7 @@ type Measurement = fn() -> Result<f64>;
 /// The seed's tier-1 microbenchmarks (its request shapes and methods), ours beside them, in
 /// interleaved rounds.
 pub(super) fn seed(report: &mut Report, quick: bool) {
-    use crate::seed_work as sw;
+    use crate::seed_comparison as sw;
     println!(
         "seed suite: encode, decode and validation of N-token requests, scheduler, pool, results"
     );
