@@ -2,7 +2,7 @@
 //! between two processes, MPMC throughput with two producer processes, pool loan + release.
 //!
 //! Every cross-process workload creates its own segment, starts its children through
-//! [`ChildProcess`](crate::process::ChildProcess) and meets them at a start line in a small control block, so that
+//! [`ChildProcess`] and meets them at a start line in a small control block, so that
 //! start-up never lands inside a measurement.
 
 use std::hint::spin_loop;

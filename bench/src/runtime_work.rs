@@ -217,7 +217,7 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
 
 /// Median ns to write a 200-token generation result (2000 bytes of text and 200 token ids) in place
 /// into a chunk, the way a backend writes it: the text and the ids appended through
-/// [`Out::generation`], then the archive's root.
+/// [`Out::generation`](shm_runtime::backend::writer::Out::generation), then the archive's root.
 ///
 /// # Errors
 ///

@@ -25,8 +25,8 @@
 //! criterion suites can time every transport through one trait.
 //!
 //! The client always runs on the first online CPU and the server on the second (see
-//! [`pin_to`](process::pin_to)). Child processes are started through
-//! [`ChildProcess`](process::ChildProcess), so a binary using this crate must hand its process to
+//! [`process::pin_to`]). Child processes are started through
+//! [`process::ChildProcess`], so a binary using this crate must hand its process to
 //! [`process::dispatch`] with a runner that knows [`run_child`]'s roles first thing in `main`.
 //! Every child is reaped when its client is dropped, also on error paths, and files a transport
 //! creates (socket paths, port files, iceoryx2's shared memory and its directory) carry the process

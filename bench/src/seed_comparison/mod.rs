@@ -7,11 +7,11 @@
 //!
 //! | what | the seed's method (`seed_*`) | this project |
 //! |---|---|---|
-//! | encode | `serde_json` of an internally tagged enum into a reused `Vec` | loan a shared-memory pool chunk, [`encode_request`] into it, release it |
-//! | decode | `serde_json::from_slice`, then sum every token | full validation as the server does it ([`access_request_chunk`]: head, bytecheck, semantic [`Limits`], head agreement), then sum every token in place |
-//! | scheduler | `BinaryHeap` ordered by (priority, arrival) | the worker's [`Scheduler`] |
+//! | encode | `serde_json` of an internally tagged enum into a reused `Vec` | loan a shared-memory pool chunk, [`encode_request`](shm_runtime::protocol::encode_request) into it, release it |
+//! | decode | `serde_json::from_slice`, then sum every token | full validation as the server does it ([`access_request_chunk`](shm_runtime::protocol::access_request_chunk): head, bytecheck, semantic [`Limits`](shm_runtime::protocol::Limits), head agreement), then sum every token in place |
+//! | scheduler | `BinaryHeap` ordered by (priority, arrival) | the worker's [`Scheduler`](shm_runtime::scheduler::Scheduler) |
 //! | memory | `Mutex<Vec<Box<[u8; 4096]>>>` acquire + release | pool loan + release |
-//! | result | a struct holding `"generated ".repeat(200)` | a 200-token generation written in place ([`Out::generation`]) |
+//! | result | a struct holding `"generated ".repeat(200)` | a 200-token generation written in place ([`Out::generation`](shm_runtime::backend::writer::Out::generation)) |
 //!
 //! Each measurement is one per-iteration primitive (a method on a small state type) that the
 //! criterion suites call from `iter`/`iter_custom` and the report's batch-median functions call in

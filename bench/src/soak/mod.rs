@@ -24,7 +24,7 @@
 //!
 //! Phase 2 (server kill, `--server-kill-rounds`, default 3; `--server-kill` runs only this phase):
 //! waiter processes block in a long request, a stream and a loop of echoes; the server is
-//! SIGKILLed; every waiting call must fail with `Error::ServerGone` within [`GONE_BOUND`]. A new
+//! SIGKILLed; every waiting call must fail with `Error::ServerGone` within `GONE_BOUND` (2 s). A new
 //! server then replaces the stale segment under the same name and serves the reconnecting waiters
 //! and a fresh client.
 //!
@@ -37,7 +37,7 @@
 //! | module | what |
 //! |---|---|
 //! | `supervisor` | options, the run of the phases, the findings, the children's lines |
-//! | `child_process` | [`SupervisedChild`](child_process::SupervisedChild): a child started in a role, talked to over stdin/stdout |
+//! | `child_process` | `SupervisedChild`: a child started in a role, talked to over stdin/stdout |
 //! | `phases` | the chaos phase and the server-kill phase, and the checks at their ends |
 //! | `roles` | what a child process runs: `server`, `client`, `garbage`, `waiter` |
 //! | `oracle` | what a client checks in every answer, and its counters |
