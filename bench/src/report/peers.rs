@@ -74,7 +74,7 @@ pub(super) fn peers_section(report: &mut Report) {
         title: "Round trips: this runtime against other local transports".to_owned(),
         rows,
         notes: vec![
-            "Same workload for every transport (bench/src/peers): one request at a time with a 64-byte payload to an echo server, the answer checked, client pinned to the first CPU and the server to the second, in its own process except for the channel. All seven transports (three of the runtime's waits, four peers) alternate in 3 rounds, one server at a time; figures are per-percentile medians of the rounds. p99.9 is in report.json.".to_owned(),
+            "Same workload for every transport (peers/, crate shm-peers): one request at a time with a 64-byte payload to an echo server, the answer checked, client pinned to the first CPU and the server to the second, in its own process except for the channel. All seven transports (three of the runtime's waits, four peers) alternate in 3 rounds, one server at a time; figures are per-percentile medians of the rounds. p99.9 is in report.json.".to_owned(),
             "uds_bincode: a blocking Unix stream socket, each message a u32 length then bincode 2 of a request struct shaped like the runtime's (id, model name, task, the payload as text, parameters). http_json: hyper 1 on a current-thread tokio runtime, one keep-alive connection, a blocking std client writing HTTP/1.1 with Content-Length and TCP_NODELAY, serde_json bodies of the same structs. iceoryx2: request-response of a 64-byte POD each way, both sides busy-polling (its fastest configuration; with event-based waiting it is tens of microseconds). inproc_channel: bounded crossbeam channels of capacity 1 between two threads.".to_owned(),
         ],
     });
