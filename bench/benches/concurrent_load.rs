@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use shm_bench::ring_work::mpmc_throughput;
-use shm_bench::rt_work::EchoServer;
-use shm_bench::seed_work::{echo_clients, seed_concurrent_heap};
+use shm_bench::runtime_work::EchoServer;
+use shm_bench::seed_comparison::{echo_clients, seed_concurrent_heap};
 
 const PRODUCERS: [usize; 2] = [2, 4];
 

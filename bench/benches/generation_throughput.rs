@@ -3,7 +3,7 @@
 //! holding `"generated ".repeat(200)` (and drops it).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shm_bench::seed_work::{seed_result_create, InPlaceResult, RESULT_TOKENS};
+use shm_bench::seed_comparison::{seed_result_create, InPlaceResult, RESULT_TOKENS};
 
 fn results(c: &mut Criterion) {
     let mut g = c.benchmark_group("generation_result_200_tokens");

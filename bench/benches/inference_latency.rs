@@ -3,7 +3,7 @@
 //! (`serde_json` parse, then the same semantic checks on the parsed struct).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shm_bench::seed_work::{SeedJson, ShmCodec, SEED_SIZES};
+use shm_bench::seed_comparison::{SeedJson, ShmCodec, SEED_SIZES};
 
 fn validate(c: &mut Criterion) {
     let mut g = c.benchmark_group("inference_latency_validate");

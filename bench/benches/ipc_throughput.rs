@@ -3,7 +3,7 @@
 //! seed's `serde_json` of an internally tagged enum. Decode reads every token on both sides.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shm_bench::seed_work::{expected_sum, SeedJson, ShmCodec, SEED_SIZES};
+use shm_bench::seed_comparison::{expected_sum, SeedJson, ShmCodec, SEED_SIZES};
 
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipc_encode");

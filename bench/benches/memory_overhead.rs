@@ -3,7 +3,7 @@
 //! `Mutex<Vec<Box<[u8; 4096]>>>`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shm_bench::seed_work::{OurPool, SeedPool, SEED_BUFFER};
+use shm_bench::seed_comparison::{OurPool, SeedPool, SEED_BUFFER};
 
 fn acquire_release(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_acquire_release");

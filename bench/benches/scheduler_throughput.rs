@@ -3,7 +3,7 @@
 //! queue stays short); `burst_1000`: 1000 pushes, then 1000 pops.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shm_bench::seed_work::{OurScheduler, SeedHeap};
+use shm_bench::seed_comparison::{OurScheduler, SeedHeap};
 
 fn pairs(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduler_pair");

@@ -20,7 +20,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::{Client, ModelConfig, ServerConfig};
 
-use crate::child::Kid;
+use crate::process::ChildProcess;
 
 /// SmolLM2 in the cache (`scripts/setup.sh gguf`).
 ///
@@ -178,7 +178,7 @@ pub fn direct_batched(path: &PathBuf, n: usize, threads: i32, seqs: usize) -> Re
 /// A SmolLM2 server in a child process.
 #[derive(Debug)]
 pub struct GgufServer {
-    kid: Kid,
+    child: ChildProcess,
     /// Its service name.
     pub name: String,
 }
@@ -195,15 +195,15 @@ impl GgufServer {
             "bench-gguf-{parallel}-{threads}-{workers}-{}",
             std::process::id()
         );
-        let mut kid = Kid::spawn(
+        let mut child = ChildProcess::spawn(
             "gguf-server",
             &format!("{name},{parallel},{threads},{workers}"),
         )?;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match Client::connect(&name) {
-                Ok(_) => return Ok(GgufServer { kid, name }),
-                Err(_) if Instant::now() < end && kid.exit_status().is_none() => {
+                Ok(_) => return Ok(GgufServer { child, name }),
+                Err(_) if Instant::now() < end && child.exit_status().is_none() => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => bail!("GGUF server did not come up: {e}"),
@@ -267,7 +267,7 @@ impl GgufServer {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
-        self.kid.join()
+        self.child.join()
     }
 }
 
@@ -341,12 +341,18 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     let mut m = ModelConfig::new("smollm2", "gguf");
     m.path = Some(smollm2()?);
     m.task = Some("generate".into());
-    m.options
-        .insert("parallel".into(), toml::Value::Integer(parallel.parse()?));
-    m.options
-        .insert("context".into(), toml::Value::Integer(CONTEXT.into()));
-    m.options
-        .insert("threads".into(), toml::Value::Integer(threads.parse()?));
+    m.options.insert(
+        "parallel".into(),
+        shm_runtime::config::OptionValue::Integer(parallel.parse()?),
+    );
+    m.options.insert(
+        "context".into(),
+        shm_runtime::config::OptionValue::Integer(CONTEXT.into()),
+    );
+    m.options.insert(
+        "threads".into(),
+        shm_runtime::config::OptionValue::Integer(threads.parse()?),
+    );
     m.workers = Some(workers.parse()?);
     let cfg = ServerConfig::new(name, vec![m]);
     crate::child::serve_until_sigterm(cfg)?;

@@ -2,7 +2,7 @@
 //! between two processes, MPMC throughput with two producer processes, pool loan + release.
 //!
 //! Every cross-process workload creates its own segment, starts its children through
-//! [`Kid`](crate::child::Kid) and meets them at a start line in a small control block, so that
+//! [`ChildProcess`] and meets them at a start line in a small control block, so that
 //! start-up never lands inside a measurement.
 
 use std::hint::spin_loop;
@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use shm_ring::pool::{Pool, PoolConfig};
 use shm_ring::{mpmc, spsc, CreateOptions, Region, Segment};
 
-use crate::child::{pin_to, Kid};
+use crate::child::{pin_to, ChildProcess};
 use crate::stats::{median, Latencies, Percentiles};
 
 /// Entry type of the ring workloads: a 16-byte descriptor, the runtime's main use.
@@ -198,7 +198,7 @@ pub fn spsc_pingpong(rounds: u64) -> Result<Percentiles> {
     let mut tx = spsc::Producer::<Desc>::attach(&b.part(0, part)?)?;
     let mut rx = spsc::Consumer::<Desc>::attach(&b.part(1, part)?)?;
     let total = rounds + rounds / 10;
-    let kid = Kid::spawn("spsc-echo", &format!("{},{total}", b.name))?;
+    let child = ChildProcess::spawn("spsc-echo", &format!("{},{total}", b.name))?;
     let ctl = b.control()?;
     ctl.wait_for(ctl.ready(), 1)?;
     let _pin = pin_to(0);
@@ -215,7 +215,7 @@ pub fn spsc_pingpong(rounds: u64) -> Result<Percentiles> {
         }
         last = now;
     }
-    kid.join()?;
+    child.join()?;
     Ok(lat.percentiles().scaled(2.0))
 }
 
@@ -247,7 +247,7 @@ pub fn spsc_throughput(items: u64, batch: usize) -> Result<f64> {
     let b = Bench::create("spsc-tput", part)?;
     spsc::init::<Desc>(&b.part(0, part)?, SPSC_CAP)?;
     let mut rx = spsc::Consumer::<Desc>::attach(&b.part(0, part)?)?;
-    let kid = Kid::spawn("spsc-producer", &format!("{},{items},{batch}", b.name))?;
+    let child = ChildProcess::spawn("spsc-producer", &format!("{},{items},{batch}", b.name))?;
     let ctl = b.control()?;
     ctl.wait_for(ctl.ready(), 1)?;
     let _pin = pin_to(0);
@@ -268,7 +268,7 @@ pub fn spsc_throughput(items: u64, batch: usize) -> Result<f64> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    kid.join()?;
+    child.join()?;
     Ok(items as f64 / secs / 1e6)
 }
 
@@ -318,7 +318,7 @@ pub fn mpmc_throughput(items_per_producer: u64, producers: usize) -> Result<f64>
     let rx = mpmc::Consumer::<Desc>::attach(&b.part(0, part)?)?;
     let kids = (0..producers)
         .map(|p| {
-            Kid::spawn(
+            ChildProcess::spawn(
                 "mpmc-producer",
                 &format!("{},{items_per_producer},{p},{producers}", b.name),
             )

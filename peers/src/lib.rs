@@ -1,6 +1,9 @@
-//! Round-trip peers: other ways of sending a small request to a server and getting its answer
-//! back, measured by the same workload as the runtime's own round trip (`rt_work::round_trips`):
-//! an echo server, a 64-byte payload, one request at a time, client and server on different cores.
+//! Round-trip peers of the shm-runtime benchmarks: other ways of sending a small request to a
+//! server and getting its answer back, measured by the same workload as the runtime's own round
+//! trip (`shm_bench::runtime_work::round_trips`): an echo server, a 64-byte payload, one request
+//! at a time, client and server on different cores. A crate of its own so that its transports'
+//! dependencies (iceoryx2, hyper, tokio, bincode, crossbeam-channel) stay out of the product's
+//! build; `shm-bench` measures them beside the runtime.
 //!
 //! Each transport has a connected client type implementing [`RoundTrip`] (one request out, its
 //! answer in and checked) and a function that starts it, warms it up, records `rounds` round trips
@@ -13,21 +16,23 @@
 //! | [`iceoryx2()`] | iceoryx2 request-response, 64-byte POD both ways | child process, busy-polling |
 //! | [`inproc_channel`] | two bounded crossbeam channels | a thread of this process |
 //!
-//! Measure one transport at a time: a busy-polling server (`iceoryx2`, `shm_busy`) keeps the second
-//! CPU busy until its client is closed. With `rounds` = 20 000 each function takes well under a
-//! second on loopback transports (plus ~0.1 s to start its server); for a stable p99.9 use 100 000
-//! or more.
+//! Measure one transport at a time: a busy-polling server (`iceoryx2`, the runtime's `shm_busy`)
+//! keeps the second CPU busy until its client is closed. With `rounds` = 20 000 each function takes
+//! well under a second on loopback transports (plus ~0.1 s to start its server); for a stable p99.9
+//! use 100 000 or more.
 //!
-//! [`ShmPeer`] wraps the runtime's own client and echo server in the same [`RoundTrip`] interface,
-//! so criterion suites can time every transport through one trait.
+//! The runtime's own round trip implements [`RoundTrip`] in `shm_bench::peers::ShmPeer`, so
+//! criterion suites can time every transport through one trait.
 //!
 //! The client always runs on the first online CPU and the server on the second (see
-//! [`pin_to`](crate::child::pin_to)). Child processes are started through
-//! [`Kid`](crate::child::Kid), so a binary using this module must call
-//! [`child::dispatch`](crate::child::dispatch) first thing in `main`. Every child is reaped when its
-//! client is dropped, also on error paths, and files a transport creates (socket paths, port files,
-//! iceoryx2's shared memory and its directory) carry the process id and a per-run counter in their
-//! names and are removed when the client is dropped.
+//! [`process::pin_to`]). Child processes are started through
+//! [`process::ChildProcess`], so a binary using this crate must hand its process to
+//! [`process::dispatch`] with a runner that knows [`run_child`]'s roles first thing in `main`.
+//! Every child is reaped when its client is dropped, also on error paths, and files a transport
+//! creates (socket paths, port files, iceoryx2's shared memory and its directory) carry the process
+//! id and a per-run counter in their names and are removed when the client is dropped.
+//!
+//! [`stats`] holds the latency recorder and percentiles every benchmark of the project reports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,19 +40,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::child::{pin_to, Kid};
+use crate::process::{pin_to, ChildProcess};
 use crate::stats::{Latencies, Percentiles};
 
 mod channel;
 mod http;
 mod iox;
-mod shm;
+pub mod process;
+pub mod stats;
 mod uds;
 
 pub use channel::{inproc_channel, ChannelClient};
 pub use http::{http_json, HttpClient};
 pub use iox::{iceoryx2, iceoryx2_with, IceoryxClient, IceoryxWait};
-pub use shm::ShmPeer;
 pub use uds::{uds_bincode, UdsClient};
 
 /// Payload bytes of every round trip (the request's text; the echo answers it back).
@@ -248,15 +253,15 @@ fn unique(kind: &str) -> String {
     )
 }
 
-/// Polls `f` every millisecond until it yields a value, failing after [`PATIENCE`] or when `kid`
+/// Polls `f` every millisecond until it yields a value, failing after [`PATIENCE`] or when `child`
 /// exits first.
-fn wait_up<T>(kid: &mut Kid, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+fn wait_up<T>(child: &mut ChildProcess, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let end = Instant::now() + PATIENCE;
     loop {
         if let Some(v) = f() {
             return Ok(v);
         }
-        if let Some(status) = kid.exit_status() {
+        if let Some(status) = child.exit_status() {
             bail!("{what} exited with {status} before it was ready");
         }
         ensure!(Instant::now() < end, "{what} did not come up in time");
@@ -264,12 +269,12 @@ fn wait_up<T>(kid: &mut Kid, what: &str, mut f: impl FnMut() -> Option<T>) -> Re
     }
 }
 
-/// Waits up to [`PATIENCE`] for `kid` to exit on its own and fails unless it succeeded; a child
-/// still running then is killed and reaped when `kid` drops.
-fn reap(mut kid: Kid, what: &str) -> Result<()> {
+/// Waits up to [`PATIENCE`] for `child` to exit on its own and fails unless it succeeded; a child
+/// still running then is killed and reaped when `child` drops.
+fn reap(mut child: ChildProcess, what: &str) -> Result<()> {
     let end = Instant::now() + PATIENCE;
     loop {
-        if let Some(status) = kid.exit_status() {
+        if let Some(status) = child.exit_status() {
             ensure!(status.success(), "{what} exited with {status}");
             return Ok(());
         }
@@ -278,8 +283,13 @@ fn reap(mut kid: Kid, what: &str) -> Result<()> {
     }
 }
 
-/// Runs the peer child `role`; `Ok(false)` when the role is not one of this module's.
-pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
+/// Runs the peer child `role` (a transport's server) with `arg`; `Ok(false)` when the role is not
+/// one of this crate's.
+///
+/// # Errors
+///
+/// When the server fails.
+pub fn run_child(role: &str, arg: &str) -> Result<bool> {
     match role {
         "peer-uds-server" => uds::serve(arg)?,
         "peer-http-server" => http::serve(arg)?,
@@ -301,7 +311,7 @@ mod tests {
     static RUN_CHILD_ROLE: extern "C" fn() = run_child_role;
 
     extern "C" fn run_child_role() {
-        crate::child::dispatch();
+        process::dispatch(run_child);
     }
 
     /// A peer started, ~1000 round trips with checked echoes, stopped.
@@ -331,34 +341,6 @@ mod tests {
     #[test]
     fn inproc_channel_echoes() {
         exercise(ChannelClient::start().expect("start"));
-    }
-
-    /// Prints each transport's percentiles (`cargo test --release -p shm-bench --lib
-    /// peers::tests::figures -- --ignored --nocapture`); checks nothing about timing.
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    fn figures() {
-        let rounds = 20_000;
-        let show = |name: &str, p: Result<Percentiles>| match p {
-            Ok(p) => println!(
-                "{name:>16}: p50 {:>8.0} ns  p99 {:>8.0} ns  p99.9 {:>8.0} ns  ({} samples)",
-                p.p50, p.p99, p.p999, p.samples
-            ),
-            Err(e) => println!("{name:>16}: failed: {e:#}"),
-        };
-        let shm = |start: fn() -> Result<ShmPeer>| -> Result<Percentiles> {
-            let mut peer = start()?;
-            let p = measure(&mut peer, rounds)?;
-            peer.close()?;
-            Ok(p)
-        };
-        show("shm_busy", shm(ShmPeer::busy));
-        show("shm_adaptive", shm(ShmPeer::adaptive));
-        show("uds_bincode", uds_bincode(rounds));
-        show("http_json", http_json(rounds));
-        show("iceoryx2", iceoryx2(rounds));
-        show("iceoryx2_event", iceoryx2_with(IceoryxWait::Event, rounds));
-        show("inproc_channel", inproc_channel(rounds));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use iceoryx2::service::port_factory::event::PortFactory as EventFactory;
 use iceoryx2::service::port_factory::request_response::PortFactory as RrFactory;
 
 use super::{measure, reap, unique, wait_up, Pod64, RoundTrip, PATIENCE};
-use crate::child::{pin_to, Kid};
+use crate::process::{pin_to, ChildProcess};
 use crate::stats::Percentiles;
 
 /// The request id that tells the server to answer and exit.
@@ -150,7 +150,7 @@ pub struct IceoryxClient {
     /// The node the ports belong to, dropped after them.
     _node: Node<ipc::Service>,
     msg: Pod64,
-    kid: Option<Kid>,
+    child: Option<ChildProcess>,
     files: RunFiles,
 }
 
@@ -173,7 +173,7 @@ impl IceoryxClient {
     pub fn start(wait: IceoryxWait) -> Result<IceoryxClient> {
         let files = RunFiles::new();
         let service = unique("shm-bench/echo");
-        let mut kid = Kid::spawn(
+        let mut child = ChildProcess::spawn(
             "peer-iceoryx2-server",
             &format!(
                 "{},{},{service},{}",
@@ -185,7 +185,7 @@ impl IceoryxClient {
         let ports = (|| -> Result<_> {
             let node = files.node()?;
             // Let the server create the services, so the two sides do not race to create them.
-            let services = wait_up(&mut kid, "iceoryx2 server", || {
+            let services = wait_up(&mut child, "iceoryx2 server", || {
                 Services::open(&node, &service).ok().filter(|s| {
                     s.rr.dynamic_config().number_of_servers() > 0
                         && s.requests.dynamic_config().number_of_listeners() > 0
@@ -196,7 +196,7 @@ impl IceoryxClient {
             let listener = services.responses.listener_builder().create()?;
             Ok((client, notifier, listener, node))
         })();
-        // On failure `kid` drops (killed, reaped) before `files` (removed).
+        // On failure `child` drops (killed, reaped) before `files` (removed).
         let (client, notifier, listener, node) = ports?;
         Ok(IceoryxClient {
             wait,
@@ -205,7 +205,7 @@ impl IceoryxClient {
             listener,
             _node: node,
             msg: Pod64::echo(0),
-            kid: Some(kid),
+            child: Some(child),
             files,
         })
     }
@@ -255,10 +255,10 @@ impl IceoryxClient {
             ..self.msg
         };
         let answered = self.exchange(stop);
-        let kid = self.kid.take();
+        let child = self.child.take();
         answered?;
-        match kid {
-            Some(kid) => reap(kid, "iceoryx2 server"),
+        match child {
+            Some(child) => reap(child, "iceoryx2 server"),
             None => Ok(()),
         }
     }
@@ -282,7 +282,7 @@ impl Drop for IceoryxClient {
     fn drop(&mut self) {
         // The server goes first; the client's ports and node drop after this, then `files` (the
         // last field) removes whatever is left.
-        drop(self.kid.take());
+        drop(self.child.take());
     }
 }
 

@@ -6,7 +6,7 @@ use font8x8::UnicodeFonts;
 
 /// One transport's latency percentiles (p50, p99, p99.9), ns.
 #[derive(Debug, Clone)]
-pub struct Series {
+pub(super) struct Series {
     /// Transport name.
     pub label: String,
     /// p50, p99, p99.9 in ns.
@@ -70,7 +70,7 @@ impl Canvas {
 }
 
 /// Human form of a latency in ns.
-pub fn fmt_ns(ns: f64) -> String {
+pub(super) fn fmt_ns(ns: f64) -> String {
     if ns >= 1e6 {
         format!("{:.3}ms", ns / 1e6)
     } else if ns >= 1e3 {
@@ -85,7 +85,7 @@ pub fn fmt_ns(ns: f64) -> String {
 /// # Errors
 ///
 /// When PNG encoding fails.
-pub fn latency_chart(title: &str, series: &[Series]) -> Result<Vec<u8>> {
+pub(super) fn latency_chart(title: &str, series: &[Series]) -> Result<Vec<u8>> {
     let h = TOP + series.len().max(1) * GROUP + 50;
     let mut c = Canvas::new(WIDTH, h);
     c.text(10, 10, title, 2, [0, 0, 0]);

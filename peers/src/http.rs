@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 
 use super::{measure, reap, unique, wait_up, PeerRequest, PeerResponse, RoundTrip};
-use crate::child::{pin_to, Kid};
+use crate::process::{pin_to, ChildProcess};
 use crate::stats::Percentiles;
 
 /// Largest response body the client accepts.
@@ -31,7 +31,7 @@ pub struct HttpClient {
     body: Vec<u8>,
     line: String,
     port_file: PathBuf,
-    kid: Option<Kid>,
+    child: Option<ChildProcess>,
 }
 
 impl HttpClient {
@@ -45,7 +45,7 @@ impl HttpClient {
         let port_file = std::env::temp_dir().join(unique("shm-bench-http-port"));
         let result = HttpClient::connect(&port_file);
         let _ = std::fs::remove_file(&port_file);
-        let (stream, port, kid) = result?;
+        let (stream, port, child) = result?;
         Ok(HttpClient {
             conn: BufReader::new(stream),
             head: format!(
@@ -57,16 +57,16 @@ impl HttpClient {
             body: Vec::with_capacity(512),
             line: String::with_capacity(128),
             port_file,
-            kid: Some(kid),
+            child: Some(child),
         })
     }
 
-    fn connect(port_file: &std::path::Path) -> Result<(TcpStream, u16, Kid)> {
+    fn connect(port_file: &std::path::Path) -> Result<(TcpStream, u16, ChildProcess)> {
         let arg = port_file
             .to_str()
             .context("temporary directory is not UTF-8")?;
-        let mut kid = Kid::spawn("peer-http-server", arg)?;
-        let port = wait_up(&mut kid, "http server", || {
+        let mut child = ChildProcess::spawn("peer-http-server", arg)?;
+        let port = wait_up(&mut child, "http server", || {
             std::fs::read_to_string(port_file)
                 .ok()?
                 .trim()
@@ -76,7 +76,7 @@ impl HttpClient {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
         stream.set_nodelay(true)?;
-        Ok((stream, port, kid))
+        Ok((stream, port, child))
     }
 
     /// Closes the connection and waits for the server to exit.
@@ -86,8 +86,8 @@ impl HttpClient {
     /// When the server failed or did not exit within 30 s.
     pub fn close(mut self) -> Result<()> {
         let _ = self.conn.get_ref().shutdown(Shutdown::Both);
-        match self.kid.take() {
-            Some(kid) => reap(kid, "http server"),
+        match self.child.take() {
+            Some(child) => reap(child, "http server"),
             None => Ok(()),
         }
     }
@@ -151,7 +151,7 @@ impl RoundTrip for HttpClient {
 impl Drop for HttpClient {
     fn drop(&mut self) {
         let _ = self.conn.get_ref().shutdown(Shutdown::Both);
-        drop(self.kid.take());
+        drop(self.child.take());
         let _ = std::fs::remove_file(&self.port_file);
     }
 }

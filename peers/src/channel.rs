@@ -8,7 +8,7 @@ use anyhow::{anyhow, ensure, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{measure, Pod64, RoundTrip};
-use crate::child::pin_to;
+use crate::process::pin_to;
 use crate::stats::Percentiles;
 
 /// A client thread's ends of the two channels to an echo thread.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::plot::{self, Series};
+use super::plot::{self, Series};
 use crate::stats::Percentiles;
 
 /// One row of a Markdown table.

@@ -10,13 +10,13 @@ use shm_runtime::protocol::{
 };
 use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 
-use crate::child::{pin_to, Kid};
+use crate::child::{pin_to, ChildProcess};
 use crate::stats::{median, Latencies, Percentiles};
 
 /// An echo server in a child process, pinned to the second CPU.
 #[derive(Debug)]
 pub struct EchoServer {
-    kid: Kid,
+    child: ChildProcess,
     /// Its service name.
     pub name: String,
     /// Its pid.
@@ -40,14 +40,14 @@ impl EchoServer {
     /// As for [`start`](Self::start).
     pub fn start_with(wait: &str, hardened: bool) -> Result<EchoServer> {
         let name = format!("bench-echo-{wait}-{hardened}-{}", std::process::id());
-        let kid = Kid::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
+        let child = ChildProcess::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             match Client::connect(&name) {
                 Ok(c) => {
                     let pid = server_pid(&c)?;
                     drop(c);
-                    return Ok(EchoServer { kid, name, pid });
+                    return Ok(EchoServer { child, name, pid });
                 }
                 Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => bail!("echo server did not come up: {e}"),
@@ -65,7 +65,7 @@ impl EchoServer {
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
         }
-        self.kid.join()
+        self.child.join()
     }
 }
 
@@ -217,13 +217,13 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
 
 /// Median ns to write a 200-token generation result (2000 bytes of text and 200 token ids) in place
 /// into a chunk, the way a backend writes it: the text and the ids appended through
-/// [`Out::generation`], then the archive's root.
+/// [`Out::generation`](shm_runtime::backend::writer::Out::generation), then the archive's root.
 ///
 /// # Errors
 ///
 /// When the buffer is too small.
 pub fn result_create_ns() -> Result<f64> {
-    let mut r = crate::seed_work::InPlaceResult::new();
+    let mut r = crate::seed_comparison::InPlaceResult::new();
     let mut per = Vec::new();
     for _ in 0..31 {
         let iters = 100_000;
@@ -239,7 +239,7 @@ pub fn result_create_ns() -> Result<f64> {
 /// Millions of enqueue + dequeue pairs per second through a worker's scheduler (32 client slots,
 /// jobs from 8 clients at 4 priority levels).
 pub fn scheduler_mops() -> f64 {
-    let mut s = crate::seed_work::OurScheduler::new();
+    let mut s = crate::seed_comparison::OurScheduler::new();
     let mut per = Vec::new();
     for _ in 0..21 {
         let iters = 1_000_000u32;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{measure, reap, unique, wait_up, PeerRequest, PeerResponse, RoundTrip};
-use crate::child::{pin_to, Kid};
+use crate::process::{pin_to, ChildProcess};
 use crate::stats::Percentiles;
 
 /// Largest frame either side accepts.
@@ -64,7 +64,7 @@ pub struct UdsClient {
     req: PeerRequest,
     buf: Vec<u8>,
     path: PathBuf,
-    kid: Option<Kid>,
+    child: Option<ChildProcess>,
 }
 
 impl UdsClient {
@@ -76,8 +76,8 @@ impl UdsClient {
     pub fn start() -> Result<UdsClient> {
         let path = std::env::temp_dir().join(format!("{}.sock", unique("shm-bench-uds")));
         let arg = path.to_str().context("temporary directory is not UTF-8")?;
-        let mut kid = Kid::spawn("peer-uds-server", arg)?;
-        let connected = wait_up(&mut kid, "uds server", || UnixStream::connect(&path).ok());
+        let mut child = ChildProcess::spawn("peer-uds-server", arg)?;
+        let connected = wait_up(&mut child, "uds server", || UnixStream::connect(&path).ok());
         let writer = match connected {
             Ok(s) => s,
             Err(e) => {
@@ -91,7 +91,7 @@ impl UdsClient {
             req: PeerRequest::echo(0),
             buf: Vec::with_capacity(256),
             path,
-            kid: Some(kid),
+            child: Some(child),
         })
     }
 
@@ -102,8 +102,8 @@ impl UdsClient {
     /// When the server failed or did not exit within 30 s.
     pub fn close(mut self) -> Result<()> {
         let _ = self.writer.shutdown(Shutdown::Both);
-        match self.kid.take() {
-            Some(kid) => reap(kid, "uds server"),
+        match self.child.take() {
+            Some(child) => reap(child, "uds server"),
             None => Ok(()),
         }
     }
@@ -122,7 +122,7 @@ impl RoundTrip for UdsClient {
 impl Drop for UdsClient {
     fn drop(&mut self) {
         let _ = self.writer.shutdown(Shutdown::Both);
-        drop(self.kid.take());
+        drop(self.child.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,14 +1,21 @@
-//! The runtime's own round trip behind the [`RoundTrip`] interface: a [`Client`] of an
-//! [`EchoServer`] in a child process, sending [`echo_request`] exactly as
-//! [`rt_work::round_trips`](crate::rt_work::round_trips) does.
+//! Every transport of the round-trip comparison through one [`RoundTrip`] interface: the runtime's
+//! own ([`ShmPeer`], defined here: it needs this crate's echo server) and the peers of
+//! [`shm_peers`], re-exported.
+//!
+//! [`ShmPeer`] is a [`Client`] of an [`EchoServer`] in a child process, sending [`echo_request`]
+//! exactly as [`runtime_work::round_trips`](crate::runtime_work::round_trips) does.
 
 use anyhow::{anyhow, ensure, Result};
 use shm_runtime::protocol::Request;
 use shm_runtime::ring::WaitStrategy;
 use shm_runtime::{Client, ClientOptions};
 
-use super::{RoundTrip, PAYLOAD};
-use crate::rt_work::{echo_request, EchoServer};
+pub use shm_peers::{
+    http_json, iceoryx2, iceoryx2_with, inproc_channel, measure, time_round_trips, uds_bincode,
+    ChannelClient, HttpClient, IceoryxClient, IceoryxWait, RoundTrip, UdsClient, PAYLOAD,
+};
+
+use crate::runtime_work::{echo_request, EchoServer};
 
 /// A runtime client connected to its own echo server in a child process (pinned to the second
 /// CPU).
@@ -97,5 +104,50 @@ impl RoundTrip for ShmPeer {
 impl Drop for ShmPeer {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Percentiles;
+
+    /// A test binary has libtest's `main`, which knows nothing of benchmark children: a child that a
+    /// test starts (the test binary re-executed with its role in the environment) runs its role from
+    /// here, before `main`, and exits.
+    #[used]
+    #[link_section = ".init_array"]
+    static RUN_CHILD_ROLE: extern "C" fn() = run_child_role;
+
+    extern "C" fn run_child_role() {
+        crate::child::dispatch();
+    }
+
+    /// Prints each transport's percentiles (`cargo test --release -p shm-bench --lib
+    /// peers::tests::figures -- --ignored --nocapture`); checks nothing about timing.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn figures() {
+        let rounds = 20_000;
+        let show = |name: &str, p: Result<Percentiles>| match p {
+            Ok(p) => println!(
+                "{name:>16}: p50 {:>8.0} ns  p99 {:>8.0} ns  p99.9 {:>8.0} ns  ({} samples)",
+                p.p50, p.p99, p.p999, p.samples
+            ),
+            Err(e) => println!("{name:>16}: failed: {e:#}"),
+        };
+        let shm = |start: fn() -> Result<ShmPeer>| -> Result<Percentiles> {
+            let mut peer = start()?;
+            let p = measure(&mut peer, rounds)?;
+            peer.close()?;
+            Ok(p)
+        };
+        show("shm_busy", shm(ShmPeer::busy));
+        show("shm_adaptive", shm(ShmPeer::adaptive));
+        show("uds_bincode", uds_bincode(rounds));
+        show("http_json", http_json(rounds));
+        show("iceoryx2", iceoryx2(rounds));
+        show("iceoryx2_event", iceoryx2_with(IceoryxWait::Event, rounds));
+        show("inproc_channel", inproc_channel(rounds));
     }
 }

@@ -1,0 +1,198 @@
+//! The runtime section: round trips through the runtime's echo server under each wait strategy,
+//! pipelined throughput, idle CPU and the in-process costs of validation, result writing and
+//! scheduling; then the [peers](super::peers) section, measured in the same rounds.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use shm_runtime::ring::WaitStrategy;
+
+use super::figures::{measure, median_of, median_p, row};
+use super::{at_least, at_most, fmt_num, Report, Section};
+use crate::stats::Percentiles;
+use crate::{peers, runtime_work};
+
+/// A round-trip transport of the report: the runtime's own (server wait, client wait, pause between
+/// requests, round trips) or a peer's measurement function and its round trips.
+enum Transport {
+    Shm(&'static str, WaitStrategy, Option<Duration>, usize),
+    Peer(fn(u64) -> Result<Percentiles>, u64),
+}
+
+pub(super) fn runtime(report: &mut Report, quick: bool) {
+    println!("runtime round trips (echo backend, 64-byte payload, server in another process)");
+    let n = if quick { 100_000 } else { 500_000 };
+    let mut extra: Vec<(&str, f64)> = Vec::new();
+    let peer_n = if quick { 60_000 } else { 300_000 };
+    let transports: [(&str, Transport); 7] = [
+        (
+            "shm_busy",
+            Transport::Shm("busy", WaitStrategy::BusySpin, None, n),
+        ),
+        (
+            "shm_adaptive",
+            Transport::Shm("park", WaitStrategy::default(), None, n),
+        ),
+        (
+            "shm_cold",
+            Transport::Shm(
+                "park",
+                WaitStrategy::default(),
+                Some(Duration::from_millis(1)),
+                if quick { 500 } else { 3000 },
+            ),
+        ),
+        ("iceoryx2", Transport::Peer(peers::iceoryx2, peer_n)),
+        ("uds_bincode", Transport::Peer(peers::uds_bincode, peer_n)),
+        ("http_json", Transport::Peer(peers::http_json, peer_n)),
+        (
+            "inproc_channel",
+            Transport::Peer(peers::inproc_channel, peer_n),
+        ),
+    ];
+    // The transports alternate, 3 rounds each, medians (the VM's speed drifts in phases).
+    let mut runs: Vec<Vec<crate::stats::Percentiles>> = vec![Vec::new(); transports.len()];
+    measure(
+        report,
+        "rtt_ns_shm_busy_p50",
+        "round trips over every transport, 3 interleaved rounds",
+        || {
+            // One server at a time: a busy-polling server would steal the core of the next.
+            for _ in 0..3 {
+                for (k, (_, t)) in transports.iter().enumerate() {
+                    let r = match *t {
+                        Transport::Shm(server_wait, client_wait, pause, n) => {
+                            let server = runtime_work::EchoServer::start(server_wait)?;
+                            let r = runtime_work::round_trips(&server, client_wait, n / 3, pause);
+                            server.stop()?;
+                            r?
+                        }
+                        Transport::Peer(f, n) => f(n / 3)?,
+                    };
+                    runs[k].push(r);
+                }
+            }
+            Ok(median_p(runs[0].iter().copied()).p50)
+        },
+    );
+    for (k, (t, ..)) in transports.iter().enumerate() {
+        if runs[k].len() == 3 {
+            let p = median_p(runs[k].iter().copied());
+            report.set(&format!("rtt_ns_{t}_p50"), p.p50);
+            report.set(&format!("rtt_ns_{t}_p99"), p.p99);
+            report.set(&format!("rtt_ns_{t}_p999"), p.p999);
+            println!(
+                "    {t}: p50 {} ns, p99 {} ns, p99.9 {} ns",
+                fmt_num(p.p50),
+                fmt_num(p.p99),
+                fmt_num(p.p999)
+            );
+            report.latency(t, p);
+        } else {
+            for q in ["p50", "p99", "p999"] {
+                report.missing(&format!("rtt_ns_{t}_{q}"), "the round trips failed");
+            }
+        }
+    }
+    // Hardened vs default, interleaved (3 runs each, medians): the VM's speed drifts between
+    // runs by more than the difference being measured.
+    measure(
+        report,
+        "rtt_ns_shm_busy_hardened_p50",
+        "shm_busy round trip, hardened vs default, interleaved",
+        || {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                for (hardened, out) in [(false, &mut a), (true, &mut b)] {
+                    let server = runtime_work::EchoServer::start_with("busy", hardened)?;
+                    let r = runtime_work::round_trips(&server, WaitStrategy::BusySpin, n / 3, None);
+                    server.stop()?;
+                    out.push(r?.p50);
+                }
+            }
+            let plain_p50 = crate::stats::median(&mut a);
+            extra.push(("rtt_ns_shm_busy_p50_interleaved", plain_p50));
+            Ok(crate::stats::median(&mut b))
+        },
+    );
+    for (k, v) in extra.drain(..) {
+        report.set(k, v);
+    }
+    measure(
+        report,
+        "throughput_rps_shm_pipelined",
+        "pipelined, 64 in flight, median of 3",
+        || {
+            median_of(3, || {
+                let server = runtime_work::EchoServer::start("busy")?;
+                let r =
+                    runtime_work::pipelined(&server, if quick { 300_000 } else { 2_000_000 }, 64);
+                server.stop()?;
+                r
+            })
+        },
+    );
+    measure(
+        report,
+        "idle_server_cpu_pct",
+        "idle server CPU over 2 s",
+        || {
+            let server = runtime_work::EchoServer::start("park")?;
+            let r = runtime_work::idle_cpu_pct(server.pid, Duration::from_secs(2));
+            server.stop()?;
+            r
+        },
+    );
+    println!("runtime internals (one thread)");
+    measure(
+        report,
+        "validate_ns_1000",
+        "validate a 1000-token request",
+        || runtime_work::validate_ns(1000),
+    );
+    measure(
+        report,
+        "result_create_ns",
+        "write a 200-token result in place",
+        runtime_work::result_create_ns,
+    );
+    measure(
+        report,
+        "scheduler_mops",
+        "scheduler enqueue + dequeue",
+        || Ok(runtime_work::scheduler_mops()),
+    );
+    let g = |k: &str| report.get(k);
+    report.section(Section {
+        title: "Runtime: round trips and internals".to_owned(),
+        rows: vec![
+            row("round trip, busy-poll both sides, p50", "rtt_ns_shm_busy_p50", "ns", "<= 1000; seed's claimed overhead ~19,400 ns", at_most(g("rtt_ns_shm_busy_p50"), 1000.0)),
+            row("round trip, busy-poll both sides, p99", "rtt_ns_shm_busy_p99", "ns", "<= 5000", at_most(g("rtt_ns_shm_busy_p99"), 5000.0)),
+            row("round trip, busy-poll both sides, p99.9", "rtt_ns_shm_busy_p999", "ns", "", String::new()),
+            row(
+                "round trip, busy-poll, hardened server (request copied before validation), p50",
+                "rtt_ns_shm_busy_hardened_p50",
+                "ns",
+                "what hardened mode costs",
+                match (g("rtt_ns_shm_busy_hardened_p50"), g("rtt_ns_shm_busy_p50_interleaved")) {
+                    (Some(h), Some(b)) => format!("{:+.0} ns vs default mode, interleaved runs ({:.2} x)", h - b, h / b),
+                    _ => "not measured".to_owned(),
+                },
+            ),
+            row("round trip, default wait (spin 50 us then park), back to back, p50", "rtt_ns_shm_adaptive_p50", "ns", "", String::new()),
+            row("round trip, default wait, back to back, p99", "rtt_ns_shm_adaptive_p99", "ns", "", String::new()),
+            row("round trip, default wait, 1 ms pauses (worker parked), p50", "rtt_ns_shm_cold_p50", "ns", "futex wake ~40 us one way here", String::new()),
+            row("round trip, default wait, 1 ms pauses, p99", "rtt_ns_shm_cold_p99", "ns", "", String::new()),
+            row("pipelined, 64 in flight, one client", "throughput_rps_shm_pipelined", "req/s", ">= 2,000,000", at_least(g("throughput_rps_shm_pipelined"), 2e6)),
+            row("idle server CPU over 2 s (default wait)", "idle_server_cpu_pct", "%", "<= 2", at_most(g("idle_server_cpu_pct"), 2.0)),
+            row("validation of a 1000-token request (bytecheck + limits)", "validate_ns_1000", "ns", "<= 100; seed 2.9-4.3 ns (no archive check)", at_most(g("validate_ns_1000"), 100.0)),
+            row("200-token generation result written in place", "result_create_ns", "ns", "<= 50; seed 85-113 ns", at_most(g("result_create_ns"), 50.0)),
+            row("scheduler enqueue + dequeue", "scheduler_mops", "M pairs/s", ">= 50; seed 2-5", at_least(g("scheduler_mops"), 50.0)),
+        ],
+        notes: vec![
+            "Round trips: the busy, adaptive and cold series alternate, 3 rounds each, one server at a time; figures are per-percentile medians of the rounds. `Client::infer` of a Generate request with 64 bytes of text to the echo backend, measured by the client: loan a chunk, serialize into it, push a descriptor, worker pops, adopts, reads the request head and schedules it, validates the archive once (bytecheck + limits) when it runs, runs echo, serializes the answer into a new chunk, pushes it; client pops, validates the answer, drops the view (chunk released). Server in its own process with its worker pinned to the second CPU, client pinned to the first.".to_owned(),
+            "Internals: validation is `rkyv::access` (bytecheck) plus the semantic checks on a 1000-token request; result creation is `encode_into` of a Generation with 200 token ids and the seed's `\"generated \".repeat(200)` text into a 64-byte aligned buffer; the scheduler is a worker's scheduler (4 priority levels, round-robin over clients), push then pop, jobs from 8 clients at mixed priorities.".to_owned(),
+        ],
+    });
+    super::peers::peers_section(report);
+}
