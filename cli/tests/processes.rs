@@ -200,6 +200,9 @@ fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
                 answered += 1;
             }
             Err(Error::InvalidRequest(_)) => refused += 1,
+            // A rewrite of the model's name: the request then names a model this lane does not
+            // serve, which is refused as such.
+            Err(Error::ModelNotFound(_)) => refused += 1,
             // A rewrite of the request id that the server read: its answer names that id.
             Err(Error::Protocol(m)) if m.contains("answer for request") => renamed += 1,
             Err(e) => panic!("request {i}: {e}"),
