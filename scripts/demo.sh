@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p shm-runtime --features onnx,gguf -p shm-examples
+cargo build --release -q -p shm-runtime-cli -p shm-examples --features shm-runtime-cli/onnx,shm-runtime-cli/gguf
 bin=target/release
 name="demo-$$"
 RUST_LOG=warn "$bin/shm-runtime" serve --config examples/demo.toml --name "$name" &
