@@ -69,5 +69,5 @@ miri_test "$strict" shm-ring spsc::tests:: mpmc::tests:: pool::tests:: wait::tes
 # The in-place answer writer (rkyv places written straight into a buffer). Tree borrows: rkyv's
 # relative pointers reach outside the reference they start from, which Stacked Borrows rejects in
 # rkyv itself.
-miri_test "$strict -Zmiri-tree-borrows" shm-runtime output::tests::
+miri_test "$strict -Zmiri-tree-borrows" shm-runtime backend::writer::tests::
 echo "miri: ok"
