@@ -12,14 +12,14 @@ use shm_runtime::ring::{CreateError, OpenError, Segment};
 use shm_runtime::testing::Service;
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig, ServerError};
 use shm_test_support::runtime::{generate, RequestExt, StaleSegment};
-use shm_test_support::{say, unique_name, ChildTask, Kid};
+use shm_test_support::{say, unique_name, ChildProcess, ChildTask};
 
 /// The unprivileged account the cross-user test runs its attacker as.
 const OTHER_USER: &str = "shmr-test-other";
 
 /// `shm-runtime serve` with an echo model, under umask 000 (the segment's mode must not
 /// depend on it).
-fn start_server(service: &str) -> Kid {
+fn start_server(service: &str) -> ChildProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shm-runtime"));
     cmd.args(["serve", "--name", service, "--model", "echo=echo"])
         .env("RUST_LOG", "warn");
@@ -30,7 +30,7 @@ fn start_server(service: &str) -> Kid {
             Ok(())
         });
     }
-    let mut kid = Kid::spawn(&mut cmd);
+    let mut kid = ChildProcess::spawn(&mut cmd);
     kid.expect("serving");
     kid
 }
@@ -169,7 +169,7 @@ fn another_user_can_neither_attach_nor_remove_nor_replace_a_service() {
     .unwrap();
     let ino = std::fs::metadata(path_of(&service)).unwrap().ino();
 
-    let mut kid = Kid::spawn(
+    let mut kid = ChildProcess::spawn(
         ChildTask::command("other-user", &service, "")
             .env_remove("HOME")
             .uid(uid)

@@ -8,21 +8,21 @@ use std::time::Duration;
 use shm_runtime::protocol::{Params, Request};
 use shm_runtime::{Client, Error, ModelConfig, Server, ServerConfig, Ticket};
 use shm_test_support::runtime::{generate, sleep_model, RequestExt, StaleSegment};
-use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
+use shm_test_support::{say, unique_name, wait_for, ChildProcess, ChildTask};
 
 /// A client process of this binary in `role`.
-fn client(role: &str, service: &str, arg: &str) -> Kid {
-    Kid::role(role, service, arg)
+fn client(role: &str, service: &str, arg: &str) -> ChildProcess {
+    ChildProcess::role(role, service, arg)
 }
 
 /// `shm-runtime serve` with an echo and a sleep model.
-fn start_server(service: &str) -> Kid {
+fn start_server(service: &str) -> ChildProcess {
     start_server_with(service, &[])
 }
 
 /// `shm-runtime serve` with an echo and a sleep model, and `extra` arguments.
-fn start_server_with(service: &str, extra: &[&str]) -> Kid {
-    Kid::spawn(
+fn start_server_with(service: &str, extra: &[&str]) -> ChildProcess {
+    ChildProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
             .args([
                 "serve",
@@ -221,7 +221,7 @@ fn four_clients_one_killed_every_survivor_request_answered_and_the_pool_refills(
     let _server = Server::start(cfg).unwrap();
     let observer = Client::connect(&service).unwrap();
     let (_, total) = observer.pool_free();
-    let mut kids: Vec<Kid> = (0..4).map(|_| client("load", &service, "10000")).collect();
+    let mut kids: Vec<ChildProcess> = (0..4).map(|_| client("load", &service, "10000")).collect();
     kids[0].expect("progress 1000");
     kids[0].kill9();
     for k in kids.drain(1..) {

@@ -18,7 +18,7 @@
 //! [16..24] descriptor word 1 (kind:8 | len:24 | ticket:32)
 //! ```
 //!
-//! Server path (`Worker::accept`, `request_bytes`, `validate`, `hand_over`): parse the descriptor,
+//! Server path (`Desk::accept`, `request_bytes`, `validate`, `Desk::give_to_client`): parse the descriptor,
 //! adopt the chunk from the sender's owner, read the head from the first `len` bytes, validate the
 //! whole chunk, answer with a fresh chunk adopted to the sender's owner (released when that fails),
 //! release the request chunk. Client path (`Client::view`, `ResponseView`): parse, decode an
@@ -195,7 +195,7 @@ fn serve(
                 access_request_body(bytes, head, limits).map(|r| (r.id, r.model.as_str().len()));
         }
     }
-    // hand_over(): an answer in a fresh chunk, given to the client's owner.
+    // give_to_client(): an answer in a fresh chunk, given to the client's owner.
     answer(pool, server, client, answer_len);
     // finish_request(): the request chunk goes back.
     pool.release(id, server)

@@ -8,7 +8,7 @@ use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig};
 use shm_ring::{
     mpmc, spsc, CreateError, CreateOptions, OpenError, Region, RemoveError, Segment, WaitStrategy,
 };
-use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
+use shm_test_support::{say, unique_name, wait_for, ChildProcess, ChildTask};
 
 // Fixed places of the structures inside the test segments.
 const SPSC_AT: usize = 0;
@@ -174,7 +174,7 @@ fn child_entry() {
 fn spsc_streams_in_order_between_processes() {
     let (name, s, ..) = fixture("spsc-order");
     let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("spsc-produce", &name, "5");
+    let mut kid = ChildProcess::role("spsc-produce", &name, "5");
     kid.expect("READY");
     for i in 5..100_005 {
         assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
@@ -188,7 +188,7 @@ fn spsc_streams_in_order_between_processes() {
 fn spsc_parked_consumer_is_woken_by_another_process() {
     let (name, s, ..) = fixture("spsc-wake");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("spsc-wait-one", &name, "0");
+    let mut kid = ChildProcess::role("spsc-wait-one", &name, "0");
     kid.expect("READY");
     // The default strategy spins first, then parks on the futex: push only once it is parked,
     // so the push must wake it.
@@ -204,7 +204,7 @@ fn spsc_parked_consumer_is_woken_by_another_process() {
 fn a_consumer_killed_while_parked_leaves_no_waiter_behind() {
     let (name, s, ..) = fixture("spsc-parked-kill");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("spsc-wait-one", &name, "0");
+    let mut kid = ChildProcess::role("spsc-wait-one", &name, "0");
     kid.expect("READY");
     wait_for("the child to park", Duration::from_secs(5), || {
         tx.parked_consumers() > 0
@@ -223,7 +223,7 @@ fn a_consumer_killed_while_parked_leaves_no_waiter_behind() {
 fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
     let (name, s, ..) = fixture("spsc-kill-producer");
     let mut rx = spsc::Consumer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("spsc-produce-forever", &name, "0");
+    let mut kid = ChildProcess::role("spsc-produce-forever", &name, "0");
     kid.expect("READY");
     let mut next = 0;
     while next < 50_000 {
@@ -242,7 +242,7 @@ fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
     }
     assert!(rx.is_abandoned(), "a dead producer counts as gone");
     // A new producer process takes the role over and the stream continues.
-    let kid = Kid::role("spsc-produce", &name, "1000000000");
+    let kid = ChildProcess::role("spsc-produce", &name, "1000000000");
     for i in 1_000_000_000..1_000_100_000 {
         assert_eq!(rx.pop_blocking(&WaitStrategy::default(), secs(30)), Ok(i));
     }
@@ -253,7 +253,7 @@ fn spsc_producer_killed_mid_stream_is_replaced_without_gaps() {
 fn spsc_consumer_killed_mid_stream_is_replaced() {
     let (name, s, ..) = fixture("spsc-kill-consumer");
     let mut tx = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("spsc-consume-forever", &name, "0");
+    let mut kid = ChildProcess::role("spsc-consume-forever", &name, "0");
     kid.expect("READY");
     let mut next = 0u64;
     while next < 50_000 {
@@ -273,7 +273,7 @@ fn spsc_consumer_killed_mid_stream_is_replaced() {
     };
     assert!(matches!(r, spsc::PushError::Abandoned(_)), "{r:?}");
     // A new consumer resumes exactly where the dead one stopped publishing its progress.
-    let kid = Kid::role("spsc-consume-check", &name, "2000");
+    let kid = ChildProcess::role("spsc-consume-check", &name, "2000");
     let mut kid = kid;
     for _ in 0..2000 {
         tx.push_blocking(next, &WaitStrategy::default(), secs(30))
@@ -293,8 +293,8 @@ fn mpmc_two_producer_processes_deliver_everything_once_in_order() {
     let (name, _s, m, ..) = fixture("mpmc-two");
     let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
     let per = 50_000u64;
-    let kids: Vec<Kid> = (0..2)
-        .map(|_| Kid::role("mpmc-produce", &name, &per.to_string()))
+    let kids: Vec<ChildProcess> = (0..2)
+        .map(|_| ChildProcess::role("mpmc-produce", &name, &per.to_string()))
         .collect();
     let mut next = std::collections::HashMap::new();
     for _ in 0..2 * per {
@@ -314,11 +314,11 @@ fn mpmc_two_producer_processes_deliver_everything_once_in_order() {
 fn mpmc_producer_killed_between_claim_and_publish_does_not_block_the_ring() {
     let (name, _s, m, ..) = fixture("mpmc-kill-claim");
     let rx = mpmc::Consumer::<u64>::attach(&m).unwrap();
-    let mut kid = Kid::role("mpmc-die-mid-push", &name, "10");
+    let mut kid = ChildProcess::role("mpmc-die-mid-push", &name, "10");
     kid.expect("CLAIMED");
     kid.wait_killed();
     // Another producer process pushes behind the dead claim.
-    Kid::role("mpmc-push-range", &name, "100").wait_success();
+    ChildProcess::role("mpmc-push-range", &name, "100").wait_success();
     let mut got = Vec::new();
     while got.len() < 20 {
         got.push(rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap());
@@ -346,7 +346,7 @@ fn pool_loan_holder_killed_is_reclaimed_without_leaks() {
     let (name, .., p) = fixture("pool-kill");
     let pool = Pool::attach(&p).unwrap();
     let before = pool.stats();
-    let mut kid = Kid::role("pool-hold", &name, "10");
+    let mut kid = ChildProcess::role("pool-hold", &name, "10");
     let owner: u32 = kid.expect("READY").parse().unwrap();
     assert_eq!(pool.stats().in_use(), 10);
     assert_eq!(pool.held_by(OwnerId::from_raw(owner).unwrap()), 10);
@@ -374,7 +374,7 @@ fn pool_chunk_moves_between_processes_by_id() {
     let me = pool.register_owner().unwrap();
     let mut rx = spsc::Consumer::<[u64; 2]>::attach(&h).unwrap();
     let mut ack = spsc::Producer::<u64>::attach(&s).unwrap();
-    let mut kid = Kid::role("pool-send", &name, "0");
+    let mut kid = ChildProcess::role("pool-send", &name, "0");
     kid.expect("SENT");
     let [id, from] = rx.pop_blocking(&WaitStrategy::default(), secs(10)).unwrap();
     let from = OwnerId::from_raw(from as u32).unwrap();
@@ -514,7 +514,7 @@ fn another_user_cannot_open_a_segment() {
 #[test]
 fn live_segment_refuses_a_second_creator_and_stale_one_is_replaced() {
     let name = unique_name("seg-stale");
-    let mut kid = Kid::role("create-and-hang", &name, "0");
+    let mut kid = ChildProcess::role("create-and-hang", &name, "0");
     kid.expect("READY");
     let seg = Segment::open(&name).unwrap();
     assert!(seg.creator_alive());

@@ -13,7 +13,7 @@ use shm_runtime::{
     Client, ConfigError, Error, ModelConfig, ResponseView, Server, ServerConfig, Ticket,
 };
 use shm_test_support::runtime::{generate, generated_text, RequestExt};
-use shm_test_support::{say, unique_name, wait_for, ChildTask, Kid};
+use shm_test_support::{say, unique_name, wait_for, ChildProcess, ChildTask};
 
 /// Aborts the whole test binary when a test runs longer than its limit: a hang fails loudly
 /// instead of stalling the suite.
@@ -40,8 +40,8 @@ impl Drop for Watchdog {
 }
 
 /// A client process of this binary in `role`.
-fn client(role: &str, service: &str, arg: &str) -> Kid {
-    Kid::role(role, service, arg)
+fn client(role: &str, service: &str, arg: &str) -> ChildProcess {
+    ChildProcess::role(role, service, arg)
 }
 
 /// The sleep model as `name` (`step_ms` per token), with `slots` sequences stepped together.

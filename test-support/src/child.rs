@@ -20,14 +20,14 @@
 //! }
 //! ```
 //!
-//! The parent starts it with [`Kid::role`] and reads what it [`say`]s with [`Kid::expect`].
+//! The parent starts it with [`ChildProcess::role`] and reads what it [`say`]s with [`ChildProcess::expect`].
 //!
 //! Guarantees:
-//! - A [`Kid`] is killed (SIGKILL) and reaped when dropped unless it has already exited, so a
+//! - A [`ChildProcess`] is killed (SIGKILL) and reaped when dropped unless it has already exited, so a
 //!   failing test leaves no process behind.
-//! - [`Kid::wait_success`] and [`Kid::wait_killed`] wait at most [`EXIT_LIMIT`]; a child that does
+//! - [`ChildProcess::wait_success`] and [`ChildProcess::wait_killed`] wait at most [`EXIT_LIMIT`]; a child that does
 //!   not exit by then fails the test instead of hanging it.
-//! - [`say`] flushes each line at once: a parent waiting in [`Kid::expect`] sees it immediately.
+//! - [`say`] flushes each line at once: a parent waiting in [`ChildProcess::expect`] sees it immediately.
 
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Write};
@@ -42,7 +42,7 @@ const NAME_VAR: &str = "SHM_TEST_NAME";
 /// The environment variable holding a child's role-specific argument.
 const ARG_VAR: &str = "SHM_TEST_ARG";
 
-/// How long [`Kid::wait_success`] and [`Kid::wait_killed`] wait for a child to exit.
+/// How long [`ChildProcess::wait_success`] and [`ChildProcess::wait_killed`] wait for a child to exit.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// What a child process was started to do, as its parent set it in the environment.
@@ -57,7 +57,7 @@ pub struct ChildTask {
 }
 
 impl ChildTask {
-    /// The task of this process if a parent started it with [`Kid::role`] or
+    /// The task of this process if a parent started it with [`ChildProcess::role`] or
     /// [`ChildTask::command`]; `None` when `child_entry` runs as an ordinary (ignored) test.
     pub fn from_env() -> Option<ChildTask> {
         let role = std::env::var(ROLE_VAR).ok()?;
@@ -74,7 +74,7 @@ impl ChildTask {
     }
 
     /// The command re-executing this test binary to run only its `child_entry` test in `role` on
-    /// the segment or service `name`, with `arg`. For a child that needs more than [`Kid::role`]
+    /// the segment or service `name`, with `arg`. For a child that needs more than [`ChildProcess::role`]
     /// sets up (another user, its output collected at exit).
     ///
     /// # Panics
@@ -110,7 +110,7 @@ pub fn say(line: impl Display) {
 /// A child process with its stdout read line by line and, when piped, its stdin; killed and
 /// reaped when dropped unless it has exited.
 #[derive(Debug)]
-pub struct Kid {
+pub struct ChildProcess {
     child: Child,
     out: BufReader<ChildStdout>,
     stdin: Option<ChildStdin>,
@@ -118,7 +118,7 @@ pub struct Kid {
     status: Option<ExitStatus>,
 }
 
-impl Drop for Kid {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         if self.status.is_none() {
             let _ = self.child.kill();
@@ -127,28 +127,28 @@ impl Drop for Kid {
     }
 }
 
-impl Kid {
+impl ChildProcess {
     /// This test binary re-executed to run only `child_entry` in `role` on the segment or service
     /// `name`, with `arg`; its stdin and stdout piped.
     ///
     /// # Panics
     ///
     /// When the child cannot be started.
-    pub fn role(role: &str, name: &str, arg: &str) -> Kid {
-        Kid::spawn(ChildTask::command(role, name, arg).stdin(Stdio::piped()))
+    pub fn role(role: &str, name: &str, arg: &str) -> ChildProcess {
+        ChildProcess::spawn(ChildTask::command(role, name, arg).stdin(Stdio::piped()))
     }
 
-    /// Starts `cmd` with its stdout piped (its stdin as `cmd` says: [`Kid::tell`] needs it piped).
+    /// Starts `cmd` with its stdout piped (its stdin as `cmd` says: [`ChildProcess::tell`] needs it piped).
     ///
     /// # Panics
     ///
     /// When the child cannot be started.
-    pub fn spawn(cmd: &mut Command) -> Kid {
+    pub fn spawn(cmd: &mut Command) -> ChildProcess {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Kid {
+        ChildProcess {
             out: BufReader::new(child.stdout.take().expect("stdout is piped")),
             stdin: child.stdin.take(),
             child,

@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests of `shm-ring` and `shm-runtime`, each kept once:
 //!
-//! - [`child`]: a test binary re-executed as a child process in a named role ([`Kid::role`] in the
+//! - [`child`]: a test binary re-executed as a child process in a named role ([`ChildProcess::role`] in the
 //!   parent, [`ChildTask::from_env`] in the child's `child_entry` test), or any other command
-//!   ([`Kid::spawn`]); a [`Kid`] waits with a time limit and is killed and reaped when dropped, so
+//!   ([`ChildProcess::spawn`]); a [`ChildProcess`] waits with a time limit and is killed and reaped when dropped, so
 //!   a failing test leaves no process behind.
 //! - [`names`]: segment and service names that no other test binary uses ([`unique_name`]).
 //! - [`wait`]: a condition polled until it holds, failing the test after a time limit
@@ -33,6 +33,6 @@ pub mod names;
 pub mod runtime;
 pub mod wait;
 
-pub use child::{say, ChildTask, Kid};
+pub use child::{say, ChildProcess, ChildTask};
 pub use names::unique_name;
 pub use wait::wait_for;

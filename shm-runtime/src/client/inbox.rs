@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shm_ring::pool::ChunkId;
 
-use super::Inner;
+use super::Connection;
 use crate::error::Error;
 use crate::protocol::{ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords};
 
@@ -47,7 +47,7 @@ pub(super) struct Inbox {
     pub(super) pending: Tickets,
 }
 
-impl Inner {
+impl Connection {
     /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
     /// after a timeout, or a previous holder's of the slot: those are not counted as strays).
     pub(super) fn route(&self, inbox: &mut Inbox, d: DescriptorWords) {

@@ -49,7 +49,7 @@ impl Default for ClientOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket(pub u32);
 
-struct Inner {
+struct Connection {
     svc: Service,
     /// The model table, read once at connect (it never changes while a server lives).
     models: Vec<(String, usize, u32)>,
@@ -72,14 +72,14 @@ struct Inner {
 /// A connection to a service.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    conn: Arc<Connection>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("slot", &self.inner.slot)
-            .field("owner", &self.inner.owner)
+            .field("slot", &self.conn.slot)
+            .field("owner", &self.conn.owner)
             .finish()
     }
 }
@@ -177,7 +177,7 @@ impl Client {
         svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
         let models = svc.models();
         Ok(Client {
-            inner: Arc::new(Inner {
+            conn: Arc::new(Connection {
                 models,
                 svc,
                 pool,
@@ -198,11 +198,7 @@ impl Client {
 
     /// The models the service serves.
     pub fn models(&self) -> Vec<String> {
-        self.inner
-            .models
-            .iter()
-            .map(|(n, _, _)| n.clone())
-            .collect()
+        self.conn.models.iter().map(|(n, _, _)| n.clone()).collect()
     }
 
     /// Sends a request without waiting for the answer. The request is serialized straight into a
@@ -215,14 +211,14 @@ impl Client {
     /// [`Error::InvalidRequest`] when it does not fit the largest chunk, [`Error::Busy`] when
     /// the pool or the request ring is full, [`Error::ServerGone`].
     pub fn submit(&self, request: &Request) -> Result<Ticket, Error> {
-        let inner = &*self.inner;
+        let conn = &*self.conn;
         // One atomic load; the full liveness probe (a syscall) runs only when a wait times out.
-        if inner.server_gone.load(Ordering::Relaxed)
-            || inner.svc.header().state.load(Ordering::Acquire) == crate::service::STATE_STOPPED
+        if conn.server_gone.load(Ordering::Relaxed)
+            || conn.svc.header().state.load(Ordering::Acquire) == crate::service::STATE_STOPPED
         {
             return Err(Error::ServerGone);
         }
-        let (lane, tasks) = inner
+        let (lane, tasks) = conn
             .find_model(&request.model)
             .ok_or_else(|| Error::ModelNotFound(request.model.clone()))?;
         if tasks & (1 << (request.task as u32)) == 0 {
@@ -232,12 +228,12 @@ impl Client {
             )));
         }
         let req = request;
-        let max = inner.pool.max_chunk_size();
+        let max = conn.pool.max_chunk_size();
         let mut size = estimate(req).min(max);
         let (chunk, len) = loop {
-            let mut loan = inner
+            let mut loan = conn
                 .pool
-                .loan(inner.owner, size)
+                .loan(conn.owner, size)
                 .map_err(|e| Error::Busy(format!("no shared memory for the request: {e}")))?;
             match encode_request(req, loan.as_mut_slice()) {
                 Ok(len) => break (loan.into_id(), len),
@@ -262,24 +258,24 @@ impl Client {
     /// stays in flight), [`Error::ServerGone`], [`Error::UnknownTicket`].
     pub fn recv(&self, ticket: Ticket, timeout: Duration) -> Result<ResponseView, Error> {
         let deadline = Instant::now() + timeout;
-        let d = self.inner.next_for(ticket.0, deadline)?;
+        let d = self.conn.next_for(ticket.0, deadline)?;
         self.view(ticket.0, d)
     }
 
     fn view(&self, ticket: u32, d: DescriptorWords) -> Result<ResponseView, Error> {
-        let inner = &*self.inner;
+        let conn = &*self.conn;
         let Descriptor {
             kind, chunk, len, ..
         } = Descriptor::from_words(d)
             .ok_or_else(|| Error::Protocol("unknown descriptor kind".into()))?;
         let final_ = kind != DescriptorKind::Partial;
         let request_id = {
-            let mut inbox = inner.inbox();
+            let mut inbox = conn.inbox();
             let id = inbox.pending.get(&ticket).map(|p| p.request_id);
             if final_ {
                 // Anything queued behind a final answer is not this request's: return it.
                 if let Some(p) = inbox.pending.remove(&ticket) {
-                    p.arrived.into_iter().for_each(|d| inner.discard(d));
+                    p.arrived.into_iter().for_each(|d| conn.discard(d));
                 }
             }
             id.unwrap_or(0)
@@ -290,7 +286,7 @@ impl Client {
             return Err(Error::from_code(code, code.to_string()));
         }
         let view = ResponseView {
-            client: self.inner.clone(),
+            conn: self.conn.clone(),
             chunk: ChunkId::from_raw(chunk),
             len: len as usize,
             is_final: final_,
@@ -328,13 +324,13 @@ impl Client {
         bytes: &[u8],
         declared_len: u32,
     ) -> Result<Ticket, Error> {
-        let inner = &*self.inner;
-        let (lane, _) = inner
+        let conn = &*self.conn;
+        let (lane, _) = conn
             .find_model(model)
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
-        let mut loan = inner
+        let mut loan = conn
             .pool
-            .loan(inner.owner, bytes.len().max(1))
+            .loan(conn.owner, bytes.len().max(1))
             .map_err(|e| Error::Busy(e.to_string()))?;
         loan.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
         let chunk = loan.into_id();
@@ -351,7 +347,7 @@ impl Client {
     #[doc(hidden)]
     pub fn submit_descriptor(&self, model: &str, chunk: u64, len: u32) -> Result<Ticket, Error> {
         let (lane, _) = self
-            .inner
+            .conn
             .find_model(model)
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
         self.push_request(lane, ChunkId::from_raw(chunk), len, 0)
@@ -366,14 +362,14 @@ impl Client {
         len: u32,
         request_id: u64,
     ) -> Result<Ticket, Error> {
-        let inner = &*self.inner;
-        let Some(ring) = inner.requests.get(lane) else {
-            let _ = inner.pool.release(chunk, inner.owner);
+        let conn = &*self.conn;
+        let Some(ring) = conn.requests.get(lane) else {
+            let _ = conn.pool.release(chunk, conn.owner);
             return Err(Error::Protocol(format!("lane {lane} out of range")));
         };
-        let seq = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let ticket = crate::protocol::ticket(inner.epoch, seq);
-        inner.inbox().pending.insert(
+        let seq = conn.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let ticket = crate::protocol::ticket(conn.epoch, seq);
+        conn.inbox().pending.insert(
             ticket,
             Pending {
                 lane,
@@ -384,11 +380,11 @@ impl Client {
         if let Err(e) =
             ring.push(Descriptor::new(DescriptorKind::Request, chunk.raw(), len, ticket).to_words())
         {
-            inner.inbox().pending.remove(&ticket);
-            let _ = inner.pool.release(chunk, inner.owner);
+            conn.inbox().pending.remove(&ticket);
+            let _ = conn.pool.release(chunk, conn.owner);
             return Err(Error::Busy(format!("the request ring is full: {e}")));
         }
-        inner.svc.lane(lane).doorbell.notify();
+        conn.svc.lane(lane).doorbell.notify();
         Ok(Ticket(ticket))
     }
 
@@ -396,7 +392,7 @@ impl Client {
     #[doc(hidden)]
     #[doc(hidden)]
     pub fn pool_free(&self) -> (u32, u32) {
-        let st = self.inner.pool.stats();
+        let st = self.conn.pool.stats();
         (
             st.classes.iter().map(|c| c.free).sum(),
             st.classes.iter().map(|c| c.count).sum(),
@@ -410,7 +406,7 @@ impl Client {
     /// As for [`submit`](Self::submit) and [`recv`](Self::recv). On a client-side timeout the
     /// request is cancelled.
     pub fn infer(&self, request: &Request) -> Result<ResponseView, Error> {
-        self.infer_timeout(request, self.inner.options.timeout)
+        self.infer_timeout(request, self.conn.options.timeout)
     }
 
     /// [`infer`](Self::infer) with a deadline.
@@ -432,9 +428,9 @@ impl Client {
                 Ok(_) => continue,
                 Err(Error::TimedOut) if Instant::now() >= deadline => {
                     let _ = self.cancel(ticket);
-                    let abandoned = self.inner.inbox().pending.remove(&ticket.0);
+                    let abandoned = self.conn.inbox().pending.remove(&ticket.0);
                     if let Some(p) = abandoned {
-                        p.arrived.into_iter().for_each(|d| self.inner.discard(d));
+                        p.arrived.into_iter().for_each(|d| self.conn.discard(d));
                     }
                     return Err(Error::TimedOut);
                 }
@@ -457,7 +453,7 @@ impl Client {
             client: self.clone(),
             ticket,
             done: false,
-            deadline: Instant::now() + self.inner.options.timeout,
+            deadline: Instant::now() + self.conn.options.timeout,
         })
     }
 
@@ -468,24 +464,24 @@ impl Client {
     ///
     /// [`Error::UnknownTicket`], [`Error::Busy`] when the ring is full.
     pub fn cancel(&self, ticket: Ticket) -> Result<(), Error> {
-        let inner = &*self.inner;
-        let lane = inner
+        let conn = &*self.conn;
+        let lane = conn
             .inbox()
             .pending
             .get(&ticket.0)
             .map(|p| p.lane)
             .ok_or(Error::UnknownTicket(ticket.0))?;
-        inner.requests[lane]
+        conn.requests[lane]
             .push(Descriptor::new(DescriptorKind::Cancel, 0, 0, ticket.0).to_words())
             .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
-        inner.svc.lane(lane).doorbell.notify();
+        conn.svc.lane(lane).doorbell.notify();
         Ok(())
     }
 
     /// The server's pid, as its segment header records it.
     #[doc(hidden)]
     pub fn server_pid(&self) -> Option<u32> {
-        match self.inner.svc.header().server_pid.load(Ordering::Relaxed) {
+        match self.conn.svc.header().server_pid.load(Ordering::Relaxed) {
             0 => None,
             pid => Some(pid),
         }
@@ -493,7 +489,7 @@ impl Client {
 
     /// Requests this client has in flight.
     pub fn in_flight(&self) -> usize {
-        self.inner.inbox().pending.len()
+        self.conn.inbox().pending.len()
     }
 
     /// Answers that arrived for a ticket not in flight and were returned unread: late answers of
@@ -502,11 +498,11 @@ impl Client {
     /// (for tests of exactly-once delivery).
     #[doc(hidden)]
     pub fn stray_answers(&self) -> u64 {
-        self.inner.strays.load(Ordering::Relaxed)
+        self.conn.strays.load(Ordering::Relaxed)
     }
 }
 
-impl Inner {
+impl Connection {
     fn find_model(&self, name: &str) -> Option<(usize, u32)> {
         self.models
             .iter()
@@ -515,7 +511,7 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for Connection {
     fn drop(&mut self) {
         let e = self.svc.client(self.slot);
         let me = ProcessToken::current().raw();

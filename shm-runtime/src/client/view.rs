@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use shm_ring::pool::ChunkId;
 
-use super::{Client, Inner, Ticket};
+use super::{Client, Connection, Ticket};
 use crate::error::Error;
 use crate::protocol::{access_response, ArchivedResponse};
 
 /// An answer in shared memory, read in place; its chunk returns to the pool on drop.
 pub struct ResponseView {
-    pub(super) client: Arc<Inner>,
+    pub(super) conn: Arc<Connection>,
     pub(super) chunk: ChunkId,
     pub(super) len: usize,
     pub(super) is_final: bool,
@@ -36,9 +36,9 @@ impl ResponseView {
     /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
     pub fn response(&self) -> Result<&ArchivedResponse, Error> {
         let bytes = self
-            .client
+            .conn
             .pool
-            .chunk_slice(self.chunk, self.client.owner)
+            .chunk_slice(self.chunk, self.conn.owner)
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let bytes = bytes
             .get(..self.len)
@@ -64,7 +64,7 @@ impl ResponseView {
 
 impl Drop for ResponseView {
     fn drop(&mut self) {
-        let _ = self.client.pool.release(self.chunk, self.client.owner);
+        let _ = self.conn.pool.release(self.chunk, self.conn.owner);
     }
 }
 

@@ -235,12 +235,12 @@ fn refusal(e: &BackendError) -> Refusal {
 
 /// What a backend sees while it runs one request: the worker's desk (to take in cancels and
 /// other clients' requests, and to send stream chunks) and the job.
-struct RunCtx<'w, 's> {
+struct RunningJob<'w, 's> {
     desk: &'w mut Desk<'s>,
     job: crate::scheduler::Job,
 }
 
-impl RunContext for RunCtx<'_, '_> {
+impl RunContext for RunningJob<'_, '_> {
     fn should_stop(&mut self) -> Option<Stop> {
         let desk = &mut *self.desk;
         // Take in what this client sent meanwhile (a cancel, most likely), and keep the others'

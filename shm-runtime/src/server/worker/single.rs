@@ -2,7 +2,7 @@
 //! context of `worker/mod.rs`.
 
 use super::request::validate;
-use super::{refusal, Desk, RunCtx};
+use super::{refusal, Desk, RunningJob};
 use crate::backend::writer::Out;
 use crate::scheduler::Job;
 
@@ -21,7 +21,7 @@ impl Desk<'_> {
         // The head's id is checked against the archive's, so this is the answer's id.
         let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
         let result = validate(state, lane, &job, &mut private).and_then(|req| {
-            let mut ctx = RunCtx {
+            let mut ctx = RunningJob {
                 desk: &mut *self,
                 job,
             };
