@@ -9,32 +9,39 @@
 # Runs in the release profile, the one the benchmarks use, so llama.cpp is built once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh all
+# Runs one step and says how long it took.
+step() {
+  local start=$SECONDS
+  "$@"
+  echo "test: $((SECONDS - start)) s: $*"
+}
+step bash scripts/setup.sh all
 if ! bash ci/nightly.sh; then
   [ -z "${CI:-}" ] || exit 1
   echo "test: no nightly tooling: the miri, TSan and fuzz steps will say SKIPPED"
 fi
 features=shm-runtime/onnx,shm-runtime/gguf,shm-bench/onnx,shm-bench/gguf
-cargo build --release --workspace --all-targets --features "$features"
-cargo test --release --workspace --features "$features"
+step cargo build --release --workspace --all-targets --features "$features"
+step cargo test --release --workspace --features "$features"
 # The tests that need root (a second user, segments of other users), marked #[ignore = "needs root"]:
-# shm-ring's processes and shm-runtime's permissions tests. --ignored also runs the child-process
+# shm-ring's processes and the command's (cli/) processes and permissions tests. --ignored also runs the child-process
 # entries, which do nothing unless started as a child. Same features as above: no rebuild.
 if [ "$(id -u)" = 0 ]; then
-  cargo test --release --workspace --features "$features" --test processes --test permissions -- --ignored
+  step cargo test --release --workspace --features "$features" --test processes --test permissions -- --ignored
 elif [ -n "${CI:-}" ]; then
-  echo "test: FAILED: the root-only tests (shm-ring processes, shm-runtime permissions, --ignored) need root; CI must run as root" >&2
+  echo "test: FAILED: the root-only tests (shm-ring processes, the command's processes and permissions, --ignored) need root; CI must run as root" >&2
   exit 1
 else
-  echo "test: SKIPPED the root-only tests (shm-ring processes, shm-runtime permissions, --ignored): not root"
+  echo "test: SKIPPED the root-only tests (shm-ring processes, the command's processes and permissions, --ignored): not root"
 fi
-# The fuzz harnesses as plain tests (fuzz/ is outside the workspace; stable is enough).
-cargo test --release --manifest-path fuzz/Cargo.toml
+# The fuzz harnesses as plain tests (fuzz/ is outside the workspace; stable is enough). In the
+# workspace's target directory, so that the dependencies they share are not built twice.
+step cargo test --release --manifest-path fuzz/Cargo.toml --target-dir target
 # Chaos: client processes killed every 200 ms, a garbage-writing client, a server killed under
 # waiting clients (docs/reliability.md); 20 s here, 120 s for the full bar.
-cargo run --release -p shm-bench --features "$features" --bin soak -- --seconds 20
-bash ci/loom.sh
-bash ci/miri.sh
-bash ci/tsan.sh
+step cargo run --release -p shm-bench --features "$features" --bin soak -- --seconds 20
+step bash ci/loom.sh
+step bash ci/miri.sh
+step bash ci/tsan.sh
 # Each fuzz target for a short, bounded time (scripts/fuzz.sh 600 for a long run).
-bash scripts/fuzz.sh "${SHM_FUZZ_SECONDS:-30}"
+step bash scripts/fuzz.sh "${SHM_FUZZ_SECONDS:-30}"
