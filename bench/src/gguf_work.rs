@@ -20,7 +20,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::{Client, ModelConfig, ServerConfig};
 
-use crate::process::ChildProcess;
+use crate::child::ChildProcess;
 
 /// SmolLM2 in the cache (`scripts/setup.sh gguf`).
 ///
