@@ -38,10 +38,10 @@ impl Backend for Echo {
         out: &mut Out<'_>,
     ) -> Result<(), BackendError> {
         match req.task {
-            ArchivedTask::Classify => out.body(Body::Classification(vec![LabelScore {
+            ArchivedTask::Classify => Ok(out.body(Body::Classification(vec![LabelScore {
                 label: text_of(&req.input),
                 score: 1.0,
-            }])),
+            }]))?),
             ArchivedTask::Embed => match &req.input {
                 ArchivedInput::Tokens(t) => {
                     let t = crate::protocol::tokens_native(t);
@@ -85,7 +85,7 @@ impl Backend for Echo {
                     out.tensors(payload, |w| {
                         for t in ts.iter() {
                             let (name, shape) = (t.name.as_str(), u64_native(&t.shape));
-                            match &t.data {
+                            let added: Result<(), BackendError> = match &t.data {
                                 ArchivedTensorData::F32(v) => w.add(name, shape, |d| {
                                     d.copy_from_slice(f32_native(v));
                                     Ok(())
@@ -102,9 +102,10 @@ impl Backend for Echo {
                                     d.copy_from_slice(v.as_slice());
                                     Ok(())
                                 }),
-                            }?;
+                            };
+                            added?;
                         }
-                        Ok(())
+                        Ok::<(), BackendError>(())
                     })
                 }
                 _ => Err(BackendError::Invalid(
@@ -165,12 +166,12 @@ fn generate(
     let mut g = out.generation(tokens.len(), text.len())?;
     g.push_text(text)?;
     g.push_tokens(tokens)?;
-    g.finish(
+    Ok(g.finish(
         FinishReason::Length,
         Usage {
             prompt_tokens: n,
             generated_tokens: n,
             ..Usage::default()
         },
-    )
+    )?)
 }

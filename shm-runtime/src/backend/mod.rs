@@ -55,6 +55,12 @@ pub enum BackendError {
     Exhausted(String),
 }
 
+impl From<writer::OutOfRoom> for BackendError {
+    fn from(e: writer::OutOfRoom) -> Self {
+        BackendError::Exhausted(e.0)
+    }
+}
+
 /// What a backend sees of the server while it runs a request: the deadline, the cancel flag, and
 /// the stream it may emit chunks to.
 pub trait RunContext {

@@ -100,7 +100,7 @@ impl Backend for Sleep {
             }
         }
         let generated_tokens = g.tokens() as u32;
-        g.finish(
+        Ok(g.finish(
             FinishReason::Length,
             Usage {
                 prompt_tokens: 0,
@@ -108,7 +108,7 @@ impl Backend for Sleep {
                 ttft_us: 0,
                 total_us: start.elapsed().as_micros() as u64,
             },
-        )
+        )?)
     }
 }
 

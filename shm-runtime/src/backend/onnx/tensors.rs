@@ -130,7 +130,7 @@ impl Onnx {
                     TensorElementType::Uint8 => copy_output::<u8>(w, name, &dims, v)?,
                     TensorElementType::Bool => {
                         let (_, d) = v.try_extract_tensor::<bool>().map_err(failed)?;
-                        w.add::<u8>(name, &dims, |o| {
+                        w.add::<u8, BackendError>(name, &dims, |o| {
                             o.iter_mut().zip(d).for_each(|(o, &b)| *o = u8::from(b));
                             Ok(())
                         })?;
@@ -154,7 +154,7 @@ fn copy_output<T: Elem + PrimitiveTensorElementType + std::fmt::Debug>(
     let (_, d) = v
         .try_extract_tensor::<T>()
         .map_err(|e| BackendError::Failed(format!("output {name:?}: {e}")))?;
-    w.add::<T>(name, dims, |o| {
+    w.add::<T, BackendError>(name, dims, |o| {
         o.copy_from_slice(d);
         Ok(())
     })

@@ -162,7 +162,7 @@ impl Onnx {
                     })
                     .collect();
                 scores.sort_by(|a, b| b.score.total_cmp(&a.score));
-                out.body(Body::Classification(scores))
+                Ok(out.body(Body::Classification(scores))?)
             }
             Task::Embed => {
                 let normalize = self.normalize;

@@ -3,8 +3,7 @@
 use shm_ring::pool::Loan;
 
 use super::archive::{BodyOut, GenerationOut, Placed, PlacedStr, ResponseOut};
-use super::{align, write_root, Out, Store, ROOT_ROOM};
-use crate::backend::BackendError;
+use super::{align, write_root, Out, OutOfRoom, Store, ROOT_ROOM};
 use crate::protocol::{FinishReason, Usage};
 
 /// Appends a generation result in place; see [`Out::generation`].
@@ -38,15 +37,15 @@ impl GenerationWriter<'_, '_> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] when the chunk is full.
+    /// [`OutOfRoom`] when the chunk is full.
     #[inline]
-    pub fn push_text(&mut self, s: &str) -> Result<(), BackendError> {
+    pub fn push_text(&mut self, s: &str) -> Result<(), OutOfRoom> {
         let end = self.st.text_len + s.len();
         if end > self.st.tokens_at {
             // Move the token ids out of the way, leaving room for as much text again.
             let to = align(end + end / 2, 16);
             if to + self.st.max_tokens * 4 + ROOT_ROOM > self.st.buf_len {
-                return Err(BackendError::Exhausted(format!(
+                return Err(OutOfRoom(format!(
                     "the generated text ({end} bytes) no longer fits the answer's chunk"
                 )));
             }
@@ -64,11 +63,11 @@ impl GenerationWriter<'_, '_> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] past `max_tokens`.
+    /// [`OutOfRoom`] past `max_tokens`.
     #[inline]
-    pub fn push_tokens(&mut self, ids: &[u32]) -> Result<(), BackendError> {
+    pub fn push_tokens(&mut self, ids: &[u32]) -> Result<(), OutOfRoom> {
         if self.st.n_tokens + ids.len() > self.st.max_tokens {
-            return Err(BackendError::Exhausted(format!(
+            return Err(OutOfRoom(format!(
                 "more than the {} token ids the answer was sized for",
                 self.st.max_tokens
             )));
@@ -86,7 +85,7 @@ impl GenerationWriter<'_, '_> {
     ///
     /// As [`push_text`](Self::push_text) and [`push_tokens`](Self::push_tokens).
     #[inline]
-    pub fn push(&mut self, id: u32, text: &str) -> Result<(), BackendError> {
+    pub fn push(&mut self, id: u32, text: &str) -> Result<(), OutOfRoom> {
         self.push_tokens(&[id])?;
         self.push_text(text)
     }
@@ -129,9 +128,9 @@ impl GenerationWriter<'_, '_> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] when the root does not fit (never with the room reserved).
+    /// [`OutOfRoom`] when the root does not fit (never with the room reserved).
     #[inline]
-    pub fn finish(mut self, finish_reason: FinishReason, usage: Usage) -> Result<(), BackendError> {
+    pub fn finish(mut self, finish_reason: FinishReason, usage: Usage) -> Result<(), OutOfRoom> {
         let id = self.out.id;
         let (text_len, tokens_at, n) = (self.st.text_len, self.st.tokens_at, self.st.n_tokens);
         let end = tokens_at + n * 4;

@@ -23,8 +23,14 @@ use rkyv::ser::allocator::SubAllocator;
 use rkyv::{Archive, Place, Serialize};
 use shm_ring::pool::{Loan, OwnerId, Pool};
 
-use crate::backend::BackendError;
 use crate::protocol::{encode_into, ArchivedResponse, Body, Response};
+
+/// An answer that does not fit: no chunk is large enough, the pool is exhausted, or a writer went
+/// past the room it was given. The sentence says which. Backends turn it into
+/// `BackendError::Exhausted` (with `?`), which the client sees as `ResourceExhausted`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OutOfRoom(pub String);
 
 /// Room kept behind the payload for the archive's root.
 const ROOT_ROOM: usize = 256;
@@ -119,7 +125,7 @@ impl<'a> Out<'a> {
 
     /// A writable chunk of at least `size` bytes (the one already held when it is big enough).
     #[inline]
-    fn room(&mut self, size: usize) -> Result<&mut [u8], BackendError> {
+    fn room(&mut self, size: usize) -> Result<&mut [u8], OutOfRoom> {
         self.len = 0;
         let fits = match &self.store {
             Store::Buf(b) => b.len() >= size,
@@ -137,23 +143,24 @@ impl<'a> Out<'a> {
     /// Loans a chunk of at least `size` bytes, giving back the one held.
     #[cold]
     #[inline(never)]
-    fn get_room(&mut self, size: usize) -> Result<(), BackendError> {
+    fn get_room(&mut self, size: usize) -> Result<(), OutOfRoom> {
         match &mut self.store {
-            Store::Buf(b) => Err(BackendError::Exhausted(format!(
+            Store::Buf(b) => Err(OutOfRoom(format!(
                 "the answer needs {size} bytes, the buffer has {}",
                 b.len()
             ))),
             Store::Pool { pool, owner, loan } => {
                 let max = pool.max_chunk_size();
                 if size > max {
-                    return Err(BackendError::Exhausted(format!(
+                    return Err(OutOfRoom(format!(
                         "the answer needs {size} bytes, the largest chunk has {max}"
                     )));
                 }
                 *loan = None;
-                *loan = Some(pool.loan(*owner, size).map_err(|e| {
-                    BackendError::Exhausted(format!("no chunk for the answer: {e}"))
-                })?);
+                *loan = Some(
+                    pool.loan(*owner, size)
+                        .map_err(|e| OutOfRoom(format!("no chunk for the answer: {e}")))?,
+                );
                 Ok(())
             }
         }
@@ -163,8 +170,8 @@ impl<'a> Out<'a> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] when no chunk can hold it.
-    pub fn body(&mut self, body: Body) -> Result<(), BackendError> {
+    /// [`OutOfRoom`] when no chunk can hold it.
+    pub fn body(&mut self, body: Body) -> Result<(), OutOfRoom> {
         self.response(&Response { id: self.id, body })
     }
 
@@ -173,8 +180,8 @@ impl<'a> Out<'a> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] when no chunk can hold it.
-    pub(crate) fn response(&mut self, resp: &Response) -> Result<(), BackendError> {
+    /// [`OutOfRoom`] when no chunk can hold it.
+    pub(crate) fn response(&mut self, resp: &Response) -> Result<(), OutOfRoom> {
         let mut size = estimate(resp);
         loop {
             let max = match &self.store {
@@ -189,7 +196,7 @@ impl<'a> Out<'a> {
                 }
                 Err(_) if size < max => size = (size * 2).min(max),
                 Err(e) => {
-                    return Err(BackendError::Exhausted(format!(
+                    return Err(OutOfRoom(format!(
                         "the answer does not fit the largest chunk: {e}"
                     )))
                 }
@@ -201,13 +208,13 @@ impl<'a> Out<'a> {
     ///
     /// # Errors
     ///
-    /// What `fill` returns, or [`BackendError::Exhausted`] when no chunk can hold it.
+    /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
     #[inline]
-    pub fn embedding(
+    pub fn embedding<E: From<OutOfRoom>>(
         &mut self,
         dim: usize,
-        fill: impl FnOnce(&mut [f32]) -> Result<(), BackendError>,
-    ) -> Result<(), BackendError> {
+        fill: impl FnOnce(&mut [f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let id = self.id;
         let buf = self.room(dim * 4 + ROOT_ROOM)?;
         fill(bytemuck::cast_slice_mut(&mut buf[..dim * 4]))?;
@@ -224,13 +231,13 @@ impl<'a> Out<'a> {
     ///
     /// # Errors
     ///
-    /// [`BackendError::Exhausted`] when no chunk can hold it.
+    /// [`OutOfRoom`] when no chunk can hold it.
     #[inline]
     pub fn generation(
         &mut self,
         max_tokens: usize,
         text_hint: usize,
-    ) -> Result<GenerationWriter<'_, 'a>, BackendError> {
+    ) -> Result<GenerationWriter<'_, 'a>, OutOfRoom> {
         let tokens_at = align(text_hint.max(16), 16);
         let want = tokens_at + max_tokens * 4 + ROOT_ROOM;
         // Loan a little extra so that text beyond the guess rarely needs the tokens moved.
@@ -263,12 +270,12 @@ impl<'a> Out<'a> {
     ///
     /// # Errors
     ///
-    /// What `fill` returns, or [`BackendError::Exhausted`] when no chunk can hold it.
-    pub fn tensors(
+    /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    pub fn tensors<E: From<OutOfRoom>>(
         &mut self,
         payload: usize,
-        fill: impl FnOnce(&mut TensorsWriter<'_>) -> Result<(), BackendError>,
-    ) -> Result<(), BackendError> {
+        fill: impl FnOnce(&mut TensorsWriter<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let id = self.id;
         let buf = self.room(payload + ROOT_ROOM + 64)?;
         let mut w = TensorsWriter {
@@ -306,16 +313,14 @@ impl<'a> Out<'a> {
 /// The root's own bytes are resolved straight into the chunk: the placed payloads leave nothing
 /// for the serializer to write except the arrays of tensor entries.
 #[inline]
-fn write_root<T>(tail: &mut [u8], base: usize, root: &T) -> Result<usize, BackendError>
+fn write_root<T>(tail: &mut [u8], base: usize, root: &T) -> Result<usize, OutOfRoom>
 where
     T: Archive
         + for<'c, 'x> Serialize<
             rkyv::api::low::LowSerializer<Tail<'x>, SubAllocator<'c>, rancor::Error>,
         >,
 {
-    let exhausted = |e: rancor::Error| {
-        BackendError::Exhausted(format!("the answer does not fit its chunk: {e}"))
-    };
+    let exhausted = |e: rancor::Error| OutOfRoom(format!("the answer does not fit its chunk: {e}"));
     let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 256];
     let mut ser = rkyv::ser::Serializer::new(
         Tail {
@@ -338,7 +343,7 @@ where
     let pos = align(base + written, align_to);
     let (from, to) = (pos - base, pos - base + size);
     if to > tail.len() {
-        return Err(BackendError::Exhausted(
+        return Err(OutOfRoom(
             "no room behind the payload for the answer's root".into(),
         ));
     }

@@ -1,8 +1,7 @@
 //! Tensor answers: each output tensor's data lent in place inside the chunk.
 
 use super::archive::{Placed, TensorDataOut};
-use super::{align, ROOT_ROOM};
-use crate::backend::BackendError;
+use super::{align, OutOfRoom, ROOT_ROOM};
 
 /// Where a tensor's parts were placed: (position, length) of its name, shape and data.
 pub(super) struct PlacedTensor {
@@ -65,25 +64,25 @@ impl TensorsWriter<'_> {
     ///
     /// # Errors
     ///
-    /// What `fill` returns, or [`BackendError::Exhausted`] when the chunk is full.
-    pub fn add<T: Elem>(
+    /// What `fill` returns, or [`OutOfRoom`] when the chunk is full.
+    pub fn add<T: Elem, E: From<OutOfRoom>>(
         &mut self,
         name: &str,
         shape: &[u64],
-        fill: impl FnOnce(&mut [T]) -> Result<(), BackendError>,
-    ) -> Result<(), BackendError> {
+        fill: impl FnOnce(&mut [T]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let elems = shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
-            .ok_or_else(|| BackendError::Failed("tensor shape overflows".into()))?;
+            .ok_or_else(|| OutOfRoom("tensor shape overflows".into()))?;
         let name_at = self.at;
         let shape_at = align(name_at + name.len(), 8);
         let data_at = align(shape_at + shape.len() * 8, 16);
         let end = data_at + elems * std::mem::size_of::<T>();
         if end + ROOT_ROOM + 64 * (self.placed.len() + 1) > self.buf.len() {
-            return Err(BackendError::Exhausted(format!(
-                "tensor {name:?} does not fit the answer's chunk"
-            )));
+            return Err(
+                OutOfRoom(format!("tensor {name:?} does not fit the answer's chunk")).into(),
+            );
         }
         self.buf[name_at..name_at + name.len()].copy_from_slice(name.as_bytes());
         for (i, d) in shape.iter().enumerate() {

@@ -26,7 +26,7 @@ fn encoded(resp: &Response) -> Vec<u8> {
 fn an_embedding_written_in_place_is_the_archive_rkyv_writes() {
     let mut b = Box::new(Buf([0; 16 << 10]));
     let mut out = Out::in_buffer(&mut b.0, 7);
-    out.embedding(5, |v| {
+    out.embedding::<OutOfRoom>(5, |v| {
         v.copy_from_slice(&[1.0, -2.5, 3.0, 0.0, 9.75]);
         Ok(())
     })
@@ -115,11 +115,8 @@ fn text_beyond_the_chunk_is_refused_not_written_past_it() {
             break;
         }
     }
-    assert!(matches!(res, Err(BackendError::Exhausted(_))), "{res:?}");
-    assert!(matches!(
-        g.push_tokens(&[0; 11]),
-        Err(BackendError::Exhausted(_))
-    ));
+    assert!(matches!(res, Err(OutOfRoom(_))), "{res:?}");
+    assert!(matches!(g.push_tokens(&[0; 11]), Err(OutOfRoom(_))));
 }
 
 #[test]
@@ -155,20 +152,20 @@ fn tensors_written_in_place_read_back_exactly() {
         + TensorsWriter::bytes_for::<i64>("ids", 1, 3)
         + TensorsWriter::bytes_for::<u8>("b", 0, 1)
         + TensorsWriter::bytes_for::<i32>("i", 2, 1);
-    out.tensors(payload, |w| {
-        w.add::<f32>("a_long_tensor_name", &[2, 3], |d| {
+    out.tensors::<OutOfRoom>(payload, |w| {
+        w.add::<f32, OutOfRoom>("a_long_tensor_name", &[2, 3], |d| {
             d.copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
             Ok(())
         })?;
-        w.add::<i64>("ids", &[3], |d| {
+        w.add::<i64, OutOfRoom>("ids", &[3], |d| {
             d.copy_from_slice(&[-1, 0, i64::MAX]);
             Ok(())
         })?;
-        w.add::<u8>("b", &[], |d| {
+        w.add::<u8, OutOfRoom>("b", &[], |d| {
             d[0] = 42;
             Ok(())
         })?;
-        w.add::<i32>("i", &[1, 1], |d| {
+        w.add::<i32, OutOfRoom>("i", &[1, 1], |d| {
             d[0] = -7;
             Ok(())
         })

@@ -87,7 +87,7 @@ impl<'s> Worker<'s> {
                     .out
                     .resume_generation(seq.gen)
                     .finish(FinishReason::Timeout, usage)
-                    .map_err(|e| refusal(&e));
+                    .map_err(|e| refusal(&e.into()));
                 self.desk.end(&seq.job, res, seq.out);
             }
         }
@@ -138,7 +138,7 @@ impl<'s> Worker<'s> {
                 if let Some(st) = self.stepper_mut() {
                     st.release(slot);
                 }
-                self.desk.end(&job, Err(refusal(&e)), out);
+                self.desk.end(&job, Err(refusal(&e.into())), out);
             }
         }
     }
@@ -162,7 +162,7 @@ impl<'s> Worker<'s> {
                 seq.gen = g.suspend();
                 let (reply, stream, index) = (seq.job.reply, seq.stream, seq.index);
                 seq.index += 1;
-                let mut failed = pushed.err().map(|e| refusal(&e));
+                let mut failed = pushed.err().map(|e| refusal(&e.into()));
                 if failed.is_none() && stream {
                     let resp = Response {
                         id: seq.job.request_id,
@@ -200,7 +200,7 @@ impl<'s> Worker<'s> {
                     .find(|&k| g.text().is_char_boundary(k))
                     .unwrap_or(0);
                 g.truncate_text(keep);
-                let res = g.finish(finish, usage).map_err(|e| refusal(&e));
+                let res = g.finish(finish, usage).map_err(|e| refusal(&e.into()));
                 self.desk.end(&seq.job, res, seq.out);
             }
             StepEvent::Failed { slot, error } => {
