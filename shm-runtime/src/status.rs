@@ -110,10 +110,14 @@ pub struct ServiceStatus {
     pub latency_us_log2_buckets: Vec<u64>,
     /// The model lanes.
     pub lanes: Vec<LaneStatus>,
+    /// Client slots the service has.
+    pub max_clients: usize,
     /// The connected clients.
     pub clients: Vec<ClientStatus>,
     /// The pool's size classes.
     pub pool: Vec<PoolClassStatus>,
+    /// Processes registered with the pool (the server and each connected client).
+    pub pool_owners: u32,
 }
 
 /// The snake-case name of an error kind, as [`ServiceStatus::errors`] keys it.
@@ -201,7 +205,9 @@ fn snapshot(name: &str, svc: &Service, pool: &shm_ring::pool::PoolStats) -> Serv
         chunks_reclaimed: load(&stats.chunks_reclaimed),
         latency_us_log2_buckets: stats.latency_us_log2.iter().map(load).collect(),
         lanes,
+        max_clients: svc.layout.max_clients,
         clients,
+        pool_owners: pool.owners,
         pool: pool
             .classes
             .iter()

@@ -7,7 +7,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use shm_runtime::testing::Service;
 
 use super::{fresh_echo, wait_full, SERVER_SLOT};
 use crate::soak::child_process::{ChildLine, SupervisedChild};
@@ -202,14 +201,10 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
                 "the server's open files went from {fds_start} to {fds_end}"
             ));
         }
-        if let Ok(svc) = Service::open(service) {
-            let st = svc.stats();
+        if let Ok(st) = shm_runtime::status(service) {
             println!(
                 "soak: server counters: requests {}, ok {}, clients reaped {}, chunks reclaimed {}",
-                st.requests.load(Ordering::Relaxed),
-                st.ok.load(Ordering::Relaxed),
-                st.clients_reaped.load(Ordering::Relaxed),
-                st.chunks_reclaimed.load(Ordering::Relaxed)
+                st.requests, st.ok, st.clients_reaped, st.chunks_reclaimed
             );
         }
         server.signal(libc::SIGTERM);

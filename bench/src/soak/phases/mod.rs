@@ -1,13 +1,10 @@
 //! The two phases of the soak, and the checks both make at their ends: the server's pool and
 //! client table back to full ([`wait_full`]), a fresh client served ([`fresh_echo`]).
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use shm_runtime::protocol::ArchivedBody;
-use shm_runtime::ring::pool::Pool;
-use shm_runtime::testing::Service;
 use shm_runtime::Client;
 
 mod chaos;
@@ -28,30 +25,23 @@ pub(super) const WAITER_SLOT: usize = 100;
 pub(super) fn wait_full(service: &str, bound: Duration) -> Result<(usize, u32), String> {
     let end = Instant::now() + bound;
     loop {
-        let svc = Service::open(service)?;
-        let pool = Pool::attach(&svc.pool_region()).map_err(|e| e.to_string())?;
-        let st = pool.stats();
+        let st = shm_runtime::status(service).map_err(|e| e.to_string())?;
         let (free, total): (u32, u32) = st
-            .classes
+            .pool
             .iter()
             .fold((0, 0), |(f, t), c| (f + c.free, t + c.count));
-        let clients = (0..svc.layout.max_clients)
-            .filter(|&c| svc.client(c).token.load(Ordering::Acquire) != 0)
-            .count();
-        let busy: u64 = (0..svc.layout.lanes)
-            .map(|l| svc.lane(l).queued() + svc.lane(l).running())
-            .sum();
-        if free == total && clients == 0 && busy == 0 && st.owners == 1 {
-            return Ok((svc.layout.max_clients, total));
+        let clients = st.clients.len();
+        let busy: u64 = st.lanes.iter().map(|l| l.queued + l.running).sum();
+        if free == total && clients == 0 && busy == 0 && st.pool_owners == 1 {
+            return Ok((st.max_clients, total));
         }
         if Instant::now() >= end {
             return Err(format!(
                 "after {bound:?}: {free} of {total} chunks free, {clients} client slots held, \
                  {busy} jobs queued or running, {} pool owners (the server's is 1)",
-                st.owners
+                st.pool_owners
             ));
         }
-        drop(svc);
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -6,7 +6,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shm_runtime::testing::Service;
 
 use super::{fresh_echo, SERVER_SLOT, WAITER_SLOT};
 use crate::soak::child_process::{ChildLine, SupervisedChild};
@@ -85,8 +84,8 @@ pub(crate) fn server_kill_phase(opts: &Opts, service: &str, findings: &mut Findi
             ));
         }
         // The dead server's segment is stale, and a new server takes its name over.
-        match Service::open(service) {
-            Ok(svc) if !svc.server_alive() => {}
+        match shm_runtime::status(service) {
+            Ok(st) if !st.server_alive => {}
             Ok(_) => findings.violation(format!("round {round}: the killed server looks alive")),
             Err(e) => findings.violation(format!("round {round}: the stale segment is gone: {e}")),
         }
