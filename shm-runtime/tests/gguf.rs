@@ -278,7 +278,9 @@ fn two_workers_take_one_stream_each_and_hand_over_the_third() {
     let mut m = model(smollm(), &[("parallel", 1)]);
     m.workers = Some(2);
     let (_server, client) = start("workers", m);
-    let want = [8, 48, 8];
+    // Token counts with room to spare: the assertions below compare when streams start and end, on
+    // a machine where the other tests of this binary decode at the same time.
+    let want = [24, 64, 24];
     let t = streams_at_once(
         &client,
         &[

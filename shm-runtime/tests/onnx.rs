@@ -550,8 +550,9 @@ fn a_missing_model_or_library_fails_with_a_message_saying_how_to_get_it() {
             &[],
         )],
     ))
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    // The error names the model; its source says what is missing and how to get it.
+    let err = error_chain(&err);
     assert!(
         err.contains("not found") && err.contains("scripts/setup.sh"),
         "{err}"
