@@ -33,14 +33,16 @@ impl EchoServer {
         EchoServer::start_with(wait, false)
     }
 
-    /// [`start`](Self::start), optionally in hardened mode (requests copied before validation).
+    /// [`start`](Self::start), optionally trusting its clients (requests read in place instead of
+    /// copied before validation).
     ///
     /// # Errors
     ///
     /// As for [`start`](Self::start).
-    pub fn start_with(wait: &str, hardened: bool) -> Result<EchoServer> {
-        let name = format!("bench-echo-{wait}-{hardened}-{}", std::process::id());
-        let child = ChildProcess::spawn("echo-server", &format!("{name},{wait},{hardened}"))?;
+    pub fn start_with(wait: &str, trusted_clients: bool) -> Result<EchoServer> {
+        let name = format!("bench-echo-{wait}-{trusted_clients}-{}", std::process::id());
+        let child =
+            ChildProcess::spawn("echo-server", &format!("{name},{wait},{trusted_clients}"))?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             match Client::connect(&name) {
@@ -73,9 +75,9 @@ fn server_pid(c: &Client) -> Result<u32> {
     c.server_pid().ok_or_else(|| anyhow!("no server pid"))
 }
 
-fn serve(name: &str, wait: &str, hardened: bool) -> Result<()> {
+fn serve(name: &str, wait: &str, trusted_clients: bool) -> Result<()> {
     let mut cfg = ServerConfig::new(name, vec![ModelConfig::new("echo", "echo")]);
-    cfg.hardened = hardened;
+    cfg.trusted_clients = trusted_clients;
     cfg.wait = shm_runtime::config::parse_wait(wait).map_err(anyhow::Error::msg)?;
     let cpus = crate::child::online_cpus();
     cfg.cores = vec![cpus[1 % cpus.len()]];
@@ -257,10 +259,10 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     match role {
         "echo-server" => {
             let parts: Vec<&str> = arg.split(',').collect();
-            let [name, wait, hardened] = parts[..] else {
-                bail!("echo-server wants NAME,WAIT,HARDENED, got {arg:?}");
+            let [name, wait, trusted_clients] = parts[..] else {
+                bail!("echo-server wants NAME,WAIT,TRUSTED_CLIENTS, got {arg:?}");
             };
-            serve(name, wait, hardened == "true")?;
+            serve(name, wait, trusted_clients == "true")?;
             Ok(true)
         }
         _ => Ok(false),

@@ -22,32 +22,40 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Service name (the shared-memory segment's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// TOML configuration file ([server] section and [[model]] entries).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A model as NAME=BACKEND (built in: echo, sleep); may repeat.
+    #[arg(long = "model", value_name = "NAME=BACKEND")]
+    models: Vec<String>,
+    /// Wait strategy of idle workers: busy, yield, park, park:MICROS.
+    #[arg(long)]
+    wait: Option<String>,
+    /// CPUs to pin workers to, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Validate and run requests in place in shared memory instead of a private copy. Only for
+    /// clients trusted never to touch a request after submitting it: one that does can crash the
+    /// server.
+    #[arg(long)]
+    trusted_clients: bool,
+    /// Deprecated and ignored: requests are copied before validation by default.
+    #[arg(long, hide = true)]
+    hardened: bool,
+    /// Seconds queued and running requests may take to finish on shutdown.
+    #[arg(long, default_value_t = 5)]
+    grace: u64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve models under a service name until SIGINT or SIGTERM (then drain and stop).
-    Serve {
-        /// Service name (the shared-memory segment's name).
-        #[arg(long)]
-        name: Option<String>,
-        /// TOML configuration file ([server] section and [[model]] entries).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// A model as NAME=BACKEND (built in: echo, sleep); may repeat.
-        #[arg(long = "model", value_name = "NAME=BACKEND")]
-        models: Vec<String>,
-        /// Wait strategy of idle workers: busy, yield, park, park:MICROS.
-        #[arg(long)]
-        wait: Option<String>,
-        /// CPUs to pin workers to, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        cores: Vec<usize>,
-        /// Copy each request into worker-private memory before validating it.
-        #[arg(long)]
-        hardened: bool,
-        /// Seconds queued and running requests may take to finish on shutdown.
-        #[arg(long, default_value_t = 5)]
-        grace: u64,
-    },
+    Serve(ServeArgs),
     /// Print a running service's counters.
     Status {
         /// Service name.
@@ -94,30 +102,24 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Serve {
-            name,
-            config,
-            models,
-            wait,
-            cores,
-            hardened,
-            grace,
-        } => serve(name, config, models, wait, cores, hardened, grace),
+        Cmd::Serve(args) => serve(args),
         Cmd::Status { name, json } => status(&name, json),
         Cmd::Ping { name, model, count } => ping(&name, &model, count),
         Cmd::Cleanup { name } => cleanup(&name),
     }
 }
 
-fn serve(
-    name: Option<String>,
-    config_path: Option<PathBuf>,
-    models: Vec<String>,
-    wait: Option<String>,
-    cores: Vec<usize>,
-    hardened: bool,
-    grace: u64,
-) -> Result<()> {
+fn serve(args: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        name,
+        config: config_path,
+        models,
+        wait,
+        cores,
+        trusted_clients,
+        hardened,
+        grace,
+    } = args;
     let mut cfg = match &config_path {
         Some(p) => config::load(p, name.as_deref()).map_err(anyhow::Error::msg)?,
         None => {
@@ -142,7 +144,13 @@ fn serve(
     if !cores.is_empty() {
         cfg.cores = cores;
     }
-    cfg.hardened |= hardened;
+    cfg.trusted_clients |= trusted_clients;
+    if hardened {
+        tracing::warn!(
+            "--hardened is deprecated and ignored: requests are always copied before validation \
+             unless --trusted-clients is given"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;

@@ -190,8 +190,8 @@ fn rewrite_after_submit(service: &str, n: u64, seed: u64) {
         for _ in 0..16 {
             let k = (rng.next() % len as u64) as usize;
             // SAFETY: k < len <= the chunk's 16 KiB, and the segment stays mapped while `pool`
-            // lives. The server reads these bytes meanwhile: that race is what is under test (its
-            // hardened copy); the volatile write keeps it from being elided.
+            // lives. The server reads these bytes meanwhile: that race is what is under test (the
+            // copy it validates); the volatile write keeps it from being elided.
             unsafe { at.add(k).write_volatile(rng.next() as u8) };
         }
         match client.recv(t, Duration::from_secs(10)) {
@@ -375,10 +375,31 @@ fn cli_ping_status_and_sigterm_drain() {
 }
 
 #[test]
-fn a_hardened_server_survives_a_client_that_rewrites_its_requests_after_submitting() {
+fn the_deprecated_hardened_flag_is_accepted_with_a_warning() {
+    // An invalid name: the server refuses to start right after reading its arguments.
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args([
+            "serve",
+            "--name",
+            "a/b",
+            "--model",
+            "echo=echo",
+            "--hardened",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--hardened is deprecated"), "{stderr}");
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+}
+
+#[test]
+fn a_server_survives_a_client_that_rewrites_its_requests_after_submitting() {
     let service = unique_name("rewrite");
     let _cleanup = StaleSegment(service.clone());
-    let mut server = start_server_with(&service, &["--hardened"]);
+    // The default: each request is copied before it is validated.
+    let mut server = start_server_with(&service, &[]);
     server.expect("serving");
     let observer = Client::connect(&service).unwrap();
     let (_, total) = observer.pool_free();

@@ -326,6 +326,14 @@ pub enum ChunkError {
     /// The chunk would move from an owner to itself.
     #[error("owner {0} cannot adopt a chunk from itself")]
     SameOwner(u32),
+    /// More bytes were asked for than the chunk holds.
+    #[error("{wanted} bytes asked of a chunk of {size}")]
+    TooLong {
+        /// Bytes asked for.
+        wanted: usize,
+        /// The chunk's size.
+        size: usize,
+    },
 }
 
 /// Why an owner could not be registered.
@@ -946,6 +954,61 @@ impl Pool {
         }
     }
 
+    /// Copies the first `dst.len()` words of chunk `id`, held by `owner`, into `dst`, one relaxed
+    /// atomic load per 8-byte word. Sound while another process writes the chunk at the same time
+    /// (a client that rewrites a request after submitting it): the loads are atomic, so the race is
+    /// defined and each word is some value that word held; the copy may mix old and new words,
+    /// which is why a receiver validates the copy, never the chunk. No reference to the chunk's
+    /// bytes is formed.
+    ///
+    /// # Errors
+    ///
+    /// As for [`chunk_slice`](Self::chunk_slice), and [`ChunkError::TooLong`] when `dst` is larger
+    /// than the chunk.
+    pub fn copy_chunk(
+        &self,
+        id: ChunkId,
+        owner: OwnerId,
+        dst: &mut [u64],
+    ) -> Result<(), ChunkError> {
+        let (class, h) = self.locate(id)?;
+        let wanted = dst.len() * 8;
+        if wanted > class.chunk_size {
+            return Err(ChunkError::TooLong {
+                wanted,
+                size: class.chunk_size,
+            });
+        }
+        let expected = (u64::from(id.generation()) << 32) | u64::from(owner.0);
+        // SYNC(owner): Acquire, as in `chunk_slice`.
+        let found = h.owner.load(Ordering::Acquire);
+        if found != expected {
+            return Err(ChunkError::NotOwned {
+                id: id.0,
+                expected: owner.0,
+                found,
+            });
+        }
+        // SAFETY: index < count (locate), so the chunk lies inside the data area, which lives as
+        // long as `self`.
+        let base = unsafe {
+            class
+                .data
+                .add(id.index() as usize * class.chunk_size)
+                .as_ptr()
+        };
+        for (i, word) in dst.iter_mut().enumerate() {
+            // SAFETY: chunks are 64-byte aligned and `i * 8 + 8 <= wanted <= chunk_size`, so the
+            // word is aligned and inside the chunk; every access this process makes to chunk
+            // memory another process may write concurrently is atomic (this load), and a word
+            // always holds some u64.
+            let atomic =
+                unsafe { std::sync::atomic::AtomicU64::from_ptr(base.add(i * 8).cast::<u64>()) };
+            *word = atomic.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Returns chunk `id` held by `owner` to the pool.
     ///
     /// # Errors
@@ -1211,6 +1274,42 @@ mod tests {
         assert_eq!(s.in_use(), 0);
         assert_eq!(s.classes[0].high_water, 10);
         assert_eq!(p.held_by(me), 0);
+    }
+
+    #[test]
+    fn a_chunk_is_copied_word_by_word_only_by_its_owner_and_only_as_far_as_it_goes() {
+        let p = pool(&PoolConfig::small());
+        let me = p.register_owner().unwrap();
+        let other = p.register_owner().unwrap();
+        let mut loan = p.loan(me, 200).unwrap();
+        let size = loan.as_mut_slice().len();
+        for (i, b) in loan.as_mut_slice().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let id = loan.into_id();
+        let mut words = vec![0u64; 5];
+        p.copy_chunk(id, me, &mut words).unwrap();
+        let want: Vec<u64> = (0..5u64)
+            .map(|w| u64::from_le_bytes(std::array::from_fn(|k| (w * 8 + k as u64) as u8)))
+            .collect();
+        assert_eq!(words, want);
+        assert!(matches!(
+            p.copy_chunk(id, other, &mut words),
+            Err(ChunkError::NotOwned { .. })
+        ));
+        let mut too_many = vec![0u64; size / 8 + 1];
+        assert_eq!(
+            p.copy_chunk(id, me, &mut too_many),
+            Err(ChunkError::TooLong {
+                wanted: size + 8,
+                size
+            })
+        );
+        p.release(id, me).unwrap();
+        assert!(
+            p.copy_chunk(id, me, &mut words).is_err(),
+            "a released chunk is nobody's"
+        );
     }
 
     #[test]

@@ -189,8 +189,15 @@ pub struct ServerConfig {
     pub default_timeout: Duration,
     /// Semantic limits.
     pub limits: Limits,
-    /// Copy each request into worker-private memory before validating it.
-    pub hardened: bool,
+    /// Validate and run requests in place, in the shared chunk, instead of a worker-private copy.
+    ///
+    /// Off by default: the server copies each request before validating it, so a client that
+    /// rewrites its request after submitting it (a use-after-submit bug, or a client in another
+    /// language) changes nothing the server checked. Turn it on only when every client process is
+    /// trusted to leave its submitted chunks alone: it saves one copy of each request (a few
+    /// cache lines for a small one), and such a client can then make the server read out of
+    /// bounds and crash, or copy server memory into an answer.
+    pub trusted_clients: bool,
 }
 
 impl ServerConfig {
@@ -208,7 +215,7 @@ impl ServerConfig {
             max_inflight: 64,
             default_timeout: Duration::from_secs(30),
             limits: Limits::default(),
-            hardened: false,
+            trusted_clients: false,
         }
     }
 }
@@ -314,6 +321,8 @@ struct ServerSection {
     wait: Option<String>,
     max_inflight: Option<u32>,
     default_timeout_ms: Option<u64>,
+    trusted_clients: Option<bool>,
+    /// Accepted and ignored, with a warning: copying requests is the default now.
     hardened: Option<bool>,
 }
 
@@ -404,8 +413,15 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     if let Some(v) = s.default_timeout_ms {
         c.default_timeout = Duration::from_millis(v);
     }
-    if let Some(v) = s.hardened {
-        c.hardened = v;
+    if let Some(v) = s.trusted_clients {
+        c.trusted_clients = v;
+    }
+    if s.hardened.is_some() {
+        tracing::warn!(
+            config = %path.display(),
+            "`hardened` is deprecated and ignored: requests are always copied before validation \
+             unless `trusted_clients = true`"
+        );
     }
     // Relative model paths are relative to the config file; `cache:REST` is in the cache.
     let base = path.parent().unwrap_or(Path::new("."));
@@ -480,6 +496,19 @@ options = { step_ms = 2.5, slots = 2, pooling = "cls", normalize = false, labels
         assert_eq!(options["labels"], OptionValue::from(vec!["a", "b"]));
         assert_eq!(options["slots"].as_number(), Some(2.0));
         assert_eq!(load(&path, Some("override")).unwrap().name, "override");
+        // `hardened` is still accepted (and ignored): old files keep working.
+        std::fs::write(
+            &path,
+            "[server]\nhardened = true\n[[model]]\nname = \"x\"\nbackend = \"echo\"\n",
+        )
+        .unwrap();
+        assert!(!load(&path, Some("n")).unwrap().trusted_clients);
+        std::fs::write(
+            &path,
+            "[server]\ntrusted_clients = true\n[[model]]\nname = \"x\"\nbackend = \"echo\"\n",
+        )
+        .unwrap();
+        assert!(load(&path, Some("n")).unwrap().trusted_clients);
         std::fs::write(
             &path,
             "[[model]]\nname = \"x\"\nbackend = \"echo\"\nbogus = 1\n",

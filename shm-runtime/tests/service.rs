@@ -118,14 +118,15 @@ fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn a_hardened_server_gives_bad_requests_the_same_typed_errors() {
-    bad_requests("bad-hardened", true);
+fn a_server_trusting_its_clients_gives_bad_requests_the_same_typed_errors() {
+    bad_requests("bad-trusted", true);
 }
 
 /// Unknown models, refused parameters, garbage bytes, impossible lengths and forged chunk ids,
-/// against a server that validates in place or (`hardened`) copies each request first.
-fn bad_requests(tag: &str, hardened: bool) {
-    let (_server, client) = server(tag, |c| c.hardened = hardened);
+/// against a server that copies each request before validating it (the default) or validates in
+/// place (`trusted_clients`).
+fn bad_requests(tag: &str, trusted_clients: bool) {
+    let (_server, client) = server(tag, |c| c.trusted_clients = trusted_clients);
     let unknown = client.infer(&generate("nope", "x"));
     assert!(
         matches!(unknown, Err(Error::ModelNotFound(_))),

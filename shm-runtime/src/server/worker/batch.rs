@@ -29,12 +29,15 @@ impl Desk<'_> {
         }
         let state = self.state;
         let lane = self.lane;
-        let mut privates: Vec<Vec<u128>> = jobs.iter().map(|_| Vec::new()).collect();
+        let mut copies = std::mem::take(&mut self.copies);
+        if copies.len() < jobs.len() {
+            copies.resize_with(jobs.len(), Vec::new);
+        }
         let mut results: Vec<Option<Result<(), Refusal>>> = jobs.iter().map(|_| None).collect();
         let mut reqs = Vec::with_capacity(jobs.len());
         let mut members = Vec::with_capacity(jobs.len());
-        for ((i, job), private) in jobs.iter().enumerate().zip(privates.iter_mut()) {
-            match validate(state, lane, job, private) {
+        for ((i, job), copy) in jobs.iter().enumerate().zip(copies.iter_mut()) {
+            match validate(state, lane, job, copy) {
                 Ok(r) => {
                     reqs.push(r);
                     members.push(i);
@@ -76,6 +79,7 @@ impl Desk<'_> {
             let out = out.unwrap_or_else(|| Out::in_pool(&state.pool, state.owner, job.request_id));
             self.end(job, result, out);
         }
+        self.copies = copies;
     }
 
     /// Adds queued jobs to `jobs` up to the batch size. A partial batch waits for more, up to the

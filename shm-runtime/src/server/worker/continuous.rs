@@ -104,9 +104,12 @@ impl<'s> Worker<'s> {
     fn admit(&mut self, slot: usize, job: Job) {
         let state = self.desk.state;
         let lane = self.desk.lane;
-        let mut private = Vec::new();
+        let mut copies = std::mem::take(&mut self.desk.copies);
+        if copies.is_empty() {
+            copies.push(Vec::new());
+        }
         let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
-        let admitted = validate(state, lane, &job, &mut private).and_then(|req| {
+        let admitted = validate(state, lane, &job, &mut copies[0]).and_then(|req| {
             let stream = req.params.stream;
             match &mut self.stepper {
                 Some(Ok(st)) => st
@@ -117,6 +120,7 @@ impl<'s> Worker<'s> {
                 None => Err(Refusal::new(ErrorCode::Backend, "no stepper")),
             }
         });
+        self.desk.copies = copies;
         let (admitted, stream) = match admitted {
             Ok(a) => a,
             Err(e) => return self.desk.end(&job, Err(e), out),

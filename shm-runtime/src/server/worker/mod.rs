@@ -103,6 +103,8 @@ pub(crate) struct Desk<'s> {
     stepping: bool,
     /// Sequences running in this worker's stepper, as of its last step.
     running: usize,
+    /// Private copies of the requests being validated and run (see `request.rs`).
+    copies: request::Copies,
 }
 
 /// With at least this many jobs queued, a worker polls the request rings every 4th round only.
@@ -129,6 +131,7 @@ impl<'s> Worker<'s> {
                 next_client: 0,
                 stepping: false,
                 running: 0,
+                copies: Vec::new(),
             },
             stepper: None,
             sequences: Vec::new(),

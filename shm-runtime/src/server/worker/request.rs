@@ -1,54 +1,73 @@
 //! Validating a queued request just before it runs: the archive (bytecheck), the semantic limits,
-//! that it agrees with the head it was queued by, and that the lane's model does its task. In
-//! hardened mode the bytes are copied into worker-private memory first, so that the client cannot
-//! change them after validation.
+//! that it agrees with the head it was queued by, and that the lane's model does its task.
+//!
+//! By default the request is first copied out of its shared chunk into worker-private memory
+//! ([`Pool::copy_chunk`](shm_ring::pool::Pool::copy_chunk): word by word, with atomic loads, so
+//! the copy is defined even while the client writes the chunk), and the validation and the
+//! backend read only the copy: a client that rewrites its request after submitting it changes
+//! nothing the server checked. With `trusted_clients` the request is read in place.
 
-use shm_ring::pool::ChunkId;
+use shm_ring::pool::{ChunkError, ChunkId};
 
 use crate::backend;
 use crate::protocol::{access_request_body, ArchivedRequest, ErrorCode, Refusal, RequestHead};
 use crate::scheduler::Job;
 use crate::server::state::{ModelLane, ServerState};
 
-/// The bytes of the archived request in server-owned chunk `id`: in place, or (hardened mode)
-/// copied into `private` first.
+/// A worker's private copies of requests, one per request of a batch, kept between jobs: a copy
+/// costs neither an allocation nor a zero-fill once its buffer has held a request that large.
+/// (`u128` words: archives are read from 16-byte aligned memory.)
+pub(super) type Copies = Vec<Vec<u128>>;
+
+/// The bytes of the archived request in server-owned chunk `id`: copied into `copy` (the
+/// default), or in place (`trusted_clients`).
 fn request_bytes<'a>(
     state: &'a ServerState,
     id: ChunkId,
     len: u32,
-    private: &'a mut Vec<u128>,
+    copy: &'a mut Vec<u128>,
 ) -> Result<&'a [u8], Refusal> {
-    let bytes = state
-        .pool
-        .chunk_slice(id, state.owner)
-        .map_err(|e| Refusal::invalid(format!("request chunk unavailable: {e}")))?;
     let len = len as usize;
-    if len > bytes.len() {
-        return Err(Refusal::invalid(format!(
-            "descriptor length {len} exceeds the chunk's {} bytes",
-            bytes.len()
-        )));
+    let unavailable = |e: ChunkError| match e {
+        ChunkError::TooLong { size, .. } => Refusal::invalid(format!(
+            "descriptor length {len} exceeds the chunk's {size} bytes"
+        )),
+        e => Refusal::invalid(format!("request chunk unavailable: {e}")),
+    };
+    if state.config.trusted_clients {
+        let bytes = state
+            .pool
+            .chunk_slice(id, state.owner)
+            .map_err(unavailable)?;
+        return bytes.get(..len).ok_or_else(|| {
+            unavailable(ChunkError::TooLong {
+                wanted: len,
+                size: bytes.len(),
+            })
+        });
     }
-    if !state.config.hardened {
-        return Ok(&bytes[..len]);
+    let units = len.div_ceil(16);
+    if copy.len() < units {
+        copy.resize(units, 0);
     }
-    private.clear();
-    private.resize(len.div_ceil(16), 0);
-    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut private[..]);
-    dst[..len].copy_from_slice(&bytes[..len]);
-    let src: &[u8] = bytemuck::cast_slice(&private[..]);
-    Ok(&src[..len])
+    let words: &mut [u64] = bytemuck::cast_slice_mut(&mut copy[..units]);
+    state
+        .pool
+        .copy_chunk(id, state.owner, &mut words[..len.div_ceil(8)])
+        .map_err(unavailable)?;
+    let bytes: &[u8] = bytemuck::cast_slice(&copy[..units]);
+    Ok(&bytes[..len])
 }
 
-/// Validates `job`'s request for `lane` (see the module docs); `private` holds the copy in
-/// hardened mode.
+/// Validates `job`'s request for `lane` (see the module docs); `copy` receives the request
+/// unless clients are trusted.
 pub(super) fn validate<'b>(
     state: &'b ServerState,
     lane: &ModelLane,
     job: &Job,
-    private: &'b mut Vec<u128>,
+    copy: &'b mut Vec<u128>,
 ) -> Result<&'b ArchivedRequest, Refusal> {
-    let bytes = request_bytes(state, job.chunk, job.len, private)?;
+    let bytes = request_bytes(state, job.chunk, job.len, copy)?;
     // The head was read and checked when the job was queued; the archive must agree with it.
     let head = RequestHead {
         priority: job.priority,

@@ -17,10 +17,13 @@ impl Desk<'_> {
         }
         let state = self.state;
         let lane = self.lane;
-        let mut private = Vec::new();
+        let mut copies = std::mem::take(&mut self.copies);
+        if copies.is_empty() {
+            copies.push(Vec::new());
+        }
         // The head's id is checked against the archive's, so this is the answer's id.
         let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
-        let result = validate(state, lane, &job, &mut private).and_then(|req| {
+        let result = validate(state, lane, &job, &mut copies[0]).and_then(|req| {
             let mut ctx = RunningJob {
                 desk: &mut *self,
                 job,
@@ -30,5 +33,6 @@ impl Desk<'_> {
                 .map_err(|e| refusal(&e))
         });
         self.end(&job, result, out);
+        self.copies = copies;
     }
 }
