@@ -217,6 +217,51 @@ pub fn validate_ns(tokens: usize) -> Result<f64> {
     Ok(median(&mut per))
 }
 
+/// Median ns to copy `bytes` of a request chunk into a worker-private buffer: the server's copy
+/// ([`Pool::copy_chunk`](shm_runtime::ring::pool::Pool::copy_chunk), one relaxed atomic load per
+/// word) and, for comparison, a plain `memcpy` of the same bytes. Returns (copy, memcpy).
+///
+/// # Errors
+///
+/// When the pool cannot be made or lend a chunk that large.
+pub fn request_copy_ns(bytes: usize) -> Result<(f64, f64)> {
+    use shm_runtime::ring::pool::{Pool, PoolConfig};
+    use shm_runtime::ring::Region;
+    let config = PoolConfig::standard();
+    let region = Region::heap(Pool::bytes_for(&config));
+    Pool::init(&region, &config)?;
+    let pool = Pool::attach(&region)?;
+    let owner = pool.register_owner()?;
+    let mut loan = pool.loan(owner, bytes)?;
+    loan.as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let src: Vec<u8> = loan.as_mut_slice()[..bytes].to_vec();
+    let id = loan.into_id();
+    let mut words = vec![0u128; bytes.div_ceil(16)];
+    let iters = (1 << 26) / bytes.max(64);
+    let (mut atomic, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            let dst: &mut [u64] = bytemuck::cast_slice_mut(&mut words[..]);
+            pool.copy_chunk(id, owner, &mut dst[..bytes.div_ceil(8)])?;
+            std::hint::black_box(&mut words);
+        }
+        atomic.push(t.elapsed().as_nanos() as f64 / iters as f64);
+        let t = Instant::now();
+        for _ in 0..iters {
+            let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut words[..]);
+            dst[..bytes].copy_from_slice(std::hint::black_box(&src[..]));
+            std::hint::black_box(&mut words);
+        }
+        plain.push(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    pool.release(id, owner)?;
+    Ok((median(&mut atomic), median(&mut plain)))
+}
+
 /// Median ns to write a 200-token generation result (2000 bytes of text and 200 token ids) in place
 /// into a chunk, the way a backend writes it: the text and the ids appended through
 /// [`Out::generation`](shm_runtime::backend::writer::Out::generation), then the archive's root.

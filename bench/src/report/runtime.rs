@@ -159,6 +159,26 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         "validate a 1000-token request",
         || runtime_work::validate_ns(1000),
     );
+    for (bytes, key) in [
+        (64, "request_copy_ns_64"),
+        (1024, "request_copy_ns_1k"),
+        (16 << 10, "request_copy_ns_16k"),
+    ] {
+        let mut plain = None;
+        measure(
+            report,
+            key,
+            "copy a request out of its chunk (atomic words vs memcpy)",
+            || {
+                let (copy, memcpy) = runtime_work::request_copy_ns(bytes)?;
+                plain = Some(memcpy);
+                Ok(copy)
+            },
+        );
+        if let Some(v) = plain {
+            report.set(&key.replace("copy", "memcpy"), v);
+        }
+    }
     measure(
         report,
         "result_create_ns",
@@ -204,6 +224,9 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
             }),
             row("idle server CPU over 2 s (default wait)", "idle_server_cpu_pct", "%", "<= 2", at_most(g("idle_server_cpu_pct"), 2.0)),
             row("validation of a 1000-token request (bytecheck + limits)", "validate_ns_1000", "ns", "<= 100; seed 2.9-4.3 ns (no archive check)", at_most(g("validate_ns_1000"), 100.0)),
+            row("copy of a 64 B request out of its chunk (relaxed atomic words)", "request_copy_ns_64", "ns", "beside memcpy", copy_vs(g("request_copy_ns_64"), g("request_memcpy_ns_64"))),
+            row("copy of a 1 KiB request", "request_copy_ns_1k", "ns", "beside memcpy", copy_vs(g("request_copy_ns_1k"), g("request_memcpy_ns_1k"))),
+            row("copy of a 16 KiB request", "request_copy_ns_16k", "ns", "beside memcpy", copy_vs(g("request_copy_ns_16k"), g("request_memcpy_ns_16k"))),
             row("200-token generation result written in place", "result_create_ns", "ns", "<= 50; seed 85-113 ns", at_most(g("result_create_ns"), 50.0)),
             row("scheduler enqueue + dequeue", "scheduler_mops", "M pairs/s", ">= 50; seed 2-5", at_least(g("scheduler_mops"), 50.0)),
         ],
@@ -213,4 +236,12 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         ],
     });
     super::peers::peers_section(report);
+}
+
+/// "memcpy N ns (R x)": the server's atomic word copy beside a plain memcpy of the same bytes.
+fn copy_vs(copy: Option<f64>, memcpy: Option<f64>) -> String {
+    match (copy, memcpy) {
+        (Some(c), Some(m)) => format!("memcpy {m:.1} ns ({:.2} x)", c / m),
+        _ => String::new(),
+    }
 }
