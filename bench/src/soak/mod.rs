@@ -1,5 +1,6 @@
-//! The chaos soak: a server and client processes under random SIGKILLs, one client scribbling
-//! garbage into its own chunks and descriptors, and a server killed while clients wait.
+//! The chaos soak: a server and client processes under random SIGKILLs, one client writing
+//! garbage into its own chunks and descriptors, one rewriting its requests in flight, and a server
+//! killed while clients wait.
 //!
 //! ```text
 //! cargo run --release -p shm-bench --bin soak -- --seconds 120 [--kill-every-ms 200] [--clients 6]
@@ -18,7 +19,10 @@
 //! process every `--kill-every-ms` (jittered) and restarts it; `--witnesses` clients are never
 //! killed, so some requests are followed through the whole run. A garbage client (killed too)
 //! sends malformed bytes, wrong lengths, forged, foreign and stale chunk ids and raw descriptors of
-//! every kind; each of its requests must still get one answer. At the end: survivors drain and
+//! every kind; each of its requests must still get one answer. A scribbler (never killed) keeps
+//! rewriting each of its requests while it is in flight (the whole request, flipped bytes, single
+//! words): the server validates a private copy, so it must live and answer each exactly once, and
+//! the good clients must see nothing of it. At the end: survivors drain and
 //! report; the server must be alive, answer a fresh client's echo, have as many open files as at
 //! the start, and its pool and client table must return to full.
 //!
@@ -39,7 +43,7 @@
 //! | `supervisor` | options, the run of the phases, the findings, the children's lines |
 //! | `child_process` | `SupervisedChild`: a child started in a role, talked to over stdin/stdout |
 //! | `phases` | the chaos phase and the server-kill phase, and the checks at their ends |
-//! | `roles` | what a child process runs: `server`, `client`, `garbage`, `waiter` |
+//! | `roles` | what a child process runs: `server`, `client`, `garbage`, `scribbler`, `waiter` |
 //! | `oracle` | what a client checks in every answer, and its counters |
 //! | `lines` | the line protocol between children and supervisor |
 //! | `rng` | reproducible pseudo-random choices |

@@ -1,5 +1,5 @@
-//! Phase 1, chaos: client processes SIGKILLed at random and restarted, a garbage client, witnesses
-//! that are never killed; at the end the survivors drain and the server must be whole.
+//! Phase 1, chaos: client processes SIGKILLed at random and restarted, a garbage client, a
+//! scribbler rewriting its requests in flight, witnesses that are never killed; at the end the survivors drain and the server must be whole.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +26,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
     let fds_start = open_fds(server_pid).context("counting the server's open files")?;
     let n = opts.clients;
     let garbage_slot = n;
+    // Never killed: it rewrites its requests in flight for the whole phase.
+    let scribbler_slot = n + 1;
     let spawn_client = |slot: usize, gen: u64| -> Result<SupervisedChild> {
         let seed = opts
             .seed
@@ -33,6 +35,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
             .wrapping_add((slot as u64) << 32 | gen);
         let role = if slot == garbage_slot {
             "garbage"
+        } else if slot == scribbler_slot {
+            "scribbler"
         } else {
             "client"
         };
@@ -45,8 +49,9 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
             &tx,
         )
     };
-    let children: Vec<SupervisedChild> =
-        (0..=n).map(|s| spawn_client(s, 0)).collect::<Result<_>>()?;
+    let children: Vec<SupervisedChild> = (0..=scribbler_slot)
+        .map(|s| spawn_client(s, 0))
+        .collect::<Result<_>>()?;
     let children = Arc::new(Mutex::new(children));
     let kills = Arc::new(AtomicU64::new(0));
     let restarts = Arc::new(AtomicU64::new(0));
@@ -54,7 +59,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
     let killed_keys = Arc::new(Mutex::new(Vec::<(usize, u64)>::new()));
     println!(
         "soak: chaos phase {:.0} s on {service}: server pid {server_pid}, {n} clients ({} never \
-         killed) + 1 garbage client, kill every {:?}",
+         killed) + 1 garbage client + 1 scribbler (rewrites its requests in flight, never killed), \
+         kill every {:?}",
         opts.seconds, opts.witnesses, opts.kill_every
     );
     let started = Instant::now();
@@ -283,11 +289,13 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
         finals(&findings.killed)
     );
     println!(
-        "  kills {}, restarts {}, garbage writes {} ({} raw descriptors)",
+        "  kills {}, restarts {}, garbage writes {} ({} raw descriptors), scribbler rewrites {} \
+         of requests in flight",
         kills.load(Ordering::Relaxed),
         restarts.load(Ordering::Relaxed),
         g(&all, "garbage"),
-        g(&all, "raw_descriptors")
+        g(&all, "raw_descriptors"),
+        g(&all, "rewrites")
     );
     if g(&findings.survived, "submitted") != finals(&findings.survived) {
         findings.violation(format!(

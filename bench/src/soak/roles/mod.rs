@@ -9,21 +9,24 @@ use shm_runtime::Client;
 
 mod client;
 mod garbage;
+mod scribbler;
 mod server;
 mod waiter;
 
 use client::role_client;
 use garbage::role_garbage;
+use scribbler::role_scribbler;
 use server::role_server;
 use waiter::role_waiter;
 
-/// Runs child role `role` (`server`, `client`, `garbage`, `waiter`) against `service`; the
+/// Runs child role `role` (`server`, `client`, `garbage`, `scribbler`, `waiter`) against `service`; the
 /// process's exit status.
 pub(super) fn run_role(role: &str, service: &str, arg: &str) -> Result<ExitCode> {
     match role {
         "server" => role_server(service).map(|()| ExitCode::SUCCESS),
         "client" => role_client(service, arg),
         "garbage" => role_garbage(service, arg),
+        "scribbler" => role_scribbler(service, arg),
         "waiter" => role_waiter(service),
         other => bail!("unknown role {other:?}"),
     }
