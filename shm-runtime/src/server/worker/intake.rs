@@ -10,7 +10,7 @@ use shm_ring::pool::ChunkId;
 use super::Desk;
 use crate::protocol::{
     read_request_head, ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords, ErrorCode,
-    Refusal, RequestHead,
+    Refusal, RequestHead, REQUEST_HEAD,
 };
 use crate::scheduler::{Job, ReplyTo};
 
@@ -186,19 +186,28 @@ impl Desk<'_> {
     }
 
     /// Reads the plain head of the request in server-owned chunk `id` (`len` bytes): only the
-    /// head now; the archive is validated once, when the job runs.
+    /// head now; the archive is validated once, when the job runs. The head is copied out of the
+    /// chunk with atomic loads (the client may be writing it) and checked as plain integers.
     fn read_head(&self, id: ChunkId, len: u32) -> Result<RequestHead, Refusal> {
         let state = self.state;
-        let bytes = state
+        let unavailable = |e| Refusal::invalid(format!("request chunk unavailable: {e}"));
+        let size = state
             .pool
             .chunk_slice(id, state.owner)
-            .map_err(|e| Refusal::invalid(format!("request chunk unavailable: {e}")))?;
-        match bytes.get(..len as usize) {
-            Some(b) => read_request_head(b, &state.config.limits),
-            None => Err(Refusal::invalid(format!(
-                "descriptor length {len} exceeds the chunk's {} bytes",
-                bytes.len()
-            ))),
+            .map_err(unavailable)?
+            .len();
+        let len = len as usize;
+        if len > size {
+            return Err(Refusal::invalid(format!(
+                "descriptor length {len} exceeds the chunk's {size} bytes"
+            )));
         }
+        let mut words = [0u64; REQUEST_HEAD / 8];
+        state
+            .pool
+            .copy_chunk(id, state.owner, &mut words)
+            .map_err(unavailable)?;
+        let head: [u8; REQUEST_HEAD] = bytemuck::cast(words);
+        read_request_head(&head[..len.min(REQUEST_HEAD)], &state.config.limits)
     }
 }
