@@ -63,6 +63,10 @@ const SERVICE_VAR: &str = "SHM_SOAK_SERVICE";
 const ARG_VAR: &str = "SHM_SOAK_ARG";
 
 /// A request with no final answer this long after it was submitted is lost.
+/// Set (to `1`) in the soak's environment by `--trusted-clients`: its server processes then read
+/// requests in place instead of copying them (`ServerConfig::trusted_clients`).
+const TRUSTED_CLIENTS_VAR: &str = "SHM_SOAK_TRUSTED_CLIENTS";
+
 const LOST_AFTER: Duration = Duration::from_secs(20);
 /// Every call waiting on a SIGKILLed server must fail with `ServerGone` within this bound.
 const GONE_BOUND: Duration = Duration::from_secs(2);

@@ -51,11 +51,15 @@ pub(super) fn parse_opts() -> Result<Opts> {
                 o.server_kill_rounds = val("--server-kill-rounds")?.parse()?
             }
             "--no-server-kill" => o.server_kill_rounds = 0,
+            // The server reads requests in place (the scribbler then races its validation). The
+            // server processes inherit it through the environment.
+            "--trusted-clients" => std::env::set_var(super::TRUSTED_CLIENTS_VAR, "1"),
             "-h" | "--help" => {
                 println!(
                     "soak [--seconds S] [--kill-every-ms MS (0: no kills)] [--clients N] \
                      [--witnesses W] [--seed X] [--server-kill (that phase only)] \
-                     [--server-kill-rounds R] [--no-server-kill]"
+                     [--server-kill-rounds R] [--no-server-kill] [--trusted-clients (server \
+                     reads requests in place)]"
                 );
                 std::process::exit(0);
             }

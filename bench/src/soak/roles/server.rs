@@ -24,7 +24,10 @@ fn server_config(service: &str) -> ServerConfig {
         .options
         .insert("slots".into(), shm_runtime::config::OptionValue::Integer(2));
     steps.workers = Some(2);
-    ServerConfig::new(service, vec![ModelConfig::new("echo", "echo"), slow, steps])
+    let mut config =
+        ServerConfig::new(service, vec![ModelConfig::new("echo", "echo"), slow, steps]);
+    config.trusted_clients = std::env::var_os(crate::soak::TRUSTED_CLIENTS_VAR).is_some();
+    config
 }
 
 /// Serves until SIGTERM or the end of stdin, then drains for a second and stops.
