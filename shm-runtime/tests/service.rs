@@ -633,10 +633,10 @@ fn a_request_rewritten_while_in_flight_is_answered_once_from_the_servers_copy() 
     use std::sync::Arc;
 
     use shm_runtime::protocol::encode_request;
-    use shm_runtime::ring::pool::{OwnerId, Pool};
+    use shm_runtime::ring::pool::OwnerId;
     use shm_runtime::ring::ProcessToken;
 
-    let (_server, client) = server("scribble", |_| {});
+    let (server, client) = server("scribble", |_| {});
     let svc = lane_of("scribble");
     let (_, total) = client.pool_free();
     // This test's service has one client: this connection.
@@ -645,7 +645,9 @@ fn a_request_rewritten_while_in_flight_is_answered_once_from_the_servers_copy() 
         .find(|&c| svc.client(c).token.load(Ordering::Acquire) == me)
         .expect("this connection's slot");
     let owner = OwnerId::from_raw(svc.client(slot).owner.load(Ordering::Acquire)).unwrap();
-    let pool = Pool::attach(&svc.pool_region()).unwrap();
+    // The server's own mapping: the writes below land at the addresses its workers read, where
+    // ThreadSanitizer can compare them (the segment is mapped once per handle in this process).
+    let pool = server.pool();
     // The chunk being rewritten (its address, 0 for none), its length, whether the scribbler is
     // writing it now, and the end of the test. `writing` and `chunk` form a Dekker handshake
     // (SeqCst): once the requester has cleared `chunk` and then seen `writing` false, no write to

@@ -81,6 +81,14 @@ impl Server {
         &self.state.config.name
     }
 
+    /// The server's own handle to the service's pool (its mapping of the segment), for in-process
+    /// tests whose client threads must write chunks through the same addresses the workers read
+    /// (ThreadSanitizer tells accesses apart by address). Not a stable interface.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &shm_ring::pool::Pool {
+        &self.state.pool
+    }
+
     /// Stops taking new requests, lets queued and running ones finish until `grace` has passed,
     /// answers the rest `ShuttingDown`, then stops every thread and removes the segment.
     pub fn shutdown(mut self, grace: Duration) {
