@@ -21,11 +21,14 @@ if ! bash ci/nightly.sh; then
   echo "test: no nightly tooling: the miri, TSan and fuzz steps will say SKIPPED"
 fi
 features=shm-runtime/onnx,shm-runtime/gguf,shm-bench/onnx,shm-bench/gguf
-step cargo build --release --workspace --all-targets --features "$features"
+# Builds what the tests run (the criterion benches are checked by clippy in .ci/run, not built:
+# each is a large LTO link).
+step cargo test --release --workspace --features "$features" --no-run
 step cargo test --release --workspace --features "$features"
 # The tests that need root (a second user, segments of other users), marked #[ignore = "needs root"]:
-# shm-ring's processes and the command's (cli/) processes and permissions tests. --ignored also runs the child-process
-# entries, which do nothing unless started as a child. Same features as above: no rebuild.
+# shm-ring's processes and the command's (cli/) processes and permissions tests. --ignored also
+# runs the child-process entries, which do nothing unless started as a child. Same features as
+# above: no rebuild.
 if [ "$(id -u)" = 0 ]; then
   step cargo test --release --workspace --features "$features" --test processes --test permissions -- --ignored
 elif [ -n "${CI:-}" ]; then
