@@ -46,4 +46,5 @@ tsan_test() {
 tsan_test -p shm-ring --lib
 tsan_test -p shm-runtime --lib
 tsan_test -p shm-runtime --test service
+tsan_test -p shm-runtime --test rewrite
 echo "tsan: ok"
