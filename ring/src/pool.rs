@@ -928,6 +928,16 @@ impl Pool {
     ///
     /// As for [`adopt`](Self::adopt).
     pub fn chunk_slice(&self, id: ChunkId, owner: OwnerId) -> Result<&[u8], ChunkError> {
+        let (base, size) = self.owned_chunk(id, owner)?;
+        // SAFETY: `owned_chunk` gives the start and size of a chunk inside the data area, which
+        // lives as long as `self`; the owner word says it is `owner`'s, and peers following the
+        // protocol do not write it (a buggy peer writing here only changes bytes, which any &[u8]
+        // content may be).
+        unsafe { Ok(std::slice::from_raw_parts(base, size)) }
+    }
+
+    /// The start and size of chunk `id`, checked to be held by `owner` under that generation now.
+    fn owned_chunk(&self, id: ChunkId, owner: OwnerId) -> Result<(*mut u8, usize), ChunkError> {
         let (class, h) = self.locate(id)?;
         let expected = (u64::from(id.generation()) << 32) | u64::from(owner.0);
         // SYNC(owner): Acquire pairs with the Release/AcqRel of the CAS that gave us the chunk, so
@@ -940,18 +950,14 @@ impl Pool {
                 found,
             });
         }
-        // SAFETY: index < count (locate), so the chunk lies inside the data area; the owner word
-        // says it is `owner`'s, and peers following the protocol do not write it (a buggy peer
-        // writing here only changes bytes, which any &[u8] content may be).
-        unsafe {
-            Ok(std::slice::from_raw_parts(
-                class
-                    .data
-                    .add(id.index() as usize * class.chunk_size)
-                    .as_ptr(),
-                class.chunk_size,
-            ))
-        }
+        // SAFETY: index < count (locate), so the offset stays inside the data area.
+        let base = unsafe {
+            class
+                .data
+                .add(id.index() as usize * class.chunk_size)
+                .as_ptr()
+        };
+        Ok((base, class.chunk_size))
     }
 
     /// Copies the first `dst.len()` words of chunk `id`, held by `owner`, into `dst`, one relaxed
@@ -971,36 +977,15 @@ impl Pool {
         owner: OwnerId,
         dst: &mut [u64],
     ) -> Result<(), ChunkError> {
-        let (class, h) = self.locate(id)?;
+        let (base, size) = self.owned_chunk(id, owner)?;
         let wanted = dst.len() * 8;
-        if wanted > class.chunk_size {
-            return Err(ChunkError::TooLong {
-                wanted,
-                size: class.chunk_size,
-            });
+        if wanted > size {
+            return Err(ChunkError::TooLong { wanted, size });
         }
-        let expected = (u64::from(id.generation()) << 32) | u64::from(owner.0);
-        // SYNC(owner): Acquire, as in `chunk_slice`.
-        let found = h.owner.load(Ordering::Acquire);
-        if found != expected {
-            return Err(ChunkError::NotOwned {
-                id: id.0,
-                expected: owner.0,
-                found,
-            });
-        }
-        // SAFETY: index < count (locate), so the chunk lies inside the data area, which lives as
-        // long as `self`.
-        let base = unsafe {
-            class
-                .data
-                .add(id.index() as usize * class.chunk_size)
-                .as_ptr()
-        };
         for (i, word) in dst.iter_mut().enumerate() {
-            // SAFETY: chunks are 64-byte aligned and `i * 8 + 8 <= wanted <= chunk_size`, so the
-            // word is aligned and inside the chunk; every access this process makes to chunk
-            // memory another process may write concurrently is atomic (this load), and a word
+            // SAFETY: chunks are 64-byte aligned and `i * 8 + 8 <= wanted <= size`, so the word
+            // is aligned and inside the chunk, which lives as long as `self`; this process reads
+            // the chunk here only through atomic loads while another may write it, and a word
             // always holds some u64.
             let atomic =
                 unsafe { std::sync::atomic::AtomicU64::from_ptr(base.add(i * 8).cast::<u64>()) };
