@@ -11,7 +11,7 @@ use anyhow::Result;
 use shm_runtime::protocol::{ArchivedBody, ArchivedFinishReason, Input, Params, Request, Task};
 use shm_runtime::{Client, Error, ResponseView, Ticket};
 
-use super::{connect_retry, generate};
+use super::{client_arg, connect_retry, generate};
 use crate::soak::lines::{say, watch_stdin};
 use crate::soak::oracle::{judge, wait_final, Expect, Open, Tally};
 use crate::soak::rng::Rng;
@@ -23,12 +23,7 @@ struct Canceller {
 }
 
 pub(crate) fn role_client(service: &str, arg: &str) -> Result<ExitCode> {
-    let mut parts = arg.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (index, gen, seed) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(1),
-    );
+    let (index, gen, seed) = client_arg(arg);
     let who = format!("client {index}.{gen} (pid {})", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     watch_stdin(stop.clone(), None, false);

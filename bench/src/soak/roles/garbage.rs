@@ -15,7 +15,7 @@ use shm_runtime::ring::process::ProcessToken;
 use shm_runtime::testing::Service;
 use shm_runtime::{Client, Error, ResponseView, Ticket};
 
-use super::{connect_retry, generate};
+use super::{client_arg, connect_retry, generate};
 use crate::soak::lines::{say, watch_stdin};
 use crate::soak::oracle::{wait_final, Tally};
 use crate::soak::rng::Rng;
@@ -61,12 +61,7 @@ impl Raw {
 const MODELS: [&str; 4] = ["echo", "slow", "steps", "echo"];
 
 pub(crate) fn role_garbage(service: &str, arg: &str) -> Result<ExitCode> {
-    let mut parts = arg.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (index, gen, seed) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(1),
-    );
+    let (index, gen, seed) = client_arg(arg);
     let who = format!("garbage client {index}.{gen} (pid {})", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     watch_stdin(stop.clone(), None, false);

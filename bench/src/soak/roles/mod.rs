@@ -46,6 +46,16 @@ pub(super) fn generate(id: u64, model: &str, text: &str, max_tokens: u32) -> Req
     }
 }
 
+/// A client role's argument `INDEX,GEN,SEED` (missing or bad parts: 0, 0 and 1).
+pub(super) fn client_arg(arg: &str) -> (u64, u64, u64) {
+    let mut parts = arg.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(1),
+    )
+}
+
 /// Connects to `service`, retrying for up to `bound` while every client slot is taken.
 pub(super) fn connect_retry(service: &str, bound: Duration) -> Result<Client> {
     let end = Instant::now() + bound;

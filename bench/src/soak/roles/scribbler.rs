@@ -22,7 +22,7 @@ use shm_runtime::ring::process::ProcessToken;
 use shm_runtime::testing::Service;
 use shm_runtime::Error;
 
-use super::{connect_retry, generate};
+use super::{client_arg, connect_retry, generate};
 use crate::soak::lines::{say, watch_stdin};
 use crate::soak::oracle::Tally;
 use crate::soak::rng::Rng;
@@ -32,12 +32,7 @@ use crate::soak::LOST_AFTER;
 const CHUNK: usize = 16 << 10;
 
 pub(crate) fn role_scribbler(service: &str, arg: &str) -> Result<ExitCode> {
-    let mut parts = arg.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (index, gen, seed) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(1),
-    );
+    let (index, gen, seed) = client_arg(arg);
     let who = format!("scribbler {index}.{gen} (pid {})", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     watch_stdin(stop.clone(), None, false);
