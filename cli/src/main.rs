@@ -206,15 +206,31 @@ fn status(name: &str, json: bool) -> Result<()> {
     }
     println!("clients: {}", st.clients.len());
     for c in &st.clients {
+        let held: Vec<String> = st
+            .pool
+            .iter()
+            .zip(&c.held)
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, n)| format!("{n}x{} B", k.chunk_size))
+            .collect();
         println!(
-            "  slot {} pid {} inflight {} requests {} errors {}",
-            c.slot, c.pid, c.inflight, c.requests, c.errors
+            "  slot {} pid {} inflight {} requests {} errors {} holds {}",
+            c.slot,
+            c.pid,
+            c.inflight,
+            c.requests,
+            c.errors,
+            if held.is_empty() {
+                "nothing".to_owned()
+            } else {
+                held.join(", ")
+            }
         );
     }
     for c in &st.pool {
         println!(
-            "pool {:>8} B: {}/{} free, high water {}",
-            c.chunk_size, c.free, c.count, c.high_water
+            "pool {:>8} B: {}/{} free, high water {}, {} per client",
+            c.chunk_size, c.free, c.count, c.high_water, c.share
         );
     }
     Ok(())

@@ -53,6 +53,7 @@ pub fn config() -> PoolConfig {
         ],
         max_owners: 4,
         quota: 8,
+        class_share: 100,
     }
 }
 

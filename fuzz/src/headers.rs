@@ -280,6 +280,7 @@ fn pool_config(choice: u8) -> PoolConfig {
             ],
             max_owners: 6,
             quota: 4,
+            class_share: 100,
         }
     }
 }

@@ -20,6 +20,16 @@
 //! Owners are registered in the owner table with their [`ProcessToken`]; when an owner's process
 //! dies, [`Pool::reclaim_dead`] returns all of its chunks and frees its entry.
 //!
+//! # Shares
+//!
+//! Besides its quota over all classes, an owner registered with [`Pool::register_owner`] may hold
+//! at most a share of each class ([`PoolConfig::class_share`] percent of its chunks, at least
+//! one): loans and [`Pool::adopt_within_share`] refuse to go past it, so one owner that stops
+//! returning chunks cannot take a whole class from the others. An owner registered with
+//! [`Pool::register_unlimited_owner`] (the process that serves the others, which holds whatever
+//! is queued) has neither the share nor the quota. Each capped owner's holding per class is kept
+//! in a table beside the owner table ([`Pool::held_by_class`]).
+//!
 //! ```
 //! use shm_ring::{pool::{Pool, PoolConfig}, Region};
 //!
@@ -46,7 +56,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Magic of an initialised pool header ("POOL").
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"POOL");
-const POOL_VERSION: u32 = 1;
+const POOL_VERSION: u32 = 2;
 
 /// Alignment of every chunk's data.
 pub const CHUNK_ALIGN: usize = 64;
@@ -83,6 +93,9 @@ pub struct PoolConfig {
     pub max_owners: u32,
     /// Most chunks one owner may hold at once, over all classes.
     pub quota: u32,
+    /// Percent of each class's chunks one capped owner may hold at once (1 ..= 100; at least one
+    /// chunk of each class whatever the class size).
+    pub class_share: u32,
 }
 
 impl PoolConfig {
@@ -121,6 +134,7 @@ impl PoolConfig {
             ],
             max_owners: 64,
             quota: 1024,
+            class_share: 25,
         }
     }
 
@@ -139,6 +153,7 @@ impl PoolConfig {
             ],
             max_owners: 8,
             quota: 32,
+            class_share: 100,
         }
     }
 }
@@ -151,7 +166,7 @@ struct PoolHeader {
     class_count: AtomicU32,
     max_owners: AtomicU32,
     quota: AtomicU32,
-    reserved: AtomicU32,
+    class_share: AtomicU32,
     total_len: AtomicU64,
 }
 
@@ -186,8 +201,20 @@ struct OwnerEntry {
     high_water: AtomicU32,
 }
 
+/// Per owner, beside its [`OwnerEntry`]: whether it is held to the class shares, and how many
+/// chunks of each class it holds (kept for capped owners only).
+#[repr(C)]
+#[derive(Debug)]
+struct OwnerShares {
+    /// 1: the owner is held to the class shares; 0: unlimited.
+    capped: AtomicU32,
+    held: [AtomicU32; MAX_CLASSES],
+    reserved: AtomicU32,
+}
+
 #[cfg(not(shm_loom))]
 const _: () = {
+    assert!(std::mem::size_of::<OwnerShares>() == 72);
     assert!(std::mem::size_of::<PoolHeader>() == 32);
     assert!(std::mem::size_of::<ChunkHeader>() == 16);
     assert!(std::mem::size_of::<OwnerEntry>() == 16);
@@ -289,6 +316,16 @@ pub enum LoanError {
         /// Its quota.
         quota: u32,
     },
+    /// The owner already holds its share of every class that fits.
+    #[error("owner {owner} already holds its share ({cap} chunks) of every class of {size} bytes or more")]
+    ShareExceeded {
+        /// Owner id.
+        owner: u32,
+        /// Requested size.
+        size: usize,
+        /// Its share of the smallest fitting class.
+        cap: u32,
+    },
     /// The owner id is not registered in this pool.
     #[error("owner {0} is not registered in this pool")]
     UnknownOwner(u32),
@@ -326,6 +363,16 @@ pub enum ChunkError {
     /// The chunk would move from an owner to itself.
     #[error("owner {0} cannot adopt a chunk from itself")]
     SameOwner(u32),
+    /// The receiver already holds its share of the chunk's class.
+    #[error("owner {owner} already holds its share of {chunk_size}-byte chunks ({cap})")]
+    ShareExceeded {
+        /// The receiver.
+        owner: u32,
+        /// The class's chunk size.
+        chunk_size: usize,
+        /// Its share of the class.
+        cap: u32,
+    },
     /// More bytes were asked for than the chunk holds.
     #[error("{wanted} bytes asked of a chunk of {size}")]
     TooLong {
@@ -348,6 +395,8 @@ pub struct ClassStats {
     pub chunk_size: usize,
     /// Chunks in the class.
     pub count: u32,
+    /// Most chunks of the class one capped owner may hold.
+    pub share: u32,
     /// Chunks free now.
     pub free: u32,
     /// Most chunks ever in use at once.
@@ -378,6 +427,8 @@ impl PoolStats {
 struct ClassInfo {
     chunk_size: usize,
     count: u32,
+    /// Most chunks of this class one capped owner may hold.
+    share: u32,
     hdr: NonNull<ClassHeader>,
     headers: NonNull<ChunkHeader>,
     data: NonNull<u8>,
@@ -388,6 +439,7 @@ struct ClassInfo {
 pub struct Pool {
     _region: Region,
     owners: NonNull<OwnerEntry>,
+    shares: NonNull<OwnerShares>,
     max_owners: u32,
     quota: u32,
     classes: Box<[ClassInfo]>,
@@ -402,6 +454,7 @@ unsafe impl Sync for Pool {}
 struct Layout {
     classes_off: usize,
     owners_off: usize,
+    shares_off: usize,
     headers_off: Vec<usize>,
     data_off: Vec<usize>,
     total: usize,
@@ -413,8 +466,12 @@ fn layout(config: &PoolConfig) -> Layout {
         classes_off + config.classes.len() * std::mem::size_of::<ClassHeader>(),
         REGION_ALIGN,
     );
-    let mut at = align_up(
+    let shares_off = align_up(
         owners_off + config.max_owners as usize * std::mem::size_of::<OwnerEntry>(),
+        REGION_ALIGN,
+    );
+    let mut at = align_up(
+        shares_off + config.max_owners as usize * std::mem::size_of::<OwnerShares>(),
         REGION_ALIGN,
     );
     let mut headers_off = Vec::new();
@@ -436,10 +493,16 @@ fn layout(config: &PoolConfig) -> Layout {
     Layout {
         classes_off,
         owners_off,
+        shares_off,
         headers_off,
         data_off,
         total: at,
     }
+}
+
+/// One capped owner's share of a class of `count` chunks: `percent` of it, at least one chunk.
+fn share_of(count: u32, percent: u32) -> u32 {
+    ((u64::from(count) * u64::from(percent) / 100) as u32).max(1)
 }
 
 fn check_config(config: &PoolConfig) -> Result<(), PoolAttachError> {
@@ -452,6 +515,9 @@ fn check_config(config: &PoolConfig) -> Result<(), PoolAttachError> {
     }
     if config.quota == 0 {
         return Err(bad("quota must be at least 1"));
+    }
+    if config.class_share == 0 || config.class_share > 100 {
+        return Err(bad("class_share must be 1 ..= 100 (percent)"));
     }
     let mut prev = 0;
     for c in &config.classes {
@@ -499,7 +565,7 @@ impl Pool {
                 class_count: AtomicU32::new(config.classes.len() as u32),
                 max_owners: AtomicU32::new(config.max_owners),
                 quota: AtomicU32::new(config.quota),
-                reserved: AtomicU32::new(0),
+                class_share: AtomicU32::new(config.class_share),
                 total_len: AtomicU64::new(l.total as u64),
             });
             for (ci, c) in config.classes.iter().enumerate() {
@@ -533,6 +599,14 @@ impl Pool {
                     in_use: AtomicU32::new(0),
                     high_water: AtomicU32::new(0),
                 });
+                base.add(l.shares_off)
+                    .cast::<OwnerShares>()
+                    .add(i)
+                    .write(OwnerShares {
+                        capped: AtomicU32::new(1),
+                        held: std::array::from_fn(|_| AtomicU32::new(0)),
+                        reserved: AtomicU32::new(0),
+                    });
             }
         }
         // SAFETY: the header was initialised above.
@@ -568,6 +642,7 @@ impl Pool {
         let class_count = h.class_count.load(Ordering::Relaxed) as usize;
         let max_owners = h.max_owners.load(Ordering::Relaxed);
         let quota = h.quota.load(Ordering::Relaxed);
+        let class_share = h.class_share.load(Ordering::Relaxed);
         if class_count == 0 || class_count > MAX_CLASSES || max_owners == 0 || max_owners > 1 << 20
         {
             return Err(PoolAttachError::Corrupt(
@@ -580,6 +655,7 @@ impl Pool {
             classes: Vec::new(),
             max_owners,
             quota,
+            class_share,
         };
         for ci in 0..class_count {
             let c = region
@@ -625,6 +701,7 @@ impl Pool {
             classes.push(ClassInfo {
                 chunk_size: c.chunk_size,
                 count: c.count,
+                share: share_of(c.count, class_share),
                 hdr: chdr,
                 headers,
                 data,
@@ -632,9 +709,12 @@ impl Pool {
         }
         // SAFETY: owners_off lies inside the region (l.total checked).
         let owners = unsafe { base.add(l.owners_off).cast::<OwnerEntry>() };
+        // SAFETY: shares_off lies inside the region (l.total checked).
+        let shares = unsafe { base.add(l.shares_off).cast::<OwnerShares>() };
         Ok(Pool {
             _region: region.clone(),
             owners,
+            shares,
             max_owners,
             quota,
             classes: classes.into_boxed_slice(),
@@ -650,32 +730,71 @@ impl Pool {
         Some(unsafe { &*self.owners.as_ptr().add(i as usize) })
     }
 
+    /// The share table entry of `owner` (same index as its owner entry).
+    fn owner_shares(&self, owner: OwnerId) -> Option<&OwnerShares> {
+        let i = owner.0.checked_sub(1)?;
+        if i >= self.max_owners {
+            return None;
+        }
+        // SAFETY: i < max_owners; the share table was checked to fit at attach.
+        Some(unsafe { &*self.shares.as_ptr().add(i as usize) })
+    }
+
+    /// `owner`'s share entry if it is held to the class shares.
+    #[inline]
+    fn capped(&self, owner: OwnerId) -> Option<&OwnerShares> {
+        self.owner_shares(owner)
+            .filter(|s| s.capped.load(Ordering::Relaxed) != 0)
+    }
+
     fn chunk_header(&self, class: &ClassInfo, index: u32) -> &ChunkHeader {
         debug_assert!(index < class.count);
         // SAFETY: callers pass index < class.count (checked against the local copy of count).
         unsafe { &*class.headers.as_ptr().add(index as usize) }
     }
 
-    /// Registers the calling process as a new owner (taking over the entry of a dead one, after
-    /// reclaiming its chunks).
+    /// Registers the calling process as a new owner held to the class shares (taking over the
+    /// entry of a dead one, after reclaiming its chunks).
     ///
     /// # Errors
     ///
     /// [`OwnersFull`] when every entry is held by a live process.
     pub fn register_owner(&self) -> Result<OwnerId, OwnersFull> {
+        self.register(true)
+    }
+
+    /// Registers the calling process as an owner with neither the class shares nor the quota: the
+    /// process that serves the others and holds whatever they queue. Its per-class holding is not
+    /// counted.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnersFull`] when every entry is held by a live process.
+    pub fn register_unlimited_owner(&self) -> Result<OwnerId, OwnersFull> {
+        self.register(false)
+    }
+
+    fn register(&self, capped: bool) -> Result<OwnerId, OwnersFull> {
         let me = ProcessToken::current();
         for i in 0..self.max_owners {
             let id = OwnerId(i + 1);
             let entry = self.owner_entry(id).expect("index in range");
+            let shares = self.owner_shares(id).expect("index in range");
             match claim_slot(&entry.token, me) {
-                Ok(Claimed::Fresh) => return Ok(id),
+                Ok(Claimed::Fresh) => {}
                 Ok(Claimed::TookOver(_)) => {
                     self.reclaim(id);
                     entry.high_water.store(0, Ordering::Relaxed);
-                    return Ok(id);
                 }
                 Err(_) => continue,
             }
+            // Nothing is held under this id now (a fresh entry, or one just reclaimed): start the
+            // counts afresh, so a count a dead process left half-moved does not outlive it.
+            for held in &shares.held {
+                held.store(0, Ordering::Relaxed);
+            }
+            shares.capped.store(u32::from(capped), Ordering::Relaxed);
+            return Ok(id);
         }
         Err(OwnersFull(self.max_owners))
     }
@@ -698,6 +817,22 @@ impl Pool {
     pub fn held_by(&self, owner: OwnerId) -> u32 {
         self.owner_entry(owner)
             .map_or(0, |e| e.in_use.load(Ordering::Relaxed))
+    }
+
+    /// Chunks `owner` holds now in each class (in class order); zeros for an unlimited owner,
+    /// whose holding per class is not counted.
+    pub fn held_by_class(&self, owner: OwnerId) -> Vec<u32> {
+        let Some(shares) = self.capped(owner) else {
+            return vec![0; self.classes.len()];
+        };
+        (0..self.classes.len())
+            .map(|ci| shares.held[ci].load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Whether `owner` is held to the class shares.
+    pub fn is_capped(&self, owner: OwnerId) -> bool {
+        self.capped(owner).is_some()
     }
 
     /// Largest chunk size.
@@ -725,9 +860,10 @@ impl Pool {
                 size,
                 max: self.max_chunk_size(),
             })?;
+        let shares = self.capped(owner);
         // Quota first: one RMW, undone if no chunk is found.
         let held = entry.in_use.fetch_add(1, Ordering::Relaxed);
-        if held >= self.quota {
+        if held >= self.quota && shares.is_some() {
             entry.in_use.fetch_sub(1, Ordering::Relaxed);
             return Err(LoanError::QuotaExceeded {
                 owner: owner.0,
@@ -737,7 +873,22 @@ impl Pool {
         if held + 1 > entry.high_water.load(Ordering::Relaxed) {
             entry.high_water.fetch_max(held + 1, Ordering::Relaxed);
         }
+        let mut over_share = false;
         for ci in first..self.classes.len() {
+            // The class share of a capped owner: one more RMW, undone if the class has no chunk.
+            if let Some(s) = shares {
+                if s.held[ci].fetch_add(1, Ordering::Relaxed) >= self.classes[ci].share {
+                    s.held[ci].fetch_sub(1, Ordering::Relaxed);
+                    // A share of the whole class held: the class is simply exhausted.
+                    over_share |= self.classes[ci].share < self.classes[ci].count;
+                    continue;
+                }
+            }
+            let undo_share = || {
+                if let Some(s) = shares {
+                    s.held[ci].fetch_sub(1, Ordering::Relaxed);
+                }
+            };
             match self.pop_free(ci) {
                 Ok(Some(index)) => {
                     let class = &self.classes[ci];
@@ -759,14 +910,22 @@ impl Pool {
                         owner,
                     });
                 }
-                Ok(None) => continue,
+                Ok(None) => undo_share(),
                 Err(e) => {
+                    undo_share();
                     entry.in_use.fetch_sub(1, Ordering::Relaxed);
                     return Err(e);
                 }
             }
         }
         entry.in_use.fetch_sub(1, Ordering::Relaxed);
+        if over_share {
+            return Err(LoanError::ShareExceeded {
+                owner: owner.0,
+                size,
+                cap: self.classes[first].share,
+            });
+        }
         Err(LoanError::Exhausted { size })
     }
 
@@ -785,7 +944,11 @@ impl Pool {
         let mut sleep = Duration::from_micros(1);
         loop {
             match self.loan(owner, size) {
-                Err(LoanError::Exhausted { .. }) | Err(LoanError::QuotaExceeded { .. }) => {}
+                Err(
+                    LoanError::Exhausted { .. }
+                    | LoanError::QuotaExceeded { .. }
+                    | LoanError::ShareExceeded { .. },
+                ) => {}
                 other => return other,
             }
             let now = Instant::now();
@@ -883,7 +1046,34 @@ impl Pool {
     /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`],
     /// [`ChunkError::SameOwner`] when `from == to`.
     pub fn adopt(&self, id: ChunkId, from: OwnerId, to: OwnerId) -> Result<Loan<'_>, ChunkError> {
-        let (_, h) = self.locate(id)?;
+        self.transfer(id, from, to, false)
+    }
+
+    /// [`adopt`](Self::adopt), unless `to` is held to the class shares and already holds its
+    /// share of the chunk's class: then [`ChunkError::ShareExceeded`] and the chunk stays with
+    /// `from`. (For what a receiver may be made to wait for, such as the parts of a stream; what
+    /// it must get, such as the one final answer to its request, goes by `adopt`.)
+    ///
+    /// # Errors
+    ///
+    /// As for [`adopt`](Self::adopt), and [`ChunkError::ShareExceeded`].
+    pub fn adopt_within_share(
+        &self,
+        id: ChunkId,
+        from: OwnerId,
+        to: OwnerId,
+    ) -> Result<Loan<'_>, ChunkError> {
+        self.transfer(id, from, to, true)
+    }
+
+    fn transfer(
+        &self,
+        id: ChunkId,
+        from: OwnerId,
+        to: OwnerId,
+        within_share: bool,
+    ) -> Result<Loan<'_>, ChunkError> {
+        let (class, h) = self.locate(id)?;
         // Never from an owner to itself: the holder would get a second loan of a chunk it may be
         // writing through the first, and a receiver that trusted a peer's word for the sender (a
         // client entry naming the server's own owner id) would take its own chunks as input.
@@ -899,17 +1089,41 @@ impl Pool {
         let from_entry = self
             .owner_entry(from)
             .ok_or(ChunkError::UnknownOwner(from.0))?;
+        let ci = usize::from(id.class());
+        // The receiver's count moves first (and is undone if the chunk does not move), so that
+        // two hand-overs racing for the last place in a share cannot both get it.
+        let to_shares = self.capped(to);
+        if let Some(s) = to_shares {
+            let before = s.held[ci].fetch_add(1, Ordering::Relaxed);
+            if within_share && before >= class.share {
+                s.held[ci].fetch_sub(1, Ordering::Relaxed);
+                return Err(ChunkError::ShareExceeded {
+                    owner: to.0,
+                    chunk_size: class.chunk_size,
+                    cap: class.share,
+                });
+            }
+        }
         let expected = (u64::from(id.generation()) << 32) | u64::from(from.0);
         let new = (u64::from(id.generation()) << 32) | u64::from(to.0);
         // SYNC(owner): AcqRel: acquire what the previous owner wrote into the chunk, release to the
         // next CAS on this word.
-        h.owner
-            .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|found| ChunkError::NotOwned {
+        if let Err(found) =
+            h.owner
+                .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            if let Some(s) = to_shares {
+                s.held[ci].fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(ChunkError::NotOwned {
                 id: id.0,
                 expected: from.0,
                 found,
-            })?;
+            });
+        }
+        if let Some(s) = self.capped(from) {
+            s.held[ci].fetch_sub(1, Ordering::Relaxed);
+        }
         from_entry.in_use.fetch_sub(1, Ordering::Relaxed);
         to_entry.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Loan {
@@ -1037,6 +1251,9 @@ impl Pool {
         if let Some(e) = self.owner_entry(owner) {
             e.in_use.fetch_sub(1, Ordering::Relaxed);
         }
+        if let Some(s) = self.capped(owner) {
+            s.held[usize::from(class)].fetch_sub(1, Ordering::Relaxed);
+        }
         self.push_free(usize::from(class), index);
         true
     }
@@ -1142,6 +1359,7 @@ impl Pool {
                 ClassStats {
                     chunk_size: c.chunk_size,
                     count: c.count,
+                    share: c.share,
                     free: free.min(c.count),
                     high_water: c.count - low,
                 }
@@ -1312,6 +1530,7 @@ mod tests {
             ],
             max_owners: 2,
             quota: 10,
+            class_share: 100,
         };
         let p = pool(&config);
         let me = p.register_owner().unwrap();
@@ -1352,6 +1571,78 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_owner_holds_at_most_its_share_of_each_class_and_hand_overs_respect_it() {
+        let mut config = PoolConfig {
+            classes: vec![
+                SizeClass {
+                    chunk_size: 64,
+                    count: 8,
+                },
+                SizeClass {
+                    chunk_size: 128,
+                    count: 8,
+                },
+            ],
+            max_owners: 4,
+            quota: 100,
+            class_share: 25,
+        };
+        let p = pool(&config);
+        let server = p.register_unlimited_owner().unwrap();
+        let client = p.register_owner().unwrap();
+        assert!(!p.is_capped(server) && p.is_capped(client));
+        // A quarter of 8 is 2 per class: two small loans, then two from the larger class, then no
+        // more, though the pool has chunks left.
+        let loans: Vec<_> = (0..4).map(|_| p.loan(client, 10).unwrap()).collect();
+        assert_eq!(p.held_by_class(client), vec![2, 2]);
+        assert_eq!(
+            p.loan(client, 10).unwrap_err(),
+            LoanError::ShareExceeded {
+                owner: client.get(),
+                size: 10,
+                cap: 2
+            }
+        );
+        // The unlimited owner has no share and no quota: it can take the rest of the pool.
+        let rest: Vec<_> = (0..12).map(|_| p.loan(server, 10).unwrap()).collect();
+        assert_eq!(p.stats().in_use(), 16);
+        drop(rest);
+        // A hand-over within the share is refused past it and leaves the chunk with the sender;
+        // a plain adopt goes through (and the count follows it).
+        let answer = p.loan(server, 10).unwrap().into_id();
+        assert_eq!(
+            p.adopt_within_share(answer, server, client).unwrap_err(),
+            ChunkError::ShareExceeded {
+                owner: client.get(),
+                chunk_size: 64,
+                cap: 2
+            }
+        );
+        assert_eq!(p.held_by_class(client), vec![2, 2]);
+        let given = p.adopt(answer, server, client).unwrap();
+        assert_eq!(p.held_by_class(client), vec![3, 2]);
+        drop(given);
+        drop(loans);
+        assert_eq!(p.held_by_class(client), vec![0, 0]);
+        let within = p.loan(server, 10).unwrap().into_id();
+        let back = p.adopt_within_share(within, server, client).unwrap();
+        assert_eq!(p.held_by_class(client), vec![1, 0]);
+        // Handing it back to the server takes it off the client's count.
+        let id = back.into_id();
+        drop(p.adopt(id, client, server).unwrap());
+        assert_eq!(p.held_by_class(client), vec![0, 0]);
+        assert_eq!(p.stats().in_use(), 0);
+        // A share is at least one chunk, whatever the percentage.
+        config.class_share = 1;
+        let p = pool(&config);
+        let c = p.register_owner().unwrap();
+        assert_eq!(p.stats().classes[0].share, 1);
+        let one = p.loan(c, 10).unwrap();
+        assert_eq!(one.len(), 64);
+        assert_eq!(p.loan(c, 10).unwrap().len(), 128);
+    }
+
+    #[test]
     fn exhausted_pool_errors_at_once_or_times_out() {
         let config = PoolConfig {
             classes: vec![SizeClass {
@@ -1360,6 +1651,7 @@ mod tests {
             }],
             max_owners: 2,
             quota: 8,
+            class_share: 100,
         };
         let p = pool(&config);
         let me = p.register_owner().unwrap();
@@ -1505,6 +1797,7 @@ mod tests {
             }],
             max_owners: 4,
             quota: 8,
+            class_share: 100,
         };
         let region = Region::heap(Pool::bytes_for(&config));
         Pool::init(&region, &config).unwrap();

@@ -105,6 +105,7 @@ fn pool_never_loans_one_chunk_twice() {
             }],
             max_owners: 2,
             quota: 4,
+            class_share: 100,
         };
         let region = Region::heap(Pool::bytes_for(&config));
         Pool::init(&region, &config).unwrap();

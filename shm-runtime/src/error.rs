@@ -22,9 +22,17 @@ pub enum Error {
     /// The server stopped or died while the call was waiting.
     #[error("the server has gone")]
     ServerGone,
-    /// Too many requests in flight, or no free client slot or memory: try again later.
+    /// The service is busy (too many requests in flight, a full ring, no free client slot, the
+    /// shared pool empty): try again later.
     #[error("the service is busy: {0}")]
     Busy(String),
+    /// Memory ran out for this request: this client holds its share of shared memory (answers or
+    /// stream parts it has not read, requests it has not sent), the pool had no chunk left for
+    /// the answer, or the answer needs more than the largest chunk. Read what is waiting, or ask
+    /// for less. Unlike [`Error::Busy`], waiting alone does not help while this client keeps what
+    /// it holds.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// The deadline passed.
     #[error("the request timed out")]
     TimedOut,
@@ -62,7 +70,7 @@ impl Error {
             ErrorCode::Cancelled => Error::Cancelled,
             ErrorCode::Backend => Error::Backend(message),
             ErrorCode::ShuttingDown => Error::ShuttingDown,
-            ErrorCode::ResourceExhausted => Error::Busy(message),
+            ErrorCode::ResourceExhausted => Error::ResourceExhausted(message),
         }
     }
 }

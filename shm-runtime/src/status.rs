@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+use shm_ring::pool::OwnerId;
 
 use crate::protocol::ErrorCode;
 use crate::service::{Service, STATE_DRAINING, STATE_RUNNING, STATE_STARTING};
@@ -70,6 +71,11 @@ pub struct ClientStatus {
     pub requests: u64,
     /// Error answers it got.
     pub errors: u64,
+    /// Pool chunks it holds now, per size class (in the order of [`ServiceStatus::pool`]):
+    /// requests it is writing, answers and stream parts it has not read yet. Stream parts and
+    /// requests stay within the class's [`share`](PoolClassStatus::share); final answers always
+    /// go (one per request in flight), so a client may hold its share plus those.
+    pub held: Vec<u32>,
 }
 
 /// One size class of the shared pool.
@@ -83,6 +89,8 @@ pub struct PoolClassStatus {
     pub count: u32,
     /// Most chunks ever in use at once.
     pub high_water: u32,
+    /// Most chunks of the class one client may hold at once.
+    pub share: u32,
 }
 
 /// A snapshot of a service: see [`status`].
@@ -144,12 +152,12 @@ pub fn error_name(code: ErrorCode) -> &'static str {
 pub fn status(name: &str) -> Result<ServiceStatus, Error> {
     let svc = Service::open(name).map_err(Error::Attach)?;
     let pool = shm_ring::pool::Pool::attach(&svc.pool_region())
-        .map_err(|e| Error::Attach(format!("reading the pool of service {name:?}: {e}")))?
-        .stats();
+        .map_err(|e| Error::Attach(format!("reading the pool of service {name:?}: {e}")))?;
     Ok(snapshot(name, &svc, &pool))
 }
 
-fn snapshot(name: &str, svc: &Service, pool: &shm_ring::pool::PoolStats) -> ServiceStatus {
+fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceStatus {
+    let pool = &live.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let header = svc.header();
     let stats = svc.stats();
@@ -183,6 +191,9 @@ fn snapshot(name: &str, svc: &Service, pool: &shm_ring::pool::PoolStats) -> Serv
                 inflight: entry.inflight.load(Ordering::Relaxed),
                 requests: load(&entry.requests),
                 errors: load(&entry.errors),
+                held: OwnerId::from_raw(entry.owner.load(Ordering::Relaxed))
+                    .map(|o| live.held_by_class(o))
+                    .unwrap_or_else(|| vec![0; pool.classes.len()]),
             })
         })
         .collect();
@@ -216,6 +227,7 @@ fn snapshot(name: &str, svc: &Service, pool: &shm_ring::pool::PoolStats) -> Serv
                 free: c.free,
                 count: c.count,
                 high_water: c.high_water,
+                share: c.share,
             })
             .collect(),
     }

@@ -139,6 +139,55 @@ fn child_entry() {
             assert_eq!(client.in_flight(), 0);
             say(format!("READ {arg}"));
         }
+        // Opens streams (`arg`: model,count,max_tokens,timeout_ms) and reads nothing until told
+        // to on stdin; then reads each to its end and reports its parts and how it ended.
+        "stream-hog" => {
+            let mut args = task.arg.split(',');
+            let model = args.next().unwrap().to_owned();
+            let mut num = || args.next().unwrap().parse::<u32>().unwrap();
+            let (count, max_tokens, timeout_ms) = (num(), num(), num());
+            let client = Client::connect(service).unwrap();
+            let tickets: Vec<Ticket> = (0..count)
+                .map(|i| {
+                    let mut r = generate(&model, &"s".repeat(max_tokens as usize))
+                        .with_id(u64::from(i) + 1)
+                        .with_max_tokens(max_tokens);
+                    r.params.stream = true;
+                    r.params.timeout_ms = timeout_ms;
+                    client.submit(&r).unwrap()
+                })
+                .collect();
+            say("OPENED");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            // Reads all its streams together, as a client of several streams must: a part of
+            // one waits for room that only reading the others makes.
+            let mut parts = vec![0u32; tickets.len()];
+            let mut ends: Vec<Option<String>> = vec![None; tickets.len()];
+            let give_up = Instant::now() + Duration::from_secs(15);
+            while ends.iter().any(Option::is_none) {
+                for (i, &t) in tickets.iter().enumerate() {
+                    if ends[i].is_some() {
+                        continue;
+                    }
+                    ends[i] = match client.recv(t, Duration::from_millis(2)) {
+                        Ok(v) if !v.is_final() => {
+                            parts[i] += 1;
+                            None
+                        }
+                        Ok(_) => Some("complete".to_owned()),
+                        // Nothing for this one yet (its deadline is far off).
+                        Err(Error::TimedOut) if Instant::now() < give_up => None,
+                        Err(Error::ResourceExhausted(_)) => Some("exhausted".to_owned()),
+                        Err(e) => Some(format!("error {e:?}")),
+                    };
+                }
+            }
+            for (n, end) in parts.iter().zip(ends) {
+                say(format!("STREAM {n} {}", end.unwrap()));
+            }
+            say("DONE");
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -230,6 +279,7 @@ fn small_pool(quota: u32) -> PoolConfig {
         }],
         max_owners: 16,
         quota,
+        class_share: 100,
     }
 }
 
@@ -254,9 +304,10 @@ fn a_client_at_its_quota_gets_busy_and_the_others_are_still_served() {
             Err(e) => break e,
         }
     };
+    // Its own quota used up: waiting alone would not help, so not `Busy`.
     assert!(
-        is_busy(&refused, "quota"),
-        "expected Busy (quota), got {refused:?}"
+        matches!(&refused, Error::ResourceExhausted(m) if m.contains("quota")),
+        "expected ResourceExhausted (quota), got {refused:?}"
     );
     assert_eq!(kept.len(), 16);
     assert_eq!(greedy.in_flight(), 0);
@@ -300,9 +351,12 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
     let line = hog.expect("HOG ");
     let (held, how) = line.split_once(' ').unwrap();
     let held: u32 = held.parse().unwrap();
-    // Stopped by a typed Busy: no memory for its request, or (its last request took the last
-    // chunk) none for the answer, which then comes as an error.
-    assert!(how.contains("busy"), "the hog was stopped by: {how}");
+    // Stopped by a typed error: Busy, no memory for its request; or (its last request took the
+    // last chunk) none for the answer, which then comes as a ResourceExhausted error answer.
+    assert!(
+        how.contains("busy") || how.contains("no chunk for the answer"),
+        "the hog was stopped by: {how}"
+    );
     assert!(
         held + 2 >= total,
         "the hog holds nearly every chunk: {held} of {total}"
@@ -314,8 +368,12 @@ fn an_exhausted_pool_answers_busy_without_hanging_and_recovers_when_the_hog_dies
     match other.submit(&generate("echo", "starved").with_id(8)) {
         Err(e) => assert!(is_busy(&e, "no shared memory"), "{e:?}"),
         Ok(t) => {
+            // No chunk for the answer: the error answer says memory ran out.
             let e = final_of(&other, t, Duration::from_secs(5)).unwrap_err();
-            assert!(matches!(e, Error::Busy(_)), "{e:?}");
+            assert!(
+                matches!(&e, Error::ResourceExhausted(m) if m.contains("no chunk")),
+                "{e:?}"
+            );
         }
     }
     assert_eq!(other.in_flight(), 0);
@@ -488,6 +546,7 @@ fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
         }],
         max_owners: 8,
         quota: 16,
+        class_share: 100,
     };
     let _server = Server::start(cfg).unwrap();
     let client = Client::connect(&svc).unwrap();
@@ -496,7 +555,7 @@ fn an_answer_larger_than_any_chunk_is_an_error_answer_not_a_hang() {
     let mut r = generate("echo", &"e".repeat(3000)).with_id(1);
     r.task = Task::Embed;
     match client.infer_timeout(&r, Duration::from_secs(5)) {
-        Err(Error::Busy(m)) => assert!(m.contains("chunk"), "{m}"),
+        Err(Error::ResourceExhausted(m)) => assert!(m.contains("chunk"), "{m}"),
         other => panic!("expected a typed error, got {other:?}"),
     }
     let v = client.infer(&generate("echo", "small").with_id(2)).unwrap();
@@ -595,6 +654,7 @@ fn configurations_that_could_never_serve_are_refused_at_start() {
         }],
         max_owners: 8,
         quota: 4,
+        class_share: 100,
     };
     match Server::start(cfg) {
         Err(shm_runtime::ServerError::Config(ConfigError::ChunkTooLarge(size))) => {
@@ -624,4 +684,134 @@ fn configurations_that_could_never_serve_are_refused_at_start() {
         }
     }
     assert!(!std::path::Path::new(&format!("/dev/shm/shmr.{svc}")).exists());
+}
+
+/// Good clients' requests while `hog` holds its share: every one is answered (no `Busy`, no
+/// `ResourceExhausted`), and a stream of theirs runs to its end.
+fn good_client_is_served(good: &Client, model: &str, rounds: u64) {
+    for i in 0..rounds {
+        let v = good
+            .infer_timeout(
+                &generate(model, &format!("g{i}"))
+                    .with_id(i + 1)
+                    .with_max_tokens(4),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("good request {i}: {e:?}"));
+        assert!(!generated_text(&v).is_empty());
+    }
+    let mut r = generate(model, "abcdefgh").with_id(1000).with_max_tokens(8);
+    r.params.stream = true;
+    let parts: Vec<_> = good
+        .stream(&r)
+        .unwrap()
+        .map(|p| p.unwrap_or_else(|e| panic!("good stream: {e:?}")))
+        .collect();
+    assert_eq!(parts.len(), 9, "8 parts and the final answer");
+}
+
+/// The slot of the client process `pid` in `svc`'s status, and the chunks it holds per class.
+fn held_by(svc: &str, pid: u32) -> Vec<u32> {
+    let st = shm_runtime::status(svc).unwrap();
+    st.clients
+        .iter()
+        .find(|c| c.pid == pid)
+        .map(|c| c.held.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_client_that_stops_reading_its_streams_holds_only_its_share_and_the_others_keep_full_service() {
+    let _dog = Watchdog::new("stream share", Duration::from_secs(60));
+    let svc = unique_name("share");
+    let mut cfg = ServerConfig::new(
+        &svc,
+        vec![
+            ModelConfig::new("echo", "echo"),
+            sleep_model("steps", 1.0, Some(4)),
+        ],
+    );
+    // 64 chunks of 1 KiB; each client may hold a quarter of them.
+    cfg.pool = small_pool(64);
+    cfg.pool.class_share = 25;
+    cfg.workers_per_lane = 2;
+    let _server = Server::start(cfg).unwrap();
+    let good = Client::connect(&svc).unwrap();
+    let (_, total) = good.pool_free();
+    let share = shm_runtime::status(&svc).unwrap().pool[0].share;
+    assert_eq!(share, 16);
+
+    // Streams run one backend call each (echo): a part that finds the client at its share waits
+    // briefly, then the stream ends with ResourceExhausted.
+    let mut hog = client("stream-hog", &svc, "echo,4,500,20000");
+    hog.expect("OPENED");
+    wait_for("the echo streams to end", Duration::from_secs(10), || {
+        shm_runtime::status(&svc).unwrap().lanes[0].completed >= 4
+    });
+    // Its share of stream parts, and the final answer of each stream (a final answer always
+    // goes: one per request in flight).
+    let held = held_by(&svc, hog.pid());
+    assert!(
+        held[0] <= share + 4 && held[0] >= share,
+        "the reader that stopped holds its share and its final answers, no more: {held:?}"
+    );
+    good_client_is_served(&good, "echo", 200);
+    hog.tell("read");
+    let mut parts = 0;
+    for _ in 0..4 {
+        let line = hog.expect("STREAM ");
+        let (n, end) = line.split_once(' ').unwrap();
+        assert_eq!(end, "exhausted", "an echo stream ended: {line}");
+        parts += n.parse::<u32>().unwrap();
+    }
+    assert!(parts < 4 * 500 && parts >= share - 4, "{parts} parts came");
+    hog.expect("DONE");
+    hog.wait_success();
+
+    // (30 tokens: the final answer of a generation reserves room for them in one 1 KiB chunk.)
+    // Sequences decoded step by step pause instead: nothing more is decoded for them until
+    // their client reads; then each goes on where it stopped and ends complete, every token in
+    // order.
+    let mut hog = client("stream-hog", &svc, "steps,4,30,20000");
+    hog.expect("OPENED");
+    wait_for("the hog to hold its share", Duration::from_secs(10), || {
+        held_by(&svc, hog.pid())[0] >= share - 1
+    });
+    let completed = shm_runtime::status(&svc).unwrap().lanes[1].completed;
+    good_client_is_served(&good, "steps", 20);
+    let st = shm_runtime::status(&svc).unwrap();
+    assert!(
+        held_by(&svc, hog.pid())[0] <= share,
+        "paused, holding no more than its share"
+    );
+    assert_eq!(
+        st.lanes[1].completed,
+        completed + 21,
+        "only the good client's requests ended"
+    );
+    hog.tell("read");
+    for _ in 0..4 {
+        assert_eq!(hog.expect("STREAM "), "30 complete");
+    }
+    hog.expect("DONE");
+    hog.wait_success();
+
+    // Paused past its deadline, a sequence ends with ResourceExhausted.
+    let mut hog = client("stream-hog", &svc, "steps,4,30,500");
+    hog.expect("OPENED");
+    wait_for(
+        "the paused streams to time out",
+        Duration::from_secs(10),
+        || shm_runtime::status(&svc).unwrap().lanes[1].completed >= completed + 21 + 4 + 4,
+    );
+    hog.tell("read");
+    for _ in 0..4 {
+        let line = hog.expect("STREAM ");
+        assert!(line.ends_with(" exhausted"), "{line}");
+    }
+    hog.expect("DONE");
+    hog.wait_success();
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        good.pool_free() == (total, total)
+    });
 }

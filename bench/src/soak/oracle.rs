@@ -68,6 +68,7 @@ impl Tally {
             Err(Error::TimedOut) => "timed_out",
             Err(Error::Cancelled) => "cancelled",
             Err(Error::Busy(_)) => "busy",
+            Err(Error::ResourceExhausted(_)) => "resource_exhausted",
             Err(Error::InvalidRequest(_)) => "invalid",
             Err(Error::ModelNotFound(_)) => "model_not_found",
             Err(Error::Protocol(_)) => "protocol",

@@ -403,12 +403,16 @@ impl Stepper for GgufStepper<'_> {
         })
     }
 
-    fn step(&mut self, events: &mut Vec<StepEvent>) {
+    fn step(&mut self, paused: &[bool], events: &mut Vec<StepEvent>) {
         self.batch.clear();
         let mut budget = self.n_batch as usize;
         for (slot, seq) in self.seqs.iter_mut().enumerate() {
             let Some(s) = seq else { continue };
             s.logits_at = None;
+            if paused.get(slot).copied().unwrap_or(false) {
+                // Its next token (`s.next`) waits in the sequence for a later step.
+                continue;
+            }
             if budget == 0 {
                 continue;
             }

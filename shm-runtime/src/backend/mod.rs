@@ -139,8 +139,10 @@ pub trait Stepper {
     ///
     /// [`BackendError::Invalid`] for a request the model cannot run; the slot stays free.
     fn admit(&mut self, slot: usize, req: &ArchivedRequest) -> Result<Admitted, BackendError>;
-    /// Runs one step for every admitted sequence, reporting what happened through `events`.
-    fn step(&mut self, events: &mut Vec<StepEvent>);
+    /// Runs one step for every admitted sequence whose slot is not set in `paused` (one flag per
+    /// slot), reporting what happened through `events`. A paused sequence keeps its state and
+    /// goes on from where it was at a later step (its client has not read what it was sent).
+    fn step(&mut self, paused: &[bool], events: &mut Vec<StepEvent>);
     /// Ends sequence `slot` now (cancelled, deadline, client gone) and frees what it held.
     /// Returns its token counts and timings so far.
     fn release(&mut self, slot: usize) -> Usage;

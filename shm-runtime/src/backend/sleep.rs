@@ -163,13 +163,22 @@ impl Stepper for SleepStepper {
         })
     }
 
-    fn step(&mut self, events: &mut Vec<StepEvent>) {
-        if self.seqs.iter().all(Option::is_none) {
+    fn step(&mut self, paused: &[bool], events: &mut Vec<StepEvent>) {
+        let is_paused = |slot: usize| paused.get(slot).copied().unwrap_or(false);
+        if self
+            .seqs
+            .iter()
+            .enumerate()
+            .all(|(slot, s)| s.is_none() || is_paused(slot))
+        {
             return;
         }
         std::thread::sleep(self.step);
         for (slot, seq) in self.seqs.iter_mut().enumerate() {
             let Some(s) = seq else { continue };
+            if is_paused(slot) {
+                continue;
+            }
             let id = s.n;
             let text = format!("t{id} ");
             s.n += 1;

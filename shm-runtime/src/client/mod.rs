@@ -234,7 +234,7 @@ impl Client {
             let mut loan = conn
                 .pool
                 .loan(conn.owner, size)
-                .map_err(|e| Error::Busy(format!("no shared memory for the request: {e}")))?;
+                .map_err(|e| loan_error(e, "the request"))?;
             match encode_request(req, loan.as_mut_slice()) {
                 Ok(len) => break (loan.into_id(), len),
                 Err(_) if size < max => size = (size * 2).min(max),
@@ -331,7 +331,7 @@ impl Client {
         let mut loan = conn
             .pool
             .loan(conn.owner, bytes.len().max(1))
-            .map_err(|e| Error::Busy(e.to_string()))?;
+            .map_err(|e| loan_error(e, "the request"))?;
         loan.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
         let chunk = loan.into_id();
         self.push_request(lane, chunk, declared_len, 0)
@@ -543,4 +543,17 @@ fn estimate(req: &Request) -> usize {
             .sum(),
     };
     input + req.model.len() + req.params.stop.iter().map(|s| s.len() + 8).sum::<usize>() + 256
+}
+
+/// The client-side error for a failed loan of shared memory for `what`: this client's own share
+/// or quota used up is [`Error::ResourceExhausted`]; the pool empty for everyone is
+/// [`Error::Busy`].
+fn loan_error(e: shm_ring::pool::LoanError, what: &str) -> Error {
+    use shm_ring::pool::LoanError;
+    match e {
+        LoanError::ShareExceeded { .. } | LoanError::QuotaExceeded { .. } => {
+            Error::ResourceExhausted(format!("no shared memory for {what}: {e}"))
+        }
+        _ => Error::Busy(format!("no shared memory for {what}: {e}")),
+    }
 }

@@ -188,7 +188,7 @@ pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerErr
     let svc = setup::init_segment(Arc::new(seg), &layout, &config, &lanes)?;
     let pool = Pool::attach(&svc.pool_region())
         .map_err(|e| ServerError::setup("cannot attach to the pool", Some(e.into())))?;
-    let owner = pool.register_owner().map_err(|e| {
+    let owner = pool.register_unlimited_owner().map_err(|e| {
         ServerError::setup("cannot register the server's pool owner", Some(e.into()))
     })?;
     Ok(ServerState {

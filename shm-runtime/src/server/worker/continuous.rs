@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::outbox::Undelivered;
 use super::request::validate;
 use super::{refusal, Worker};
 use crate::backend::writer::{GenerationState, Out};
@@ -21,6 +22,10 @@ pub(super) struct Sequence<'s> {
     stream: bool,
     /// Index of its next stream chunk.
     index: u32,
+    /// A stream part that could not be sent yet (the client holds its share of the pool, or the
+    /// pool is empty), with the reason: the sequence is paused, and decodes no further, until the
+    /// part goes; at its deadline it ends with `ResourceExhausted`.
+    waiting: Option<(Response, String)>,
 }
 
 impl<'s> Worker<'s> {
@@ -42,10 +47,31 @@ impl<'s> Worker<'s> {
             return did;
         }
         self.end_stopped_sequences();
+        self.send_waiting_parts();
+        let mut paused = std::mem::take(&mut self.paused);
+        paused.clear();
+        paused.extend(
+            self.sequences
+                .iter()
+                .map(|s| s.as_ref().is_some_and(|s| s.waiting.is_some())),
+        );
+        let running = self
+            .sequences
+            .iter()
+            .zip(&paused)
+            .any(|(s, &p)| s.is_some() && !p);
+        if !running {
+            // Every sequence waits for its client to read: nothing to decode (the worker parks and
+            // tries the parts again when it wakes).
+            self.paused = paused;
+            self.desk.running = self.sequences.iter().filter(|s| s.is_some()).count();
+            return did;
+        }
         let mut events = std::mem::take(&mut self.events);
         if let Some(st) = self.stepper_mut() {
-            st.step(&mut events);
+            st.step(&paused, &mut events);
         }
+        self.paused = paused;
         for ev in events.drain(..) {
             self.on_step_event(ev);
         }
@@ -77,6 +103,11 @@ impl<'s> Worker<'s> {
                 let seq = self.take_sequence(slot);
                 let err = Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down");
                 self.desk.end(&seq.job, Err(err), seq.out);
+            } else if self.desk.now >= seq.job.deadline_ns && seq.waiting.is_some() {
+                let seq = self.take_sequence(slot);
+                let why = seq.waiting.map(|(_, why)| why).unwrap_or_default();
+                let err = Refusal::new(ErrorCode::ResourceExhausted, why);
+                self.desk.end(&seq.job, Err(err), seq.out);
             } else if self.desk.now >= seq.job.deadline_ns {
                 let usage = self
                     .stepper_mut()
@@ -89,6 +120,28 @@ impl<'s> Worker<'s> {
                     .finish(FinishReason::Timeout, usage)
                     .map_err(|e| refusal(&e.into()));
                 self.desk.end(&seq.job, res, seq.out);
+            }
+        }
+    }
+
+    /// Tries again to send the stream parts that paused their sequences; a sequence whose part
+    /// goes runs again in the next step.
+    fn send_waiting_parts(&mut self) {
+        for slot in 0..self.sequences.len() {
+            let Some(seq) = self.sequences[slot].as_mut() else {
+                continue;
+            };
+            let Some((resp, _)) = &seq.waiting else {
+                continue;
+            };
+            let reply = seq.job.reply;
+            match self.desk.answer(reply, DescriptorKind::Partial, resp) {
+                Ok(()) => seq.waiting = None,
+                Err(Undelivered::Gone) => {
+                    let seq = self.take_sequence(slot);
+                    self.desk.drop_started(&seq.job);
+                }
+                Err(Undelivered::NoChunk | Undelivered::OverShare(_)) => {}
             }
         }
     }
@@ -136,6 +189,7 @@ impl<'s> Worker<'s> {
                     gen,
                     stream,
                     index: 0,
+                    waiting: None,
                 });
             }
             Err(e) => {
@@ -166,26 +220,37 @@ impl<'s> Worker<'s> {
                 seq.gen = g.suspend();
                 let (reply, stream, index) = (seq.job.reply, seq.stream, seq.index);
                 seq.index += 1;
-                let mut failed = pushed.err().map(|e| refusal(&e.into()));
-                if failed.is_none() && stream {
-                    let resp = Response {
-                        id: seq.job.request_id,
-                        body: Body::Chunk(StreamChunk {
-                            index,
-                            text,
-                            tokens: vec![id],
-                        }),
-                    };
-                    if !self.desk.answer(reply, DescriptorKind::Partial, &resp) {
-                        failed = Some(Refusal::new(
-                            ErrorCode::ResourceExhausted,
-                            "no memory for a stream chunk",
-                        ));
-                    }
-                }
+                let failed = pushed.err().map(|e| refusal(&e.into()));
                 if let Some(err) = failed {
                     let seq = self.take_sequence(slot);
                     self.desk.end(&seq.job, Err(err), seq.out);
+                    return;
+                }
+                if !stream {
+                    return;
+                }
+                let resp = Response {
+                    id: seq.job.request_id,
+                    body: Body::Chunk(StreamChunk {
+                        index,
+                        text,
+                        tokens: vec![id],
+                    }),
+                };
+                let why = match self.desk.answer(reply, DescriptorKind::Partial, &resp) {
+                    Ok(()) => return,
+                    Err(Undelivered::Gone) => {
+                        let seq = self.take_sequence(slot);
+                        self.desk.drop_started(&seq.job);
+                        return;
+                    }
+                    Err(Undelivered::NoChunk) => "no shared memory for a stream part".to_owned(),
+                    Err(Undelivered::OverShare(why)) => {
+                        format!("the client is not reading its stream: {why}")
+                    }
+                };
+                if let Some(seq) = self.sequences[slot].as_mut() {
+                    seq.waiting = Some((resp, why));
                 }
             }
             StepEvent::Done {

@@ -78,7 +78,10 @@ impl Desk<'_> {
         drop(out);
         match result {
             Ok((loan, len)) => {
-                if self.give_to_client(reply, DescriptorKind::Final, loan, len) {
+                if self
+                    .give_to_client(reply, DescriptorKind::Final, loan, len)
+                    .is_ok()
+                {
                     state.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -63,7 +63,7 @@ use crate::service::LaneHeader;
 use super::state::{ModelLane, ServerState};
 use clients::ClientTable;
 use continuous::Sequence;
-use outbox::Outbox;
+use outbox::{Outbox, Undelivered};
 
 /// One worker thread of a lane.
 pub(crate) struct Worker<'s> {
@@ -75,6 +75,8 @@ pub(crate) struct Worker<'s> {
     sequences: Vec<Option<Sequence<'s>>>,
     /// Events of the last step (kept for its allocation).
     events: Vec<StepEvent>,
+    /// Per stepper slot: paused this step (kept for its allocation).
+    paused: Vec<bool>,
 }
 
 /// Where a worker's requests come in and its answers go out (see the module docs).
@@ -136,6 +138,7 @@ impl<'s> Worker<'s> {
             stepper: None,
             sequences: Vec::new(),
             events: Vec::new(),
+            paused: Vec::new(),
         };
         match model.backend.stepper() {
             Ok(None) => {}
@@ -241,7 +244,15 @@ fn refusal(e: &BackendError) -> Refusal {
 struct RunningJob<'w, 's> {
     desk: &'w mut Desk<'s>,
     job: crate::scheduler::Job,
+    /// Why a stream part could not be sent within [`STREAM_STALL`], when that stopped the job.
+    starved: Option<String>,
 }
+
+/// How long a stream part of a job run by one backend call waits for room (a chunk in the pool,
+/// or the client reading its share) before the job ends with `ResourceExhausted`. The worker
+/// serves nobody else meanwhile, so this is short; a sequence of a lane that decodes step by step
+/// instead pauses without holding the worker, until its deadline (`continuous.rs`).
+const STREAM_STALL: Duration = Duration::from_millis(250);
 
 impl RunContext for RunningJob<'_, '_> {
     fn should_stop(&mut self) -> Option<Stop> {
@@ -277,22 +288,34 @@ impl RunContext for RunningJob<'_, '_> {
             body: crate::protocol::Body::Chunk(chunk),
         };
         let reply = self.job.reply;
-        let mut waited = Duration::ZERO;
-        // A stream chunk waits briefly for memory rather than being lost.
-        while !self
-            .desk
-            .answer(reply, crate::protocol::DescriptorKind::Partial, &resp)
-        {
+        let started = Instant::now();
+        // A stream part waits for room rather than being lost: for the pool to have a chunk, or
+        // for the client to read what it holds. The worker holds the job meanwhile, so the wait
+        // is short ([`STREAM_STALL`]) and takes in no other work.
+        loop {
+            let why = match self
+                .desk
+                .answer(reply, crate::protocol::DescriptorKind::Partial, &resp)
+            {
+                Ok(()) => return Ok(()),
+                Err(Undelivered::Gone) => return Err(Stop::ClientGone),
+                Err(Undelivered::NoChunk) => "no shared memory for a stream part".to_owned(),
+                Err(Undelivered::OverShare(why)) => {
+                    format!("the client is not reading its stream: {why}")
+                }
+            };
             if !self.desk.client_alive(reply) {
                 return Err(Stop::ClientGone);
             }
-            if waited > Duration::from_millis(100) || now_ns() >= self.job.deadline_ns {
+            if self.desk.lane.cancels.contains(reply) {
+                return Err(Stop::Cancelled);
+            }
+            if started.elapsed() > STREAM_STALL || now_ns() >= self.job.deadline_ns {
+                self.starved = Some(why);
                 return Err(Stop::TimedOut);
             }
             std::thread::sleep(Duration::from_millis(1));
-            waited += Duration::from_millis(1);
         }
-        Ok(())
     }
 
     fn deadline(&self) -> Instant {

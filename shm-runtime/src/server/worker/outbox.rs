@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use shm_ring::pool::Loan;
+use shm_ring::pool::{ChunkError, Loan};
 
 use super::clients::ClientTable;
 use super::Desk;
@@ -80,6 +80,18 @@ fn try_push(clients: &ClientTable, slot: usize, epoch: u32, d: DescriptorWords) 
     }
 }
 
+/// Why an answer was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Undelivered {
+    /// The client has gone (or its slot changed hands).
+    Gone,
+    /// No chunk could be had for it (the pool is empty, or the answer is larger than a chunk).
+    NoChunk,
+    /// A stream part would take the client past its share of the chunk's class (it is not
+    /// reading its stream): the reason, for the client.
+    OverShare(String),
+}
+
 impl Desk<'_> {
     /// Answers `reply` with an error response (`id`, `refusal`), or an inline error when no chunk
     /// can be had.
@@ -99,7 +111,7 @@ impl Desk<'_> {
                 message: refusal.message,
             }),
         };
-        if !self.answer(reply, DescriptorKind::Final, &resp) {
+        if self.answer(reply, DescriptorKind::Final, &resp).is_err() {
             self.answer_inline(reply, code);
         }
     }
@@ -110,55 +122,77 @@ impl Desk<'_> {
         self.deliver(reply, d);
     }
 
-    /// Serializes `resp` into a fresh chunk, gives it to the client and announces it. Returns
-    /// false when no chunk could be had or the client is gone.
-    pub(super) fn answer(&mut self, reply: ReplyTo, kind: DescriptorKind, resp: &Response) -> bool {
+    /// Serializes `resp` into a fresh chunk, gives it to the client and announces it.
+    ///
+    /// # Errors
+    ///
+    /// Why it was not delivered ([`Undelivered`]).
+    pub(super) fn answer(
+        &mut self,
+        reply: ReplyTo,
+        kind: DescriptorKind,
+        resp: &Response,
+    ) -> Result<(), Undelivered> {
         let state = self.state;
         if self.clients.current(reply).is_none() {
-            return false;
+            return Err(Undelivered::Gone);
         }
         let mut out = Out::in_pool(&state.pool, state.owner, resp.id);
         if let Err(e) = out.response(resp) {
             tracing::warn!(%e, "no chunk for an answer");
-            return false;
+            return Err(Undelivered::NoChunk);
         }
         match out.take_loan() {
             Some((loan, len)) => self.give_to_client(reply, kind, loan, len),
-            None => false,
+            None => Err(Undelivered::NoChunk),
         }
     }
 
-    /// Gives the answer in `loan` (`len` bytes) to `reply`'s client and announces it. Returns
-    /// false when the client is gone (the chunk then goes back to the pool).
+    /// Gives the answer in `loan` (`len` bytes) to `reply`'s client and announces it. A stream
+    /// part ([`DescriptorKind::Partial`]) goes only within the client's share of the chunk's
+    /// class; a final answer always goes (a client has at most one per request in flight).
+    ///
+    /// # Errors
+    ///
+    /// [`Undelivered::Gone`] when the client has gone, [`Undelivered::OverShare`] when a stream
+    /// part would take the client past its share; the chunk then goes back to the pool.
     pub(super) fn give_to_client(
         &mut self,
         reply: ReplyTo,
         kind: DescriptorKind,
         loan: Loan<'_>,
         len: usize,
-    ) -> bool {
+    ) -> Result<(), Undelivered> {
         let state = self.state;
         // The slot's current epoch too: this worker's handles may be older than a reconnect, and
         // the departed client's owner id may belong to another process by now.
         let client_owner = match self.clients.current(reply) {
             Some(h) if self.client_alive(reply) => h.owner,
-            _ => return false,
+            _ => return Err(Undelivered::Gone),
         };
         let id = loan.into_id();
-        if state
-            .pool
-            .adopt(id, state.owner, client_owner)
-            .map(|l| l.into_id())
-            .is_err()
-        {
-            let _ = state.pool.release(id, state.owner);
-            return false;
+        let moved = if kind == DescriptorKind::Partial {
+            state.pool.adopt_within_share(id, state.owner, client_owner)
+        } else {
+            state.pool.adopt(id, state.owner, client_owner)
+        };
+        match moved {
+            Ok(l) => {
+                l.into_id();
+            }
+            Err(e) => {
+                let _ = state.pool.release(id, state.owner);
+                return Err(match e {
+                    ChunkError::ShareExceeded { .. } => Undelivered::OverShare(e.to_string()),
+                    _ => Undelivered::Gone,
+                });
+            }
         }
         self.deliver(
             reply,
             Descriptor::new(kind, id.raw(), len as u32, reply.ticket),
         );
-        true
+        Ok(())
     }
 
     /// Announces `d` on `reply`'s response ring, or keeps it for later if the ring is full (a

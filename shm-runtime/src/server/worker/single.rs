@@ -4,6 +4,8 @@
 use super::request::validate;
 use super::{refusal, Desk, RunningJob};
 use crate::backend::writer::Out;
+use crate::backend::{BackendError, Stop};
+use crate::protocol::{ErrorCode, Refusal};
 use crate::scheduler::Job;
 
 impl Desk<'_> {
@@ -27,10 +29,15 @@ impl Desk<'_> {
             let mut ctx = RunningJob {
                 desk: &mut *self,
                 job,
+                starved: None,
             };
-            lane.backend
-                .run(req, &mut ctx, &mut out)
-                .map_err(|e| refusal(&e))
+            let result = lane.backend.run(req, &mut ctx, &mut out);
+            match (result, ctx.starved) {
+                (Err(BackendError::Stopped(Stop::TimedOut)), Some(why)) => {
+                    Err(Refusal::new(ErrorCode::ResourceExhausted, why))
+                }
+                (result, _) => result.map_err(|e| refusal(&e)),
+            }
         });
         self.end(&job, result, out);
         self.copies = copies;
