@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Deprecated and ignored: requests are copied before validation by default.
     #[arg(long, hide = true)]
     hardened: bool,
+    /// Percent of each pool size class one client may hold (unread answers and stream parts,
+    /// requests being written); a stream whose client holds its share waits for it to read.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    client_share: Option<u32>,
     /// Seconds queued and running requests may take to finish on shutdown.
     #[arg(long, default_value_t = 5)]
     grace: u64,
@@ -118,6 +122,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         cores,
         trusted_clients,
         hardened,
+        client_share,
         grace,
     } = args;
     let mut cfg = match &config_path {
@@ -145,6 +150,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         cfg.cores = cores;
     }
     cfg.trusted_clients |= trusted_clients;
+    if let Some(p) = client_share {
+        cfg.pool.class_share = p;
+    }
     if hardened {
         tracing::warn!(
             "--hardened is deprecated and ignored: requests are always copied before validation \

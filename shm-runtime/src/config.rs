@@ -242,6 +242,9 @@ impl ServerConfig {
         {
             return Err(ConfigError::ChunkTooLarge(k.chunk_size));
         }
+        if self.pool.class_share == 0 || self.pool.class_share > 100 {
+            return Err(ConfigError::ClientShare(self.pool.class_share));
+        }
         if self.models.is_empty() {
             return Err(ConfigError::NoModels);
         }
@@ -276,6 +279,9 @@ pub enum ConfigError {
         "pool chunks must be at most {MAX_DESC_LEN} bytes (a descriptor's length field), not {0}"
     )]
     ChunkTooLarge(usize),
+    /// A client's share of each pool class is a percentage.
+    #[error("client_share_percent must be 1..=100, not {0}")]
+    ClientShare(u32),
     /// Nothing to serve.
     #[error("no models configured")]
     NoModels,
@@ -322,6 +328,8 @@ struct ServerSection {
     max_inflight: Option<u32>,
     default_timeout_ms: Option<u64>,
     trusted_clients: Option<bool>,
+    /// Percent of each pool class one client may hold.
+    client_share_percent: Option<u32>,
     /// Accepted and ignored, with a warning: copying requests is the default now.
     hardened: Option<bool>,
 }
@@ -416,6 +424,9 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     if let Some(v) = s.trusted_clients {
         c.trusted_clients = v;
     }
+    if let Some(v) = s.client_share_percent {
+        c.pool.class_share = v;
+    }
     if s.hardened.is_some() {
         tracing::warn!(
             config = %path.display(),
@@ -457,6 +468,7 @@ cores = [1]
 wait = "park:20"
 max_inflight = 8
 default_timeout_ms = 1500
+client_share_percent = 10
 [[model]]
 name = "e"
 backend = "echo"
@@ -481,6 +493,7 @@ options = { step_ms = 2.5, slots = 2, pooling = "cls", normalize = false, labels
         );
         assert_eq!(c.max_inflight, 8);
         assert_eq!(c.default_timeout, Duration::from_millis(1500));
+        assert_eq!(c.pool.class_share, 10);
         assert_eq!(c.models.len(), 2);
         assert_eq!(c.models[0].workers(&c), 2);
         assert_eq!(c.models[1].workers(&c), 3);

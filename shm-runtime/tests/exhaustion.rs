@@ -671,6 +671,17 @@ fn configurations_that_could_never_serve_are_refused_at_start() {
             1
         )))
     ));
+    // A client's share of each pool class is a percentage: none at all would serve nobody.
+    for share in [0, 101] {
+        let mut cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+        cfg.pool.class_share = share;
+        match Server::start(cfg) {
+            Err(shm_runtime::ServerError::Config(ConfigError::ClientShare(n))) => {
+                assert_eq!(n, share)
+            }
+            other => panic!("share {share}: expected a configuration error, got {other:?}"),
+        }
+    }
     // A model with no worker would never answer; more workers than a ring has participants could
     // not all attach.
     for workers in [0, 15] {
