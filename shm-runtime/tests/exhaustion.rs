@@ -807,6 +807,25 @@ fn a_client_that_stops_reading_its_streams_holds_only_its_share_and_the_others_k
     hog.expect("DONE");
     hog.wait_success();
 
+    // A sequence of share + 1 tokens: its last part finds the client at its share just as the
+    // stepper ends the sequence; the final answer waits behind that part, never overtakes it.
+    let mut hog = client("stream-hog", &svc, &format!("steps,1,{},20000", share + 1));
+    hog.expect("OPENED");
+    wait_for("the last part to wait", Duration::from_secs(10), || {
+        held_by(&svc, hog.pid())[0] >= share
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        held_by(&svc, hog.pid())[0],
+        share,
+        "the final answer went ahead of the waiting part"
+    );
+    hog.tell("read");
+    assert_eq!(hog.expect("STREAM "), format!("{} complete", share + 1));
+    hog.expect("DONE");
+    hog.wait_success();
+    let completed = completed + 1;
+
     // Paused past its deadline, a sequence ends with ResourceExhausted.
     let mut hog = client("stream-hog", &svc, "steps,4,30,500");
     hog.expect("OPENED");

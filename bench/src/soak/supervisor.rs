@@ -104,6 +104,8 @@ pub(super) struct Findings {
     pub(super) killed: BTreeMap<String, u64>,
     /// Counts of surviving processes (their DONE line).
     pub(super) survived: BTreeMap<String, u64>,
+    /// Counts of every process, killed or surviving, by slot (so by role).
+    pub(super) by_slot: HashMap<usize, BTreeMap<String, u64>>,
     pub(super) done: HashSet<(usize, u64)>,
     pub(super) closed: HashSet<(usize, u64)>,
 }
@@ -112,6 +114,12 @@ impl Findings {
     pub(super) fn violation(&mut self, msg: String) {
         eprintln!("soak: VIOLATION {msg}");
         self.violations.push(msg);
+    }
+
+    /// Counts the last report of killed process `key`.
+    pub(super) fn count_killed(&mut self, key: (usize, u64), c: &BTreeMap<String, u64>) {
+        add_counts(&mut self.killed, c);
+        add_counts(self.by_slot.entry(key.0).or_default(), c);
     }
 
     pub(super) fn on_event(&mut self, ev: ChildLine) -> Option<(usize, u64, String, Instant)> {
@@ -125,6 +133,7 @@ impl Findings {
         } else if line.starts_with("DONE ") {
             let c = parse_counts(&line);
             add_counts(&mut self.survived, &c);
+            add_counts(self.by_slot.entry(ev.slot).or_default(), &c);
             self.latest.remove(&key);
             self.done.insert(key);
         } else if let Some(msg) = line.strip_prefix("VIOLATION ") {

@@ -28,6 +28,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
     let garbage_slot = n;
     // Never killed: it rewrites its requests in flight for the whole phase.
     let scribbler_slot = n + 1;
+    // Never killed: it reads its long streams slowly, stopping for seconds at a time.
+    let reader_slot = n + 2;
     let spawn_client = |slot: usize, gen: u64| -> Result<SupervisedChild> {
         let seed = opts
             .seed
@@ -37,6 +39,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
             "garbage"
         } else if slot == scribbler_slot {
             "scribbler"
+        } else if slot == reader_slot {
+            "reader"
         } else {
             "client"
         };
@@ -49,7 +53,7 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
             &tx,
         )
     };
-    let children: Vec<SupervisedChild> = (0..=scribbler_slot)
+    let children: Vec<SupervisedChild> = (0..=reader_slot)
         .map(|s| spawn_client(s, 0))
         .collect::<Result<_>>()?;
     let children = Arc::new(Mutex::new(children));
@@ -59,8 +63,8 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
     let killed_keys = Arc::new(Mutex::new(Vec::<(usize, u64)>::new()));
     println!(
         "soak: chaos phase {:.0} s on {service}: server pid {server_pid}, {n} clients ({} never \
-         killed) + 1 garbage client + 1 scribbler (rewrites its requests in flight, never killed), \
-         kill every {:?}",
+         killed) + 1 garbage client + 1 scribbler (rewrites its requests in flight, never killed) \
+         + 1 slow reader of long streams (never killed), kill every {:?}",
         opts.seconds, opts.witnesses, opts.kill_every
     );
     let started = Instant::now();
@@ -108,7 +112,7 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
                 .drain(..)
             {
                 if let Some(c) = findings.latest.remove(&key) {
-                    add_counts(&mut findings.killed, &c);
+                    findings.count_killed(key, &c);
                 }
             }
             if let Some(st) = server.exited() {
@@ -147,7 +151,7 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
         .drain(..)
     {
         if let Some(c) = findings.latest.remove(&key) {
-            add_counts(&mut findings.killed, &c);
+            findings.count_killed(key, &c);
         }
     }
     // Survivors drain and findings.
@@ -225,8 +229,9 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
         findings.violation(format!("segments left after the server stopped: {left:?}"));
     }
     // Leftover STATs of processes killed at the very end.
-    for (_, c) in findings.latest.drain() {
-        add_counts(&mut findings.killed, &c);
+    let latest: Vec<_> = findings.latest.drain().collect();
+    for (key, c) in latest {
+        findings.count_killed(key, &c);
     }
     let mut all = findings.killed.clone();
     add_counts(&mut all, &findings.survived);
@@ -238,6 +243,7 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
             "timed_out",
             "cancelled",
             "busy",
+            "resource_exhausted",
             "invalid",
             "model_not_found",
             "protocol",
@@ -260,13 +266,14 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
     );
     println!(
         "  final answers: {} = ok {} + ok with finish Timeout {} + timed out {} + cancelled {} + \
-         busy {} + invalid {} + model not found {} + protocol {} + other {}",
+         busy {} + resource exhausted {} + invalid {} + model not found {} + protocol {} + other {}",
         finals(&all),
         g(&all, "ok"),
         g(&all, "ok_timeout_finish"),
         g(&all, "timed_out"),
         g(&all, "cancelled"),
         g(&all, "busy"),
+        g(&all, "resource_exhausted"),
         g(&all, "invalid"),
         g(&all, "model_not_found"),
         g(&all, "protocol"),
@@ -297,6 +304,40 @@ pub(crate) fn chaos_phase(opts: &Opts, service: &str, findings: &mut Findings) -
         g(&all, "raw_descriptors"),
         g(&all, "rewrites")
     );
+    let mut good = BTreeMap::new();
+    for slot in 0..garbage_slot {
+        if let Some(c) = findings.by_slot.get(&slot) {
+            add_counts(&mut good, c);
+        }
+    }
+    let reader = findings
+        .by_slot
+        .get(&reader_slot)
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "  good clients: {} final answers, busy {} (submits refused busy {}), resource exhausted {}",
+        finals(&good),
+        g(&good, "busy"),
+        g(&good, "submit_busy"),
+        g(&good, "resource_exhausted")
+    );
+    println!(
+        "  slow reader: {} streams, ok {} + resource exhausted {} + timed out {}; {} parts, {} \
+         pauses in reading",
+        g(&reader, "submitted"),
+        g(&reader, "ok"),
+        g(&reader, "resource_exhausted"),
+        g(&reader, "timed_out"),
+        g(&reader, "partials"),
+        g(&reader, "pauses")
+    );
+    if g(&good, "resource_exhausted") > 0 {
+        findings.violation(format!(
+            "good clients got {} ResourceExhausted answers",
+            g(&good, "resource_exhausted")
+        ));
+    }
     if g(&findings.survived, "submitted") != finals(&findings.survived) {
         findings.violation(format!(
             "surviving processes submitted {} requests but got {} final answers",

@@ -9,17 +9,20 @@ use shm_runtime::Client;
 
 mod client;
 mod garbage;
+mod reader;
 mod scribbler;
 mod server;
 mod waiter;
 
 use client::role_client;
 use garbage::role_garbage;
+use reader::role_reader;
 use scribbler::role_scribbler;
 use server::role_server;
 use waiter::role_waiter;
 
-/// Runs child role `role` (`server`, `client`, `garbage`, `scribbler`, `waiter`) against `service`; the
+/// Runs child role `role` (`server`, `client`, `garbage`, `scribbler`, `reader`, `waiter`) against
+/// `service`; the
 /// process's exit status.
 pub(super) fn run_role(role: &str, service: &str, arg: &str) -> Result<ExitCode> {
     match role {
@@ -27,6 +30,7 @@ pub(super) fn run_role(role: &str, service: &str, arg: &str) -> Result<ExitCode>
         "client" => role_client(service, arg),
         "garbage" => role_garbage(service, arg),
         "scribbler" => role_scribbler(service, arg),
+        "reader" => role_reader(service, arg),
         "waiter" => role_waiter(service),
         other => bail!("unknown role {other:?}"),
     }

@@ -10,7 +10,7 @@ use super::{refusal, Worker};
 use crate::backend::writer::{GenerationState, Out};
 use crate::backend::{StepEvent, Stepper};
 use crate::protocol::{
-    Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk,
+    Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk, Usage,
 };
 use crate::scheduler::{now_ns, Job};
 
@@ -26,6 +26,16 @@ pub(super) struct Sequence<'s> {
     /// pool is empty), with the reason: the sequence is paused, and decodes no further, until the
     /// part goes; at its deadline it ends with `ResourceExhausted`.
     waiting: Option<(Response, String)>,
+    /// How the stepper ended the sequence while a part was still waiting: its final answer goes
+    /// after that part (the stepper's slot is already free; the worker's stays taken until then).
+    ended: Option<Ended>,
+}
+
+/// The end of a sequence as the stepper reported it.
+pub(super) struct Ended {
+    finish: FinishReason,
+    usage: Usage,
+    trim: usize,
 }
 
 impl<'s> Worker<'s> {
@@ -136,7 +146,13 @@ impl<'s> Worker<'s> {
             };
             let reply = seq.job.reply;
             match self.desk.answer(reply, DescriptorKind::Partial, resp) {
-                Ok(()) => seq.waiting = None,
+                Ok(()) => {
+                    seq.waiting = None;
+                    if seq.ended.is_some() {
+                        let seq = self.sequences[slot].take().expect("checked above");
+                        self.finish_sequence(seq);
+                    }
+                }
                 Err(Undelivered::Gone) => {
                     let seq = self.take_sequence(slot);
                     self.desk.drop_started(&seq.job);
@@ -190,6 +206,7 @@ impl<'s> Worker<'s> {
                     stream,
                     index: 0,
                     waiting: None,
+                    ended: None,
                 });
             }
             Err(e) => {
@@ -262,15 +279,17 @@ impl<'s> Worker<'s> {
                 let Some(mut seq) = self.sequences[slot].take() else {
                     return;
                 };
-                let mut g = seq.out.resume_generation(seq.gen);
-                let keep = g.text().len().saturating_sub(trim);
-                let keep = (0..=keep)
-                    .rev()
-                    .find(|&k| g.text().is_char_boundary(k))
-                    .unwrap_or(0);
-                g.truncate_text(keep);
-                let res = g.finish(finish, usage).map_err(|e| refusal(&e.into()));
-                self.desk.end(&seq.job, res, seq.out);
+                seq.ended = Some(Ended {
+                    finish,
+                    usage,
+                    trim,
+                });
+                if seq.waiting.is_some() {
+                    // Its last part has not gone yet: the final answer waits behind it.
+                    self.sequences[slot] = Some(seq);
+                } else {
+                    self.finish_sequence(seq);
+                }
             }
             StepEvent::Failed { slot, error } => {
                 if let Some(seq) = self.sequences[slot].take() {
@@ -278,6 +297,27 @@ impl<'s> Worker<'s> {
                 }
             }
         }
+    }
+
+    /// Sends the final answer of a sequence the stepper ended (`seq.ended`).
+    fn finish_sequence(&mut self, mut seq: Sequence<'s>) {
+        let Some(Ended {
+            finish,
+            usage,
+            trim,
+        }) = seq.ended.take()
+        else {
+            return;
+        };
+        let mut g = seq.out.resume_generation(seq.gen);
+        let keep = g.text().len().saturating_sub(trim);
+        let keep = (0..=keep)
+            .rev()
+            .find(|&k| g.text().is_char_boundary(k))
+            .unwrap_or(0);
+        g.truncate_text(keep);
+        let res = g.finish(finish, usage).map_err(|e| refusal(&e.into()));
+        self.desk.end(&seq.job, res, seq.out);
     }
 
     /// Ends every running sequence with error `code` (at exit); a departed client's are dropped.
