@@ -188,6 +188,30 @@ fn child_entry() {
             }
             say("DONE");
         }
+        // Sends `arg` invalid requests as fast as it can, reading no answer, then reports how
+        // many went in and how many were refused Busy; told on stdin, reads every answer.
+        "flood" => {
+            let client = Client::connect(service).unwrap();
+            let (mut sent, mut busy) = (Vec::new(), 0u64);
+            for _ in 0..arg {
+                match client.submit_bytes("echo", b"not an archived request", 23) {
+                    Ok(t) => sent.push(t),
+                    Err(e) if is_busy(&e, "") => busy += 1,
+                    Err(e) => panic!("submit: {e:?}"),
+                }
+            }
+            say(format!("FLOOD {} {busy}", sent.len()));
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            for t in sent {
+                match final_of(&client, t, Duration::from_secs(5)) {
+                    Err(Error::InvalidRequest(_)) => {}
+                    other => panic!("an invalid request answered {other:?}"),
+                }
+            }
+            assert_eq!(client.in_flight(), 0);
+            say("READ");
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -843,5 +867,85 @@ fn a_client_that_stops_reading_its_streams_holds_only_its_share_and_the_others_k
     hog.wait_success();
     wait_for("the pool to refill", Duration::from_secs(5), || {
         good.pool_free() == (total, total)
+    });
+}
+
+/// This process's anonymous resident memory (heap, stacks), in KiB.
+fn rss_anon_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/self/status")
+}
+
+#[test]
+fn a_client_flooding_invalid_requests_without_reading_gets_busy_and_the_server_memory_stays_flat() {
+    let _dog = Watchdog::new("flood", Duration::from_secs(60));
+    let svc = unique_name("flood");
+    let cfg = ServerConfig::new(&svc, vec![ModelConfig::new("echo", "echo")]);
+    let _server = Server::start(cfg).unwrap();
+    let other = Client::connect(&svc).unwrap();
+    let (_, total) = other.pool_free();
+    let before = rss_anon_kib();
+    let mut flood = client("flood", &svc, "300000");
+    let line = flood.expect("FLOOD ");
+    let (sent, busy) = line.split_once(' ').unwrap();
+    let (sent, busy): (u64, u64) = (sent.parse().unwrap(), busy.parse().unwrap());
+    // Its error answers stopped being taken once a backlog of them waited for it: the rest of
+    // its requests met a full request ring.
+    assert!(busy > 0, "{sent} accepted, none refused");
+    assert!(sent < 10_000, "{sent} invalid requests were taken in");
+    let grown = rss_anon_kib().saturating_sub(before);
+    assert!(
+        grown < 2048,
+        "the server's memory grew by {grown} KiB for {sent} error answers"
+    );
+    // Another client is served meanwhile.
+    let v = other.infer(&generate("echo", "still").with_id(5)).unwrap();
+    assert_eq!(generated_text(&v), "still");
+    drop(v);
+    // Every request it did send gets exactly its one error answer when it reads.
+    flood.tell("read");
+    flood.expect("READ");
+    flood.wait_success();
+    wait_for("the pool to refill", Duration::from_secs(5), || {
+        other.pool_free() == (total, total)
+    });
+}
+
+#[test]
+fn the_server_holds_more_queued_requests_than_any_client_quota() {
+    let _dog = Watchdog::new("server quota", Duration::from_secs(60));
+    let svc = unique_name("srvq");
+    let mut cfg = ServerConfig::new(&svc, vec![sleep_model("slow", 2.0, None)]);
+    // Each client may hold 4 chunks; six clients queue 4 requests each: the server holds 24
+    // request chunks and writes answers while holding them.
+    cfg.pool = small_pool(4);
+    let _server = Server::start(cfg).unwrap();
+    std::thread::scope(|s| {
+        for c in 0..6u64 {
+            let svc = &svc;
+            s.spawn(move || {
+                let client = Client::connect(svc).unwrap();
+                let tickets: Vec<Ticket> = (0..3)
+                    .map(|i| {
+                        client
+                            .submit(
+                                &generate("slow", "q")
+                                    .with_id(c * 10 + i + 1)
+                                    .with_max_tokens(2),
+                            )
+                            .unwrap()
+                    })
+                    .collect();
+                for t in tickets {
+                    let v = final_of(&client, t, Duration::from_secs(10))
+                        .unwrap_or_else(|e| panic!("client {c}: {e:?}"));
+                    assert_eq!(generated_text(&v), "t0 t1 ");
+                }
+            });
+        }
     });
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use shm_ring::mpmc;
 use shm_ring::pool::OwnerId;
 
+use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
 use crate::protocol::DescriptorWords;
 use crate::scheduler::ReplyTo;
@@ -112,11 +113,12 @@ impl Desk<'_> {
             && entry.state.load(Ordering::Acquire) == CLIENT_ACTIVE
     }
 
-    /// Whether an attached client's request ring has something in it.
+    /// Whether an attached client's request ring has something in it that this worker would
+    /// take now (not from a client with a full backlog of answers: see `BACKLOG_PER_CLIENT`).
     pub(super) fn any_request_waiting(&self) -> bool {
-        self.clients
-            .attached
-            .iter()
-            .any(|&s| self.clients.get(s).is_some_and(|h| !h.requests.is_empty()))
+        self.clients.attached.iter().any(|&s| {
+            self.outbox.waiting_for(s) < BACKLOG_PER_CLIENT
+                && self.clients.get(s).is_some_and(|h| !h.requests.is_empty())
+        })
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shm_ring::pool::ChunkId;
 
+use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
 use crate::protocol::{
     read_request_head, ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords, ErrorCode,
@@ -33,7 +34,9 @@ impl Desk<'_> {
             let Some(&slot) = self.clients.attached.get((start + k) % n) else {
                 break;
             };
-            if only.is_some_and(|o| o != slot) {
+            if only.is_some_and(|o| o != slot)
+                || self.outbox.waiting_for(slot) >= BACKLOG_PER_CLIENT
+            {
                 continue;
             }
             for _ in 0..PER_CLIENT_ROUND {

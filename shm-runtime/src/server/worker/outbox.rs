@@ -18,15 +18,38 @@ use crate::protocol::{
 use crate::scheduler::ReplyTo;
 
 /// Announcements that did not fit in their client's response ring yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Outbox {
     /// Oldest first: (client slot, connection epoch, descriptor).
     backlog: VecDeque<(usize, u32, DescriptorWords)>,
     /// Bit `slot % 64` set: that client has announcements in `backlog`.
     backlogged: u64,
+    /// Per client slot (at most 64): its announcements in `backlog`.
+    waiting: [u32; 64],
 }
 
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox {
+            backlog: VecDeque::new(),
+            backlogged: 0,
+            waiting: [0; 64],
+        }
+    }
+}
+
+/// A worker takes no more descriptors from a client with this many announcements waiting for
+/// room in its response ring: its further requests stay in its request ring (and it gets `Busy`
+/// when that is full) until it reads. This bounds the backlog, whatever the client sends: error
+/// answers to a flood of invalid requests cannot pile up in the server's memory.
+pub(super) const BACKLOG_PER_CLIENT: u32 = 256;
+
 impl Outbox {
+    /// Announcements waiting for client `slot`.
+    pub(super) fn waiting_for(&self, slot: usize) -> u32 {
+        self.waiting[slot % 64]
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.backlog.is_empty()
     }
@@ -44,6 +67,7 @@ impl Outbox {
         if self.backlogged & bit != 0 || !push(slot, epoch, d) {
             self.backlog.push_back((slot, epoch, d));
             self.backlogged |= bit;
+            self.waiting[slot % 64] += 1;
         }
     }
 
@@ -55,12 +79,14 @@ impl Outbox {
             return;
         }
         let mut blocked = 0u64;
+        let waiting = &mut self.waiting;
         self.backlog.retain(|&(slot, epoch, d)| {
             let bit = 1u64 << (slot % 64);
             if blocked & bit != 0 || !push(slot, epoch, d) {
                 blocked |= bit;
                 return true;
             }
+            waiting[slot % 64] -= 1;
             false
         });
         self.backlogged = blocked;
