@@ -1086,7 +1086,7 @@ impl Pool {
     pub fn reclaim_dead_owner(&self, owner: OwnerId, holder: ProcessToken) -> Option<usize> {
         let entry = self.owner_entry(owner)?;
         let me = ProcessToken::current();
-        if holder == me || holder.is_alive() {
+        if holder == me || !holder.is_dead() {
             return None;
         }
         // SYNC(role): Acquire, as in `claim_slot` (this is a take-over of a dead holder's entry);

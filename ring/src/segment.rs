@@ -10,7 +10,17 @@
 //!    both win; then it removes the temporary name.
 //!
 //! The creator keeps its `flock` for its whole life; the kernel drops it when the process dies, even by
-//! `kill -9`. So "is the creator alive" is one non-blocking `flock` probe, with no pid-reuse trap.
+//! `kill -9`. So "is the creator alive" is one non-blocking `flock` probe, with no pid-reuse trap. A
+//! probe that fails (rather than finding the lock free) proves nothing: [`Segment::creator_liveness`]
+//! then says [`Liveness::Unknown`] and [`Segment::creator_alive`] says alive.
+//!
+//! # One pid namespace per segment
+//!
+//! Structures in a segment record their holders as [`ProcessToken`]s (pid + start time), and a pid
+//! means something only inside one pid namespace. The creator records its namespace in the header;
+//! [`Segment::open_with`] refuses a process of another namespace
+//! ([`OpenError::OtherPidNamespace`]), so every process sharing a segment can judge the liveness of
+//! every other.
 //!
 //! # Trust
 //!
@@ -29,13 +39,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use memmap2::MmapRaw;
 
 use crate::memory::{Memory, MEMORY_ALIGN};
-use crate::process::ProcessToken;
+use crate::process::{pid_namespace, Liveness, ProcessToken};
 
 /// Magic number opening every segment: "SHMRING" and a format byte.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\x01");
 
-/// Version of the segment header layout. Bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version of the segment header layout. Bumped on any incompatible change (2: the creator's pid
+/// namespace is recorded and checked).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Where the user area starts: the header has the first page to itself.
 pub const USER_OFFSET: usize = MEMORY_ALIGN;
@@ -64,7 +75,8 @@ pub struct SegmentHeader {
     creator_pid: AtomicU32,
     creator_token: AtomicU64,
     created_unix_ms: AtomicU64,
-    reserved: [AtomicU64; 1],
+    /// Inode of the creator's pid namespace (0: unknown); see [`pid_namespace`].
+    creator_pid_ns: AtomicU64,
 }
 
 const _: () = {
@@ -75,6 +87,7 @@ const _: () = {
     assert!(std::mem::offset_of!(SegmentHeader, user_offset) == 24);
     assert!(std::mem::offset_of!(SegmentHeader, user_version) == 32);
     assert!(std::mem::offset_of!(SegmentHeader, creator_token) == 40);
+    assert!(std::mem::offset_of!(SegmentHeader, creator_pid_ns) == 56);
     assert!(USER_OFFSET >= std::mem::size_of::<SegmentHeader>());
 };
 
@@ -199,6 +212,21 @@ pub enum OpenError {
     /// The creator has died; the segment is stale.
     #[error("segment {0:?} is stale: the process that created it has died")]
     CreatorGone(String),
+    /// The segment was created in another pid namespace (another container, say): the pids its
+    /// structures record mean other processes here, so liveness checks would be wrong.
+    #[error(
+        "segment {name:?} was created in another pid namespace ({creator:#x}, this process is in \
+         {ours:#x}); processes sharing a segment must see the same pids: run them in one pid \
+         namespace"
+    )]
+    OtherPidNamespace {
+        /// Segment name.
+        name: String,
+        /// Inode of the creator's pid namespace, as recorded in the header (0: unknown).
+        creator: u64,
+        /// Inode of this process's pid namespace (0: unknown).
+        ours: u64,
+    },
     /// A system call failed.
     #[error("opening segment {name:?} failed: {source}")]
     Io {
@@ -349,7 +377,7 @@ impl Segment {
                 creator_pid: AtomicU32::new(me.pid()),
                 creator_token: AtomicU64::new(me.raw()),
                 created_unix_ms: AtomicU64::new(now_ms),
-                reserved: [AtomicU64::new(0)],
+                creator_pid_ns: AtomicU64::new(pid_namespace()),
             });
         }
         // SAFETY: just initialised above; the header is only accessed through atomics.
@@ -436,7 +464,7 @@ impl Segment {
     /// # Errors
     ///
     /// See [`OpenError`]: each failure has its own variant (not found, permission denied, too small,
-    /// bad magic, not initialised, version mismatch, creator gone, I/O).
+    /// bad magic, not initialised, version mismatch, another pid namespace, creator gone, I/O).
     pub fn open_with(name: &str, opts: &SegmentOpenOptions) -> Result<Segment, OpenError> {
         if !validate_name(name) {
             return Err(OpenError::InvalidName(name.to_owned()));
@@ -499,6 +527,15 @@ impl Segment {
                 len,
             });
         }
+        let creator_ns = header.creator_pid_ns.load(Ordering::Relaxed);
+        let ours = pid_namespace();
+        if creator_ns != ours {
+            return Err(OpenError::OtherPidNamespace {
+                name: name.to_owned(),
+                creator: creator_ns,
+                ours,
+            });
+        }
         let user_version = header.user_version.load(Ordering::Relaxed);
         if let Some(expected) = opts.user_version {
             if expected != user_version {
@@ -554,9 +591,23 @@ impl Segment {
         }
     }
 
-    /// Whether the process that created this segment is still alive (one `flock` probe).
+    /// Whether the process that created this segment runs (one `flock` probe): [`Liveness::Dead`]
+    /// only when nobody holds the creator's lock, [`Liveness::Unknown`] when the probe itself fails.
+    pub fn creator_liveness(&self) -> Liveness {
+        if self.creator {
+            return Liveness::Alive;
+        }
+        match creator_lock_held(&self.file) {
+            Ok(true) => Liveness::Alive,
+            Ok(false) => Liveness::Dead,
+            Err(_) => Liveness::Unknown,
+        }
+    }
+
+    /// Whether the process that created this segment may still run: true unless it is certainly
+    /// dead (a failed probe counts as alive; see [`creator_liveness`](Self::creator_liveness)).
     pub fn creator_alive(&self) -> bool {
-        self.creator || creator_lock_held(&self.file).unwrap_or(false)
+        self.creator_liveness() != Liveness::Dead
     }
 
     /// Pid of the creator as recorded in the header.
