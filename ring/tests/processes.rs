@@ -445,6 +445,13 @@ fn pool_chunk_moves_between_processes_by_id() {
     assert_eq!(pool.stats().in_use(), 0);
 }
 
+/// Writes a file only its owner may read and write, as a segment must be (whatever the umask).
+fn write_private(path: &std::path::Path, bytes: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn segment_errors_are_distinct() {
     let dir = std::path::Path::new("/dev/shm");
@@ -469,25 +476,25 @@ fn segment_errors_are_distinct() {
     }
     let path = dir.join(format!("shmr.{name}"));
     // Too small to hold a header.
-    std::fs::write(&path, b"short").unwrap();
+    write_private(&path, b"short");
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::TooSmall { .. })
     ));
     // Big enough, all zero: a creator that never finished.
-    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    write_private(&path, vec![0u8; 8192]);
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::NotInitialised(_))
     ));
     // Garbage: not a segment.
-    std::fs::write(&path, vec![0xA5u8; 8192]).unwrap();
+    write_private(&path, vec![0xA5u8; 8192]);
     assert!(matches!(Segment::open(&name), Err(OpenError::BadMagic(_))));
     // Right magic, layout version from the future.
     let mut bytes = vec![0u8; 8192];
     bytes[..8].copy_from_slice(&shm_ring::segment::SEGMENT_MAGIC.to_le_bytes());
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
-    std::fs::write(&path, &bytes).unwrap();
+    write_private(&path, &bytes);
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::VersionMismatch {
