@@ -56,7 +56,7 @@ pub mod wait;
 
 pub use error::{AttachError, PopError, PushError};
 pub use memory::{HeapMemory, Memory, Region, RegionError};
-pub use process::ProcessToken;
+pub use process::{Liveness, ProcessToken};
 pub use segment::{
     CreateError, CreateOptions, OpenError, RemoveError, Segment, SegmentOpenOptions,
 };

@@ -10,13 +10,32 @@
 //!    both win; then it removes the temporary name.
 //!
 //! The creator keeps its `flock` for its whole life; the kernel drops it when the process dies, even by
-//! `kill -9`. So "is the creator alive" is one non-blocking `flock` probe, with no pid-reuse trap.
+//! `kill -9`. So "is the creator alive" is one non-blocking `flock` probe, with no pid-reuse trap. A
+//! probe that fails (rather than finding the lock free) proves nothing: [`Segment::creator_liveness`]
+//! then says [`Liveness::Unknown`] and [`Segment::creator_alive`] says alive.
+//!
+//! # One pid namespace per segment
+//!
+//! Structures in a segment record their holders as [`ProcessToken`]s (pid + start time), and a pid
+//! means something only inside one pid namespace. The creator records its namespace in the header;
+//! [`Segment::open_with`] refuses a process of another namespace
+//! ([`OpenError::OtherPidNamespace`]), so every process sharing a segment can judge the liveness of
+//! every other.
 //!
 //! # Trust
 //!
 //! The segment is created with mode 0600 by default: only the same user can open it. Same-user
 //! processes are trusted not to be malicious, but may be buggy: every value read from the header is
 //! copied into the handle once and checked, and the header is only ever accessed through atomics.
+//!
+//! Segment names live in `/dev/shm`, where every user may create files: another user could create
+//! `shmr.<name>` before the server does, and a client that opened it would hand its requests to that
+//! user. So [`Segment::open_with`] checks the file it opened (`fstat` on the descriptor, never the
+//! path again): it must be a regular file (symbolic links are not followed), owned by this process's
+//! effective uid, and grant group and others no more than [`SegmentOpenOptions::allowed_mode`]
+//! (0600 by default: nothing). [`Segment::remove`] likewise removes only a file of this user, and
+//! only the very file it checked and locked: if the name points to another file just before the
+//! unlink (a new server took the name meanwhile), it refuses.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -29,13 +48,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use memmap2::MmapRaw;
 
 use crate::memory::{Memory, MEMORY_ALIGN};
-use crate::process::ProcessToken;
+use crate::process::{pid_namespace, Liveness, ProcessToken};
 
 /// Magic number opening every segment: "SHMRING" and a format byte.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\x01");
 
-/// Version of the segment header layout. Bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version of the segment header layout. Bumped on any incompatible change (2: the creator's pid
+/// namespace is recorded and checked).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Where the user area starts: the header has the first page to itself.
 pub const USER_OFFSET: usize = MEMORY_ALIGN;
@@ -64,7 +84,8 @@ pub struct SegmentHeader {
     creator_pid: AtomicU32,
     creator_token: AtomicU64,
     created_unix_ms: AtomicU64,
-    reserved: [AtomicU64; 1],
+    /// Inode of the creator's pid namespace (0: unknown); see [`pid_namespace`].
+    creator_pid_ns: AtomicU64,
 }
 
 const _: () = {
@@ -75,6 +96,7 @@ const _: () = {
     assert!(std::mem::offset_of!(SegmentHeader, user_offset) == 24);
     assert!(std::mem::offset_of!(SegmentHeader, user_version) == 32);
     assert!(std::mem::offset_of!(SegmentHeader, creator_token) == 40);
+    assert!(std::mem::offset_of!(SegmentHeader, creator_pid_ns) == 56);
     assert!(USER_OFFSET >= std::mem::size_of::<SegmentHeader>());
 };
 
@@ -115,6 +137,10 @@ pub struct SegmentOpenOptions {
     pub user_version: Option<u32>,
     /// Open a segment whose creator has died (for inspection and cleanup); refused by default.
     pub allow_stale: bool,
+    /// The most the segment's mode may grant group and others (0600 by default: nothing). A
+    /// server that creates its segments with [`CreateOptions::mode`] 0660 gives its clients
+    /// `allowed_mode: 0o660`. The owner's bits are not restricted: the file must be this user's.
+    pub allowed_mode: u32,
 }
 
 impl Default for SegmentOpenOptions {
@@ -123,6 +149,7 @@ impl Default for SegmentOpenOptions {
             dir: PathBuf::from(DEFAULT_DIR),
             user_version: None,
             allow_stale: false,
+            allowed_mode: 0o600,
         }
     }
 }
@@ -170,6 +197,36 @@ pub enum OpenError {
     /// The file exists but this user may not open it.
     #[error("permission denied opening segment {0:?} (segments are private to the user that created them)")]
     PermissionDenied(String),
+    /// The file belongs to another user: someone else may have created the name first.
+    #[error(
+        "segment {name:?} belongs to uid {owner}, not to this process's uid {euid}: another user \
+         may have taken the name first; remove that file (as its owner or root) and restart the server"
+    )]
+    NotOwner {
+        /// Segment name.
+        name: String,
+        /// Owner uid of the file.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// The file's mode lets group or others in beyond what the opener allows.
+    #[error(
+        "segment {name:?} has mode {mode:o}, which grants other users more than the allowed \
+         {allowed:o}; a segment holds private requests: recreate it with a narrower mode, or allow \
+         the server's mode (SegmentOpenOptions::allowed_mode)"
+    )]
+    TooPermissive {
+        /// Segment name.
+        name: String,
+        /// Permission bits of the file.
+        mode: u32,
+        /// The most the opener allows.
+        allowed: u32,
+    },
+    /// The name is a symbolic link or not a regular file.
+    #[error("{0:?} is not a regular file (symbolic links are not followed)")]
+    NotAFile(String),
     /// The file is smaller than its header says, or than a header.
     #[error("segment {name:?} is too small ({len} bytes)")]
     TooSmall {
@@ -199,6 +256,21 @@ pub enum OpenError {
     /// The creator has died; the segment is stale.
     #[error("segment {0:?} is stale: the process that created it has died")]
     CreatorGone(String),
+    /// The segment was created in another pid namespace (another container, say): the pids its
+    /// structures record mean other processes here, so liveness checks would be wrong.
+    #[error(
+        "segment {name:?} was created in another pid namespace ({creator:#x}, this process is in \
+         {ours:#x}); processes sharing a segment must see the same pids: run them in one pid \
+         namespace"
+    )]
+    OtherPidNamespace {
+        /// Segment name.
+        name: String,
+        /// Inode of the creator's pid namespace, as recorded in the header (0: unknown).
+        creator: u64,
+        /// Inode of this process's pid namespace (0: unknown).
+        ours: u64,
+    },
     /// A system call failed.
     #[error("opening segment {name:?} failed: {source}")]
     Io {
@@ -222,6 +294,23 @@ pub enum RemoveError {
     /// Its creator is alive: removing it would pull it from under a running server.
     #[error("segment {0:?} is in use by a live process; stop that process first")]
     InUse(String),
+    /// The file belongs to another user.
+    #[error("segment {name:?} belongs to uid {owner}, not to this process's uid {euid}; only its owner removes it")]
+    NotOwner {
+        /// Segment name.
+        name: String,
+        /// Owner uid of the file.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// The name pointed to another file by the time of the unlink (a new server took it after the
+    /// stale one was checked): nothing was removed.
+    #[error("segment {0:?} was replaced by another file while it was being removed; nothing was removed")]
+    Replaced(String),
+    /// The name is a symbolic link or not a regular file.
+    #[error("{0:?} is not a regular file (symbolic links are not followed); nothing was removed")]
+    NotAFile(String),
     /// A system call failed.
     #[error("removing segment {name:?} failed: {source}")]
     Io {
@@ -261,6 +350,51 @@ pub fn validate_name(name: &str) -> bool {
 
 fn segment_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{FILE_PREFIX}{name}"))
+}
+
+/// Why a segment file is not this user's own (see [`check_ownership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    /// Not a regular file.
+    NotAFile,
+    /// Owned by another uid.
+    OtherOwner(u32),
+    /// Grants group or others more than allowed (the permission bits).
+    TooPermissive(u32),
+}
+
+/// Checks the `fstat` of an opened segment file: a regular file owned by the effective uid `euid`,
+/// granting group and others at most `allowed_mode` (no limit when `None`).
+fn check_ownership(
+    meta: &std::fs::Metadata,
+    euid: u32,
+    allowed_mode: Option<u32>,
+) -> Result<(), Ownership> {
+    if !meta.file_type().is_file() {
+        return Err(Ownership::NotAFile);
+    }
+    if meta.uid() != euid {
+        return Err(Ownership::OtherOwner(meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    match allowed_mode {
+        Some(allowed) if mode & 0o077 & !allowed != 0 => Err(Ownership::TooPermissive(mode)),
+        _ => Ok(()),
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Opens `path` without following a symbolic link in its last component.
+fn open_nofollow(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
@@ -349,7 +483,7 @@ impl Segment {
                 creator_pid: AtomicU32::new(me.pid()),
                 creator_token: AtomicU64::new(me.raw()),
                 created_unix_ms: AtomicU64::new(now_ms),
-                reserved: [AtomicU64::new(0)],
+                creator_pid_ns: AtomicU64::new(pid_namespace()),
             });
         }
         // SAFETY: just initialised above; the header is only accessed through atomics.
@@ -436,18 +570,26 @@ impl Segment {
     /// # Errors
     ///
     /// See [`OpenError`]: each failure has its own variant (not found, permission denied, too small,
-    /// bad magic, not initialised, version mismatch, creator gone, I/O).
+    /// bad magic, not initialised, version mismatch, another pid namespace, creator gone, I/O).
     pub fn open_with(name: &str, opts: &SegmentOpenOptions) -> Result<Segment, OpenError> {
+        Segment::open_as(name, opts, effective_uid())
+    }
+
+    /// [`open_with`](Self::open_with) for a process of effective uid `euid`.
+    fn open_as(name: &str, opts: &SegmentOpenOptions, euid: u32) -> Result<Segment, OpenError> {
         if !validate_name(name) {
             return Err(OpenError::InvalidName(name.to_owned()));
         }
         let path = segment_path(&opts.dir, name);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let file = match open_nofollow(&path, true) {
             Ok(f) => f,
             Err(e) => {
                 return Err(match e.kind() {
                     io::ErrorKind::NotFound => OpenError::NotFound(name.to_owned()),
                     io::ErrorKind::PermissionDenied => OpenError::PermissionDenied(name.to_owned()),
+                    _ if e.raw_os_error() == Some(libc::ELOOP) => {
+                        OpenError::NotAFile(name.to_owned())
+                    }
                     _ => OpenError::Io {
                         name: name.to_owned(),
                         source: e,
@@ -459,7 +601,27 @@ impl Segment {
             name: name.to_owned(),
             source,
         };
-        let len = file.metadata().map_err(io_err)?.len();
+        // The descriptor's own metadata: the file we will map, whatever the name points to now.
+        let meta = file.metadata().map_err(io_err)?;
+        match check_ownership(&meta, euid, Some(opts.allowed_mode)) {
+            Ok(()) => {}
+            Err(Ownership::NotAFile) => return Err(OpenError::NotAFile(name.to_owned())),
+            Err(Ownership::OtherOwner(owner)) => {
+                return Err(OpenError::NotOwner {
+                    name: name.to_owned(),
+                    owner,
+                    euid,
+                })
+            }
+            Err(Ownership::TooPermissive(mode)) => {
+                return Err(OpenError::TooPermissive {
+                    name: name.to_owned(),
+                    mode,
+                    allowed: opts.allowed_mode,
+                })
+            }
+        }
+        let len = meta.len();
         if len < USER_OFFSET as u64 {
             return Err(OpenError::TooSmall {
                 name: name.to_owned(),
@@ -499,6 +661,15 @@ impl Segment {
                 len,
             });
         }
+        let creator_ns = header.creator_pid_ns.load(Ordering::Relaxed);
+        let ours = pid_namespace();
+        if creator_ns != ours {
+            return Err(OpenError::OtherPidNamespace {
+                name: name.to_owned(),
+                creator: creator_ns,
+                ours,
+            });
+        }
         let user_version = header.user_version.load(Ordering::Relaxed);
         if let Some(expected) = opts.user_version {
             if expected != user_version {
@@ -524,12 +695,31 @@ impl Segment {
         })
     }
 
-    /// Removes segment `name` if its creator is dead.
+    /// Removes segment `name` if its creator is dead, the file is this user's, and the name still
+    /// points to the file that was checked when it is unlinked.
+    ///
+    /// The check and the unlink are two system calls (Linux has no "unlink this inode"), so a new
+    /// server that takes the name in the microseconds between them is not protected; one that took
+    /// it any time before the check is.
     ///
     /// # Errors
     ///
-    /// [`RemoveError::InUse`] when a live process created it; not found; I/O.
+    /// [`RemoveError::InUse`] when a live process created it, [`RemoveError::NotOwner`] for a file
+    /// of another user, [`RemoveError::Replaced`] when the name points to another file by the time
+    /// of the unlink, [`RemoveError::NotAFile`] for a symbolic link or a non-regular file; not
+    /// found; I/O.
     pub fn remove(name: &str, dir: &Path) -> Result<(), RemoveError> {
+        Segment::remove_as(name, dir, effective_uid(), |_| {})
+    }
+
+    /// [`remove`](Self::remove) for a process of effective uid `euid`; `before_unlink` runs after
+    /// every check but the last comparison of the name with the checked file.
+    fn remove_as(
+        name: &str,
+        dir: &Path,
+        euid: u32,
+        before_unlink: impl FnOnce(&Path),
+    ) -> Result<(), RemoveError> {
         if !validate_name(name) {
             return Err(RemoveError::InvalidName(name.to_owned()));
         }
@@ -538,25 +728,70 @@ impl Segment {
             name: name.to_owned(),
             source,
         };
-        let file = match File::open(&path) {
+        let file = match open_nofollow(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(RemoveError::NotFound(name.to_owned()))
             }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(RemoveError::NotAFile(name.to_owned()))
+            }
             Err(e) => return Err(io_err(e)),
         };
+        let checked = file.metadata().map_err(io_err)?;
+        // Any mode will do for removal: a stale segment of ours is ours to remove.
+        match check_ownership(&checked, euid, None) {
+            Ok(()) => {}
+            Err(Ownership::OtherOwner(owner)) => {
+                return Err(RemoveError::NotOwner {
+                    name: name.to_owned(),
+                    owner,
+                    euid,
+                })
+            }
+            Err(Ownership::NotAFile | Ownership::TooPermissive(_)) => {
+                return Err(RemoveError::NotAFile(name.to_owned()))
+            }
+        }
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => std::fs::remove_file(&path).map_err(io_err),
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                Err(RemoveError::InUse(name.to_owned()))
+                return Err(RemoveError::InUse(name.to_owned()))
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        before_unlink(&path);
+        // The name must still be the file we checked and locked: a new server may have replaced
+        // the stale segment meanwhile, and its file is not ours to remove.
+        match std::fs::symlink_metadata(&path) {
+            Ok(now) if now.ino() == checked.ino() && now.dev() == checked.dev() => {
+                std::fs::remove_file(&path).map_err(io_err)
+            }
+            Ok(_) => Err(RemoveError::Replaced(name.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(RemoveError::NotFound(name.to_owned()))
             }
             Err(e) => Err(io_err(e)),
         }
     }
 
-    /// Whether the process that created this segment is still alive (one `flock` probe).
+    /// Whether the process that created this segment runs (one `flock` probe): [`Liveness::Dead`]
+    /// only when nobody holds the creator's lock, [`Liveness::Unknown`] when the probe itself fails.
+    pub fn creator_liveness(&self) -> Liveness {
+        if self.creator {
+            return Liveness::Alive;
+        }
+        match creator_lock_held(&self.file) {
+            Ok(true) => Liveness::Alive,
+            Ok(false) => Liveness::Dead,
+            Err(_) => Liveness::Unknown,
+        }
+    }
+
+    /// Whether the process that created this segment may still run: true unless it is certainly
+    /// dead (a failed probe counts as alive; see [`creator_liveness`](Self::creator_liveness)).
     pub fn creator_alive(&self) -> bool {
-        self.creator || creator_lock_held(&self.file).unwrap_or(false)
+        self.creator_liveness() != Liveness::Dead
     }
 
     /// Pid of the creator as recorded in the header.
@@ -633,5 +868,111 @@ unsafe impl Memory for Segment {
     }
     fn len(&self) -> usize {
         self.user_len
+    }
+}
+
+#[cfg(all(test, not(miri), not(shm_loom)))]
+mod tests {
+    use super::*;
+
+    fn name(tag: &str) -> String {
+        format!("unit-{tag}-{}", std::process::id())
+    }
+
+    #[test]
+    fn a_file_of_another_uid_is_neither_opened_nor_removed() {
+        // The uid is injected: the test needs no second user and no root. (The real thing, a file
+        // chowned to another uid, is in tests/permissions.rs and needs root.)
+        let name = name("other-uid");
+        let seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+        let dir = Path::new(DEFAULT_DIR);
+        let me = effective_uid();
+        let other = me.wrapping_add(1);
+        assert!(Segment::open_as(&name, &SegmentOpenOptions::default(), me).is_ok());
+        match Segment::open_as(&name, &SegmentOpenOptions::default(), other) {
+            Err(OpenError::NotOwner { owner, euid, .. }) => assert_eq!((owner, euid), (me, other)),
+            r => panic!("expected NotOwner, got {r:?}"),
+        }
+        drop(seg);
+        // A stale file (no creator holds its lock) of another uid stays where it is.
+        let path = segment_path(dir, &name);
+        std::fs::write(&path, b"stale").unwrap();
+        match Segment::remove_as(&name, dir, other, |_| {}) {
+            Err(RemoveError::NotOwner { owner, euid, .. }) => {
+                assert_eq!((owner, euid), (me, other))
+            }
+            r => panic!("expected NotOwner, got {r:?}"),
+        }
+        assert!(path.exists());
+        Segment::remove_as(&name, dir, me, |_| {}).unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn remove_refuses_a_name_replaced_between_check_and_unlink() {
+        let name = name("replaced");
+        let dir = Path::new(DEFAULT_DIR);
+        let path = segment_path(dir, &name);
+        std::fs::write(&path, b"stale segment").unwrap();
+        let r = Segment::remove_as(&name, dir, effective_uid(), |path| {
+            // A new server takes the name after the stale file was checked and locked: its file
+            // replaces the stale one under the same name (rename is atomic).
+            let fresh = path.with_extension("fresh");
+            std::fs::write(&fresh, b"new server").unwrap();
+            std::fs::rename(&fresh, path).unwrap();
+        });
+        assert!(matches!(r, Err(RemoveError::Replaced(_))), "{r:?}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"new server",
+            "the new server's file is left alone"
+        );
+        // Without a replacement the same call removes it.
+        Segment::remove_as(&name, dir, effective_uid(), |_| {}).unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn ownership_check_reads_the_owner_type_and_group_and_other_bits() {
+        let dir = std::env::temp_dir().join(format!("shmr-unit-own-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let me = effective_uid();
+        let check = |mode: u32, allowed: Option<u32>, euid: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            check_ownership(&std::fs::metadata(&file).unwrap(), euid, allowed)
+        };
+        assert_eq!(check(0o600, Some(0o600), me), Ok(()));
+        assert_eq!(check(0o400, Some(0o600), me), Ok(()), "owner bits are free");
+        assert_eq!(check(0o700, Some(0o600), me), Ok(()), "owner bits are free");
+        assert_eq!(
+            check(0o644, Some(0o600), me),
+            Err(Ownership::TooPermissive(0o644))
+        );
+        assert_eq!(
+            check(0o666, Some(0o600), me),
+            Err(Ownership::TooPermissive(0o666))
+        );
+        assert_eq!(check(0o640, Some(0o640), me), Ok(()));
+        assert_eq!(check(0o640, Some(0o660), me), Ok(()));
+        assert_eq!(
+            check(0o660, Some(0o640), me),
+            Err(Ownership::TooPermissive(0o660))
+        );
+        assert_eq!(
+            check(0o602, Some(0o660), me),
+            Err(Ownership::TooPermissive(0o602))
+        );
+        assert_eq!(check(0o666, None, me), Ok(()));
+        assert_eq!(
+            check(0o600, Some(0o600), me.wrapping_add(7)),
+            Err(Ownership::OtherOwner(me))
+        );
+        assert_eq!(
+            check_ownership(&std::fs::metadata(&dir).unwrap(), me, None),
+            Err(Ownership::NotAFile)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use shm_ring::pool::{ChunkId, OwnerId, Pool, PoolConfig};
 use shm_ring::{
-    mpmc, spsc, CreateError, CreateOptions, OpenError, Region, RemoveError, Segment, WaitStrategy,
+    mpmc, spsc, CreateError, CreateOptions, Liveness, OpenError, ProcessToken, Region, RemoveError,
+    Segment, WaitStrategy,
 };
 use shm_test_support::{say, unique_name, wait_for, ChildProcess, ChildTask};
 
@@ -66,6 +67,20 @@ fn child_entry() {
             Err(OpenError::PermissionDenied(_)) => say("RESULT permission-denied"),
             Err(e) => say(format!("RESULT other {e}")),
         }
+        std::process::exit(0);
+    }
+    if role == "open-in-other-namespace" {
+        match Segment::open(name) {
+            Err(OpenError::OtherPidNamespace { creator, ours, .. }) => {
+                say(format!("RESULT other-namespace {creator} {ours}"))
+            }
+            Ok(_) => say("RESULT opened"),
+            Err(e) => say(format!("RESULT other {e}")),
+        }
+        std::process::exit(0);
+    }
+    if role == "judge-when-out-of-fds" {
+        fd_exhausted_judge(name, arg);
         std::process::exit(0);
     }
     let (s, m, h, p) = regions(Segment::open(name).unwrap());
@@ -168,6 +183,45 @@ fn child_entry() {
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
+}
+
+/// Opens the segment, lowers its descriptor limit and opens files until `EMFILE`, then judges
+/// the parent (token `parent`, alive), the segment's creator (the parent, alive) and runs a pool
+/// reclaim; reports each verdict on a line.
+fn fd_exhausted_judge(name: &str, parent: u64) {
+    let seg = Segment::open(name).unwrap();
+    let (.., p) = regions(Segment::open(name).unwrap());
+    let pool = Pool::attach(&p).unwrap();
+    // Our own token first (it reads /proc/self/stat), as any process does when it attaches.
+    let _ = ProcessToken::current();
+    let parent = ProcessToken::from_raw(parent).unwrap();
+    assert_eq!(
+        parent.liveness(),
+        Liveness::Alive,
+        "judged with descriptors to spare"
+    );
+    let limit = libc::rlimit {
+        rlim_cur: 64,
+        rlim_max: 64,
+    };
+    // SAFETY: setrlimit reads the struct we pass; lowering our own limit is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let mut hog = Vec::new();
+    let errno = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hog.push(f),
+            Err(e) => break e.raw_os_error(),
+        }
+        assert!(hog.len() < 100, "the descriptor limit did not hold");
+    };
+    say(format!("EXHAUSTED {}", errno == Some(libc::EMFILE)));
+    say(format!("PARENT {:?}", parent.liveness()));
+    say(format!("PARENT-ALIVE {}", parent.is_alive()));
+    say(format!("CREATOR-ALIVE {}", seg.creator_alive()));
+    let (owners, chunks) = pool.reclaim_dead();
+    say(format!("RECLAIMED {owners} {chunks}"));
+    drop(hog);
+    say(format!("PARENT-AFTER {:?}", parent.liveness()));
 }
 
 #[test]
@@ -391,6 +445,13 @@ fn pool_chunk_moves_between_processes_by_id() {
     assert_eq!(pool.stats().in_use(), 0);
 }
 
+/// Writes a file only its owner may read and write, as a segment must be (whatever the umask).
+fn write_private(path: &std::path::Path, bytes: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn segment_errors_are_distinct() {
     let dir = std::path::Path::new("/dev/shm");
@@ -415,25 +476,25 @@ fn segment_errors_are_distinct() {
     }
     let path = dir.join(format!("shmr.{name}"));
     // Too small to hold a header.
-    std::fs::write(&path, b"short").unwrap();
+    write_private(&path, b"short");
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::TooSmall { .. })
     ));
     // Big enough, all zero: a creator that never finished.
-    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    write_private(&path, vec![0u8; 8192]);
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::NotInitialised(_))
     ));
     // Garbage: not a segment.
-    std::fs::write(&path, vec![0xA5u8; 8192]).unwrap();
+    write_private(&path, vec![0xA5u8; 8192]);
     assert!(matches!(Segment::open(&name), Err(OpenError::BadMagic(_))));
     // Right magic, layout version from the future.
     let mut bytes = vec![0u8; 8192];
     bytes[..8].copy_from_slice(&shm_ring::segment::SEGMENT_MAGIC.to_le_bytes());
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
-    std::fs::write(&path, &bytes).unwrap();
+    write_private(&path, &bytes);
     assert!(matches!(
         Segment::open(&name),
         Err(OpenError::VersionMismatch {
@@ -548,4 +609,89 @@ fn live_segment_refuses_a_second_creator_and_stale_one_is_replaced() {
         matches!(Segment::open(&name), Err(OpenError::NotFound(_))),
         "nothing left behind"
     );
+}
+
+#[test]
+fn a_process_out_of_file_descriptors_declares_no_live_process_dead() {
+    let (name, .., p) = fixture("fd-exhausted");
+    let pool = Pool::attach(&p).unwrap();
+    let me = pool.register_owner().unwrap();
+    let held: Vec<_> = (0..3).map(|_| pool.loan(me, 100).unwrap()).collect();
+    let mut kid = ChildProcess::role(
+        "judge-when-out-of-fds",
+        &name,
+        &ProcessToken::current().raw().to_string(),
+    );
+    assert_eq!(
+        kid.expect("EXHAUSTED "),
+        "true",
+        "the child ran out of descriptors"
+    );
+    // It cannot read /proc/<our pid>/stat, but our pid exists: unknown, which counts as alive.
+    assert_eq!(kid.expect("PARENT "), "Unknown");
+    assert_eq!(kid.expect("PARENT-ALIVE "), "true");
+    assert_eq!(kid.expect("CREATOR-ALIVE "), "true");
+    assert_eq!(
+        kid.expect("RECLAIMED "),
+        "0 0",
+        "a reclaim pass without descriptors takes nothing from a live owner"
+    );
+    // With descriptors back, the evidence is certain again.
+    assert_eq!(kid.expect("PARENT-AFTER "), "Alive");
+    kid.wait_success();
+    assert_eq!(pool.held_by(me), 3);
+    assert_eq!(pool.stats().in_use(), 3);
+    assert_eq!(pool.owner_token(me), Some(ProcessToken::current()));
+    drop(held);
+    assert_eq!(pool.stats().in_use(), 0);
+}
+
+#[test]
+fn a_segment_records_its_pid_namespace_and_refuses_another() {
+    use std::os::unix::fs::FileExt;
+    let name = unique_name("seg-pidns");
+    let seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+    assert!(Segment::open(&name).is_ok(), "same namespace");
+    // Rewrite the recorded namespace (offset 56 of the header) as another namespace's creator would
+    // have written it.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg.path())
+        .unwrap();
+    let other = 0x1234_5678u64;
+    file.write_all_at(&other.to_le_bytes(), 56).unwrap();
+    match Segment::open(&name) {
+        Err(OpenError::OtherPidNamespace { creator, ours, .. }) => {
+            assert_eq!(creator, other);
+            assert_ne!(ours, other);
+        }
+        other => panic!("expected OtherPidNamespace, got {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs root (runs a child in a new pid namespace with unshare); scripts/test.sh runs it with --ignored as root"]
+fn a_process_in_another_pid_namespace_cannot_open_a_segment() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "unshare --pid needs root: run this test as root with --ignored"
+    );
+    let name = unique_name("seg-pidns-real");
+    let _seg = Segment::create(&name, &CreateOptions::new(4096)).unwrap();
+    let task = shm_test_support::ChildTask::command("open-in-other-namespace", &name, "0");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(task.get_program())
+        .args(task.get_args());
+    for (k, v) in task.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().expect("unshare runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("RESULT other-namespace"), "{text}");
 }

@@ -25,6 +25,10 @@ use crate::protocol::{DescriptorWords, PROTOCOL_VERSION};
 
 /// Magic of a service header ("SHMS").
 pub const SERVICE_MAGIC: u32 = u32::from_le_bytes(*b"SHMS");
+/// Mode of a service's segment file: the server creates it with exactly this mode and clients and
+/// observers allow no more when they open it (`SegmentOpenOptions::allowed_mode`), so a segment that
+/// another user created first under the service's name, or one whose mode was widened, is refused.
+pub const SEGMENT_MODE: u32 = 0o600;
 /// Most models one service serves.
 pub const MAX_MODELS: usize = 32;
 /// Most clients one service accepts at once (one bit each in the active mask).
@@ -369,6 +373,7 @@ impl Service {
             name,
             &shm_ring::SegmentOpenOptions {
                 allow_stale: true,
+                allowed_mode: SEGMENT_MODE,
                 ..shm_ring::SegmentOpenOptions::default()
             },
         )

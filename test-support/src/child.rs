@@ -81,10 +81,21 @@ impl ChildTask {
     ///
     /// When the path of this executable is unknown.
     pub fn command(role: &str, name: &str, arg: &str) -> Command {
+        ChildTask::command_at("child_entry", role, name, arg)
+    }
+
+    /// [`command`](Self::command) for a child entry test at another path, e.g.
+    /// `pool::tests::child_entry` in a crate's unit tests (which may use `cfg(test)` hooks that
+    /// integration tests cannot reach).
+    ///
+    /// # Panics
+    ///
+    /// When the path of this executable is unknown.
+    pub fn command_at(entry: &str, role: &str, name: &str, arg: &str) -> Command {
         let mut cmd = Command::new(std::env::current_exe().expect("the test binary's path"));
         cmd.args([
             "--exact",
-            "child_entry",
+            entry,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -136,6 +147,15 @@ impl ChildProcess {
     /// When the child cannot be started.
     pub fn role(role: &str, name: &str, arg: &str) -> ChildProcess {
         ChildProcess::spawn(ChildTask::command(role, name, arg).stdin(Stdio::piped()))
+    }
+
+    /// [`role`](Self::role) for a child entry test at another path (see [`ChildTask::command_at`]).
+    ///
+    /// # Panics
+    ///
+    /// When the child cannot be started.
+    pub fn role_at(entry: &str, role: &str, name: &str, arg: &str) -> ChildProcess {
+        ChildProcess::spawn(ChildTask::command_at(entry, role, name, arg).stdin(Stdio::piped()))
     }
 
     /// Starts `cmd` with its stdout piped (its stdin as `cmd` says: [`ChildProcess::tell`] needs it piped).

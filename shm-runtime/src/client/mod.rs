@@ -19,7 +19,7 @@ use crate::protocol::{
     encode_request, ArchivedBody, Descriptor, DescriptorKind, DescriptorWords, ErrorCode, Request,
     PROTOCOL_VERSION,
 };
-use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE};
+use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE, SEGMENT_MODE};
 
 mod inbox;
 mod view;
@@ -115,6 +115,7 @@ impl Client {
     pub fn connect_with(name: &str, options: ClientOptions) -> Result<Client, Error> {
         let opts = SegmentOpenOptions {
             user_version: Some(PROTOCOL_VERSION),
+            allowed_mode: SEGMENT_MODE,
             ..SegmentOpenOptions::default()
         };
         let seg = Segment::open_with(name, &opts).map_err(|e| open_error(name, e))?;

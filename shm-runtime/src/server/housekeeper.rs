@@ -21,7 +21,9 @@ pub(super) fn run(state: &ServerState) {
             let Some(token) = ProcessToken::from_raw(raw) else {
                 continue;
             };
-            if !token.is_alive() {
+            // Only a certainly dead client is reaped: an unknown verdict (say, this process is out of
+            // file descriptors) waits for a later pass.
+            if token.is_dead() {
                 reap_client(state, slot, raw);
             }
         }

@@ -34,7 +34,7 @@ use crate::backend;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::protocol::PROTOCOL_VERSION;
-use crate::service::{Layout, STATE_DRAINING, STATE_RUNNING, STATE_STOPPED};
+use crate::service::{Layout, SEGMENT_MODE, STATE_DRAINING, STATE_RUNNING, STATE_STOPPED};
 use state::{ModelLane, ServerState};
 
 /// A running server. Dropping it drains for up to 5 seconds and stops.
@@ -181,6 +181,7 @@ pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerErr
     );
     let mut opts = CreateOptions::new(layout.total);
     opts.user_version = PROTOCOL_VERSION;
+    opts.mode = SEGMENT_MODE;
     let seg = Segment::create(&config.name, &opts).map_err(|source| ServerError::Segment {
         name: config.name.clone(),
         source,
