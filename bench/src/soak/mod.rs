@@ -22,7 +22,9 @@
 //! every kind; each of its requests must still get one answer. A scribbler (never killed) keeps
 //! rewriting each of its requests while it is in flight (the whole request, flipped bytes, single
 //! words): the server validates a private copy, so it must live and answer each exactly once, and
-//! the good clients must see nothing of it. At the end: survivors drain and
+//! the good clients must see nothing of it. A slow reader (never killed) keeps long streams open
+//! and reads them slowly, stopping for seconds: the server holds it to its share of the pool, and
+//! the good clients must get no `ResourceExhausted` because of it. At the end: survivors drain and
 //! report; the server must be alive, answer a fresh client's echo, have as many open files as at
 //! the start, and its pool and client table must return to full.
 //!
@@ -43,7 +45,7 @@
 //! | `supervisor` | options, the run of the phases, the findings, the children's lines |
 //! | `child_process` | `SupervisedChild`: a child started in a role, talked to over stdin/stdout |
 //! | `phases` | the chaos phase and the server-kill phase, and the checks at their ends |
-//! | `roles` | what a child process runs: `server`, `client`, `garbage`, `scribbler`, `waiter` |
+//! | `roles` | what a child process runs: `server`, `client`, `garbage`, `scribbler`, `reader`, `waiter` |
 //! | `oracle` | what a client checks in every answer, and its counters |
 //! | `lines` | the line protocol between children and supervisor |
 //! | `rng` | reproducible pseudo-random choices |
