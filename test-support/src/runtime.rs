@@ -17,8 +17,11 @@
 //! ```
 
 use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+use shm_runtime::ring::pool::{PoolConfig, SizeClass};
 use shm_runtime::ring::{Segment, SegmentOpenOptions};
-use shm_runtime::{Error, ModelConfig, ResponseView};
+use std::time::{Duration, Instant};
+
+use shm_runtime::{Client, Error, ModelConfig, ResponseView, Ticket};
 
 /// A request for `model` to do `task` on `input`, with id 0 (the client then checks no answer's
 /// id) and default parameters.
@@ -116,5 +119,34 @@ pub struct StaleSegment(pub String);
 impl Drop for StaleSegment {
     fn drop(&mut self) {
         let _ = Segment::remove(&self.0, &SegmentOpenOptions::default().dir);
+    }
+}
+
+/// The final answer of `t`, skipping stream chunks; fails the test after `limit`.
+pub fn final_of(client: &Client, t: Ticket, limit: Duration) -> Result<ResponseView, Error> {
+    let end = Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match client.recv(t, left) {
+            Ok(v) if !v.is_final() => continue,
+            Err(Error::TimedOut) if Instant::now() >= end => {
+                panic!("no final answer for ticket {t:?} within {limit:?}")
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One class of 64 chunks of 1 KiB (requests and answers of these tests take one chunk each),
+/// `quota` chunks per client, no class share beyond that.
+pub fn small_pool(quota: u32) -> PoolConfig {
+    PoolConfig {
+        classes: vec![SizeClass {
+            chunk_size: 1024,
+            count: 64,
+        }],
+        max_owners: 16,
+        quota,
+        class_share: 100,
     }
 }

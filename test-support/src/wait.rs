@@ -1,6 +1,7 @@
 //! A condition polled until it holds, within a time limit: tests wait for state instead of
 //! sleeping a guessed time, and a condition that never comes fails the test instead of hanging it.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How often [`wait_for`] checks its condition.
@@ -27,5 +28,31 @@ pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool
     while !condition() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Aborts the whole test binary when a test runs longer than its limit: a hang fails loudly
+/// instead of stalling the suite.
+#[derive(Debug)]
+pub struct Watchdog(Option<mpsc::Sender<()>>);
+
+impl Watchdog {
+    /// Starts the watchdog of test `test`: the binary aborts if it is not dropped within `limit`.
+    pub fn new(test: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{test} hung for more than {limit:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender disconnects the channel: the watchdog thread returns.
+        self.0.take();
     }
 }
