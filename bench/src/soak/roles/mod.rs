@@ -7,6 +7,9 @@ use anyhow::{bail, Context, Result};
 use shm_runtime::protocol::{Input, Params, Request, Task};
 use shm_runtime::Client;
 
+use super::lines::say;
+use super::oracle::Tally;
+
 mod client;
 mod garbage;
 mod reader;
@@ -73,5 +76,22 @@ pub(super) fn connect_retry(service: &str, bound: Duration) -> Result<Client> {
             }
             Err(e) => return Err(e).context("connecting"),
         }
+    }
+}
+
+/// The end of a single-connection role: nothing may be left in flight; says `DONE` with the
+/// counts, and returns the exit status (failure when any invariant was violated).
+pub(super) fn report_done(client: &Client, tally: &Tally, who: &str) -> ExitCode {
+    if client.in_flight() != 0 {
+        tally.violation(
+            who,
+            &format!("{} requests still in flight at the end", client.in_flight()),
+        );
+    }
+    say(&tally.line(&format!("DONE strays={}", client.stray_answers())));
+    if tally.get("violations") == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -17,7 +17,7 @@ use anyhow::Result;
 use shm_runtime::protocol::{ArchivedBody, ArchivedFinishReason};
 use shm_runtime::{Error, ResponseView, Ticket};
 
-use super::{client_arg, connect_retry, generate};
+use super::{client_arg, connect_retry, generate, report_done};
 use crate::soak::lines::{say, watch_stdin};
 use crate::soak::oracle::Tally;
 use crate::soak::rng::Rng;
@@ -153,18 +153,7 @@ pub(crate) fn role_reader(service: &str, arg: &str) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    if client.in_flight() != 0 {
-        tally.violation(
-            &who,
-            &format!("{} requests still in flight at the end", client.in_flight()),
-        );
-    }
-    say(&tally.line(&format!("DONE strays={}", client.stray_answers())));
-    Ok(if tally.get("violations") == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report_done(&client, &tally, &who))
 }
 
 /// A stream part: the next index, with the text it must carry.

@@ -22,7 +22,7 @@ use shm_runtime::ring::process::ProcessToken;
 use shm_runtime::testing::Service;
 use shm_runtime::Error;
 
-use super::{client_arg, connect_retry, generate};
+use super::{client_arg, connect_retry, generate, report_done};
 use crate::soak::lines::{say, watch_stdin};
 use crate::soak::oracle::Tally;
 use crate::soak::rng::Rng;
@@ -135,16 +135,5 @@ pub(crate) fn role_scribbler(service: &str, arg: &str) -> Result<ExitCode> {
         // Any answer is right here (what the server copied decides it); exactly one is required.
         tally.final_kind(&answer);
     }
-    if client.in_flight() != 0 {
-        tally.violation(
-            &who,
-            &format!("{} requests still in flight at the end", client.in_flight()),
-        );
-    }
-    say(&tally.line(&format!("DONE strays={}", client.stray_answers())));
-    Ok(if tally.get("violations") == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report_done(&client, &tally, &who))
 }
