@@ -11,10 +11,17 @@ use super::Connection;
 use crate::error::Error;
 use crate::protocol::{ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords};
 
+/// A ticket in flight: a request sent whose final answer has not arrived.
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) lane: usize,
     pub(super) request_id: u64,
+    /// The raw id of the request's chunk, which a cancel names.
+    pub(super) chunk: u64,
+    /// Nobody waits for it any more (a client-side timeout): what arrives is returned unread.
+    /// The ticket stays taken until the final answer arrives, so that no later request reuses it
+    /// while the server may still answer this one.
+    pub(super) abandoned: bool,
     pub(super) arrived: VecDeque<DescriptorWords>,
 }
 
@@ -47,15 +54,44 @@ pub(super) struct Inbox {
     pub(super) pending: Tickets,
 }
 
+/// Whether `d` is the last answer of its ticket.
+pub(super) fn is_final(d: DescriptorWords) -> bool {
+    matches!(
+        Descriptor::from_words(d).map(|d| d.kind),
+        Some(DescriptorKind::Final | DescriptorKind::InlineError)
+    )
+}
+
 impl Connection {
-    /// Files an answer under its ticket, or returns its chunk if nobody waits for it (abandoned
-    /// after a timeout, or a previous holder's of the slot: those are not counted as strays).
+    /// Files an answer under its ticket, or returns its chunk if nobody waits for it: abandoned
+    /// after a timeout (the ticket is freed by its final answer), answering no ticket in flight
+    /// (both counted as strays), or a previous holder's of the slot (not counted).
     pub(super) fn route(&self, inbox: &mut Inbox, d: DescriptorWords) {
         let t = Descriptor::ticket_of(d);
         match inbox.pending.get_mut(&t) {
+            Some(p) if p.abandoned => {
+                if is_final(d) {
+                    inbox.pending.remove(&t);
+                }
+                self.discard(d);
+            }
             Some(p) => p.arrived.push_back(d),
             None if !ticket_of_epoch(t, self.epoch) => self.release_answer(d),
             None => self.discard(d),
+        }
+    }
+
+    /// Gives up waiting for `ticket`: what arrived for it goes back now, what arrives later when
+    /// it arrives, and the ticket stays taken until its final answer.
+    pub(super) fn abandon(&self, ticket: u32) {
+        let mut inbox = self.inbox();
+        if let Some(p) = inbox.pending.get_mut(&ticket) {
+            p.abandoned = true;
+            let arrived = std::mem::take(&mut p.arrived);
+            if arrived.iter().any(|&d| is_final(d)) {
+                inbox.pending.remove(&ticket);
+            }
+            arrived.into_iter().for_each(|d| self.discard(d));
         }
     }
 
@@ -68,7 +104,7 @@ impl Connection {
     /// Returns an answer's chunk (if it has one and it is ours).
     pub(super) fn release_answer(&self, d: DescriptorWords) {
         if let Some(d) = Descriptor::from_words(d) {
-            if d.kind != DescriptorKind::InlineError {
+            if matches!(d.kind, DescriptorKind::Partial | DescriptorKind::Final) {
                 let _ = self.pool.release(ChunkId::from_raw(d.chunk), self.owner);
             }
         }
@@ -89,6 +125,7 @@ impl Connection {
         loop {
             match inbox.pending.get_mut(&ticket) {
                 None => return Err(Error::UnknownTicket(ticket)),
+                Some(p) if p.abandoned => return Err(Error::UnknownTicket(ticket)),
                 Some(p) => {
                     if let Some(d) = p.arrived.pop_front() {
                         return Ok(d);

@@ -256,7 +256,8 @@ impl Client {
     ///
     /// The error answer of the server ([`Error::TimedOut`], [`Error::Cancelled`],
     /// [`Error::InvalidRequest`]...), [`Error::TimedOut`] when `timeout` passes first (the request
-    /// stays in flight), [`Error::ServerGone`], [`Error::UnknownTicket`].
+    /// stays in flight), [`Error::ServerGone`], [`Error::UnknownTicket`]; [`Error::Busy`] with the
+    /// request still in flight when the server refused to record a [`cancel`](Self::cancel) of it.
     pub fn recv(&self, ticket: Ticket, timeout: Duration) -> Result<ResponseView, Error> {
         let deadline = Instant::now() + timeout;
         let d = self.conn.next_for(ticket.0, deadline)?;
@@ -269,6 +270,13 @@ impl Client {
             kind, chunk, len, ..
         } = Descriptor::from_words(d)
             .ok_or_else(|| Error::Protocol("unknown descriptor kind".into()))?;
+        if kind == DescriptorKind::CancelRefused {
+            return Err(Error::Busy(
+                "the server did not record the cancel of this request: this client has as many \
+                 cancels pending as it may; the request goes on, and its answers follow"
+                    .into(),
+            ));
+        }
         let final_ = kind != DescriptorKind::Partial;
         let request_id = {
             let mut inbox = conn.inbox();
@@ -318,7 +326,6 @@ impl Client {
     ///
     /// As for [`submit`](Self::submit).
     #[doc(hidden)]
-    #[doc(hidden)]
     pub fn submit_bytes(
         &self,
         model: &str,
@@ -345,7 +352,6 @@ impl Client {
     ///
     /// As for [`submit`](Self::submit).
     #[doc(hidden)]
-    #[doc(hidden)]
     pub fn submit_descriptor(&self, model: &str, chunk: u64, len: u32) -> Result<Ticket, Error> {
         let (lane, _) = self
             .conn
@@ -368,16 +374,29 @@ impl Client {
             let _ = conn.pool.release(chunk, conn.owner);
             return Err(Error::Protocol(format!("lane {lane} out of range")));
         };
-        let seq = conn.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let ticket = crate::protocol::ticket(conn.epoch, seq);
-        conn.inbox().pending.insert(
-            ticket,
-            Pending {
-                lane,
-                request_id,
-                arrived: VecDeque::new(),
-            },
-        );
+        let ticket = {
+            let mut inbox = conn.inbox();
+            // Tickets wrap (2^24 per connection): skip those still taken, so that an answer is
+            // never filed under a request it is not for. Fewer tickets are taken than there are.
+            let ticket = loop {
+                let seq = conn.next_ticket.fetch_add(1, Ordering::Relaxed);
+                let t = crate::protocol::ticket(conn.epoch, seq);
+                if !inbox.pending.contains_key(&t) {
+                    break t;
+                }
+            };
+            inbox.pending.insert(
+                ticket,
+                Pending {
+                    lane,
+                    request_id,
+                    chunk: chunk.raw(),
+                    abandoned: false,
+                    arrived: VecDeque::new(),
+                },
+            );
+            ticket
+        };
         if let Err(e) =
             ring.push(Descriptor::new(DescriptorKind::Request, chunk.raw(), len, ticket).to_words())
         {
@@ -389,8 +408,38 @@ impl Client {
         Ok(Ticket(ticket))
     }
 
-    /// The pool's free chunks now, over all classes (for tests and status).
+    /// Pushes a cancel of `ticket` naming request chunk `chunk` on `model`'s lane, whatever this
+    /// client has in flight: for tests of the server's cancel set.
+    ///
+    /// # Errors
+    ///
+    /// As for [`cancel`](Self::cancel).
     #[doc(hidden)]
+    pub fn send_cancel(&self, model: &str, ticket: u32, chunk: u64) -> Result<(), Error> {
+        let conn = &*self.conn;
+        let (lane, _) = conn
+            .find_model(model)
+            .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
+        conn.requests[lane]
+            .push(Descriptor::new(DescriptorKind::Cancel, chunk, 0, ticket).to_words())
+            .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
+        conn.svc.lane(lane).doorbell.notify();
+        Ok(())
+    }
+
+    /// The raw id of the request chunk of `ticket` in flight: for tests of cancels.
+    #[doc(hidden)]
+    pub fn request_chunk(&self, ticket: Ticket) -> Option<u64> {
+        self.conn.inbox().pending.get(&ticket.0).map(|p| p.chunk)
+    }
+
+    /// Moves this connection's ticket counter `n` tickets on: for tests of the tickets' wrap.
+    #[doc(hidden)]
+    pub fn skip_tickets(&self, n: u32) {
+        self.conn.next_ticket.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The pool's free chunks now, over all classes (for tests and status).
     #[doc(hidden)]
     pub fn pool_free(&self) -> (u32, u32) {
         let st = self.conn.pool.stats();
@@ -429,10 +478,7 @@ impl Client {
                 Ok(_) => continue,
                 Err(Error::TimedOut) if Instant::now() >= deadline => {
                     let _ = self.cancel(ticket);
-                    let abandoned = self.conn.inbox().pending.remove(&ticket.0);
-                    if let Some(p) = abandoned {
-                        p.arrived.into_iter().for_each(|d| self.conn.discard(d));
-                    }
+                    self.conn.abandon(ticket.0);
                     return Err(Error::TimedOut);
                 }
                 Err(e) => return Err(e),
@@ -466,14 +512,15 @@ impl Client {
     /// [`Error::UnknownTicket`], [`Error::Busy`] when the ring is full.
     pub fn cancel(&self, ticket: Ticket) -> Result<(), Error> {
         let conn = &*self.conn;
-        let lane = conn
+        let (lane, chunk) = conn
             .inbox()
             .pending
             .get(&ticket.0)
-            .map(|p| p.lane)
+            .filter(|p| !p.abandoned)
+            .map(|p| (p.lane, p.chunk))
             .ok_or(Error::UnknownTicket(ticket.0))?;
         conn.requests[lane]
-            .push(Descriptor::new(DescriptorKind::Cancel, 0, 0, ticket.0).to_words())
+            .push(Descriptor::new(DescriptorKind::Cancel, chunk, 0, ticket.0).to_words())
             .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
         conn.svc.lane(lane).doorbell.notify();
         Ok(())
@@ -488,9 +535,16 @@ impl Client {
         }
     }
 
+    /// Whether `ticket` is in flight (sent, its final answer not received, not abandoned).
+    pub fn is_in_flight(&self, ticket: Ticket) -> bool {
+        let inbox = self.conn.inbox();
+        inbox.pending.get(&ticket.0).is_some_and(|p| !p.abandoned)
+    }
+
     /// Requests this client has in flight.
     pub fn in_flight(&self) -> usize {
-        self.conn.inbox().pending.len()
+        let inbox = self.conn.inbox();
+        inbox.pending.values().filter(|p| !p.abandoned).count()
     }
 
     /// Answers that arrived for a ticket not in flight and were returned unread: late answers of

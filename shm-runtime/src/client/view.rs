@@ -56,6 +56,12 @@ impl ResponseView {
         self.len
     }
 
+    /// The raw id of the chunk this answer lies in: for tests.
+    #[doc(hidden)]
+    pub fn chunk_raw(&self) -> u64 {
+        self.chunk.raw()
+    }
+
     /// Whether the archive is empty (never, for a valid answer).
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -95,6 +101,14 @@ impl Iterator for Stream {
         let r = self.client.recv(self.ticket, left);
         match &r {
             Ok(v) if !v.is_final() => {}
+            // Not the final answer: a refused cancel; the request goes on.
+            Err(Error::Busy(_)) if self.client.is_in_flight(self.ticket) => {}
+            // The stream's own deadline passed first: nobody will read the rest.
+            Err(Error::TimedOut) if self.client.is_in_flight(self.ticket) => {
+                let _ = self.client.cancel(self.ticket);
+                self.client.conn.abandon(self.ticket.0);
+                self.done = true;
+            }
             _ => self.done = true,
         }
         Some(r)

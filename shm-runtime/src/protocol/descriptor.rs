@@ -10,7 +10,9 @@
 pub enum DescriptorKind {
     /// Client -> server: a request in the named chunk.
     Request = 1,
-    /// Client -> server: cancel the request with this ticket.
+    /// Client -> server: cancel the request with this ticket, whose request chunk was `chunk` (the
+    /// raw id, generation included: a cancel that arrives after its request ended never matches
+    /// a later request that reuses the ticket).
     Cancel = 2,
     /// Server -> client: a non-final response (stream chunk) in the named chunk.
     Partial = 3,
@@ -18,6 +20,9 @@ pub enum DescriptorKind {
     Final = 4,
     /// Server -> client: the final answer is an error whose code is in `len`; no chunk.
     InlineError = 5,
+    /// Server -> client: a cancel of this ticket was not recorded, because the client has as many
+    /// cancels pending as it may; the request goes on. Not final; no chunk.
+    CancelRefused = 6,
 }
 
 impl DescriptorKind {
@@ -30,6 +35,7 @@ impl DescriptorKind {
             3 => DescriptorKind::Partial,
             4 => DescriptorKind::Final,
             5 => DescriptorKind::InlineError,
+            6 => DescriptorKind::CancelRefused,
             _ => return None,
         })
     }

@@ -9,7 +9,7 @@
 
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
 /// archived types or the descriptor format.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 mod codec;
 mod descriptor;

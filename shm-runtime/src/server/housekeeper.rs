@@ -69,7 +69,7 @@ fn reap_client(state: &ServerState, slot: usize, raw: u64) {
         .clients_gen
         .fetch_add(1, Ordering::AcqRel);
     for lane in &state.lanes {
-        lane.cancels.remove_slot(slot);
+        lane.cancels.remove_slot(slot, None);
     }
     // The entry is the client's to write: an owner id naming the server itself would take back
     // every chunk the server holds (answers being written, requests being validated).

@@ -89,6 +89,12 @@ impl Server {
         &self.state.pool
     }
 
+    /// Cancels recorded and not yet forgotten, over all lanes (for tests).
+    #[doc(hidden)]
+    pub fn cancels_pending(&self) -> usize {
+        self.state.lanes.iter().map(|l| l.cancels.len()).sum()
+    }
+
     /// Stops taking new requests, lets queued and running ones finish until `grace` has passed,
     /// answers the rest `ShuttingDown`, then stops every thread and removes the segment.
     pub fn shutdown(mut self, grace: Duration) {

@@ -1,11 +1,11 @@
 //! What the server's threads share: the service segment, the pool, the flags that stop them, and
 //! one [`ModelLane`] per model with its backend, cancel set and transfer queue.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use shm_ring::pool::{OwnerId, Pool};
+use shm_ring::pool::{ChunkId, OwnerId, Pool};
 
 use crate::backend::Backend;
 use crate::config::ServerConfig;
@@ -68,52 +68,127 @@ impl ModelLane {
 /// The requests of a lane that clients asked to cancel and that no worker has finished yet.
 ///
 /// A cancel arrives on the request ring like a request, so any worker of the lane may take it in;
-/// the worker running the request looks here between steps.
+/// the worker running the request looks here between steps. A cancel names its request by ticket
+/// and request chunk (raw id, generation included), so a cancel that outlives its request never
+/// matches a later request that reuses the ticket. Each client may have at most a fixed number
+/// pending (more than its requests in flight can need); beyond that a cancel is refused.
 #[derive(Default)]
 pub(crate) struct CancelSet {
-    set: Mutex<HashSet<ReplyTo>>,
+    inner: Mutex<Cancels>,
     /// SYNC(cancels): the set's size, stored under its mutex and read without it so that a worker
     /// takes no lock while nothing is cancelled (a stale zero delays a cancel by one check).
     pending: AtomicUsize,
 }
 
-impl CancelSet {
-    /// Records a cancel, unless the set already holds `cap` (a flood of cancels for requests that
-    /// do not exist is then ignored: a real request's cancel can be sent again).
-    pub(crate) fn insert(&self, reply: ReplyTo, cap: usize) {
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        if set.len() < cap {
-            set.insert(reply);
+#[derive(Default)]
+struct Cancels {
+    by_reply: HashMap<ReplyTo, ChunkId>,
+    /// Entries per client slot (of any epoch: those of a previous holder are forgotten when a
+    /// worker sees it leave, or when the slot's count reaches the limit).
+    per_slot: HashMap<u16, usize>,
+}
+
+impl Cancels {
+    fn forget(&mut self, reply: ReplyTo) {
+        if self.by_reply.remove(&reply).is_some() {
+            if let Some(n) = self.per_slot.get_mut(&reply.slot) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_slot.remove(&reply.slot);
+                }
+            }
         }
-        self.pending.store(set.len(), Ordering::Release);
+    }
+}
+
+/// A cancel the set did not record: its client has `limit` pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CancelRefused {
+    pub(crate) limit: usize,
+}
+
+impl CancelSet {
+    /// Records the cancel of the request `reply` whose chunk is `chunk`. When the client already
+    /// has `per_client` cancels pending, first forgets those whose request has ended (`live`
+    /// says whether a request chunk is still held by the client or the server: a request holds
+    /// its chunk until its final answer); if that frees no room, refuses.
+    pub(crate) fn insert(
+        &self,
+        reply: ReplyTo,
+        chunk: ChunkId,
+        per_client: usize,
+        live: impl Fn(ChunkId) -> bool,
+    ) -> Result<(), CancelRefused> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let result = if c.by_reply.contains_key(&reply) {
+            c.by_reply.insert(reply, chunk);
+            Ok(())
+        } else {
+            if c.per_slot.get(&reply.slot).copied().unwrap_or(0) >= per_client {
+                let ended: Vec<ReplyTo> = c
+                    .by_reply
+                    .iter()
+                    .filter(|(r, &id)| {
+                        r.slot == reply.slot && (r.epoch != reply.epoch || !live(id))
+                    })
+                    .map(|(&r, _)| r)
+                    .collect();
+                ended.into_iter().for_each(|r| c.forget(r));
+            }
+            let n = c.per_slot.entry(reply.slot).or_insert(0);
+            if *n >= per_client {
+                Err(CancelRefused { limit: per_client })
+            } else {
+                *n += 1;
+                c.by_reply.insert(reply, chunk);
+                Ok(())
+            }
+        };
+        self.pending.store(c.by_reply.len(), Ordering::Release);
+        result
     }
 
-    pub(crate) fn contains(&self, reply: ReplyTo) -> bool {
+    /// Whether the request `reply` with chunk `chunk` was cancelled.
+    pub(crate) fn contains(&self, reply: ReplyTo, chunk: ChunkId) -> bool {
         if self.pending.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        set.contains(&reply)
+        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.by_reply.get(&reply) == Some(&chunk)
     }
 
     /// Forgets the cancel of a request that got its final answer (or was dropped).
-    pub(crate) fn remove(&self, reply: ReplyTo) {
+    pub(crate) fn remove(&self, reply: ReplyTo, chunk: ChunkId) {
         if self.pending.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        set.remove(&reply);
-        self.pending.store(set.len(), Ordering::Release);
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if c.by_reply.get(&reply) == Some(&chunk) {
+            c.forget(reply);
+        }
+        self.pending.store(c.by_reply.len(), Ordering::Release);
     }
 
-    /// Forgets every cancel of client slot `slot` (its holder died).
-    pub(crate) fn remove_slot(&self, slot: usize) {
+    /// Forgets the cancels of client slot `slot` but those of the connection of epoch `keep`
+    /// (its holder left, or a new one took it).
+    pub(crate) fn remove_slot(&self, slot: usize, keep: Option<u32>) {
         if self.pending.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        set.retain(|r| usize::from(r.slot) != slot);
-        self.pending.store(set.len(), Ordering::Release);
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<ReplyTo> = c
+            .by_reply
+            .keys()
+            .filter(|r| r.slot() == slot && Some(r.epoch) != keep)
+            .copied()
+            .collect();
+        gone.into_iter().for_each(|r| c.forget(r));
+        self.pending.store(c.by_reply.len(), Ordering::Release);
+    }
+
+    /// Cancels pending (for tests and status).
+    pub(crate) fn len(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
     }
 }
 

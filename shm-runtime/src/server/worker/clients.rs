@@ -78,6 +78,7 @@ impl Desk<'_> {
                 (Some(h), true) if h.epoch == epoch => {}
                 (_, true) => {
                     self.drop_pending(slot);
+                    self.lane.cancels.remove_slot(slot, Some(epoch));
                     let owner = OwnerId::from_raw(entry.owner.load(Ordering::Acquire));
                     let svc = &self.state.svc;
                     let requests = mpmc::Consumer::attach(&svc.request_ring(slot, self.lane_index));
@@ -98,6 +99,7 @@ impl Desk<'_> {
                 (Some(_), false) => {
                     self.clients.slots[slot] = None;
                     self.drop_pending(slot);
+                    self.lane.cancels.remove_slot(slot, None);
                 }
                 (None, false) => {}
             }

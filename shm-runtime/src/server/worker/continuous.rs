@@ -105,7 +105,7 @@ impl<'s> Worker<'s> {
             if !self.desk.client_alive(reply) || self.desk.clients.get(reply.slot()).is_none() {
                 let seq = self.take_sequence(slot);
                 self.desk.drop_started(&seq.job);
-            } else if self.desk.lane.cancels.contains(reply) {
+            } else if self.desk.lane.cancels.contains(reply, seq.job.chunk) {
                 let seq = self.take_sequence(slot);
                 let err = Refusal::new(ErrorCode::Cancelled, "cancelled while running");
                 self.desk.end(&seq.job, Err(err), seq.out);

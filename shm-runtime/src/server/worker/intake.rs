@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shm_ring::pool::ChunkId;
+use shm_ring::pool::{ChunkId, OwnerId};
 
 use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
@@ -105,8 +105,7 @@ impl Desk<'_> {
         };
         match kind {
             DescriptorKind::Cancel => {
-                let cap = 4 * state.svc.layout.max_clients * state.config.max_inflight as usize;
-                self.lane.cancels.insert(reply, cap);
+                self.record_cancel(reply, ChunkId::from_raw(chunk), client_owner);
                 return;
             }
             DescriptorKind::Request => {}
@@ -186,6 +185,28 @@ impl Desk<'_> {
             return;
         }
         self.count_accepted();
+    }
+
+    /// Records the cancel of `reply`'s request, whose chunk is `chunk`, unless that request has
+    /// ended (its chunk is neither the client's, on its way here, nor the server's: a request
+    /// holds its chunk until its final answer). A client may have as many cancels pending as it
+    /// can have requests accepted or on their way on this lane; beyond that the cancel is refused
+    /// with a [`DescriptorKind::CancelRefused`] notice.
+    fn record_cancel(&mut self, reply: ReplyTo, chunk: ChunkId, client_owner: OwnerId) {
+        let state = self.state;
+        let held_by = |id, owner| state.pool.chunk_slice(id, owner).is_ok();
+        // The client's first: a chunk moves from client to server only, so a request on its way
+        // is seen by one check or the other.
+        let live = |id| held_by(id, client_owner) || held_by(id, state.owner);
+        if !live(chunk) {
+            tracing::debug!(client = reply.slot, "cancel of a request that has ended");
+            return;
+        }
+        let per_client = state.config.max_inflight as usize + state.config.ring_capacity;
+        if let Err(refused) = self.lane.cancels.insert(reply, chunk, per_client, live) {
+            tracing::debug!(client = reply.slot, limit = refused.limit, "cancel refused");
+            self.refuse_cancel(reply);
+        }
     }
 
     /// Reads the plain head of the request in server-owned chunk `id` (`len` bytes): only the

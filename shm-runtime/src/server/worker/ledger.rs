@@ -41,7 +41,7 @@ impl Desk<'_> {
         // SYNC(drain_expired): pairs with the Release store in `Server::stop`.
         let early = if self.state.drain_expired.load(Ordering::Acquire) {
             Some((ErrorCode::ShuttingDown, "the server is shutting down"))
-        } else if self.lane.cancels.contains(reply) {
+        } else if self.lane.cancels.contains(reply, job.chunk) {
             Some((ErrorCode::Cancelled, "cancelled before it ran"))
         } else if self.now >= job.deadline_ns {
             Some((ErrorCode::TimedOut, "the deadline passed while queued"))
@@ -49,7 +49,7 @@ impl Desk<'_> {
             None
         };
         if let Some((code, message)) = early {
-            self.lane.cancels.remove(reply);
+            self.lane.cancels.remove(reply, job.chunk);
             self.release_request(reply, job.chunk);
             self.answer_error(reply, job.request_id, Refusal::new(code, message));
             self.counters.completed.fetch_add(1, Ordering::AcqRel);
@@ -64,7 +64,7 @@ impl Desk<'_> {
         let state = self.state;
         let reply = job.reply;
         self.counters.completed.fetch_add(1, Ordering::AcqRel);
-        self.lane.cancels.remove(reply);
+        self.lane.cancels.remove(reply, job.chunk);
         self.release_request(reply, job.chunk);
         self.now = now_ns();
         let latency = (self.now.saturating_sub(job.accepted_ns) / 1000).max(1);
@@ -92,7 +92,7 @@ impl Desk<'_> {
     /// Drops a started job of a client that has gone: its chunk goes back, nobody is answered.
     pub(super) fn drop_started(&self, job: &Job) {
         let state = self.state;
-        self.lane.cancels.remove(job.reply);
+        self.lane.cancels.remove(job.reply, job.chunk);
         let _ = state.pool.release(job.chunk, state.owner);
         self.counters.completed.fetch_add(1, Ordering::AcqRel);
     }

@@ -266,7 +266,7 @@ impl RunContext for RunningJob<'_, '_> {
         if !desk.client_alive(reply) {
             return Some(Stop::ClientGone);
         }
-        if desk.lane.cancels.contains(reply) {
+        if desk.lane.cancels.contains(reply, self.job.chunk) {
             return Some(Stop::Cancelled);
         }
         if desk.now >= self.job.deadline_ns {
@@ -307,7 +307,7 @@ impl RunContext for RunningJob<'_, '_> {
             if !self.desk.client_alive(reply) {
                 return Err(Stop::ClientGone);
             }
-            if self.desk.lane.cancels.contains(reply) {
+            if self.desk.lane.cancels.contains(reply, self.job.chunk) {
                 return Err(Stop::Cancelled);
             }
             if started.elapsed() > STREAM_STALL || now_ns() >= self.job.deadline_ns {

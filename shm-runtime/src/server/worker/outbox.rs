@@ -148,6 +148,12 @@ impl Desk<'_> {
         self.deliver(reply, d);
     }
 
+    /// Tells `reply`'s client that its cancel was not recorded (a notice, not an answer).
+    pub(super) fn refuse_cancel(&mut self, reply: ReplyTo) {
+        let d = Descriptor::new(DescriptorKind::CancelRefused, 0, 0, reply.ticket);
+        self.deliver(reply, d);
+    }
+
     /// Serializes `resp` into a fresh chunk, gives it to the client and announces it.
     ///
     /// # Errors
