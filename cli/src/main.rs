@@ -234,6 +234,9 @@ fn status(name: &str, json: bool) -> Result<()> {
                 held.join(", ")
             }
         );
+        if let Some(why) = &c.disconnected {
+            println!("    disconnected by the server: {why}");
+        }
     }
     for c in &st.pool {
         println!(

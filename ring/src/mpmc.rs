@@ -112,11 +112,17 @@ pub struct MpmcHeader {
     not_full: CachePadded<WaitWord>,
 }
 
+/// Where a ring's tail index (a u64, the next position producers claim) sits in its region: part
+/// of the ABI, for peers in other languages (and tests of peers that write it).
+pub const TAIL_OFFSET: usize = 128;
+/// Where a ring's head index (a u64, the next position consumers take) sits in its region.
+pub const HEAD_OFFSET: usize = 256;
+
 #[cfg(not(shm_loom))]
 const _: () = {
     assert!(std::mem::offset_of!(MpmcHeader, participants) == 16);
-    assert!(std::mem::offset_of!(MpmcHeader, tail) == 128);
-    assert!(std::mem::offset_of!(MpmcHeader, head) == 256);
+    assert!(std::mem::offset_of!(MpmcHeader, tail) == TAIL_OFFSET);
+    assert!(std::mem::offset_of!(MpmcHeader, head) == HEAD_OFFSET);
     assert!(std::mem::size_of::<MpmcHeader>() == 640);
     assert!(std::mem::size_of::<Slot<[u64; 2]>>() == 24);
 };
@@ -328,6 +334,33 @@ impl<T: Pod> Shared<T> {
         }
     }
 
+    fn looks_consistent(&self) -> bool {
+        let h = self.hdr();
+        let head = h.head.load(Ordering::Acquire);
+        // SYNC(stamp): Acquire, as in `pop`.
+        let s = self.slot(head).stamp.load(Ordering::Acquire);
+        let tail = h.tail.load(Ordering::Acquire);
+        let ahead = tail.wrapping_sub(head);
+        // Head and tail each trail their claims by a few positions, never by a lap; the head
+        // passes the tail only between two loads of a racing look.
+        ahead == 0 || (ahead <= self.cap + MAX_PARTICIPANTS as u64 && s != stamp(head, EMPTY))
+    }
+
+    fn reset(&self) {
+        let h = self.hdr();
+        // Restart at the head's slot boundary of a lap, well inside the stamps' sequence space.
+        let base = h.head.load(Ordering::Relaxed) & SEQ_MASK & !self.mask;
+        for i in 0..self.cap {
+            // SYNC(stamp): Release, so a producer that claims a slot (Acquire) after the reset
+            // sees it empty; the data is not cleared (Pod: any bytes are a value).
+            self.slot(base + i)
+                .stamp
+                .store(stamp(base + i, EMPTY), Ordering::Release);
+        }
+        h.head.store(base, Ordering::SeqCst);
+        h.tail.store(base, Ordering::SeqCst);
+    }
+
     #[inline]
     fn hdr(&self) -> &MpmcHeader {
         // SAFETY: validated at attach; the region lives as long as self.
@@ -484,6 +517,16 @@ impl<T: Pod> Producer<T> {
         slot.data.with_mut(|p| write(unsafe { &mut *p }));
         std::mem::forget(guard);
         self.publish(claim.pos, FULL)
+    }
+
+    /// As [`Consumer::looks_consistent`].
+    pub fn looks_consistent(&self) -> bool {
+        self.shared.looks_consistent()
+    }
+
+    /// As [`Consumer::reset`].
+    pub fn reset(&self) {
+        self.shared.reset();
     }
 
     fn claim(&self) -> Result<ClaimedSlot, PushError<()>> {
@@ -666,6 +709,24 @@ impl<T: Pod> Consumer<T> {
         // SYNC(tail): SeqCst so a waiter's readiness check pairs with the producers' SeqCst
         // publication (the park/wake handshake, see wait.rs).
         h.tail.load(Ordering::SeqCst) == h.head.load(Ordering::SeqCst)
+    }
+
+    /// Whether the ring's indices agree with its slots, as far as one look can tell. False when
+    /// the tail is further from the head than the ring holds (either way), or when the tail is
+    /// past a head slot that no producer has claimed: a ring that [`is_empty`](Self::is_empty)
+    /// calls non-empty while [`pop`](Self::pop) finds nothing for ever. A producer that claims
+    /// between this call's loads can make one look false; a peer that wrote impossible indices
+    /// makes every look false, so a caller decides on several looks over time.
+    pub fn looks_consistent(&self) -> bool {
+        self.shared.looks_consistent()
+    }
+
+    /// Empties the ring and makes its indices and slots agree again: for a ring whose other users
+    /// are gone (a client slot's rings when its next holder connects), after a look found them
+    /// inconsistent. Entries in it are lost. Only atomic stores: a late user still holding a
+    /// handle sees a ring that changes under it, never undefined behaviour.
+    pub fn reset(&self) {
+        self.shared.reset();
     }
 
     /// Pops one entry without waiting, skipping slots claimed by producers that died.
@@ -927,6 +988,51 @@ mod tests {
             )
         });
         assert_eq!(got, Err(PushError::TimedOut(3)));
+    }
+
+    #[test]
+    fn impossible_indices_look_inconsistent_and_real_states_do_not() {
+        let region = ring(4);
+        let tx = Producer::<u64>::attach(&region).unwrap();
+        let rx = Consumer::<u64>::attach(&region).unwrap();
+        assert!(rx.looks_consistent(), "empty");
+        tx.push(1).unwrap();
+        assert!(rx.looks_consistent(), "one entry");
+        let claim = tx.claim().unwrap();
+        assert!(rx.looks_consistent(), "one entry and one claimed");
+        tx.publish(claim.pos, FULL).unwrap();
+        for v in 3..=4 {
+            tx.push(v).unwrap();
+        }
+        assert!(rx.looks_consistent(), "full");
+        let h = rx.shared.hdr();
+        while rx.pop().is_ok() {}
+        assert!(rx.looks_consistent(), "emptied");
+        // Tail one past an unclaimed head slot: `is_empty` says no, `pop` finds nothing.
+        h.tail.fetch_add(1, Ordering::SeqCst);
+        assert!(!rx.is_empty() && rx.pop() == Err(PopError::Empty));
+        assert!(!rx.looks_consistent(), "tail past an unclaimed slot");
+        // Tail more than a ring (and the participants' lag) ahead.
+        h.tail
+            .fetch_add(4 + MAX_PARTICIPANTS as u64, Ordering::SeqCst);
+        assert!(!rx.looks_consistent(), "tail laps ahead");
+        // Head ahead of tail.
+        let t = h.tail.load(Ordering::SeqCst);
+        h.head.store(t + 1, Ordering::SeqCst);
+        assert!(!rx.looks_consistent(), "head ahead of tail");
+        // A reset makes it a working, empty ring again.
+        tx.reset();
+        assert!(rx.looks_consistent() && rx.is_empty());
+        assert_eq!(rx.pop(), Err(PopError::Empty));
+        for v in 10..14 {
+            tx.push(v).unwrap();
+        }
+        assert!(matches!(tx.push(14), Err(PushError::Full(14))));
+        assert_eq!(
+            (0..4).map(|_| rx.pop().unwrap()).collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        assert!(rx.looks_consistent() && rx.is_empty());
     }
 
     #[test]

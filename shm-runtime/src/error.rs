@@ -22,6 +22,11 @@ pub enum Error {
     /// The server stopped or died while the call was waiting.
     #[error("the server has gone")]
     ServerGone,
+    /// The server disconnected this client, for the reason given (it found the client's rings
+    /// written with impossible values: a bug in the client, or memory it does not own written
+    /// over). Requests in flight get no answer; connect again.
+    #[error("the server disconnected this client: {0}")]
+    Disconnected(String),
     /// The service is busy (too many requests in flight, a full ring, no free client slot, the
     /// shared pool empty): try again later.
     #[error("the service is busy: {0}")]

@@ -51,6 +51,43 @@ pub const STATE_STOPPED: u32 = 3;
 pub const CLIENT_FREE: u32 = 0;
 /// Attached and serving.
 pub const CLIENT_ACTIVE: u32 = 1;
+/// Disconnected by the server (it broke its rings); the slot stays its holder's until it closes
+/// or dies, and the reason is in [`ClientEntry::ejected`].
+pub const CLIENT_EJECTED: u32 = 2;
+
+/// Why the server disconnected a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EjectReason {
+    /// Its request ring's indices contradict its slots.
+    CorruptRequestRing = 1,
+    /// Its response ring's indices contradict its slots.
+    CorruptResponseRing = 2,
+}
+
+impl EjectReason {
+    /// The reason with value `v`, if any.
+    pub fn from_u32(v: u32) -> Option<EjectReason> {
+        match v {
+            1 => Some(EjectReason::CorruptRequestRing),
+            2 => Some(EjectReason::CorruptResponseRing),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EjectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EjectReason::CorruptRequestRing => {
+                "its request ring's head and tail were written with impossible values"
+            }
+            EjectReason::CorruptResponseRing => {
+                "its response ring's head and tail were written with impossible values"
+            }
+        })
+    }
+}
 
 /// The header at offset 0 of the user area.
 #[repr(C)]
@@ -163,8 +200,13 @@ pub struct ClientEntry {
     pub requests: AtomicU64,
     /// Error answers sent to this client.
     pub errors: AtomicU64,
+    /// Why the server disconnected this client ([`EjectReason`] as u32), set before the state
+    /// becomes [`CLIENT_EJECTED`].
+    pub ejected: AtomicU32,
     /// Padding to 64 bytes.
-    pub _pad: [AtomicU64; 3],
+    pub _pad32: AtomicU32,
+    /// Padding to 64 bytes.
+    pub _pad: [AtomicU64; 2],
 }
 
 /// Service-wide counters.
@@ -183,6 +225,8 @@ pub struct Stats {
     pub clients_reaped: AtomicU64,
     /// Chunks returned by the housekeeper (dead or vacant owners).
     pub chunks_reclaimed: AtomicU64,
+    /// Clients the server disconnected because they broke their rings.
+    pub clients_ejected: AtomicU64,
 }
 
 #[cfg(target_pointer_width = "64")]

@@ -11,7 +11,9 @@ use serde::Serialize;
 use shm_ring::pool::OwnerId;
 
 use crate::protocol::ErrorCode;
-use crate::service::{Service, STATE_DRAINING, STATE_RUNNING, STATE_STARTING};
+use crate::service::{
+    EjectReason, Service, CLIENT_EJECTED, STATE_DRAINING, STATE_RUNNING, STATE_STARTING,
+};
 use crate::Error;
 
 /// Where a server stands in its life.
@@ -76,6 +78,9 @@ pub struct ClientStatus {
     /// requests stay within the class's [`share`](PoolClassStatus::share); final answers always
     /// go (one per request in flight), so a client may hold its share plus those.
     pub held: Vec<u32>,
+    /// Why the server disconnected it, if it did (it broke its rings; the slot is freed when it
+    /// closes or dies).
+    pub disconnected: Option<String>,
 }
 
 /// One size class of the shared pool.
@@ -112,6 +117,8 @@ pub struct ServiceStatus {
     pub errors: BTreeMap<&'static str, u64>,
     /// Dead clients whose slots were reclaimed.
     pub clients_reaped: u64,
+    /// Clients the server disconnected because they broke their rings.
+    pub clients_ejected: u64,
     /// Chunks returned to the pool from dead clients.
     pub chunks_reclaimed: u64,
     /// Request latencies: bucket `i` counts those of `2^i` to `2^(i+1)` microseconds.
@@ -194,6 +201,10 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
                 held: OwnerId::from_raw(entry.owner.load(Ordering::Relaxed))
                     .map(|o| live.held_by_class(o))
                     .unwrap_or_else(|| vec![0; pool.classes.len()]),
+                disconnected: (entry.state.load(Ordering::Acquire) == CLIENT_EJECTED).then(|| {
+                    EjectReason::from_u32(entry.ejected.load(Ordering::Acquire))
+                        .map_or_else(|| "unknown reason".to_owned(), |r| r.to_string())
+                }),
             })
         })
         .collect();
@@ -213,6 +224,7 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
         ok: load(&stats.ok),
         errors,
         clients_reaped: load(&stats.clients_reaped),
+        clients_ejected: load(&stats.clients_ejected),
         chunks_reclaimed: load(&stats.chunks_reclaimed),
         latency_us_log2_buckets: stats.latency_us_log2.iter().map(load).collect(),
         lanes,

@@ -163,6 +163,10 @@ impl Connection {
             match popped {
                 Ok(d) => self.route(&mut inbox, d),
                 Err(_) => {
+                    if let Err(e) = self.check_connected() {
+                        self.arrived.notify_all();
+                        return Err(e);
+                    }
                     if self.server_gone.load(Ordering::Relaxed) || !self.svc.server_alive() {
                         self.server_gone.store(true, Ordering::Relaxed);
                         self.arrived.notify_all();

@@ -19,7 +19,9 @@ use crate::protocol::{
     encode_request, ArchivedBody, Descriptor, DescriptorKind, DescriptorWords, ErrorCode, Request,
     PROTOCOL_VERSION,
 };
-use crate::service::{LayoutError, Service, CLIENT_ACTIVE, CLIENT_FREE, SEGMENT_MODE};
+use crate::service::{
+    EjectReason, LayoutError, Service, CLIENT_ACTIVE, CLIENT_EJECTED, CLIENT_FREE, SEGMENT_MODE,
+};
 
 mod inbox;
 mod view;
@@ -157,6 +159,14 @@ impl Client {
                 return Err(err);
             }
         };
+        // A previous holder of this slot that wrote impossible indices into its rings (and was
+        // disconnected for it) leaves them so: start this connection on working rings.
+        if !responses.looks_consistent() {
+            responses.reset();
+        }
+        for ring in requests.iter().filter(|r| !r.looks_consistent()) {
+            ring.reset();
+        }
         // A previous holder of this slot killed while parked on its response ring would leave a
         // waiter counted for ever (every answer would then cost a wake syscall): nobody waits on
         // it now, so forget them.
@@ -370,6 +380,10 @@ impl Client {
         request_id: u64,
     ) -> Result<Ticket, Error> {
         let conn = &*self.conn;
+        if let Err(e) = conn.check_connected() {
+            let _ = conn.pool.release(chunk, conn.owner);
+            return Err(e);
+        }
         let Some(ring) = conn.requests.get(lane) else {
             let _ = conn.pool.release(chunk, conn.owner);
             return Err(Error::Protocol(format!("lane {lane} out of range")));
@@ -558,6 +572,21 @@ impl Client {
 }
 
 impl Connection {
+    /// [`Error::Disconnected`] when the server has disconnected this connection.
+    fn check_connected(&self) -> Result<(), Error> {
+        let e = self.svc.client(self.slot);
+        // SYNC(state): Acquire pairs with the server's Release when it ejects, so the reason is
+        // there.
+        if e.state.load(Ordering::Acquire) != CLIENT_EJECTED
+            || e.epoch.load(Ordering::Acquire) != self.epoch
+        {
+            return Ok(());
+        }
+        let why = EjectReason::from_u32(e.ejected.load(Ordering::Acquire))
+            .map_or_else(|| "no reason given".to_owned(), |r| r.to_string());
+        Err(Error::Disconnected(why))
+    }
+
     fn find_model(&self, name: &str) -> Option<(usize, u32)> {
         self.models
             .iter()

@@ -10,7 +10,7 @@ use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
 use crate::protocol::DescriptorWords;
 use crate::scheduler::ReplyTo;
-use crate::service::CLIENT_ACTIVE;
+use crate::service::{EjectReason, CLIENT_ACTIVE, CLIENT_EJECTED};
 
 /// A worker's view of one connected client.
 pub(super) struct ClientHandles {
@@ -31,7 +31,29 @@ pub(super) struct ClientTable {
     seen_gen: u64,
     /// Per slot: when it last sent this lane a request (`now` clock), for batching.
     pub(super) last_request: Vec<u64>,
+    /// Per slot: its request ring calls itself non-empty but yields nothing (see [`Stall`]).
+    stalls: Vec<Option<Stall>>,
 }
+
+/// A request ring that [`is_empty`](mpmc::Consumer::is_empty) calls non-empty while `pop` finds
+/// nothing: a producer between its claim and its publication (a moment, unless it is stopped),
+/// or indices a client wrote with impossible values (for ever).
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    /// When it was first seen (`now` clock).
+    since: u64,
+    /// Looks at the ring since then, and how many of them found its indices inconsistent.
+    looks: u32,
+    inconsistent: u32,
+}
+
+/// A stalled ring is left out of the readiness check after this long (the worker then looks at
+/// it when its park times out, every 20 ms, instead of spinning on it).
+const STALL_QUIET_NS: u64 = 1_000_000;
+/// A client whose ring was inconsistent at every look for this long, and at least
+/// [`STALL_EJECT_LOOKS`] looks, is disconnected.
+const STALL_EJECT_NS: u64 = 10_000_000;
+const STALL_EJECT_LOOKS: u32 = 8;
 
 impl ClientTable {
     pub(super) fn new(slots: usize) -> ClientTable {
@@ -40,6 +62,7 @@ impl ClientTable {
             attached: Vec::new(),
             seen_gen: u64::MAX,
             last_request: vec![0; slots],
+            stalls: vec![None; slots],
         }
     }
 
@@ -108,6 +131,72 @@ impl Desk<'_> {
         self.clients.attached = (0..slots.len()).filter(|&s| slots[s].is_some()).collect();
     }
 
+    /// Notes what a round of intake found in `slot`'s request ring: `took` descriptors, then an
+    /// empty `pop`. A ring that stays non-empty without yielding, and whose indices are
+    /// inconsistent at every look for [`STALL_EJECT_NS`], gets its client disconnected.
+    pub(super) fn note_intake(&mut self, slot: usize, took: usize) {
+        let Some(h) = self.clients.get(slot) else {
+            return;
+        };
+        if took > 0 || h.requests.is_empty() {
+            self.clients.stalls[slot] = None;
+            return;
+        }
+        let consistent = h.requests.looks_consistent();
+        let now = self.now;
+        let stall = self.clients.stalls[slot].get_or_insert(Stall {
+            since: now,
+            looks: 0,
+            inconsistent: 0,
+        });
+        stall.looks += 1;
+        stall.inconsistent += u32::from(!consistent);
+        if stall.inconsistent == stall.looks
+            && stall.looks >= STALL_EJECT_LOOKS
+            && now.saturating_sub(stall.since) >= STALL_EJECT_NS
+        {
+            self.eject(slot, EjectReason::CorruptRequestRing);
+        }
+    }
+
+    /// Disconnects the client in `slot` (this worker's connection to it) for `why`: marks its
+    /// entry ejected with the reason, takes it out of the active set, and lets every worker drop
+    /// it (its queued jobs are dropped, running ones stop as for a departed client). The slot and
+    /// the client's chunks stay its own until it closes or dies; its library reports the reason.
+    pub(super) fn eject(&mut self, slot: usize, why: EjectReason) {
+        let Some(epoch) = self.clients.get(slot).map(|h| h.epoch) else {
+            return;
+        };
+        let svc = &self.state.svc;
+        let entry = svc.client(slot);
+        if entry.epoch.load(Ordering::Acquire) == epoch {
+            entry.ejected.store(why as u32, Ordering::Release);
+            // SYNC(state): Release publishes the reason to the client's Acquire of the state.
+            if entry
+                .state
+                .compare_exchange(
+                    CLIENT_ACTIVE,
+                    CLIENT_EJECTED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                let token = entry.token.load(Ordering::Relaxed);
+                tracing::warn!(client = slot, pid = token >> 32, reason = %why, "disconnecting a client");
+                svc.header()
+                    .active
+                    .fetch_and(!(1u64 << slot), Ordering::AcqRel);
+                svc.stats().clients_ejected.fetch_add(1, Ordering::Relaxed);
+                // SYNC(clients_gen): as at connect: after the state and the mask.
+                svc.header().clients_gen.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.clients.stalls[slot] = None;
+        self.clients.mark_stale();
+        self.sync_clients();
+    }
+
     /// Whether `reply`'s connection still holds its slot (in the segment, not this table).
     pub(super) fn client_alive(&self, reply: ReplyTo) -> bool {
         let entry = self.state.svc.client(reply.slot());
@@ -120,6 +209,8 @@ impl Desk<'_> {
     pub(super) fn any_request_waiting(&self) -> bool {
         self.clients.attached.iter().any(|&s| {
             self.outbox.waiting_for(s) < BACKLOG_PER_CLIENT
+                && self.clients.stalls[s]
+                    .is_none_or(|st| self.now.saturating_sub(st.since) < STALL_QUIET_NS)
                 && self.clients.get(s).is_some_and(|h| !h.requests.is_empty())
         })
     }

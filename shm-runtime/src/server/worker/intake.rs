@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shm_ring::pool::{ChunkId, OwnerId};
+use shm_ring::PopError;
 
 use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
@@ -14,6 +15,7 @@ use crate::protocol::{
     Refusal, RequestHead, REQUEST_HEAD,
 };
 use crate::scheduler::{Job, ReplyTo};
+use crate::service::EjectReason;
 
 /// How many descriptors a worker takes from one client's ring per round.
 const PER_CLIENT_ROUND: usize = 16;
@@ -39,15 +41,23 @@ impl Desk<'_> {
             {
                 continue;
             }
-            for _ in 0..PER_CLIENT_ROUND {
+            for from_slot in 0..PER_CLIENT_ROUND {
                 if took >= limit {
                     return took;
                 }
                 let Some(h) = self.clients.get(slot) else {
                     break;
                 };
-                let Ok(d) = h.requests.pop() else {
-                    break;
+                let d = match h.requests.pop() {
+                    Ok(d) => d,
+                    Err(PopError::Corrupted) => {
+                        self.eject(slot, EjectReason::CorruptRequestRing);
+                        break;
+                    }
+                    Err(_) => {
+                        self.note_intake(slot, from_slot);
+                        break;
+                    }
                 };
                 took += 1;
                 if !ticket_of_epoch(Descriptor::ticket_of(d), h.epoch)

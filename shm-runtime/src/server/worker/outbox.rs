@@ -95,12 +95,22 @@ impl Outbox {
 
 /// Pushes `d` to `slot`'s response ring through `clients`. False when the ring is full; true when
 /// it went, or when it cannot ever go (the client left: its chunks go back with its owner; or it
-/// broke its ring: the answer is dropped).
-fn try_push(clients: &ClientTable, slot: usize, epoch: u32, d: DescriptorWords) -> bool {
+/// broke its ring: the answer is dropped, and the slot is named in `broken` to be disconnected).
+fn try_push(
+    clients: &ClientTable,
+    slot: usize,
+    epoch: u32,
+    d: DescriptorWords,
+    broken: &mut Option<usize>,
+) -> bool {
     match clients.get(slot) {
         Some(h) if h.epoch == epoch => match h.responses.push(d) {
             Ok(()) => true,
-            Err(e) => matches!(e, shm_ring::PushError::Corrupted(_)),
+            Err(shm_ring::PushError::Corrupted(_)) => {
+                *broken = Some(slot);
+                true
+            }
+            Err(_) => false,
         },
         _ => true,
     }
@@ -231,16 +241,28 @@ impl Desk<'_> {
     /// client that does not read its answers gets them when it does).
     fn deliver(&mut self, reply: ReplyTo, d: Descriptor) {
         let clients = &self.clients;
+        let mut broken = None;
         self.outbox
             .send(reply.slot(), reply.epoch, d.to_words(), |s, e, d| {
-                try_push(clients, s, e, d)
+                try_push(clients, s, e, d, &mut broken)
             });
+        self.eject_broken(broken);
     }
 
     /// Retries the announcements waiting for room in their rings.
     pub(super) fn flush_backlog(&mut self) {
         let clients = &self.clients;
-        self.outbox.flush(|s, e, d| try_push(clients, s, e, d));
+        let mut broken = None;
+        self.outbox
+            .flush(|s, e, d| try_push(clients, s, e, d, &mut broken));
+        self.eject_broken(broken);
+    }
+
+    /// Disconnects the client whose response ring a push found corrupted, if any.
+    fn eject_broken(&mut self, broken: Option<usize>) {
+        if let Some(slot) = broken {
+            self.eject(slot, crate::service::EjectReason::CorruptResponseRing);
+        }
     }
 }
 
