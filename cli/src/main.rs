@@ -202,14 +202,17 @@ fn status(name: &str, json: bool) -> Result<()> {
     );
     for l in &st.lanes {
         println!(
-            "lane {}: queued {} running {} accepted {} completed {} (batched: {} requests in {} batches)",
+            "lane {}: {}, queued {} running {} accepted {} completed {} (batched: {} requests in {} batches), backend panics {} restarts {}",
             l.model.as_deref().unwrap_or("?"),
+            l.state,
             l.queued,
             l.running,
             l.accepted,
             l.completed,
             l.batched,
-            l.batches
+            l.batches,
+            l.panics,
+            l.restarts
         );
     }
     println!("clients: {}", st.clients.len());

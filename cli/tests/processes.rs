@@ -375,6 +375,71 @@ fn cli_ping_status_and_sigterm_drain() {
 }
 
 #[test]
+fn cli_status_shows_each_lanes_panics_restarts_and_failure() {
+    use shm_runtime::backend::panicking::TRIGGER;
+    // An in-process server with two `panic` models (a test-only backend): one panics once and
+    // is restarted, the other panics past its restarts and fails.
+    let service = unique_name("panic-status");
+    let server = Server::start(ServerConfig::new(
+        &service,
+        vec![
+            ModelConfig::new("once", "panic"),
+            ModelConfig::new("always", "panic"),
+        ],
+    ))
+    .unwrap();
+    let client = Client::connect(&service).unwrap();
+    for (model, panics) in [("once", 1), ("always", 4)] {
+        for _ in 0..panics {
+            let answer = client.infer(&generate(model, TRIGGER));
+            assert!(matches!(answer, Err(Error::Backend(_))), "{answer:?}");
+        }
+    }
+    // The answer goes first, then the worker restarts the backend (or marks the lane failed).
+    wait_for(
+        "the restart and the failure",
+        Duration::from_secs(5),
+        || {
+            let st = shm_runtime::status(&service).unwrap();
+            st.lanes[0].restarts == 1 && st.lanes[1].state == shm_runtime::LaneState::Failed
+        },
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["status", &service])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lane = |model: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("lane {model}:")))
+            .unwrap_or_else(|| panic!("no lane {model} in {text}"))
+            .to_owned()
+    };
+    assert!(lane("once").contains(": serving,"), "{text}");
+    assert!(
+        lane("once").ends_with("backend panics 1 restarts 1"),
+        "{text}"
+    );
+    assert!(lane("always").contains(": failed,"), "{text}");
+    assert!(
+        lane("always").ends_with("backend panics 4 restarts 3"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))
+        .args(["status", &service, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["lanes"][0]["state"], "serving");
+    assert_eq!(v["lanes"][1]["state"], "failed");
+    assert_eq!(v["lanes"][1]["panics"], 4);
+    assert_eq!(v["lanes"][1]["restarts"], 3);
+    drop(client);
+    server.shutdown(Duration::from_secs(1));
+}
+
+#[test]
 fn the_deprecated_hardened_flag_is_accepted_with_a_warning() {
     // An invalid name: the server refuses to start right after reading its arguments.
     let out = Command::new(env!("CARGO_BIN_EXE_shm-runtime"))

@@ -126,7 +126,8 @@ impl<T: Into<OptionValue>> From<Vec<T>> for OptionValue {
 pub struct ModelConfig {
     /// Name clients use.
     pub name: String,
-    /// `echo`, `sleep` (built in), `onnx` or `gguf` (features).
+    /// `echo`, `sleep` (built in), `onnx` or `gguf` (features). (`panic`, a backend that panics
+    /// on a given input, exists only in test builds: feature `test-backends`.)
     pub backend: String,
     /// Model file, for backends that load one.
     #[serde(default)]

@@ -12,6 +12,9 @@
 //! * **Every accepted request gets exactly one final answer** (result, error, timeout, cancellation
 //!   or shutdown), unless its client died; a dead client's slot, queued work and chunks are
 //!   reclaimed.
+//! * **A panicking backend is contained**: the requests the panicking call held get a `Backend`
+//!   error answer, and the model's backend is loaded again (a few times; then the model is marked
+//!   failed and every request to it gets a `Backend` error at once).
 //! * **A dead server is noticed**: blocked client calls return [`Error::ServerGone`] within about
 //!   20 ms.
 //!
@@ -52,7 +55,8 @@ pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
 pub use server::Server;
 pub use status::{
-    error_name, status, ClientStatus, LaneStatus, PoolClassStatus, ServiceState, ServiceStatus,
+    error_name, status, ClientStatus, LaneState, LaneStatus, PoolClassStatus, ServiceState,
+    ServiceStatus,
 };
 
 /// Internals for the benchmarks, the fuzz targets and out-of-tree test clients: the service

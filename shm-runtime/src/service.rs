@@ -47,6 +47,12 @@ pub const STATE_DRAINING: u32 = 2;
 /// Stopped.
 pub const STATE_STOPPED: u32 = 3;
 
+/// Lane states ([`LaneHeader::state`]): serving requests (the initial, zeroed value).
+pub const LANE_SERVING: u32 = 0;
+/// The lane's backend panicked more often than its restarts allow: every request to it is
+/// answered with a `Backend` error at once.
+pub const LANE_FAILED: u32 = 1;
+
 /// Client slot states.
 pub const CLIENT_FREE: u32 = 0;
 /// Attached and serving.
@@ -162,6 +168,15 @@ pub struct LaneHeader {
     pub batches: AtomicU64,
     /// Requests run in those batches.
     pub batched: AtomicU64,
+    /// Panics of the lane's backend that were contained (each ended the requests its call held
+    /// with a `Backend` error).
+    pub panics: AtomicU64,
+    /// New instances of the lane's backend loaded after a panic.
+    pub restarts: AtomicU64,
+    /// LANE_* (protocol version 5).
+    pub state: AtomicU32,
+    /// Padding.
+    pub _pad: AtomicU32,
 }
 
 impl LaneHeader {
@@ -235,6 +250,11 @@ const _: () = {
     assert!(std::mem::size_of::<ModelEntry>() == 72);
     assert!(std::mem::size_of::<ClientEntry>() == 64);
     assert!(std::mem::offset_of!(ServiceHeader, ring_bytes) == 32);
+    // The doorbell's line, then the counters: the panic counters and the state fit in the
+    // lane's 256 bytes (the layout rounds each lane header up to 128 bytes).
+    assert!(std::mem::size_of::<LaneHeader>() == 256);
+    assert!(std::mem::offset_of!(LaneHeader, panics) == 168);
+    assert!(std::mem::offset_of!(LaneHeader, state) == 184);
 };
 
 const ALIGN: usize = 128;

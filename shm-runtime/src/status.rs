@@ -12,7 +12,8 @@ use shm_ring::pool::OwnerId;
 
 use crate::protocol::ErrorCode;
 use crate::service::{
-    EjectReason, Service, CLIENT_EJECTED, STATE_DRAINING, STATE_RUNNING, STATE_STARTING,
+    EjectReason, Service, CLIENT_EJECTED, LANE_SERVING, STATE_DRAINING, STATE_RUNNING,
+    STATE_STARTING,
 };
 use crate::Error;
 
@@ -41,11 +42,34 @@ impl std::fmt::Display for ServiceState {
     }
 }
 
+/// Whether a model's lane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneState {
+    /// Serving requests (also after restarts of its backend).
+    Serving,
+    /// Its backend panicked more often than its restarts allow, or could not be loaded again
+    /// after a panic: every request to it is answered with a `Backend` error at once, until the
+    /// server is restarted.
+    Failed,
+}
+
+impl std::fmt::Display for LaneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LaneState::Serving => "serving",
+            LaneState::Failed => "failed",
+        })
+    }
+}
+
 /// One model's lane: its queue and counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaneStatus {
     /// The model's name (`None` if the segment holds no valid name for it).
     pub model: Option<String>,
+    /// Whether it serves.
+    pub state: LaneState,
     /// Requests queued, not yet running.
     pub queued: u64,
     /// Requests running.
@@ -58,6 +82,12 @@ pub struct LaneStatus {
     pub batches: u64,
     /// Requests run in those batches.
     pub batched: u64,
+    /// Panics of its backend, each contained: the requests the panicking call held are answered
+    /// with a `Backend` error (a panic is counted as soon as it is caught).
+    pub panics: u64,
+    /// New instances of its backend loaded after a panic (each once the answers of the requests
+    /// the panicking call held are out).
+    pub restarts: u64,
 }
 
 /// One connected client.
@@ -179,12 +209,18 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
             let lane = svc.lane(l);
             LaneStatus {
                 model: svc.model_name(l),
+                state: match lane.state.load(Ordering::Acquire) {
+                    LANE_SERVING => LaneState::Serving,
+                    _ => LaneState::Failed,
+                },
                 queued: lane.queued(),
                 running: lane.running(),
                 accepted: load(&lane.accepted),
                 completed: load(&lane.completed),
                 batches: load(&lane.batches),
                 batched: load(&lane.batched),
+                panics: load(&lane.panics),
+                restarts: load(&lane.restarts),
             }
         })
         .collect();

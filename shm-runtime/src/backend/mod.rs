@@ -1,11 +1,14 @@
 //! Model backends behind one trait. Built in: [`echo`] and [`sleep`] (a configurable delay), used
-//! to test and measure everything but the model libraries.
+//! to test and measure everything but the model libraries; in test builds only (feature
+//! `test-backends`), `panicking`, a backend that panics on a given input.
 
 pub mod echo;
 #[cfg(feature = "gguf")]
 pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(any(test, feature = "test-backends"))]
+pub mod panicking;
 mod registry;
 pub mod sleep;
 pub mod writer;

@@ -34,6 +34,13 @@ const BUILT_IN: &[(&str, Factory)] = &[
             sleep::Sleep::from_config(m).map_err(LoadError::Failed)?,
         ))
     }),
+    // Test only: panics on a given input (`backend::panicking`).
+    #[cfg(any(test, feature = "test-backends"))]
+    ("panic", |m| {
+        Ok(Box::new(
+            crate::backend::panicking::Panicking::from_config(m).map_err(LoadError::Failed)?,
+        ))
+    }),
     #[cfg(feature = "onnx")]
     ("onnx", |m| {
         Ok(Box::new(

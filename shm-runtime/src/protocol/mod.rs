@@ -8,7 +8,9 @@
 //! the descriptor).
 
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
-/// archived types or the descriptor format.
+/// archived types, the descriptor format or the service segment's layout (5: a lane's panic and
+/// restart counters and its state; a client's ejection reason; cancels naming their request's
+/// chunk and the `CancelRefused` notice; batches of texts).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 mod codec;

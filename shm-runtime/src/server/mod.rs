@@ -13,11 +13,13 @@
 //! | `state.rs` | what the threads share: flags, the model lanes, cancel sets, transfer queues |
 //! | `setup.rs` | the layout of a new service segment |
 //! | `housekeeper.rs` | dead clients and dead pool owners |
+//! | `recovery.rs` | a backend that panics: containment, restart of the lane's backend, failure |
 //! | `worker/` | a lane worker: its loop, intake, books, answers and execution modes |
 //!
 //! [`Scheduler`]: crate::scheduler::Scheduler
 
 mod housekeeper;
+mod recovery;
 mod setup;
 mod state;
 mod worker;
@@ -30,7 +32,6 @@ use std::time::{Duration, Instant};
 use shm_ring::pool::Pool;
 use shm_ring::{CreateOptions, Segment};
 
-use crate::backend;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::protocol::PROTOCOL_VERSION;
@@ -173,11 +174,11 @@ pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerErr
     config.validate()?;
     let mut lanes = Vec::new();
     for m in &config.models {
-        let backend = backend::load(m).map_err(|source| ServerError::Model {
+        let loaded = recovery::load(m).map_err(|source| ServerError::Model {
             name: m.name.clone(),
             source,
         })?;
-        lanes.push(ModelLane::new(m.name.clone(), backend, m.workers(&config)));
+        lanes.push(ModelLane::new(m, loaded, m.workers(&config)));
     }
     let layout = Layout::new(
         config.max_clients,
@@ -233,7 +234,7 @@ fn spawn_threads(state: &Arc<ServerState>) -> Result<Vec<JoinHandle<()>>, Server
                             tracing::warn!(core, "could not pin worker");
                         }
                     }
-                    worker::Worker::new(&state, lane, index).run();
+                    worker::serve(&state, lane, index);
                     state.workers_running.fetch_sub(1, Ordering::AcqRel);
                 })
                 .map_err(|e| ServerError::setup("cannot start a worker thread", Some(e.into())))?;

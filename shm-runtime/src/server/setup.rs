@@ -8,7 +8,6 @@ use shm_ring::pool::Pool;
 use shm_ring::{mpmc, Segment};
 
 use super::state::ModelLane;
-use crate::backend;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::protocol::{DescriptorWords, PROTOCOL_VERSION};
@@ -73,8 +72,7 @@ pub(super) fn init_segment(
         let m = unpublished.model(i);
         service::write_name(m, &lane.name);
         m.lane.store(i as u32, Ordering::Relaxed);
-        m.tasks
-            .store(backend::task_mask(lane.backend.tasks()), Ordering::Relaxed);
+        m.tasks.store(lane.tasks, Ordering::Relaxed);
     }
     // SYNC(magic): Release publishes everything above; pairs with the Acquire in Service::attach.
     h.magic.store(SERVICE_MAGIC, Ordering::Release);

@@ -1,5 +1,5 @@
 //! What the server's threads share: the service segment, the pool, the flags that stop them, and
-//! one [`ModelLane`] per model with its backend, cancel set and transfer queue.
+//! one [`ModelLane`] per model with its backend (and its restarts), cancel set and transfer queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use shm_ring::pool::{ChunkId, OwnerId, Pool};
 
-use crate::backend::Backend;
-use crate::config::ServerConfig;
+use super::recovery::{LaneBackend, Loaded};
+use crate::config::{ModelConfig, ServerConfig};
 use crate::scheduler::{Job, ReplyTo};
 use crate::service::Service;
 
@@ -43,7 +43,10 @@ impl ServerState {
 /// One model and what its workers share.
 pub(crate) struct ModelLane {
     pub(crate) name: String,
-    pub(crate) backend: Box<dyn Backend>,
+    /// The backend instance the lane's workers run on, replaced after a panic.
+    pub(crate) backend: LaneBackend,
+    /// The tasks the model does (`backend::task_mask`), as the model table publishes them.
+    pub(crate) tasks: u32,
     pub(crate) cancels: CancelSet,
     /// Per worker of the lane: its sequences, running and queued (published by lanes whose
     /// workers each decode step by step, so that new requests go to the least loaded one).
@@ -54,10 +57,11 @@ pub(crate) struct ModelLane {
 }
 
 impl ModelLane {
-    pub(crate) fn new(name: String, backend: Box<dyn Backend>, workers: usize) -> ModelLane {
+    pub(crate) fn new(config: &ModelConfig, loaded: Loaded, workers: usize) -> ModelLane {
         ModelLane {
-            name,
-            backend,
+            name: config.name.clone(),
+            tasks: loaded.tasks,
+            backend: LaneBackend::new(config, loaded),
             cancels: CancelSet::default(),
             loads: (0..workers).map(|_| AtomicU32::new(0)).collect(),
             transfers: TransferQueue::default(),

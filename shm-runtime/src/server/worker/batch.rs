@@ -1,15 +1,17 @@
-//! Dynamic batching: a backend that runs several requests in one call
-//! ([`Backend::run_batch`](crate::backend::Backend::run_batch)) gets the queued jobs of its lane
-//! together, waiting a little for more while other clients are sending.
+//! Dynamic batching: a backend that runs several requests in one call ([`Backend::run_batch`])
+//! gets the queued jobs of its lane together, waiting a little for more while other clients are
+//! sending.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 
 use super::request::validate;
 use super::{refusal, Desk};
 use crate::backend::writer::Out;
-use crate::backend::Batching;
+use crate::backend::{Backend, Batching};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::scheduler::{now_ns, Job};
+use crate::server::recovery::contain;
 
 /// A partial batch stops waiting after this long without a new request (nanoseconds).
 const IDLE_GAP: u64 = 100_000;
@@ -18,9 +20,17 @@ const IDLE_GAP: u64 = 100_000;
 const RECENT: u64 = 100_000_000;
 
 impl Desk<'_> {
-    /// Runs `first` with up to `b.max_batch - 1` more queued jobs of this lane in one backend call,
-    /// waiting up to `b.max_delay` for more while other clients of the lane are active.
-    pub(super) fn run_batched(&mut self, first: Job, b: Batching) {
+    /// Runs `first` with up to `b.max_batch - 1` more queued jobs of this lane in one call of
+    /// `backend` (the lane's instance of generation `generation`), waiting up to `b.max_delay` for
+    /// more while other clients of the lane are active. A panic of the call is the answer of
+    /// every request in the batch, and restarts the lane's backend once the answers are out.
+    pub(super) fn run_batched(
+        &mut self,
+        first: Job,
+        backend: &dyn Backend,
+        generation: u64,
+        b: Batching,
+    ) {
         let mut jobs = vec![first];
         self.gather(&mut jobs, b);
         jobs.retain(|j| self.begin(j));
@@ -45,6 +55,8 @@ impl Desk<'_> {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
+        let counters = self.counters;
+        let mut restart = None;
         let mut outs: Vec<Out<'_>> = members
             .iter()
             .map(|&i| Out::in_pool(&state.pool, state.owner, jobs[i].request_id))
@@ -56,13 +68,27 @@ impl Desk<'_> {
                     .batched
                     .fetch_add(reqs.len() as u64, Ordering::Relaxed);
             }
-            let ran = lane.backend.run_batch(&reqs, &mut outs);
-            for (k, &i) in members.iter().enumerate() {
-                results[i] = Some(match ran.get(k) {
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(e)) => Err(refusal(e)),
-                    None => Err(Refusal::new(ErrorCode::Backend, "the batch lost a result")),
-                });
+            // AssertUnwindSafe: after a panic no new work goes to the instance (the lane replaces
+            // it) and the answers written so far are dropped unread (their chunks go back to the
+            // pool); the requests are the worker's private copies, read only.
+            match contain(AssertUnwindSafe(|| backend.run_batch(&reqs, &mut outs))) {
+                Ok(ran) => {
+                    for (k, &i) in members.iter().enumerate() {
+                        results[i] = Some(match ran.get(k) {
+                            Some(Ok(())) => Ok(()),
+                            Some(Err(e)) => Err(refusal(e)),
+                            None => {
+                                Err(Refusal::new(ErrorCode::Backend, "the batch lost a result"))
+                            }
+                        });
+                    }
+                }
+                Err(p) => {
+                    restart = lane.backend.panicked(generation, &p, counters);
+                    for &i in &members {
+                        results[i] = Some(Err(p.refusal()));
+                    }
+                }
             }
         }
         drop(reqs);
@@ -80,6 +106,10 @@ impl Desk<'_> {
             self.end(job, result, out);
         }
         self.copies = copies;
+        // The answers first, then the new instance.
+        if let Some(restart) = restart {
+            restart.finish();
+        }
     }
 
     /// Adds queued jobs to `jobs` up to the batch size. A partial batch waits for more, up to the

@@ -1,7 +1,13 @@
 //! Continuous batching: a backend that decodes step by step (a [`Stepper`]) runs several
 //! sequences together; between steps, queued jobs join free slots and sequences that must stop
 //! (client gone, cancelled, deadline, drain) leave.
+//!
+//! Every call into the stepper is contained (`call_stepper`): a panic sets the stepper aside, and
+//! at the end of that phase of the round every sequence it held ends with the panic's `Backend`
+//! error (`end_broken`) and the lane restarts its backend; this worker then moves to the new
+//! instance and makes a new stepper.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 
 use super::outbox::Undelivered;
@@ -13,6 +19,7 @@ use crate::protocol::{
     Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk, Usage,
 };
 use crate::scheduler::{now_ns, Job};
+use crate::server::recovery::contain;
 
 /// A request being decoded by the lane's stepper.
 pub(super) struct Sequence<'s> {
@@ -38,18 +45,24 @@ pub(super) struct Ended {
     trim: usize,
 }
 
-impl<'s> Worker<'s> {
+impl<'w, 's> Worker<'w, 's> {
     /// One round of continuous batching: admits queued jobs into free slots, ends sequences that
     /// must stop, and runs one decode step. Returns whether there was anything to do.
+    /// Once the lane's backend was restarted, no job joins this worker's sequences: they finish
+    /// on the old instance, and the worker then moves to the new one.
     pub(super) fn step_round(&mut self) -> bool {
         let mut did = false;
-        while let Some(slot) = self.sequences.iter().position(Option::is_none) {
+        while !self.stale() {
+            let Some(slot) = self.sequences.iter().position(Option::is_none) else {
+                break;
+            };
             let Some(job) = self.desk.queue.pop() else {
                 break;
             };
             did = true;
             if self.desk.begin(&job) {
                 self.admit(slot, job);
+                self.end_broken();
             }
         }
         if self.sequences.iter().all(Option::is_none) {
@@ -57,6 +70,7 @@ impl<'s> Worker<'s> {
             return did;
         }
         self.end_stopped_sequences();
+        self.end_broken();
         self.send_waiting_parts();
         let mut paused = std::mem::take(&mut self.paused);
         paused.clear();
@@ -78,14 +92,19 @@ impl<'s> Worker<'s> {
             return did;
         }
         let mut events = std::mem::take(&mut self.events);
-        if let Some(st) = self.stepper_mut() {
-            st.step(&paused, &mut events);
+        if self
+            .call_stepper(|st| st.step(&paused, &mut events))
+            .is_none()
+        {
+            // The step panicked: what it reported before is of a broken stepper.
+            events.clear();
         }
         self.paused = paused;
         for ev in events.drain(..) {
             self.on_step_event(ev);
         }
         self.events = events;
+        self.end_broken();
         self.desk.now = now_ns();
         self.desk.running = self.sequences.iter().filter(|s| s.is_some()).count();
         self.desk.publish_load();
@@ -119,10 +138,7 @@ impl<'s> Worker<'s> {
                 let err = Refusal::new(ErrorCode::ResourceExhausted, why);
                 self.desk.end(&seq.job, Err(err), seq.out);
             } else if self.desk.now >= seq.job.deadline_ns {
-                let usage = self
-                    .stepper_mut()
-                    .map(|st| st.release(slot))
-                    .unwrap_or_default();
+                let usage = self.call_stepper(|st| st.release(slot)).unwrap_or_default();
                 let mut seq = self.sequences[slot].take().expect("checked above");
                 let res = seq
                     .out
@@ -162,10 +178,58 @@ impl<'s> Worker<'s> {
         }
     }
 
-    fn stepper_mut(&mut self) -> Option<&mut (dyn Stepper + 's)> {
-        match &mut self.stepper {
-            Some(Ok(st)) => Some(st.as_mut()),
-            _ => None,
+    /// Calls the stepper; `None` when there is none or the call panicked. A panic is contained:
+    /// the stepper is set aside and dropped, the lane's restart begun (its other workers take no
+    /// more work to this instance), and the panic kept in `broken` for `end_broken`, which
+    /// callers run at the end of their phase (they may be in the middle of taking a sequence
+    /// out, so the others are not ended here).
+    fn call_stepper<R>(&mut self, call: impl FnOnce(&mut (dyn Stepper + 'w)) -> R) -> Option<R> {
+        let Some(Ok(st)) = &mut self.stepper else {
+            return None;
+        };
+        // AssertUnwindSafe: after a panic the stepper is never called again (dropped below), and
+        // what the call was given is the worker's own scratch (the step's flags and events,
+        // cleared before their next use) or a private copy of a request.
+        let panic = match contain(AssertUnwindSafe(|| call(st.as_mut()))) {
+            Ok(r) => return Some(r),
+            Err(p) => p,
+        };
+        let broken = self.stepper.replace(Err(panic.0.clone()));
+        // AssertUnwindSafe: the stepper is gone whatever its destructor does.
+        if let Err(p) = contain(AssertUnwindSafe(move || drop(broken))) {
+            tracing::error!(lane = %self.desk.lane.name, panic = %p.0, "dropping a stepper panicked");
+        }
+        if self.broken.is_none() {
+            let lane = self.desk.lane;
+            let restart =
+                lane.backend
+                    .panicked(self.instance.generation, &panic, self.desk.counters);
+            self.broken = Some((panic, restart));
+        }
+        None
+    }
+
+    /// After a panic of the stepper: ends every sequence it held with the panic's `Backend` error
+    /// (a departed client's are dropped), then has the lane restart its backend.
+    fn end_broken(&mut self) {
+        let Some((panic, restart)) = self.broken.take() else {
+            return;
+        };
+        for slot in 0..self.sequences.len() {
+            let Some(seq) = self.sequences[slot].take() else {
+                continue;
+            };
+            if self.desk.client_alive(seq.job.reply) {
+                self.desk.end(&seq.job, Err(panic.refusal()), seq.out);
+            } else {
+                self.desk.drop_started(&seq.job);
+            }
+        }
+        self.desk.running = 0;
+        self.desk.publish_load();
+        // The answers first, then the new instance.
+        if let Some(restart) = restart {
+            restart.finish();
         }
     }
 
@@ -180,13 +244,15 @@ impl<'s> Worker<'s> {
         let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
         let admitted = validate(state, lane, &job, &mut copies[0]).and_then(|req| {
             let stream = req.params.stream;
-            match &mut self.stepper {
-                Some(Ok(st)) => st
-                    .admit(slot, req)
-                    .map(|a| (a, stream))
-                    .map_err(|e| refusal(&e)),
-                Some(Err(e)) => Err(Refusal::new(ErrorCode::Backend, e.clone())),
-                None => Err(Refusal::new(ErrorCode::Backend, "no stepper")),
+            if let Some(Err(e)) = &self.stepper {
+                return Err(Refusal::new(ErrorCode::Backend, e.clone()));
+            }
+            match self.call_stepper(|st| st.admit(slot, req)) {
+                Some(admitted) => admitted.map(|a| (a, stream)).map_err(|e| refusal(&e)),
+                None => Err(match &self.broken {
+                    Some((panic, _)) => panic.refusal(),
+                    None => Refusal::new(ErrorCode::Backend, "no stepper"),
+                }),
             }
         });
         self.desk.copies = copies;
@@ -210,9 +276,7 @@ impl<'s> Worker<'s> {
                 });
             }
             Err(e) => {
-                if let Some(st) = self.stepper_mut() {
-                    st.release(slot);
-                }
+                self.call_stepper(|st| st.release(slot));
                 self.desk.end(&job, Err(refusal(&e.into())), out);
             }
         }
@@ -220,9 +284,7 @@ impl<'s> Worker<'s> {
 
     /// Frees stepper slot `slot` and takes its sequence out.
     fn take_sequence(&mut self, slot: usize) -> Sequence<'s> {
-        if let Some(st) = self.stepper_mut() {
-            st.release(slot);
-        }
+        self.call_stepper(|st| st.release(slot));
         self.sequences[slot].take().expect("a running slot")
     }
 

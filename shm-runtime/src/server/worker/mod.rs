@@ -5,7 +5,15 @@
 //! table, the intake, the queue (a [`Scheduler`]), the books and the outbox. The execution modes
 //! borrow the desk while they run a job, and a backend's [`RunContext`] gets the desk alone (it
 //! takes in cancels while a job runs): nothing reaches back into the execution state. The
-//! [`Worker`] adds the continuous-batching state of lanes that decode step by step.
+//! [`Worker`] adds the instance of the lane's backend it runs on and the continuous-batching
+//! state of lanes that decode step by step.
+//!
+//! Every call into a backend is contained (`server/recovery.rs`): a panic is the `Backend` error
+//! answer of every request the call held (the one request, every request of the batch, every
+//! sequence of the stepper), and then the lane's backend is restarted; the desk, with its queue
+//! and backlog, lives on, and [`serve`] gives it a new worker on the new instance. A worker moves
+//! to a new instance as soon as it holds no request of the old one: at once when it was the one
+//! that panicked, after its running sequences otherwise (none joins them meanwhile).
 //!
 //! | file | concern |
 //! |---|---|
@@ -30,8 +38,9 @@
 //!     ┌───────────┼─────────────────────────────┐
 //!     ▼           ▼                             ▼
 //!  client dead   cancelled, deadline passed,   runs (single, batch or continuous)
-//!  dropped,      drain expired: error answer    │
-//!  no answer                                    ▼ end: the final answer, result or error
+//!  dropped,      drain expired, lane failed:    │
+//!  no answer     error answer                   ▼ end: the final answer, result or error
+//!                                                 (a backend's panic: a Backend error)
 //!     └─────────── completed += 1 ──────────────┘
 //! ```
 //!
@@ -52,6 +61,7 @@ mod single;
 #[cfg(test)]
 mod tests;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -60,23 +70,56 @@ use crate::protocol::{ErrorCode, Refusal};
 use crate::scheduler::{now_ns, Scheduler};
 use crate::service::LaneHeader;
 
+use super::recovery::{contain, Instance, Panicked, Restart};
 use super::state::{ModelLane, ServerState};
 use clients::ClientTable;
 use continuous::Sequence;
 use outbox::{Outbox, Undelivered};
 
-/// One worker thread of a lane.
-pub(crate) struct Worker<'s> {
-    desk: Desk<'s>,
-    /// The lane's stepper, for backends that decode step by step (continuous batching), or why
-    /// it could not be made.
-    stepper: Option<Result<Box<dyn Stepper + 's>, String>>,
+/// One worker thread of lane `lane`: serves until the server exits, on the lane's current backend
+/// instance, moving to a new one whenever the lane restarts its backend (see `recovery.rs`).
+pub(crate) fn serve(state: &ServerState, lane: usize, index: usize) {
+    let mut desk = Desk::new(state, lane, index);
+    loop {
+        let instance = desk.lane.backend.current();
+        let ended = Worker::new(&mut desk, &instance).run();
+        // The last worker to leave an instance drops it. AssertUnwindSafe: nothing of it is used
+        // after a panic of its destructor (its memory may leak).
+        if let Err(p) = contain(AssertUnwindSafe(move || drop(instance))) {
+            tracing::error!(lane = %desk.lane.name, panic = %p.0, "dropping a backend instance panicked");
+        }
+        if ended == Ended::Exit {
+            return;
+        }
+    }
+}
+
+/// Why [`Worker::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The server exits.
+    Exit,
+    /// The lane's backend was restarted (or failed): move to its current instance.
+    Moved,
+}
+
+/// A worker thread of a lane running on one instance of the lane's backend.
+pub(crate) struct Worker<'w, 's> {
+    desk: &'w mut Desk<'s>,
+    /// The lane's backend as this worker runs on it.
+    instance: &'w Instance,
+    /// The instance's stepper, for backends that decode step by step (continuous batching), or
+    /// why it could not be made (or why it is gone: it panicked).
+    stepper: Option<Result<Box<dyn Stepper + 'w>, String>>,
     /// The stepper's sequences: one per slot.
     sequences: Vec<Option<Sequence<'s>>>,
     /// Events of the last step (kept for its allocation).
     events: Vec<StepEvent>,
     /// Per stepper slot: paused this step (kept for its allocation).
     paused: Vec<bool>,
+    /// A panic of the stepper not yet dealt with: its sequences are ended with it at the end of
+    /// the current phase of a round (`continuous.rs`), then the lane's restart goes on.
+    broken: Option<(Panicked, Option<Restart<'s>>)>,
 }
 
 /// Where a worker's requests come in and its answers go out (see the module docs).
@@ -112,71 +155,116 @@ pub(crate) struct Desk<'s> {
 /// With at least this many jobs queued, a worker polls the request rings every 4th round only.
 const INGEST_BACKLOG: usize = 8;
 
-impl<'s> Worker<'s> {
-    /// Worker `index` of lane `lane`, with the lane's stepper when its backend decodes step by
-    /// step.
-    pub(crate) fn new(state: &'s ServerState, lane: usize, index: usize) -> Worker<'s> {
+impl<'s> Desk<'s> {
+    /// The desk of worker `index` of lane `lane`.
+    fn new(state: &'s ServerState, lane: usize, index: usize) -> Desk<'s> {
         let max_clients = state.svc.layout.max_clients;
-        let model: &'s ModelLane = &state.lanes[lane];
+        Desk {
+            state,
+            lane: &state.lanes[lane],
+            counters: state.svc.lane(lane),
+            lane_index: lane,
+            index,
+            clients: ClientTable::new(max_clients),
+            queue: Scheduler::new(max_clients),
+            outbox: Outbox::default(),
+            now: now_ns(),
+            round: 0,
+            next_client: 0,
+            stepping: false,
+            running: 0,
+            copies: Vec::new(),
+        }
+    }
+}
+
+impl<'w, 's> Worker<'w, 's> {
+    /// The worker of `desk` on `instance`, with the instance's stepper when its backend decodes
+    /// step by step. A stepper whose making panics counts as a panic of the instance (the lane
+    /// restarts its backend, and this worker moves at once).
+    fn new(desk: &'w mut Desk<'s>, instance: &'w Instance) -> Worker<'w, 's> {
+        desk.stepping = false;
         let mut worker = Worker {
-            desk: Desk {
-                state,
-                lane: model,
-                counters: state.svc.lane(lane),
-                lane_index: lane,
-                index,
-                clients: ClientTable::new(max_clients),
-                queue: Scheduler::new(max_clients),
-                outbox: Outbox::default(),
-                now: now_ns(),
-                round: 0,
-                next_client: 0,
-                stepping: false,
-                running: 0,
-                copies: Vec::new(),
-            },
+            desk,
+            instance,
             stepper: None,
             sequences: Vec::new(),
             events: Vec::new(),
             paused: Vec::new(),
+            broken: None,
         };
-        match model.backend.stepper() {
-            Ok(None) => {}
-            Ok(Some(st)) => {
-                worker.sequences = (0..st.slots().max(1)).map(|_| None).collect();
+        let Ok(backend) = &instance.backend else {
+            // A failed lane: every request is answered at once (`run_job`).
+            return worker;
+        };
+        // AssertUnwindSafe: after a panic no new work goes to the instance (the lane replaces
+        // it), and a half-made stepper is dropped by the unwinding.
+        let made = contain(AssertUnwindSafe(|| {
+            backend
+                .stepper()
+                .map(|st| st.map(|st| (st.slots().max(1), st)))
+        }));
+        let (lane, lane_counters) = (worker.desk.lane, worker.desk.counters);
+        match made {
+            Ok(Ok(None)) => return worker,
+            Ok(Ok(Some((slots, st)))) => {
+                worker.sequences = (0..slots).map(|_| None).collect();
                 worker.stepper = Some(Ok(st));
-                worker.desk.stepping = true;
             }
-            Err(e) => {
-                tracing::error!(lane = %model.name, %e, "cannot make the model's stepper");
+            Ok(Err(e)) => {
+                tracing::error!(lane = %lane.name, %e, "cannot make the model's stepper");
                 worker.sequences = vec![None];
                 worker.stepper = Some(Err(e.to_string()));
-                worker.desk.stepping = true;
+            }
+            Err(p) => {
+                worker.sequences = vec![None];
+                worker.stepper = Some(Err(p.0.clone()));
+                // Nothing is held yet: the restart goes at once.
+                if let Some(restart) = lane
+                    .backend
+                    .panicked(instance.generation, &p, lane_counters)
+                {
+                    restart.finish();
+                }
             }
         }
+        worker.desk.stepping = true;
         worker
+    }
+
+    /// Whether the lane's backend was restarted (or failed) since this worker's instance.
+    fn stale(&self) -> bool {
+        self.desk.lane.backend.generation() != self.instance.generation
     }
 
     /// The loop: until the server exits, attach to new clients, retry waiting answers, take in
     /// requests and run the most urgent; park on the lane's doorbell when there is nothing to do.
-    pub(crate) fn run(mut self) {
+    /// Returns early when the lane's backend was restarted and this worker holds no request of
+    /// the old instance (a stepper's running sequences finish on it; no new one joins them).
+    fn run(mut self) -> Ended {
         let state = self.desk.state;
         loop {
             if state.exit.load(Ordering::Acquire) {
                 self.stop_all_sequences(ErrorCode::ShuttingDown, "the server stopped");
                 self.desk.take_transfers(usize::MAX);
                 self.desk.answer_all_queued(ErrorCode::ShuttingDown);
-                return;
+                return Ended::Exit;
+            }
+            if self.stale() && self.sequences.iter().all(Option::is_none) {
+                return Ended::Moved;
             }
             self.desk.sync_clients();
             self.desk.flush_backlog();
             // Transferred jobs first: they were accepted before anything still in the rings.
             if self.stepper.is_some() {
                 self.desk.balance(self.sequences.len());
+            } else if self.instance.backend.is_err() && self.desk.lane.transfers.len() > 0 {
+                // A failed lane: jobs other workers hand over are answered here.
+                self.desk.take_transfers(usize::MAX);
             }
             // With a backlog of jobs, look at the rings only every few rounds: a poll of a ring
             // the client is writing costs a cache-line transfer, and the backlog keeps us busy.
-            let desk = &mut self.desk;
+            let desk = &mut *self.desk;
             desk.round = desk.round.wrapping_add(1);
             let limit = desk.ingest_limit();
             let took = if limit > 0 && (desk.queue.len() < INGEST_BACKLOG || desk.round % 4 == 0) {
@@ -191,7 +279,7 @@ impl<'s> Worker<'s> {
                     continue;
                 }
             } else if let Some(job) = self.desk.queue.pop() {
-                self.desk.run_job(job);
+                self.desk.run_job(job, self.instance);
                 continue;
             }
             if took > 0 {

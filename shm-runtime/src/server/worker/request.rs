@@ -9,7 +9,6 @@
 
 use shm_ring::pool::{ChunkError, ChunkId};
 
-use crate::backend;
 use crate::protocol::{access_request_body, ArchivedRequest, ErrorCode, Refusal, RequestHead};
 use crate::scheduler::Job;
 use crate::server::state::{ModelLane, ServerState};
@@ -85,8 +84,7 @@ pub(super) fn validate<'b>(
             ),
         ));
     }
-    let mask = backend::task_mask(lane.backend.tasks());
-    if mask & (1 << (req.task.to_native() as u32)) == 0 {
+    if lane.tasks & (1 << (req.task.to_native() as u32)) == 0 {
         return Err(Refusal::new(
             ErrorCode::ModelNotFound,
             format!(
