@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         },
     };
     if stream {
-        for item in client.stream(&req)? {
+        for item in client.stream_request(&req)? {
             let view = item?;
             match &view.response()?.body {
                 ArchivedBody::Chunk(c) => println!("chunk {}: {:?}", c.index, c.text.as_str()),

@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let mut first = None;
     let mut out = std::io::stdout().lock();
-    for item in client.stream(&req)? {
+    for item in client.stream_request(&req)? {
         let view = item?;
         match &view.response()?.body {
             ArchivedBody::Chunk(c) => {

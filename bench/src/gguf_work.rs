@@ -298,7 +298,7 @@ struct ServerUsage {
 fn stream_times(client: &Client, n: u32) -> Result<(Vec<Instant>, Option<ServerUsage>)> {
     let mut times = Vec::with_capacity(n as usize);
     let mut usage = None;
-    for item in client.stream(&request(n))? {
+    for item in client.stream_request(&request(n))? {
         let v = item?;
         if !v.is_final() {
             times.push(Instant::now());

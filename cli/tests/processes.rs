@@ -137,7 +137,7 @@ fn child_entry() {
             let client = Client::connect(service).unwrap();
             let mut r = generate("slow", "x");
             r.params.max_tokens = 10_000;
-            let mut s = client.stream(&r).unwrap();
+            let mut s = client.stream_request(&r).unwrap();
             let first = s.next().unwrap().unwrap();
             // Hold a view (a chunk) and keep requests queued, then wait to be killed.
             for _ in 0..8 {

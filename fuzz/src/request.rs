@@ -91,6 +91,11 @@ fn walk(req: &ArchivedRequest) {
     sum += req.model.as_str().len();
     match &req.input {
         ArchivedInput::Text(t) => sum += t.as_str().chars().count(),
+        ArchivedInput::Texts(ts) => {
+            for t in ts.iter() {
+                sum += t.as_str().chars().count();
+            }
+        }
         ArchivedInput::Tokens(t) => {
             sum += tokens_native(t).iter().map(|&t| t as usize).sum::<usize>() & 1
         }

@@ -31,6 +31,11 @@ pub fn requests() -> Vec<Request> {
             ..base.clone()
         },
         Request {
+            task: Task::Embed,
+            input: Input::Texts(vec!["one".into(), "two texts".into(), "x".repeat(40)]),
+            ..base.clone()
+        },
+        Request {
             task: Task::Classify,
             input: Input::Chat(vec![
                 ChatMessage {

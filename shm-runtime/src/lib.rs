@@ -50,9 +50,13 @@ mod server;
 mod service;
 mod status;
 
-pub use client::{Client, ClientOptions, ResponseView, Stream, Ticket};
+pub use client::{
+    Classification, Client, ClientOptions, Embeddings, GenerateOptions, Generation, Message,
+    ResponseView, Stream, StreamEvent, TextStream, Ticket, Usage,
+};
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
+pub use protocol::FinishReason;
 pub use server::Server;
 pub use status::{
     error_name, status, ClientStatus, LaneState, LaneStatus, PoolClassStatus, ServiceState,

@@ -503,7 +503,7 @@ fn a_client_that_never_reads_stalls_nobody_and_its_answers_wait_for_it() {
     // while the request is still running.
     let mut r = generate("slow", "stream").with_id(100).with_max_tokens(100);
     r.params.stream = true;
-    let mut chunks = fast.stream(&r).unwrap();
+    let mut chunks = fast.stream_request(&r).unwrap();
     let first = chunks.next().unwrap().unwrap();
     assert!(!first.is_final());
     assert_eq!(

@@ -151,7 +151,7 @@ fn a_stream_arrives_token_by_token_in_order_and_can_be_cancelled() {
     let mut text = String::new();
     let mut final_text = None;
     let mut next = 0;
-    for item in client.stream(&r).unwrap() {
+    for item in client.stream_request(&r).unwrap() {
         let v = item.unwrap();
         match &v.response().unwrap().body {
             ArchivedBody::Chunk(c) => {
@@ -173,7 +173,9 @@ fn a_stream_arrives_token_by_token_in_order_and_can_be_cancelled() {
     );
 
     // Cancel after 3 tokens: the stream ends with Cancelled within a few more.
-    let mut s = client.stream(&generate("Once upon a time", 500)).unwrap();
+    let mut s = client
+        .stream_request(&generate("Once upon a time", 500))
+        .unwrap();
     let mut seen = 0;
     let end = loop {
         match s.next().expect("a final answer") {
@@ -220,7 +222,7 @@ fn two_streams_decode_together() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let mut times = Vec::new();
-            for item in client.stream(&generate(prompt, 32)).unwrap() {
+            for item in client.stream_request(&generate(prompt, 32)).unwrap() {
                 let v = item.unwrap();
                 if !v.is_final() {
                     times.push(Instant::now());
@@ -260,7 +262,7 @@ fn streams_at_once(client: &Client, streams: &[(&'static str, u32)]) -> Vec<Vec<
             std::thread::spawn(move || {
                 go.wait();
                 let mut times = Vec::new();
-                for item in client.stream(&generate(prompt, n)).unwrap() {
+                for item in client.stream_request(&generate(prompt, n)).unwrap() {
                     if !item.unwrap().is_final() {
                         times.push(Instant::now());
                     }

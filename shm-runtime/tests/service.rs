@@ -96,7 +96,7 @@ fn streams_arrive_in_order_then_the_final_answer() {
     let (_server, client) = server("stream", |_| {});
     let mut r = generate("echo", "abcdef");
     r.params.max_tokens = 100;
-    let items: Vec<_> = client.stream(&r).unwrap().collect();
+    let items: Vec<_> = client.stream_request(&r).unwrap().collect();
     assert_eq!(items.len(), 7);
     for (i, item) in items[..6].iter().enumerate() {
         let v = item.as_ref().unwrap();
@@ -177,7 +177,7 @@ fn deadlines_cancel_and_quota() {
     let mut r = generate("slow", "x");
     r.params.max_tokens = 10;
     r.params.timeout_ms = 60;
-    let items: Vec<_> = client.stream(&r).unwrap().collect();
+    let items: Vec<_> = client.stream_request(&r).unwrap().collect();
     let (end, chunks) = items.split_last().unwrap();
     assert_eq!(end.as_ref().unwrap_err(), &Error::TimedOut);
     assert!(chunks
@@ -188,7 +188,7 @@ fn deadlines_cancel_and_quota() {
     // Cancel a running stream after its first chunk.
     r.params.timeout_ms = 0;
     r.params.max_tokens = 200;
-    let mut s = client.stream(&r).unwrap();
+    let mut s = client.stream_request(&r).unwrap();
     let first = s.next().unwrap().unwrap();
     assert!(!first.is_final());
     client.cancel(s.ticket()).unwrap();
@@ -412,7 +412,7 @@ fn continuous_batching_interleaves_two_streams() {
             let mut times = Vec::new();
             let mut indexes = Vec::new();
             let mut final_text = String::new();
-            for item in client.stream(&gen_req(20)).unwrap() {
+            for item in client.stream_request(&gen_req(20)).unwrap() {
                 let v = item.unwrap();
                 match &v.response().unwrap().body {
                     ArchivedBody::Chunk(c) => {
@@ -460,7 +460,7 @@ fn timed_stream(svc: &str, n: u32, go: std::sync::Arc<std::sync::Barrier>) -> Ve
     let client = Client::connect(svc).unwrap();
     go.wait();
     let mut times = Vec::new();
-    for item in client.stream(&gen_req(n)).unwrap() {
+    for item in client.stream_request(&gen_req(n)).unwrap() {
         let v = item.unwrap();
         if let ArchivedBody::Chunk(c) = &v.response().unwrap().body {
             assert_eq!(c.index.to_native() as usize, times.len(), "chunks in order");
@@ -520,8 +520,8 @@ fn a_cancel_reaches_a_stream_while_every_stepping_worker_is_full() {
     let _server = one_slot_workers(&svc);
     let client = Client::connect(&svc).unwrap();
     // Two long streams fill both workers; a third request queues.
-    let mut s1 = client.stream(&gen_req(400)).unwrap();
-    let mut s2 = client.stream(&gen_req(400)).unwrap();
+    let mut s1 = client.stream_request(&gen_req(400)).unwrap();
+    let mut s2 = client.stream_request(&gen_req(400)).unwrap();
     for s in [&mut s1, &mut s2] {
         assert!(!s.next().unwrap().unwrap().is_final());
     }
@@ -562,7 +562,7 @@ fn a_stepped_sequence_stops_on_cancel_deadline_and_stop_sequence() {
     let (_server, svc) = stepping("stops", 2, 5.0);
     let client = Client::connect(&svc).unwrap();
     // Cancel mid-stream: the stream ends with Cancelled within a few tokens.
-    let mut s = client.stream(&gen_req(1000)).unwrap();
+    let mut s = client.stream_request(&gen_req(1000)).unwrap();
     let mut seen = 0;
     let mut cancelled_at = None;
     let end = loop {

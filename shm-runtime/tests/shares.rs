@@ -130,7 +130,7 @@ fn good_client_is_served(good: &Client, model: &str, rounds: u64) {
     let mut r = generate(model, "abcdefgh").with_id(1000).with_max_tokens(8);
     r.params.stream = true;
     let parts: Vec<_> = good
-        .stream(&r)
+        .stream_request(&r)
         .unwrap()
         .map(|p| p.unwrap_or_else(|e| panic!("good stream: {e:?}")))
         .collect();

@@ -22,6 +22,7 @@ fn text_of(input: &ArchivedInput) -> String {
             .map(|m| m.content.as_str())
             .collect::<Vec<_>>()
             .join("\n"),
+        ArchivedInput::Texts(ts) => ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join("\n"),
         ArchivedInput::Tokens(_) | ArchivedInput::Tensors(_) => String::new(),
     }
 }
@@ -38,11 +39,37 @@ impl Backend for Echo {
         out: &mut Out<'_>,
     ) -> Result<(), BackendError> {
         match req.task {
-            ArchivedTask::Classify => Ok(out.body(Body::Classification(vec![LabelScore {
-                label: text_of(&req.input),
-                score: 1.0,
-            }]))?),
+            // Each text is its own label, scored 1.
+            ArchivedTask::Classify => match &req.input {
+                ArchivedInput::Texts(ts) => Ok(out.body(Body::Classifications(
+                    ts.iter()
+                        .map(|t| {
+                            vec![LabelScore {
+                                label: t.as_str().to_owned(),
+                                score: 1.0,
+                            }]
+                        })
+                        .collect(),
+                ))?),
+                input => Ok(out.body(Body::Classification(vec![LabelScore {
+                    label: text_of(input),
+                    score: 1.0,
+                }]))?),
+            },
+            // A text's bytes as floats; rows of a batch padded with zeros to the longest.
             ArchivedTask::Embed => match &req.input {
+                ArchivedInput::Texts(ts) => {
+                    let dim = ts.iter().map(|t| t.len()).max().unwrap_or(0);
+                    out.embeddings(ts.len(), dim, |v| {
+                        v.fill(0.0);
+                        for (row, t) in v.chunks_exact_mut(dim.max(1)).zip(ts.iter()) {
+                            row.iter_mut()
+                                .zip(t.as_str().bytes())
+                                .for_each(|(v, b)| *v = f32::from(b));
+                        }
+                        Ok(())
+                    })
+                }
                 ArchivedInput::Tokens(t) => {
                     let t = crate::protocol::tokens_native(t);
                     out.embedding(t.len(), |v| {

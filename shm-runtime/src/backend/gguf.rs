@@ -256,45 +256,51 @@ impl GgufStepper<'_> {
     fn prompt(&self, req: &ArchivedRequest) -> Result<Vec<LlamaToken>, BackendError> {
         let vocab = self.g.model.vocab();
         let invalid = |m: String| BackendError::Invalid(m);
-        let tokens = match &req.input {
-            ArchivedInput::Text(t) => vocab.tokenize(t.as_bytes(), true, false),
-            ArchivedInput::Tokens(t) => {
-                let n = vocab.n_tokens();
-                let t = tokens_native(t);
-                if let Some(bad) = t.iter().find(|&&id| i64::from(id) >= i64::from(n)) {
-                    return Err(invalid(format!(
-                        "token id {bad} is outside the vocabulary of {n} tokens"
-                    )));
+        let tokens =
+            match &req.input {
+                ArchivedInput::Text(t) => vocab.tokenize(t.as_bytes(), true, false),
+                ArchivedInput::Tokens(t) => {
+                    let n = vocab.n_tokens();
+                    let t = tokens_native(t);
+                    if let Some(bad) = t.iter().find(|&&id| i64::from(id) >= i64::from(n)) {
+                        return Err(invalid(format!(
+                            "token id {bad} is outside the vocabulary of {n} tokens"
+                        )));
+                    }
+                    t.iter().map(|&id| LlamaToken(id as i32)).collect()
                 }
-                t.iter().map(|&id| LlamaToken(id as i32)).collect()
-            }
-            ArchivedInput::Chat(msgs) => {
-                let tmpl = self.g.template.as_ref().ok_or_else(|| {
-                    invalid("this model has no chat template; send text or token ids".into())
-                })?;
-                let chat = msgs
-                    .iter()
-                    .map(|m| {
-                        LlamaChatMessage::new(
-                            m.role.as_str().to_owned(),
-                            m.content.as_str().to_owned(),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid(format!("chat message: {e}")))?;
-                let text = self
-                    .g
-                    .model
-                    .apply_chat_template(tmpl, &chat, true)
-                    .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?;
-                vocab.tokenize(text.as_bytes(), true, true)
-            }
-            ArchivedInput::Tensors(_) => {
-                return Err(invalid(
-                    "a generation model takes text, token ids or chat".into(),
-                ))
-            }
-        };
+                ArchivedInput::Chat(msgs) => {
+                    let tmpl = self.g.template.as_ref().ok_or_else(|| {
+                        invalid("this model has no chat template; send text or token ids".into())
+                    })?;
+                    let chat = msgs
+                        .iter()
+                        .map(|m| {
+                            LlamaChatMessage::new(
+                                m.role.as_str().to_owned(),
+                                m.content.as_str().to_owned(),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| invalid(format!("chat message: {e}")))?;
+                    let text = self
+                        .g
+                        .model
+                        .apply_chat_template(tmpl, &chat, true)
+                        .map_err(|e| invalid(format!("cannot apply the chat template: {e}")))?;
+                    vocab.tokenize(text.as_bytes(), true, true)
+                }
+                ArchivedInput::Texts(_) => return Err(invalid(
+                    "several texts in one request are for embedding and classifier models; send \
+                     one prompt"
+                        .into(),
+                )),
+                ArchivedInput::Tensors(_) => {
+                    return Err(invalid(
+                        "a generation model takes text, token ids or chat".into(),
+                    ))
+                }
+            };
         if tokens.is_empty() {
             return Err(invalid("the prompt is empty".into()));
         }

@@ -24,9 +24,14 @@ use crate::service::{
 };
 
 mod inbox;
+mod typed;
 mod view;
 
 use inbox::{Inbox, Pending};
+pub use typed::{
+    Classification, Embeddings, GenerateOptions, Generation, Message, StreamEvent, TextStream,
+    Usage,
+};
 pub use view::{ResponseView, Stream};
 
 /// How a client waits.
@@ -64,6 +69,8 @@ struct Connection {
     inbox: Mutex<Inbox>,
     arrived: Condvar,
     next_ticket: AtomicU32,
+    /// Ids of the typed calls' requests.
+    next_request: std::sync::atomic::AtomicU64,
     options: ClientOptions,
     /// Set once a wait found the server dead: later calls fail at once.
     server_gone: std::sync::atomic::AtomicBool,
@@ -200,11 +207,17 @@ impl Client {
                 inbox: Mutex::new(Inbox::default()),
                 arrived: Condvar::new(),
                 next_ticket: AtomicU32::new(1),
+                next_request: std::sync::atomic::AtomicU64::new(1),
                 options,
                 server_gone: std::sync::atomic::AtomicBool::new(false),
                 strays: std::sync::atomic::AtomicU64::new(0),
             }),
         })
+    }
+
+    /// A request id for a typed call (answers carry it back, checked on arrival).
+    fn next_request_id(&self) -> u64 {
+        self.conn.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The models the service serves.
@@ -501,12 +514,12 @@ impl Client {
     }
 
     /// Submits a request with `stream` set and returns an iterator over its chunks; the last item
-    /// is the final answer.
+    /// is the final answer. Dropped before its end, the stream cancels its request.
     ///
     /// # Errors
     ///
     /// As for [`submit`](Self::submit).
-    pub fn stream(&self, request: &Request) -> Result<Stream, Error> {
+    pub fn stream_request(&self, request: &Request) -> Result<Stream, Error> {
         let mut req = request.clone();
         req.params.stream = true;
         let ticket = self.submit(&req)?;
@@ -619,6 +632,7 @@ fn estimate(req: &Request) -> usize {
     use crate::protocol::Input;
     let input = match &req.input {
         Input::Text(t) => t.len(),
+        Input::Texts(ts) => ts.iter().map(|t| t.len() + 8).sum(),
         Input::Tokens(t) => t.len() * 4,
         Input::Chat(m) => m.iter().map(|m| m.content.len() + m.role.len() + 16).sum(),
         Input::Tensors(ts) => ts

@@ -35,15 +35,19 @@ impl ResponseView {
     ///
     /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
     pub fn response(&self) -> Result<&ArchivedResponse, Error> {
+        access_response(self.bytes()?).map_err(|r| Error::Protocol(r.message))
+    }
+
+    /// The answer's bytes in its chunk.
+    pub(super) fn bytes(&self) -> Result<&[u8], Error> {
         let bytes = self
             .conn
             .pool
             .chunk_slice(self.chunk, self.conn.owner)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        let bytes = bytes
+        bytes
             .get(..self.len)
-            .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))?;
-        access_response(bytes).map_err(|r| Error::Protocol(r.message))
+            .ok_or_else(|| Error::Protocol("answer longer than its chunk".into()))
     }
 
     /// Whether this is the final answer of its request.
@@ -87,6 +91,17 @@ impl Stream {
     /// The request's ticket (for [`Client::cancel`]).
     pub fn ticket(&self) -> Ticket {
         self.ticket
+    }
+}
+
+impl Drop for Stream {
+    /// Cancels the request if its final answer has not been read; what still arrives for it is
+    /// returned to the pool unread.
+    fn drop(&mut self) {
+        if !self.done && self.client.is_in_flight(self.ticket) {
+            let _ = self.client.cancel(self.ticket);
+            self.client.conn.abandon(self.ticket.0);
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub struct Limits {
     pub max_tokens_in: usize,
     /// Most chat messages.
     pub max_messages: usize,
+    /// Most texts in one request.
+    pub max_texts: usize,
     /// Most tensors.
     pub max_tensors: usize,
     /// Most elements in one tensor.
@@ -36,6 +38,7 @@ impl Default for Limits {
             max_text_bytes: 256 << 10,
             max_tokens_in: 32 << 10,
             max_messages: 256,
+            max_texts: 1024,
             max_tensors: 16,
             max_tensor_elems: 16 << 20,
             max_rank: 8,
@@ -74,6 +77,22 @@ fn first_broken_rule(req: &ArchivedRequest, limits: &Limits) -> Result<(), Strin
                 return Err(format!(
                     "text of {} bytes exceeds the limit of {}",
                     t.len(),
+                    limits.max_text_bytes
+                ));
+            }
+        }
+        ArchivedInput::Texts(ts) => {
+            if ts.is_empty() || ts.len() > limits.max_texts {
+                return Err(format!(
+                    "{} texts: a request takes 1..={}",
+                    ts.len(),
+                    limits.max_texts
+                ));
+            }
+            let total: usize = ts.iter().map(|t| t.len()).sum();
+            if total > limits.max_text_bytes {
+                return Err(format!(
+                    "texts of {total} bytes together exceed the limit of {}",
                     limits.max_text_bytes
                 ));
             }

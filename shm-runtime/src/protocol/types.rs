@@ -128,6 +128,8 @@ pub enum Input {
     Chat(Vec<ChatMessage>),
     /// Named tensors.
     Tensors(Vec<Tensor>),
+    /// Several texts answered together in one answer (embed, classify): one row each, in order.
+    Texts(Vec<String>),
 }
 
 /// Sampling and scheduling parameters.
@@ -373,6 +375,20 @@ pub enum Body {
     Tensors(Vec<Tensor>),
     /// The request failed.
     Error(ErrorBody),
+    /// One embedding per text of an [`Input::Texts`] request, in order.
+    Embeddings(EmbeddingRows),
+    /// The label scores (best first) of each text of an [`Input::Texts`] request, in order.
+    Classifications(Vec<Vec<LabelScore>>),
+}
+
+/// Embeddings of equal dimension, row after row.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct EmbeddingRows {
+    /// The dimension of each row.
+    pub dim: u32,
+    /// `rows x dim` values, row-major.
+    pub values: Vec<f32>,
 }
 
 /// An error answer.

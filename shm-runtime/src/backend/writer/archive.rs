@@ -12,8 +12,9 @@ use rkyv::{Archive, Place, Serialize};
 
 use super::ROOT_ROOM;
 use crate::protocol::{
-    ArchivedBody, ArchivedErrorBody, ArchivedGeneration, ArchivedResponse, ArchivedStreamChunk,
-    ArchivedTensor, ArchivedTensorData, Body, ErrorCode, FinishReason, LabelScore, Response, Usage,
+    ArchivedBody, ArchivedEmbeddingRows, ArchivedErrorBody, ArchivedGeneration, ArchivedResponse,
+    ArchivedStreamChunk, ArchivedTensor, ArchivedTensorData, Body, ErrorCode, FinishReason,
+    LabelScore, Response, Usage,
 };
 
 /// The rkyv writer for the root: the tail of a chunk, at positions counted from the chunk start.
@@ -139,6 +140,16 @@ pub(super) enum BodyOut<'t> {
     Chunk(#[rkyv(omit_bounds)] ChunkOut<'t>),
     Tensors(#[rkyv(omit_bounds)] Entries<'t, TensorOut<'t>>),
     Error(#[rkyv(omit_bounds)] ErrorOut<'t>),
+    Embeddings(EmbeddingRowsOut),
+    Classifications(Placed<Vec<LabelScore>>),
+}
+
+/// Mirror of [`EmbeddingRows`](crate::protocol::EmbeddingRows) over placed values.
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedEmbeddingRows)]
+pub(super) struct EmbeddingRowsOut {
+    pub(super) dim: u32,
+    pub(super) values: Placed<f32>,
 }
 
 #[derive(Archive, Serialize)]
@@ -224,6 +235,13 @@ pub(crate) fn estimate(resp: &Response) -> usize {
             .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
             .sum(),
         Body::Error(e) => e.message.len(),
+        Body::Embeddings(e) => e.values.len() * 4,
+        Body::Classifications(c) => c
+            .iter()
+            .flatten()
+            .map(|l| l.label.len() + 16)
+            .sum::<usize>()
+            .saturating_add(c.len() * 8),
     };
     payload + ROOT_ROOM
 }

@@ -226,6 +226,37 @@ impl<'a> Out<'a> {
         Ok(())
     }
 
+    /// Writes `rows` embeddings of dimension `dim` in place ([`Body::Embeddings`]): `fill` gets
+    /// the `rows x dim` values, row-major.
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    pub fn embeddings<E: From<OutOfRoom>>(
+        &mut self,
+        rows: usize,
+        dim: usize,
+        fill: impl FnOnce(&mut [f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let id = self.id;
+        let n = rows.checked_mul(dim).ok_or_else(|| {
+            OutOfRoom(format!("{rows} embeddings of dimension {dim} are too many"))
+        })?;
+        let dim32 =
+            u32::try_from(dim).map_err(|_| OutOfRoom(format!("dimension {dim} is too large")))?;
+        let buf = self.room(n * 4 + ROOT_ROOM)?;
+        fill(bytemuck::cast_slice_mut(&mut buf[..n * 4]))?;
+        let root = ResponseOut {
+            id,
+            body: BodyOut::Embeddings(EmbeddingRowsOut {
+                dim: dim32,
+                values: Placed::new(0, n),
+            }),
+        };
+        self.len = write_root(&mut buf[n * 4..], n * 4, &root)?;
+        Ok(())
+    }
+
     /// Starts a generation result with room for `max_tokens` token ids and, as a first guess,
     /// `text_hint` bytes of text (it grows past that while the chunk has room).
     ///
@@ -370,6 +401,8 @@ mod tests;
 
 pub(crate) use archive::estimate;
 pub use archive::TensorDataOut;
-use archive::{BodyOut, Entries, Placed, PlacedStr, ResponseOut, Tail, TensorOut};
+use archive::{
+    BodyOut, EmbeddingRowsOut, Entries, Placed, PlacedStr, ResponseOut, Tail, TensorOut,
+};
 pub use generation::{GenerationState, GenerationWriter};
 pub use tensors::{Elem, TensorsWriter};

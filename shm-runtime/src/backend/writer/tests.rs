@@ -39,6 +39,24 @@ fn an_embedding_written_in_place_is_the_archive_rkyv_writes() {
     assert_eq!(owned(out.bytes().unwrap()), want);
 }
 
+#[test]
+fn embedding_rows_written_in_place_are_the_archive_rkyv_writes() {
+    let mut b = Box::new(Buf([0; 16 << 10]));
+    let mut out = Out::in_buffer(&mut b.0, 9);
+    let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 1.0).collect();
+    out.embeddings::<OutOfRoom>(3, 4, |v| {
+        v.copy_from_slice(&values);
+        Ok(())
+    })
+    .unwrap();
+    let want = Response {
+        id: 9,
+        body: Body::Embeddings(crate::protocol::EmbeddingRows { dim: 4, values }),
+    };
+    assert_eq!(out.bytes().unwrap(), encoded(&want).as_slice());
+    assert_eq!(owned(out.bytes().unwrap()), want);
+}
+
 fn generation(text: &str, tokens: &[u32], hint: usize, pieces: usize) -> (Vec<u8>, Response) {
     let mut b = Box::new(Buf([0; 16 << 10]));
     let mut out = Out::in_buffer(&mut b.0, 3);
