@@ -135,6 +135,43 @@ pub fn round_trips(
     Ok(lat.percentiles())
 }
 
+/// [`round_trips`] through the typed call: `Client::generate` of the same 64-character prompt
+/// (the answer copied out as a `Generation`).
+///
+/// # Errors
+///
+/// When a request fails.
+pub fn typed_round_trips(
+    server: &EchoServer,
+    wait: shm_runtime::ring::WaitStrategy,
+    n: usize,
+) -> Result<Percentiles> {
+    let client = Client::connect_with(
+        &server.name,
+        ClientOptions {
+            wait,
+            ..ClientOptions::default()
+        },
+    )?;
+    let _pin = pin_to(0);
+    let prompt = "x".repeat(64);
+    let opts = shm_runtime::GenerateOptions::default();
+    let mut lat = Latencies::new();
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        let g = client.generate("echo", &prompt, &opts)?;
+        let ns = t.elapsed().as_nanos() as u64;
+        if g.text.len() < 64 {
+            bail!("short answer");
+        }
+        drop(g);
+        if i >= n / 10 {
+            lat.record(ns);
+        }
+    }
+    Ok(lat.percentiles())
+}
+
 /// Requests per second from one client keeping up to `depth` in flight.
 ///
 /// # Errors

@@ -15,6 +15,7 @@
 //! | `served` | [`OnnxServer`]: the same model served by the runtime in a child process |
 //! | `compare` | [`compare`]: the latency of each path, in interleaved rounds |
 //! | `concurrent` | [`concurrent`]: requests per second of concurrent clients |
+//! | `batch` | [`batch32`]: texts per second of 32 texts per request |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,11 +24,13 @@ use anyhow::Result;
 use shm_runtime::protocol::Task;
 use shm_runtime::ModelConfig;
 
+mod batch;
 mod compare;
 mod concurrent;
 mod direct;
 mod served;
 
+pub use batch::{batch32, batch_texts, Batch32, BATCH_TEXTS};
 pub use compare::{compare, Compared, Path};
 pub use concurrent::{concurrent, Concurrent};
 pub use direct::Direct;

@@ -31,11 +31,19 @@ const ONNX_CONCURRENT_KEYS: [&str; 5] = [
     "onnx_embed_batched_clients_cpu_pct",
 ];
 
+/// The ONNX keys of the 32-texts-per-request measurement.
+const ONNX_BATCH32_KEYS: [&str; 3] = [
+    "onnx_embed_batch32_rps",
+    "onnx_embed_batch32_rps_direct",
+    "onnx_embed_batch32_over_direct",
+];
+
 /// Every ONNX key, null together when the part is not built or a dependency is missing.
 fn onnx_keys() -> Vec<String> {
     let mut keys = onnx_latency_keys("embed");
     keys.extend(onnx_latency_keys("classify"));
     keys.extend(ONNX_CONCURRENT_KEYS.iter().map(|k| (*k).to_owned()));
+    keys.extend(ONNX_BATCH32_KEYS.iter().map(|k| (*k).to_owned()));
     keys.extend(
         [
             "onnx_embed_batched_over_sequential",
@@ -199,6 +207,33 @@ pub(super) fn onnx(report: &mut Report, quick: bool) {
             },
         ),
         row(
+            "MiniLM embedding, 32 texts in one request through the runtime (typed `embed`)",
+            "onnx_embed_batch32_rps",
+            "texts/s",
+            ">= 0.95 x direct on the same batches; above the single-text rate",
+            match (
+                g("onnx_embed_batch32_over_direct"),
+                g("onnx_embed_batch32_rps"),
+                sequential_rps,
+            ) {
+                (Some(r), Some(b), Some(one)) => format!(
+                    "{r:.3} x direct{}; {:.2} x the single-text rate ({} texts/s){}",
+                    if r >= 0.95 { "" } else { " (**misses**)" },
+                    b / one,
+                    fmt_num(one),
+                    if b > one { ": meets" } else { ": **misses**" }
+                ),
+                _ => "not measured".to_owned(),
+            },
+        ),
+        row(
+            "MiniLM embedding, the same 32 texts with in-process `ort`, in runs of max_batch (8)",
+            "onnx_embed_batch32_rps_direct",
+            "texts/s",
+            "the peer",
+            String::new(),
+        ),
+        row(
             "CPU of the 8 client threads during the batched runs",
             "onnx_embed_batched_clients_cpu_pct",
             "% of a core",
@@ -218,6 +253,7 @@ pub(super) fn onnx(report: &mut Report, quick: bool) {
             "Side by side: each round sends warm-up requests on all four paths, then the paths take turns in blocks of requests (30; 20 with --quick), so all see the same phases of this VM's speed; per-round p50 and p95, figures and ratios are medians over 3 rounds (1 with --quick): 300 recorded requests per path and round (60 with --quick). Each block starts after a 40 ms pause and one unrecorded request, because ONNX Runtime's pool thread spins for about 25 ms after its last work, on the same CPU in every session: without the pause the first 4-5 requests of every block ran up to 1.8 x slower on either path, which dominated the P95s. Other load on this shared machine moves these figures by more than the differences measured (under a foreign load of a full core, direct ran 2-3 x slower and the ratios swung both ways); the report is meant to run on an otherwise idle machine.".to_owned(),
             "Threads and pinning: both sides use ONNX Runtime's default intra-op pool, one thread per core (2 here): the calling thread plus one pool thread that ONNX Runtime itself pins to the second CPU, in the report process and in the server alike (one thread alone took 6.6-7.5 ms instead of 4.4-5.7 ms here). Nothing else is pinned here, unlike the echo round trips: pinning the server's worker to the second CPU would put both ONNX Runtime threads of the server on one core (in trials the runtime then took 2.3-3.5 x as long as direct). Unpinned, the server's worker runs ONNX Runtime exactly as this process's main thread does for the direct figure. Server and client wait with the default strategy (spin 50 us, then park) unless said otherwise.".to_owned(),
             "Client CPU: user + system time of the client threads (/proc, clock ticks) over the wall time of the runtime's blocks of embedding requests (one client), or of the batched windows (8 clients, summed). The client's blocking pop on its response ring waits in 1 ms slices (to notice a dead producer) and spins 50 us in the first slice only, then parks (each slice used to start with a spin, about 8% of a core per waiting client); on this 2-core machine what the clients use is taken from the server's model thread.".to_owned(),
+            "32 texts per request: one client sends the same 32 sentences (6 to 20 words) in one `Client::embed` call back to back; the server's ONNX backend runs them in 4 runs of its default max_batch (8 rows, each run padded to its longest row) and writes the 32 embeddings into one answer chunk. Direct: this process runs `ort` on the same 32 texts split into the same runs of 8. Both answers are checked equal (within 1e-4) first; the two take turns for 3 s each (1 s with --quick), medians of 3 rounds (1 with --quick). The single-text rate is 1e6 / runtime p50 of one sentence.".to_owned(),
             "Concurrent clients: 8 threads of this process, each with its own `Client::connect` (8 client slots), send the embedding request back to back for 3 s (1 s with --quick) after 3 unrecorded requests each; req/s = answers / elapsed. Against a server with the backend's default batching (max_batch 8, max_delay_us 500: a partial batch waits up to 500 us for more while other clients are active) and against one with max_batch = 1; the in-process ceiling is this process running `ort` on batches of 8 copies of the sentence (each tokenized on its own, mean-pooled per row) back to back for the same window. The three take turns, medians of 3 rounds (1 with --quick). The sequential rate of the bar is 1e6 / runtime p50 of one client.".to_owned(),
         ],
     });
@@ -351,6 +387,30 @@ fn onnx_measure(report: &mut Report, quick: bool) {
         Err(e) => {
             println!("failed: {e:#}");
             for k in ONNX_CONCURRENT_KEYS {
+                report.missing(k, &format!("measurement failed: {e:#}"));
+            }
+        }
+    }
+    let t = Instant::now();
+    print!("  embed: 32 texts per request, runtime vs in-process runs of max_batch, {rounds} round(s) ... ");
+    let _ = std::io::stdout().flush();
+    match onnx_work::batch32(rounds, window) {
+        Ok(b) => {
+            report.set("onnx_embed_batch32_rps", b.runtime_tps);
+            report.set("onnx_embed_batch32_rps_direct", b.direct_tps);
+            report.set("onnx_embed_batch32_over_direct", b.runtime_tps / b.direct_tps);
+            println!(
+                "{} texts/s through the runtime, {} direct ({:.3} x); answers within {:.1e} ({:.1} s)",
+                fmt_num(b.runtime_tps),
+                fmt_num(b.direct_tps),
+                b.runtime_tps / b.direct_tps,
+                b.max_diff,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            println!("failed: {e:#}");
+            for k in ONNX_BATCH32_KEYS {
                 report.missing(k, &format!("measurement failed: {e:#}"));
             }
         }

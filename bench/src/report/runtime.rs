@@ -102,17 +102,25 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         "rtt_ns_shm_busy_inplace_p50",
         "shm_busy round trip, default (copy) vs trusted clients (in place), interleaved",
         || {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let (mut a, mut b, mut typed) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 for (trusted_clients, out) in [(false, &mut a), (true, &mut b)] {
                     let server = runtime_work::EchoServer::start_with("busy", trusted_clients)?;
                     let r = runtime_work::round_trips(&server, WaitStrategy::BusySpin, n / 3, None);
+                    // The typed call, on the default server, in the same rounds.
+                    let t = (!trusted_clients).then(|| {
+                        runtime_work::typed_round_trips(&server, WaitStrategy::BusySpin, n / 3)
+                    });
                     server.stop()?;
                     out.push(r?.p50);
+                    if let Some(t) = t {
+                        typed.push(t?.p50);
+                    }
                 }
             }
             let plain_p50 = crate::stats::median(&mut a);
             extra.push(("rtt_ns_shm_busy_p50_interleaved", plain_p50));
+            extra.push(("rtt_ns_typed_generate_p50", crate::stats::median(&mut typed)));
             Ok(crate::stats::median(&mut b))
         },
     );
@@ -209,6 +217,21 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
                         d / i,
                         d - i,
                         if d <= 1.10 * i { "met" } else { "NOT met" }
+                    ),
+                    _ => "not measured".to_owned(),
+                },
+            ),
+            row(
+                "round trip through the typed call (`Client::generate`, echo, busy-poll), p50",
+                "rtt_ns_typed_generate_p50",
+                "ns",
+                "<= 1.10 x the raw call (`infer`), same interleaved rounds",
+                match (g("rtt_ns_typed_generate_p50"), g("rtt_ns_shm_busy_p50_interleaved")) {
+                    (Some(t), Some(d)) => format!(
+                        "{:.2} x the raw call ({:+.0} ns): {}",
+                        t / d,
+                        t - d,
+                        if t <= 1.10 * d { "met" } else { "NOT met" }
                     ),
                     _ => "not measured".to_owned(),
                 },

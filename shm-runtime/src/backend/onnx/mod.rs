@@ -73,6 +73,9 @@ struct Scratch {
     rows: Vec<Vec<u32>>,
 }
 
+/// Rows a text model runs together unless its `max_batch` option says otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
 /// A loaded ONNX model.
 pub struct Onnx {
     task: Task,
@@ -259,7 +262,7 @@ impl Onnx {
             Vec::new()
         };
         let batching = Batching {
-            max_batch: opt_int(m, "max_batch", 1..=256)?.unwrap_or(8) as usize,
+            max_batch: opt_int(m, "max_batch", 1..=256)?.unwrap_or(DEFAULT_MAX_BATCH as i64) as usize,
             max_delay: Duration::from_micros(
                 opt_int(m, "max_delay_us", 0..=1_000_000)?.unwrap_or(500) as u64,
             ),
