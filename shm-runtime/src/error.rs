@@ -6,10 +6,10 @@ use crate::protocol::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// No service of that name is running (no segment, or its server died).
-    #[error("no service named {0:?} is running")]
+    #[error("no service named {0:?} is running: start it (`shm-runtime serve --name {0}`) or check the name")]
     ServiceNotFound(String),
     /// The service speaks another protocol version.
-    #[error("the service speaks protocol {found}, this client {expected}")]
+    #[error("the service speaks protocol {found}, this client {expected}: use a client of the server's release")]
     VersionMismatch {
         /// The service's version.
         found: u32,
@@ -20,26 +20,28 @@ pub enum Error {
     #[error("cannot attach to the service: {0}")]
     Attach(String),
     /// The server stopped or died while the call was waiting.
-    #[error("the server has gone")]
+    #[error("the server has gone (it stopped or died): connect again once it is back")]
     ServerGone,
     /// The server disconnected this client, for the reason given (it found the client's rings
     /// written with impossible values: a bug in the client, or memory it does not own written
     /// over). Requests in flight get no answer; connect again.
-    #[error("the server disconnected this client: {0}")]
+    #[error("the server disconnected this client: {0}; connect again (and fix what wrote into the rings)")]
     Disconnected(String),
     /// The service is busy (too many requests in flight, a full ring, no free client slot, the
     /// shared pool empty): try again later.
-    #[error("the service is busy: {0}")]
+    #[error("the service is busy: {0}; retry later, or keep fewer requests in flight")]
     Busy(String),
     /// Memory ran out for this request: this client holds its share of shared memory (answers or
     /// stream parts it has not read, requests it has not sent), the pool had no chunk left for
     /// the answer, or the answer needs more than the largest chunk. Read what is waiting, or ask
     /// for less. Unlike [`Error::Busy`], waiting alone does not help while this client keeps what
     /// it holds.
-    #[error("resource exhausted: {0}")]
+    #[error(
+        "resource exhausted: {0}; read or drop the answers this client holds, or ask for less"
+    )]
     ResourceExhausted(String),
     /// The deadline passed.
-    #[error("the request timed out")]
+    #[error("the request timed out: give it a longer timeout, or the server less to do")]
     TimedOut,
     /// The request was cancelled.
     #[error("the request was cancelled")]
@@ -48,16 +50,16 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// No such model, or it does not do that task.
-    #[error("model not found: {0}")]
+    #[error("model not found: {0} (`shm-runtime status` lists the service's models)")]
     ModelNotFound(String),
     /// The model backend failed.
-    #[error("backend error: {0}")]
+    #[error("the model failed: {0}")]
     Backend(String),
     /// The server is shutting down and takes no new work.
-    #[error("the server is shutting down")]
+    #[error("the server is shutting down and takes no new requests: connect to its successor")]
     ShuttingDown,
     /// The ticket is not one of this client's requests in flight.
-    #[error("unknown ticket {0}")]
+    #[error("ticket {0} is not one of this client's requests in flight (already answered, abandoned, or never sent)")]
     UnknownTicket(u32),
     /// The server sent something this client cannot read.
     #[error("protocol error: {0}")]

@@ -78,7 +78,7 @@ fn child_entry() {
                     match client.submit(&r) {
                         Ok(t) => break tickets.push(t),
                         // Backpressure from the request ring: retry shortly.
-                        Err(e) if is_busy(&e, "request ring is full") => {
+                        Err(e) if is_busy(&e, "the request ring of lane") => {
                             assert!(Instant::now() < end, "the request ring never drained");
                             std::thread::sleep(Duration::from_millis(1));
                         }
@@ -139,7 +139,7 @@ fn a_full_request_ring_answers_busy_and_every_accepted_request_gets_its_answer()
     }
     let refused = refused.expect("the ring filled up");
     assert!(
-        is_busy(&refused, "request ring is full"),
+        is_busy(&refused, "the request ring of lane"),
         "expected Busy (ring full), got {refused:?}"
     );
     assert!(
@@ -300,7 +300,7 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     b.expect("CONNECTED");
 
     let e = Client::connect(&svc).unwrap_err();
-    assert!(is_busy(&e, "every client slot is taken"), "{e:?}");
+    assert!(is_busy(&e, "client slots of the service are taken"), "{e:?}");
     // The connected ones are served meanwhile.
     a.infer(&generate("echo", "a").with_id(1)).unwrap();
 
@@ -309,7 +309,7 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     let c = Client::connect(&svc).unwrap();
     assert!(is_busy(
         &Client::connect(&svc).unwrap_err(),
-        "every client slot is taken"
+        "client slots of the service are taken"
     ));
 
     // One dies: the housekeeper frees its slot within a few ticks.
@@ -324,7 +324,7 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
                 true
             }
             Err(e) => {
-                assert!(is_busy(&e, "every client slot is taken"), "{e:?}");
+                assert!(is_busy(&e, "client slots of the service are taken"), "{e:?}");
                 false
             }
         },

@@ -398,7 +398,10 @@ fn onnx_measure(report: &mut Report, quick: bool) {
         Ok(b) => {
             report.set("onnx_embed_batch32_rps", b.runtime_tps);
             report.set("onnx_embed_batch32_rps_direct", b.direct_tps);
-            report.set("onnx_embed_batch32_over_direct", b.runtime_tps / b.direct_tps);
+            report.set(
+                "onnx_embed_batch32_over_direct",
+                b.runtime_tps / b.direct_tps,
+            );
             println!(
                 "{} texts/s through the runtime, {} direct ({:.3} x); answers within {:.1e} ({:.1} s)",
                 fmt_num(b.runtime_tps),

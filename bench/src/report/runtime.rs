@@ -120,7 +120,10 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
             }
             let plain_p50 = crate::stats::median(&mut a);
             extra.push(("rtt_ns_shm_busy_p50_interleaved", plain_p50));
-            extra.push(("rtt_ns_typed_generate_p50", crate::stats::median(&mut typed)));
+            extra.push((
+                "rtt_ns_typed_generate_p50",
+                crate::stats::median(&mut typed),
+            ));
             Ok(crate::stats::median(&mut b))
         },
     );

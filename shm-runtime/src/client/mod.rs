@@ -146,7 +146,10 @@ impl Client {
         });
         let Some(slot) = slot else {
             pool.unregister_owner(owner);
-            return Err(Error::Busy("every client slot is taken".into()));
+            return Err(Error::Busy(format!(
+                "all {} client slots of the service are taken",
+                svc.layout.max_clients
+            )));
         };
         let e = svc.client(slot);
         let setup = || -> Result<(Vec<mpmc::Producer<DescriptorWords>>, mpmc::Consumer<DescriptorWords>), Error> {
@@ -180,8 +183,11 @@ impl Client {
         let _ = responses.clear_parked_consumers();
         // Answers left for a previous holder of this slot: return their chunks.
         while let Ok(d) = responses.pop() {
-            if let Some(d) = Descriptor::from_words(d) {
-                let _ = pool.release(ChunkId::from_raw(d.chunk), owner);
+            match Descriptor::from_words(d) {
+                Some(d) if matches!(d.kind, DescriptorKind::Partial | DescriptorKind::Final) => {
+                    let _ = pool.release(ChunkId::from_raw(d.chunk), owner);
+                }
+                _ => {}
             }
         }
         e.owner.store(owner.get(), Ordering::Relaxed);
@@ -315,7 +321,8 @@ impl Client {
         if kind == DescriptorKind::InlineError {
             let code = ErrorCode::from_u8(len as u8)
                 .ok_or_else(|| Error::Protocol(format!("unknown error code {len}")))?;
-            return Err(Error::from_code(code, code.to_string()));
+            let why = crate::protocol::InlineReason::from_u64(chunk);
+            return Err(Error::from_code(code, why.message(code)));
         }
         let view = ResponseView {
             conn: self.conn.clone(),
@@ -429,7 +436,7 @@ impl Client {
         {
             conn.inbox().pending.remove(&ticket);
             let _ = conn.pool.release(chunk, conn.owner);
-            return Err(Error::Busy(format!("the request ring is full: {e}")));
+            return Err(ring_full(lane, ring.capacity(), e));
         }
         conn.svc.lane(lane).doorbell.notify();
         Ok(Ticket(ticket))
@@ -449,7 +456,7 @@ impl Client {
             .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
         conn.requests[lane]
             .push(Descriptor::new(DescriptorKind::Cancel, chunk, 0, ticket).to_words())
-            .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
+            .map_err(|e| ring_full(lane, conn.requests[lane].capacity(), e))?;
         conn.svc.lane(lane).doorbell.notify();
         Ok(())
     }
@@ -548,7 +555,7 @@ impl Client {
             .ok_or(Error::UnknownTicket(ticket.0))?;
         conn.requests[lane]
             .push(Descriptor::new(DescriptorKind::Cancel, chunk, 0, ticket.0).to_words())
-            .map_err(|e| Error::Busy(format!("the request ring is full: {e}")))?;
+            .map_err(|e| ring_full(lane, conn.requests[lane].capacity(), e))?;
         conn.svc.lane(lane).doorbell.notify();
         Ok(())
     }
@@ -641,6 +648,15 @@ fn estimate(req: &Request) -> usize {
             .sum(),
     };
     input + req.model.len() + req.params.stop.iter().map(|s| s.len() + 8).sum::<usize>() + 256
+}
+
+/// The client-side error for a request ring of `lane` (of `capacity` descriptors) that refused a
+/// push.
+fn ring_full(lane: usize, capacity: usize, e: impl std::fmt::Display) -> Error {
+    Error::Busy(format!(
+        "the request ring of lane {lane} is full ({capacity} descriptors not yet taken by the \
+         server): {e}"
+    ))
 }
 
 /// The client-side error for a failed loan of shared memory for `what`: this client's own share

@@ -18,7 +18,8 @@ pub enum DescriptorKind {
     Partial = 3,
     /// Server -> client: the final response in the named chunk.
     Final = 4,
-    /// Server -> client: the final answer is an error whose code is in `len`; no chunk.
+    /// Server -> client: the final answer is an error whose code is in `len` and whose
+    /// [`InlineReason`] is in the chunk word; no chunk.
     InlineError = 5,
     /// Server -> client: a cancel of this ticket was not recorded, because the client has as many
     /// cancels pending as it may; the request goes on. Not final; no chunk.
@@ -38,6 +39,55 @@ impl DescriptorKind {
             6 => DescriptorKind::CancelRefused,
             _ => return None,
         })
+    }
+}
+
+/// Why an error answer came inline (in the descriptor, without a chunk): the sentence the client
+/// shows in place of the server's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InlineReason {
+    /// Not said (an older server).
+    Unspecified = 0,
+    /// The descriptor's kind is unknown, or not one a client sends.
+    BadDescriptor = 1,
+    /// The descriptor names a chunk the client does not hold (stale, forged, or sent twice).
+    ChunkNotHeld = 2,
+    /// The server is draining and takes no new requests.
+    Draining = 3,
+    /// The server had no chunk to write its message in.
+    NoChunkForMessage = 4,
+}
+
+impl InlineReason {
+    /// The reason with wire value `v`; [`InlineReason::Unspecified`] for an unknown one.
+    pub fn from_u64(v: u64) -> InlineReason {
+        match v {
+            1 => InlineReason::BadDescriptor,
+            2 => InlineReason::ChunkNotHeld,
+            3 => InlineReason::Draining,
+            4 => InlineReason::NoChunkForMessage,
+            _ => InlineReason::Unspecified,
+        }
+    }
+
+    /// What the client says for an error of `code` that came inline for this reason.
+    pub fn message(self, code: super::ErrorCode) -> String {
+        match self {
+            InlineReason::Unspecified => code.to_string(),
+            InlineReason::BadDescriptor => {
+                "the server could not read the request's descriptor (an unknown kind)".into()
+            }
+            InlineReason::ChunkNotHeld => "the request's descriptor names shared memory this \
+                 client does not hold (a chunk already sent, released, or never loaned)"
+                .into(),
+            InlineReason::Draining => {
+                "the server is shutting down and takes no new requests".into()
+            }
+            InlineReason::NoChunkForMessage => format!(
+                "{code}; the server had no shared memory left to say more (the pool is exhausted)"
+            ),
+        }
     }
 }
 

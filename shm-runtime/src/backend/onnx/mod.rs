@@ -262,7 +262,8 @@ impl Onnx {
             Vec::new()
         };
         let batching = Batching {
-            max_batch: opt_int(m, "max_batch", 1..=256)?.unwrap_or(DEFAULT_MAX_BATCH as i64) as usize,
+            max_batch: opt_int(m, "max_batch", 1..=256)?.unwrap_or(DEFAULT_MAX_BATCH as i64)
+                as usize,
             max_delay: Duration::from_micros(
                 opt_int(m, "max_delay_us", 0..=1_000_000)?.unwrap_or(500) as u64,
             ),

@@ -12,7 +12,7 @@ use super::outbox::BACKLOG_PER_CLIENT;
 use super::Desk;
 use crate::protocol::{
     read_request_head, ticket_of_epoch, Descriptor, DescriptorKind, DescriptorWords, ErrorCode,
-    Refusal, RequestHead, REQUEST_HEAD,
+    InlineReason, Refusal, RequestHead, REQUEST_HEAD,
 };
 use crate::scheduler::{Job, ReplyTo};
 use crate::service::EjectReason;
@@ -105,7 +105,11 @@ impl Desk<'_> {
                 epoch,
                 ticket: Descriptor::ticket_of(d),
             };
-            self.answer_inline(reply, ErrorCode::InvalidRequest);
+            self.answer_inline(
+                reply,
+                ErrorCode::InvalidRequest,
+                InlineReason::BadDescriptor,
+            );
             return;
         };
         let reply = ReplyTo {
@@ -120,7 +124,11 @@ impl Desk<'_> {
             }
             DescriptorKind::Request => {}
             _ => {
-                self.answer_inline(reply, ErrorCode::InvalidRequest);
+                self.answer_inline(
+                    reply,
+                    ErrorCode::InvalidRequest,
+                    InlineReason::BadDescriptor,
+                );
                 return;
             }
         }
@@ -134,7 +142,7 @@ impl Desk<'_> {
             Ok(l) => l,
             Err(err) => {
                 tracing::debug!(client = slot, %err, "descriptor names a chunk the client does not hold");
-                self.answer_inline(reply, ErrorCode::InvalidRequest);
+                self.answer_inline(reply, ErrorCode::InvalidRequest, InlineReason::ChunkNotHeld);
                 return;
             }
         };
@@ -144,7 +152,7 @@ impl Desk<'_> {
         // SYNC(draining): pairs with the Release store in `Server::stop`.
         if state.draining.load(Ordering::Acquire) {
             let _ = state.pool.release(id, state.owner);
-            self.answer_inline(reply, ErrorCode::ShuttingDown);
+            self.answer_inline(reply, ErrorCode::ShuttingDown, InlineReason::Draining);
             return;
         }
         let inflight = entry.inflight.fetch_add(1, Ordering::AcqRel);
@@ -190,7 +198,10 @@ impl Desk<'_> {
             self.answer_error(
                 reply,
                 head.id,
-                Refusal::new(ErrorCode::Busy, "no room to queue"),
+                Refusal::new(
+                    ErrorCode::Busy,
+                    format!("client slot {slot} is beyond this worker's scheduler"),
+                ),
             );
             return;
         }

@@ -13,7 +13,8 @@ use super::clients::ClientTable;
 use super::Desk;
 use crate::backend::writer::Out;
 use crate::protocol::{
-    Body, Descriptor, DescriptorKind, DescriptorWords, ErrorBody, ErrorCode, Refusal, Response,
+    Body, Descriptor, DescriptorKind, DescriptorWords, ErrorBody, ErrorCode, InlineReason, Refusal,
+    Response,
 };
 use crate::scheduler::ReplyTo;
 
@@ -148,13 +149,18 @@ impl Desk<'_> {
             }),
         };
         if self.answer(reply, DescriptorKind::Final, &resp).is_err() {
-            self.answer_inline(reply, code);
+            self.answer_inline(reply, code, InlineReason::NoChunkForMessage);
         }
     }
 
-    /// An error answer with no chunk (when even a chunk cannot be had).
-    pub(super) fn answer_inline(&mut self, reply: ReplyTo, code: ErrorCode) {
-        let d = Descriptor::new(DescriptorKind::InlineError, 0, code as u32, reply.ticket);
+    /// An error answer with no chunk: its code, and why it came inline (the client's message).
+    pub(super) fn answer_inline(&mut self, reply: ReplyTo, code: ErrorCode, why: InlineReason) {
+        let d = Descriptor::new(
+            DescriptorKind::InlineError,
+            why as u64,
+            code as u32,
+            reply.ticket,
+        );
         self.deliver(reply, d);
     }
 
