@@ -119,3 +119,49 @@ fn ring_pingpong_runs() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("2000 round trips"));
 }
+
+#[test]
+fn a_custom_backend_is_served_to_a_client_in_another_process() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    use shm_runtime::{Client, GenerateOptions, StreamEvent};
+
+    let name = format!("examples-custom-{}", std::process::id());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_custom-backend"))
+        .arg(&name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("serving"), "{line:?}");
+
+    let client = Client::connect(&name).unwrap();
+    let g = client
+        .generate("reverse", "hello shared world", &GenerateOptions::default())
+        .unwrap();
+    assert_eq!(g.text, "dlrow derahs olleh");
+    let mut parts = Vec::new();
+    for event in client
+        .stream("reverse", "one two three", &GenerateOptions::default())
+        .unwrap()
+    {
+        match event.unwrap() {
+            StreamEvent::Delta { text, .. } => parts.push(text),
+            StreamEvent::Done(g) => assert_eq!(g.text, parts.concat()),
+        }
+    }
+    assert_eq!(parts, ["eerht ", "owt ", "eno"]);
+    // It refuses what it does not do, with its own sentence.
+    match client.embed("reverse", &["x"]) {
+        Err(shm_runtime::Error::ModelNotFound(m)) => assert!(m.contains("reverse"), "{m}"),
+        other => panic!("{:?}", other.map(|e| e.len())),
+    }
+    drop(client);
+    writeln!(server.stdin.take().unwrap()).unwrap();
+    assert!(server.wait().unwrap().success());
+}

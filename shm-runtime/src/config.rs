@@ -199,6 +199,10 @@ pub struct ServerConfig {
     /// cache lines for a small one), and such a client can then make the server read out of
     /// bounds and crash, or copy server memory into an answer.
     pub trusted_clients: bool,
+    /// Backends registered in code, beside the built-in ones (see
+    /// [`ServerBuilder::backend`](crate::ServerBuilder::backend)); a custom backend may not take a
+    /// built-in one's name.
+    pub backends: crate::backend::CustomBackends,
 }
 
 impl ServerConfig {
@@ -217,6 +221,7 @@ impl ServerConfig {
             default_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             trusted_clients: false,
+            backends: crate::backend::CustomBackends::default(),
         }
     }
 }
@@ -246,6 +251,13 @@ impl ServerConfig {
         if self.pool.class_share == 0 || self.pool.class_share > 100 {
             return Err(ConfigError::ClientShare(self.pool.class_share));
         }
+        if let Some(name) = self
+            .backends
+            .names()
+            .find(|n| crate::backend::is_built_in(n))
+        {
+            return Err(ConfigError::BackendName(name.to_owned()));
+        }
         if self.models.is_empty() {
             return Err(ConfigError::NoModels);
         }
@@ -272,6 +284,9 @@ impl ServerConfig {
 /// What [`ServerConfig::validate`] found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A backend registered in code takes a built-in backend's name.
+    #[error("backend {0:?} is built in: register a custom backend under another name")]
+    BackendName(String),
     /// Rings need at least two entries.
     #[error("ring_capacity must be at least 2, not {0}")]
     RingCapacity(usize),

@@ -57,7 +57,7 @@ pub use client::{
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
 pub use protocol::FinishReason;
-pub use server::Server;
+pub use server::{Server, ServerBuilder};
 pub use status::{
     error_name, status, ClientStatus, LaneState, LaneStatus, PoolClassStatus, ServiceState,
     ServiceStatus,

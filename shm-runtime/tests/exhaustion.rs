@@ -300,7 +300,10 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
     b.expect("CONNECTED");
 
     let e = Client::connect(&svc).unwrap_err();
-    assert!(is_busy(&e, "client slots of the service are taken"), "{e:?}");
+    assert!(
+        is_busy(&e, "client slots of the service are taken"),
+        "{e:?}"
+    );
     // The connected ones are served meanwhile.
     a.infer(&generate("echo", "a").with_id(1)).unwrap();
 
@@ -324,7 +327,10 @@ fn connect_beyond_max_clients_is_refused_until_a_client_leaves_or_dies() {
                 true
             }
             Err(e) => {
-                assert!(is_busy(&e, "client slots of the service are taken"), "{e:?}");
+                assert!(
+                    is_busy(&e, "client slots of the service are taken"),
+                    "{e:?}"
+                );
                 false
             }
         },

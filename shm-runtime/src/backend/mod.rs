@@ -15,7 +15,9 @@ pub mod writer;
 
 use std::time::{Duration, Instant};
 
-pub use registry::{factory, load, Factory, LoadError};
+pub use registry::{
+    factory, is_built_in, load, load_with, CustomBackends, CustomFactory, Factory, LoadError,
+};
 
 use crate::backend::writer::Out;
 use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};

@@ -55,6 +55,85 @@ const BUILT_IN: &[(&str, Factory)] = &[
     }),
 ];
 
+/// A backend factory registered in code ([`ServerBuilder::backend`](crate::ServerBuilder::backend)).
+pub type CustomFactory =
+    std::sync::Arc<dyn Fn(&ModelConfig) -> Result<Box<dyn Backend>, LoadError> + Send + Sync>;
+
+/// Backends registered in code by the program that embeds the server, beside the built-in ones;
+/// a model's `backend` names one of either.
+#[derive(Clone, Default)]
+pub struct CustomBackends {
+    factories: Vec<(String, CustomFactory)>,
+}
+
+impl std::fmt::Debug for CustomBackends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.factories.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl CustomBackends {
+    /// Registers backend `name`, made for each model that names it by `factory` (which may
+    /// refuse the model with a sentence saying why). A later registration of the same name
+    /// replaces an earlier one.
+    pub fn register<B, E, F>(&mut self, name: &str, factory: F)
+    where
+        B: Backend + 'static,
+        E: std::fmt::Display,
+        F: Fn(&ModelConfig) -> Result<B, E> + Send + Sync + 'static,
+    {
+        let f: CustomFactory = std::sync::Arc::new(move |m: &ModelConfig| {
+            factory(m)
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+                .map_err(|e| LoadError::Failed(e.to_string()))
+        });
+        self.factories.retain(|(n, _)| n != name);
+        self.factories.push((name.to_owned(), f));
+    }
+
+    /// The names registered.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Whether no backend is registered.
+    pub fn is_empty(&self) -> bool {
+        self.factories.is_empty()
+    }
+
+    fn get(&self, name: &str) -> Option<&CustomFactory> {
+        self.factories
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f)
+    }
+}
+
+/// Loads the backend `m` names: a custom one of `custom`, or a built-in one ([`load`]).
+///
+/// # Errors
+///
+/// As for [`load`].
+pub fn load_with(m: &ModelConfig, custom: &CustomBackends) -> Result<Box<dyn Backend>, LoadError> {
+    match custom.get(&m.backend) {
+        Some(f) => f(m),
+        None => load(m).map_err(|e| match e {
+            LoadError::Unknown { name, known } if !custom.is_empty() => LoadError::Unknown {
+                name,
+                known: format!("{known}, {}", custom.names().collect::<Vec<_>>().join(", ")),
+            },
+            e => e,
+        }),
+    }
+}
+
+/// Whether `name` is a built-in backend (of this build or behind a feature).
+pub fn is_built_in(name: &str) -> bool {
+    factory(name).is_some() || FEATURES.contains(&name)
+}
+
 /// Backends that exist behind a cargo feature.
 const FEATURES: &[&str] = &["onnx", "gguf"];
 
@@ -100,6 +179,39 @@ mod tests {
         assert_eq!(
             load(&ModelConfig::new("m", "gguf")).err(),
             Some(LoadError::NotBuilt("gguf"))
+        );
+    }
+
+    #[test]
+    fn custom_backends_load_beside_the_built_in_ones_and_may_not_take_their_names() {
+        let mut custom = CustomBackends::default();
+        custom.register("mine", |m: &ModelConfig| {
+            if m.options.contains_key("bad") {
+                Err("option bad is bad")
+            } else {
+                Ok(echo::Echo)
+            }
+        });
+        assert!(load_with(&ModelConfig::new("m", "mine"), &custom).is_ok());
+        assert!(load_with(&ModelConfig::new("m", "echo"), &custom).is_ok());
+        let mut bad = ModelConfig::new("m", "mine");
+        bad.options.insert("bad".into(), "yes".into());
+        assert_eq!(
+            load_with(&bad, &custom).err(),
+            Some(LoadError::Failed("option bad is bad".into()))
+        );
+        let err = load_with(&ModelConfig::new("m", "nope"), &custom).err();
+        assert!(
+            matches!(&err, Some(LoadError::Unknown { known, .. }) if known.contains("mine") && known.contains("echo")),
+            "{err:?}"
+        );
+        let mut config = crate::ServerConfig::new("svc", vec![ModelConfig::new("m", "echo")]);
+        config
+            .backends
+            .register("echo", |_: &ModelConfig| Ok::<_, String>(echo::Echo));
+        assert_eq!(
+            config.validate(),
+            Err(crate::ConfigError::BackendName("echo".into()))
         );
     }
 

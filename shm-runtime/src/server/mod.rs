@@ -18,6 +18,7 @@
 //!
 //! [`Scheduler`]: crate::scheduler::Scheduler
 
+mod builder;
 mod housekeeper;
 mod recovery;
 mod setup;
@@ -36,6 +37,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::service::{Layout, SEGMENT_MODE, STATE_DRAINING, STATE_RUNNING, STATE_STOPPED};
+pub use builder::ServerBuilder;
 use state::{ModelLane, ServerState};
 
 /// A running server. Dropping it drains for up to 5 seconds and stops.
@@ -174,11 +176,16 @@ pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerErr
     config.validate()?;
     let mut lanes = Vec::new();
     for m in &config.models {
-        let loaded = recovery::load(m).map_err(|source| ServerError::Model {
+        let loaded = recovery::load(m, &config.backends).map_err(|source| ServerError::Model {
             name: m.name.clone(),
             source,
         })?;
-        lanes.push(ModelLane::new(m, loaded, m.workers(&config)));
+        lanes.push(ModelLane::new(
+            m,
+            &config.backends,
+            loaded,
+            m.workers(&config),
+        ));
     }
     let layout = Layout::new(
         config.max_clients,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, Backend, Batching, LoadError};
+use crate::backend::{self, Backend, Batching, CustomBackends, LoadError};
 use crate::config::ModelConfig;
 use crate::protocol::{ErrorCode, Refusal};
 use crate::service::{LaneHeader, LANE_FAILED};
@@ -83,11 +83,11 @@ pub(crate) struct Loaded {
 /// # Errors
 ///
 /// [`LoadError`], including [`LoadError::Failed`] for a panic.
-pub(crate) fn load(m: &ModelConfig) -> Result<Loaded, LoadError> {
+pub(crate) fn load(m: &ModelConfig, custom: &CustomBackends) -> Result<Loaded, LoadError> {
     // AssertUnwindSafe: the closure only reads the configuration; a half-built backend is
     // dropped by the unwinding.
     let loaded = contain(std::panic::AssertUnwindSafe(|| {
-        backend::load(m).map(|backend| {
+        backend::load_with(m, custom).map(|backend| {
             let tasks = backend::task_mask(backend.tasks());
             let batching = backend.batching();
             Loaded {
@@ -114,6 +114,8 @@ pub(crate) struct Instance {
 pub(crate) struct LaneBackend {
     /// The model's configuration, to load a new instance from.
     config: ModelConfig,
+    /// The backends registered in code, which the configuration may name.
+    custom: CustomBackends,
     /// SYNC(generation): moved (Release) under `current`'s lock as soon as a panic of the current
     /// instance is caught, before the new instance is in place; workers load it (Acquire) every
     /// round and, when it moved, take the instance under the lock, which the restart holds until
@@ -130,9 +132,14 @@ struct Current {
 
 impl LaneBackend {
     /// The lane of model `config`, serving the instance loaded at start.
-    pub(crate) fn new(config: &ModelConfig, loaded: Loaded) -> LaneBackend {
+    pub(crate) fn new(
+        config: &ModelConfig,
+        custom: &CustomBackends,
+        loaded: Loaded,
+    ) -> LaneBackend {
         LaneBackend {
             config: config.clone(),
+            custom: custom.clone(),
             generation: AtomicU64::new(0),
             current: Mutex::new(Current {
                 instance: Instance {
@@ -242,7 +249,7 @@ impl Drop for Restart<'_> {
             ))
         } else {
             tracing::error!(model = %name, panic = %panic.0, "backend panicked; loading a new instance");
-            load(&lane.config).map_err(|e| {
+            load(&lane.config, &lane.custom).map_err(|e| {
                 format!(
                     "model {name:?} has failed: its backend panicked ({}) and a new instance \
                      could not be loaded: {e}",

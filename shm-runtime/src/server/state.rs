@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use shm_ring::pool::{ChunkId, OwnerId, Pool};
 
 use super::recovery::{LaneBackend, Loaded};
+use crate::backend::CustomBackends;
 use crate::config::{ModelConfig, ServerConfig};
 use crate::scheduler::{Job, ReplyTo};
 use crate::service::Service;
@@ -57,11 +58,16 @@ pub(crate) struct ModelLane {
 }
 
 impl ModelLane {
-    pub(crate) fn new(config: &ModelConfig, loaded: Loaded, workers: usize) -> ModelLane {
+    pub(crate) fn new(
+        config: &ModelConfig,
+        custom: &CustomBackends,
+        loaded: Loaded,
+        workers: usize,
+    ) -> ModelLane {
         ModelLane {
             name: config.name.clone(),
             tasks: loaded.tasks,
-            backend: LaneBackend::new(config, loaded),
+            backend: LaneBackend::new(config, custom, loaded),
             cancels: CancelSet::default(),
             loads: (0..workers).map(|_| AtomicU32::new(0)).collect(),
             transfers: TransferQueue::default(),
