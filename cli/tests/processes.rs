@@ -343,8 +343,11 @@ fn cli_ping_status_and_sigterm_drain() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "running");
-    assert_eq!(v["requests"], 3, "one infer and two pings");
-    assert_eq!(v["ok"], 3);
+    assert_eq!(
+        v["requests"], 5,
+        "the two models' warm-ups at start, one infer and two pings"
+    );
+    assert_eq!(v["ok"], 5);
     assert_eq!(v["clients"].as_array().unwrap().len(), 1);
     assert_eq!(v["lanes"][0]["model"], "echo");
     // A request that takes 100 ms is running when SIGTERM arrives: it finishes (grace 5 s), then

@@ -51,8 +51,8 @@ mod service;
 mod status;
 
 pub use client::{
-    Classification, Client, ClientOptions, Embeddings, GenerateOptions, Generation, Message,
-    ResponseView, Stream, StreamEvent, TextStream, Ticket, Usage,
+    Classification, Client, ClientOptions, Embeddings, GenerateOptions, Generation, Health,
+    Message, ModelHealth, ModelState, ResponseView, Stream, StreamEvent, TextStream, Ticket, Usage,
 };
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};

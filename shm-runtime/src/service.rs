@@ -53,6 +53,30 @@ pub const LANE_SERVING: u32 = 0;
 /// answered with a `Backend` error at once.
 pub const LANE_FAILED: u32 = 1;
 
+/// Model states: loaded, its warm-up inference not done yet.
+pub const MODEL_WARMING: u32 = 0;
+/// Warmed up (one inference answered) and serving.
+pub const MODEL_READY: u32 = 1;
+/// Its warm-up inference failed.
+pub const MODEL_FAILED: u32 = 2;
+
+/// This crate's version as [`ServiceHeader::server_version`] holds it.
+pub const fn packed_version() -> u32 {
+    const fn num(s: &str) -> u32 {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let mut n = 0;
+        while i < b.len() {
+            n = n * 10 + (b[i] - b'0') as u32;
+            i += 1;
+        }
+        n
+    }
+    (num(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+        | (num(env!("CARGO_PKG_VERSION_MINOR")) << 8)
+        | num(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
 /// Client slot states.
 pub const CLIENT_FREE: u32 = 0;
 /// Attached and serving.
@@ -130,6 +154,12 @@ pub struct ServiceHeader {
     /// Bumped whenever a client slot changes state (connect, disconnect, reaped): workers re-read
     /// the client table only when it moves.
     pub clients_gen: AtomicU64,
+    /// When the server started, milliseconds since the Unix epoch.
+    pub started_unix_ms: AtomicU64,
+    /// The server's crate version: major << 16 | minor << 8 | patch.
+    pub server_version: AtomicU32,
+    /// Padding.
+    pub _pad2: AtomicU32,
     /// Bit i set: client slot i is active.
     pub active: CachePadded<AtomicU64>,
 }
@@ -144,8 +174,8 @@ pub struct ModelEntry {
     pub lane: AtomicU32,
     /// Bit per [`Task`](crate::protocol::Task) the model accepts.
     pub tasks: AtomicU32,
-    /// Padding.
-    pub _pad: AtomicU32,
+    /// MODEL_* (warming, ready, failed to warm up).
+    pub state: AtomicU32,
     /// Name bytes, little-endian packed.
     pub name: [AtomicU64; MAX_NAME / 8],
 }
@@ -250,6 +280,7 @@ const _: () = {
     assert!(std::mem::size_of::<ModelEntry>() == 72);
     assert!(std::mem::size_of::<ClientEntry>() == 64);
     assert!(std::mem::offset_of!(ServiceHeader, ring_bytes) == 32);
+    assert!(std::mem::offset_of!(ServiceHeader, server_version) == 88);
     // The doorbell's line, then the counters: the panic counters and the state fit in the
     // lane's 256 bytes (the layout rounds each lane header up to 128 bytes).
     assert!(std::mem::size_of::<LaneHeader>() == 256);

@@ -32,14 +32,18 @@ fn status_reports_the_state_lanes_clients_counters_and_pool_of_a_service() {
     assert_eq!(st.state, ServiceState::Running);
     assert!(st.server_alive);
     assert_eq!(st.server_pid, std::process::id());
-    assert_eq!(st.requests, 4);
-    assert_eq!(st.ok, 3);
+    // Each model's warm-up at start (one request each) counts too.
+    assert_eq!(st.requests, 2 + 4);
+    assert_eq!(st.ok, 2 + 3);
     assert_eq!(st.errors["invalid_request"], 1);
     assert_eq!(st.errors.values().sum::<u64>(), 1);
-    assert_eq!(st.latency_us_log2_buckets.iter().sum::<u64>(), 4);
+    assert_eq!(st.latency_us_log2_buckets.iter().sum::<u64>(), 2 + 4);
     let models: Vec<_> = st.lanes.iter().map(|l| l.model.as_deref()).collect();
     assert_eq!(models, [Some("echo"), Some("slow")]);
-    assert_eq!((st.lanes[0].accepted, st.lanes[0].completed), (4, 4));
+    assert_eq!(
+        (st.lanes[0].accepted, st.lanes[0].completed),
+        (1 + 4, 1 + 4)
+    );
     assert_eq!((st.lanes[0].queued, st.lanes[0].running), (0, 0));
     assert_eq!(st.clients.len(), 1);
     assert_eq!(st.clients[0].pid, std::process::id());

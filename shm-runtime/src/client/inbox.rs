@@ -58,7 +58,7 @@ pub(super) struct Inbox {
 pub(super) fn is_final(d: DescriptorWords) -> bool {
     matches!(
         Descriptor::from_words(d).map(|d| d.kind),
-        Some(DescriptorKind::Final | DescriptorKind::InlineError)
+        Some(DescriptorKind::Final | DescriptorKind::InlineError | DescriptorKind::Pong)
     )
 }
 

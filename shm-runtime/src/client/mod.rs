@@ -23,10 +23,12 @@ use crate::service::{
     EjectReason, LayoutError, Service, CLIENT_ACTIVE, CLIENT_EJECTED, CLIENT_FREE, SEGMENT_MODE,
 };
 
+mod health;
 mod inbox;
 mod typed;
 mod view;
 
+pub use health::{Health, ModelHealth, ModelState};
 use inbox::{Inbox, Pending};
 pub use typed::{
     Classification, Embeddings, GenerateOptions, Generation, Message, StreamEvent, TextStream,
@@ -192,6 +194,9 @@ impl Client {
         }
         e.owner.store(owner.get(), Ordering::Relaxed);
         e.inflight.store(0, Ordering::Relaxed);
+        // The slot's counters describe its current holder.
+        e.requests.store(0, Ordering::Relaxed);
+        e.errors.store(0, Ordering::Relaxed);
         let epoch = e.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         // SYNC(state): Release publishes owner and epoch to workers' Acquire in sync_clients.
         e.state.store(CLIENT_ACTIVE, Ordering::Release);
@@ -408,29 +413,13 @@ impl Client {
             let _ = conn.pool.release(chunk, conn.owner);
             return Err(Error::Protocol(format!("lane {lane} out of range")));
         };
-        let ticket = {
-            let mut inbox = conn.inbox();
-            // Tickets wrap (2^24 per connection): skip those still taken, so that an answer is
-            // never filed under a request it is not for. Fewer tickets are taken than there are.
-            let ticket = loop {
-                let seq = conn.next_ticket.fetch_add(1, Ordering::Relaxed);
-                let t = crate::protocol::ticket(conn.epoch, seq);
-                if !inbox.pending.contains_key(&t) {
-                    break t;
-                }
-            };
-            inbox.pending.insert(
-                ticket,
-                Pending {
-                    lane,
-                    request_id,
-                    chunk: chunk.raw(),
-                    abandoned: false,
-                    arrived: VecDeque::new(),
-                },
-            );
-            ticket
-        };
+        let ticket = conn.take_ticket(Pending {
+            lane,
+            request_id,
+            chunk: chunk.raw(),
+            abandoned: false,
+            arrived: VecDeque::new(),
+        });
         if let Err(e) =
             ring.push(Descriptor::new(DescriptorKind::Request, chunk.raw(), len, ticket).to_words())
         {
@@ -592,6 +581,22 @@ impl Client {
 }
 
 impl Connection {
+    /// Takes the next free ticket for `pending`. Tickets wrap (2^24 per connection): those still
+    /// taken are skipped, so that an answer is never filed under a request it is not for (fewer
+    /// tickets are taken than there are).
+    fn take_ticket(&self, pending: Pending) -> u32 {
+        let mut inbox = self.inbox();
+        let ticket = loop {
+            let seq = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+            let t = crate::protocol::ticket(self.epoch, seq);
+            if !inbox.pending.contains_key(&t) {
+                break t;
+            }
+        };
+        inbox.pending.insert(ticket, pending);
+        ticket
+    }
+
     /// [`Error::Disconnected`] when the server has disconnected this connection.
     fn check_connected(&self) -> Result<(), Error> {
         let e = self.svc.client(self.slot);

@@ -24,6 +24,11 @@ pub enum DescriptorKind {
     /// Server -> client: a cancel of this ticket was not recorded, because the client has as many
     /// cancels pending as it may; the request goes on. Not final; no chunk.
     CancelRefused = 6,
+    /// Client -> server: answer at once with a [`Pong`](DescriptorKind::Pong) (a health check of
+    /// the lane, no model involved); no chunk.
+    Ping = 7,
+    /// Server -> client: the final answer to a [`Ping`](DescriptorKind::Ping); no chunk.
+    Pong = 8,
 }
 
 impl DescriptorKind {
@@ -37,6 +42,8 @@ impl DescriptorKind {
             4 => DescriptorKind::Final,
             5 => DescriptorKind::InlineError,
             6 => DescriptorKind::CancelRefused,
+            7 => DescriptorKind::Ping,
+            8 => DescriptorKind::Pong,
             _ => return None,
         })
     }

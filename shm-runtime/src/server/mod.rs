@@ -23,6 +23,7 @@ mod housekeeper;
 mod recovery;
 mod setup;
 mod state;
+mod warmup;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -70,6 +71,7 @@ impl Server {
             .header()
             .state
             .store(STATE_RUNNING, Ordering::Release);
+        warmup::warm_up(&state);
         tracing::info!(
             service = %state.config.name,
             models = ?state.config.models.iter().map(|m| &m.name).collect::<Vec<_>>(),

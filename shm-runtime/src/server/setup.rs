@@ -43,6 +43,13 @@ pub(super) fn init_segment(
     h.pool_bytes
         .store(layout.pool_bytes as u64, Ordering::Relaxed);
     h.max_inflight.store(c.max_inflight, Ordering::Relaxed);
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.started_unix_ms
+        .store(since_epoch.as_millis() as u64, Ordering::Relaxed);
+    h.server_version
+        .store(service::packed_version(), Ordering::Relaxed);
     let ring = |offset: usize| -> Result<(), ServerError> {
         let r = region
             .slice(offset, layout.ring_bytes)

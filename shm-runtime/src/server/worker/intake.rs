@@ -122,6 +122,10 @@ impl Desk<'_> {
                 self.record_cancel(reply, ChunkId::from_raw(chunk), client_owner);
                 return;
             }
+            DescriptorKind::Ping => {
+                self.pong(reply);
+                return;
+            }
             DescriptorKind::Request => {}
             _ => {
                 self.answer_inline(

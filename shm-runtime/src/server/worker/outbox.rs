@@ -164,6 +164,12 @@ impl Desk<'_> {
         self.deliver(reply, d);
     }
 
+    /// Answers a ping.
+    pub(super) fn pong(&mut self, reply: ReplyTo) {
+        let d = Descriptor::new(DescriptorKind::Pong, 0, 0, reply.ticket);
+        self.deliver(reply, d);
+    }
+
     /// Tells `reply`'s client that its cancel was not recorded (a notice, not an answer).
     pub(super) fn refuse_cancel(&mut self, reply: ReplyTo) {
         let d = Descriptor::new(DescriptorKind::CancelRefused, 0, 0, reply.ticket);

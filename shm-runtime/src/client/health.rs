@@ -1,0 +1,151 @@
+//! Health and readiness: [`Client::health`] asks every lane of the server to answer a ping (no
+//! model involved) and reads the server's identity and each model's state from the segment.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::inbox::Pending;
+use super::Client;
+use crate::error::Error;
+use crate::protocol::{Descriptor, DescriptorKind};
+use crate::service::{LANE_SERVING, MODEL_FAILED, MODEL_READY};
+
+/// Where a model stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelState {
+    /// Loaded; its warm-up inference has not answered yet.
+    Warming,
+    /// Warmed up and serving.
+    Ready,
+    /// Its warm-up failed, or its backend panicked too often (see `status`): its requests get a
+    /// `Backend` error.
+    Failed,
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelState::Warming => "warming",
+            ModelState::Ready => "ready",
+            ModelState::Failed => "failed",
+        })
+    }
+}
+
+/// One model of a [`Health`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelHealth {
+    /// The model's name.
+    pub name: String,
+    /// Its state.
+    pub state: ModelState,
+    /// How long its lane took to answer the ping.
+    pub ping: Duration,
+}
+
+/// The server's answer to [`Client::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The server's process id.
+    pub server_pid: u32,
+    /// Since the server started.
+    pub uptime: Duration,
+    /// The server's version (`major.minor.patch`).
+    pub version: String,
+    /// Each model, in the server's order.
+    pub models: Vec<ModelHealth>,
+}
+
+impl Health {
+    /// Whether every model is ready.
+    pub fn is_ready(&self) -> bool {
+        self.models.iter().all(|m| m.state == ModelState::Ready)
+    }
+}
+
+impl Client {
+    /// Pings every lane of the server (each answers at once, whatever its model is doing, between
+    /// two steps at worst) and reports the server's identity and each model's state. Needs no
+    /// model: works against a server of any models.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] when a lane does not answer within `timeout`, [`Error::ServerGone`],
+    /// [`Error::Disconnected`], [`Error::Busy`] when a request ring is full.
+    ///
+    /// ```no_run
+    /// let client = shm_runtime::Client::connect("svc")?;
+    /// let h = client.health(std::time::Duration::from_secs(1))?;
+    /// println!("pid {} up {:?}, ready: {}", h.server_pid, h.uptime, h.is_ready());
+    /// # Ok::<(), shm_runtime::Error>(())
+    /// ```
+    pub fn health(&self, timeout: Duration) -> Result<Health, Error> {
+        let conn = &*self.conn;
+        conn.check_connected()?;
+        let deadline = Instant::now() + timeout;
+        let mut models = Vec::with_capacity(conn.models.len());
+        for (i, (name, lane, _)) in conn.models.iter().enumerate() {
+            let ping = self.ping_lane(*lane, deadline)?;
+            let state = match (
+                conn.svc.lane(*lane).state.load(Ordering::Acquire),
+                conn.svc.model(i).state.load(Ordering::Acquire),
+            ) {
+                (s, _) if s != LANE_SERVING => ModelState::Failed,
+                (_, MODEL_READY) => ModelState::Ready,
+                (_, MODEL_FAILED) => ModelState::Failed,
+                _ => ModelState::Warming,
+            };
+            models.push(ModelHealth {
+                name: name.clone(),
+                state,
+                ping,
+            });
+        }
+        let h = conn.svc.header();
+        let started = UNIX_EPOCH + Duration::from_millis(h.started_unix_ms.load(Ordering::Relaxed));
+        let v = h.server_version.load(Ordering::Relaxed);
+        Ok(Health {
+            server_pid: h.server_pid.load(Ordering::Relaxed),
+            uptime: SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default(),
+            version: format!("{}.{}.{}", v >> 16, (v >> 8) & 0xFF, v & 0xFF),
+            models,
+        })
+    }
+
+    /// Sends a ping on `lane`'s ring and waits for its pong until `deadline`; the round trip.
+    fn ping_lane(&self, lane: usize, deadline: Instant) -> Result<Duration, Error> {
+        let conn = &*self.conn;
+        let ticket = conn.take_ticket(Pending {
+            lane,
+            request_id: 0,
+            chunk: 0,
+            abandoned: false,
+            arrived: VecDeque::new(),
+        });
+        let t0 = Instant::now();
+        let pushed = conn.requests[lane]
+            .push(Descriptor::new(DescriptorKind::Ping, 0, 0, ticket).to_words());
+        if let Err(e) = pushed {
+            conn.inbox().pending.remove(&ticket);
+            return Err(super::ring_full(lane, conn.requests[lane].capacity(), e));
+        }
+        conn.svc.lane(lane).doorbell.notify();
+        match conn.next_for(ticket, deadline) {
+            Ok(d) => {
+                conn.inbox().pending.remove(&ticket);
+                match Descriptor::from_words(d).map(|d| d.kind) {
+                    Some(DescriptorKind::Pong) => Ok(t0.elapsed()),
+                    other => Err(Error::Protocol(format!("a ping answered with {other:?}"))),
+                }
+            }
+            Err(e) => {
+                // The pong may still come: it frees the ticket then.
+                conn.abandon(ticket);
+                Err(e)
+            }
+        }
+    }
+}
