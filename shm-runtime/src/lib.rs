@@ -50,6 +50,8 @@ mod server;
 mod service;
 mod status;
 
+#[cfg(feature = "async")]
+pub use client::{AsyncClient, AsyncTextStream};
 pub use client::{
     Classification, Client, ClientOptions, Embeddings, GenerateOptions, Generation, Health,
     Message, ModelHealth, ModelState, ResponseView, Stream, StreamEvent, TextStream, Ticket, Usage,

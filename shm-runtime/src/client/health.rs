@@ -124,6 +124,7 @@ impl Client {
             chunk: 0,
             abandoned: false,
             arrived: VecDeque::new(),
+            waker: None,
         });
         let t0 = Instant::now();
         let pushed = conn.requests[lane]

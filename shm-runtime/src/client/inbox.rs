@@ -23,6 +23,8 @@ pub(super) struct Pending {
     /// while the server may still answer this one.
     pub(super) abandoned: bool,
     pub(super) arrived: VecDeque<DescriptorWords>,
+    /// The async task waiting for what arrives (feature `async`).
+    pub(super) waker: Option<std::task::Waker>,
 }
 
 /// Tickets are sequential u32s from this process: a multiplicative hash spreads them well enough
@@ -49,6 +51,9 @@ pub(super) type Tickets = HashMap<u32, Pending, std::hash::BuildHasherDefault<Ti
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
     pub(super) leader: bool,
+    /// An async waiter thread reads the ring for good (feature `async`).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(super) waiter: bool,
     /// Threads waiting on the condvar (notify only when there are some: a notify is a syscall).
     pub(super) sleepers: usize,
     pub(super) pending: Tickets,
@@ -75,7 +80,12 @@ impl Connection {
                 }
                 self.discard(d);
             }
-            Some(p) => p.arrived.push_back(d),
+            Some(p) => {
+                p.arrived.push_back(d);
+                if let Some(w) = p.waker.take() {
+                    w.wake();
+                }
+            }
             None if !ticket_of_epoch(t, self.epoch) => self.release_answer(d),
             None => self.discard(d),
         }

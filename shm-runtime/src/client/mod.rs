@@ -23,11 +23,15 @@ use crate::service::{
     EjectReason, LayoutError, Service, CLIENT_ACTIVE, CLIENT_EJECTED, CLIENT_FREE, SEGMENT_MODE,
 };
 
+#[cfg(feature = "async")]
+mod asynchronous;
 mod health;
 mod inbox;
 mod typed;
 mod view;
 
+#[cfg(feature = "async")]
+pub use asynchronous::{AsyncClient, AsyncTextStream};
 pub use health::{Health, ModelHealth, ModelState};
 use inbox::{Inbox, Pending};
 pub use typed::{
@@ -419,6 +423,7 @@ impl Client {
             chunk: chunk.raw(),
             abandoned: false,
             arrived: VecDeque::new(),
+            waker: None,
         });
         if let Err(e) =
             ring.push(Descriptor::new(DescriptorKind::Request, chunk.raw(), len, ticket).to_words())

@@ -194,7 +194,7 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    fn new(view: ResponseView, texts: usize) -> Result<Embeddings, Error> {
+    pub(super) fn new(view: ResponseView, texts: usize) -> Result<Embeddings, Error> {
         let (values, dim) = match &view.response()?.body {
             ArchivedBody::Embedding(v) => (f32_native(v), v.len()),
             ArchivedBody::Embeddings(e) => (f32_native(&e.values), e.dim.to_native() as usize),
@@ -355,7 +355,7 @@ impl Generation {
         }
     }
 
-    fn from_view(view: &ResponseView) -> Result<Generation, Error> {
+    pub(super) fn from_view(view: &ResponseView) -> Result<Generation, Error> {
         match &view.response()?.body {
             ArchivedBody::Generation(g) => Ok(Generation::from_archived(g)),
             other => Err(unexpected("a generation", other)),
@@ -381,27 +381,69 @@ pub enum StreamEvent {
 /// its request.
 #[derive(Debug)]
 pub struct TextStream {
-    inner: Stream,
+    pub(super) inner: Stream,
+}
+
+impl TextStream {
+    /// The event of descriptor `d` of this stream's request (for the async stream, which waits
+    /// for descriptors itself).
+    #[cfg(feature = "async")]
+    pub(super) fn event(
+        &mut self,
+        d: crate::protocol::DescriptorWords,
+    ) -> Result<StreamEvent, Error> {
+        let s = &mut self.inner;
+        let r = s.client.view(s.ticket.0, d);
+        match &r {
+            Ok(v) if !v.is_final() => {}
+            // Not the final answer: a refused cancel; the request goes on.
+            Err(Error::Busy(_)) if s.client.is_in_flight(s.ticket) => {}
+            _ => s.done = true,
+        }
+        event_of(&r?)
+    }
+}
+
+/// The event a stream's answer `view` is.
+fn event_of(view: &ResponseView) -> Result<StreamEvent, Error> {
+    match &view.response()?.body {
+        ArchivedBody::Chunk(c) => Ok(StreamEvent::Delta {
+            text: c.text.as_str().to_owned(),
+            tokens: tokens_native(&c.tokens).to_vec(),
+        }),
+        ArchivedBody::Generation(g) => Ok(StreamEvent::Done(Generation::from_archived(g))),
+        other => Err(unexpected("a stream part", other)),
+    }
 }
 
 impl Iterator for TextStream {
     type Item = Result<StreamEvent, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let view = match self.inner.next()? {
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(match view.response().map(|r| &r.body) {
-            Ok(ArchivedBody::Chunk(c)) => Ok(StreamEvent::Delta {
-                text: c.text.as_str().to_owned(),
-                tokens: tokens_native(&c.tokens).to_vec(),
-            }),
-            Ok(ArchivedBody::Generation(g)) => Ok(StreamEvent::Done(Generation::from_archived(g))),
-            Ok(other) => Err(unexpected("a stream part", other)),
-            Err(e) => Err(e),
-        })
+        Some(self.inner.next()?.and_then(|view| event_of(&view)))
     }
+}
+
+/// The classifications of `texts` texts in `view`.
+pub(super) fn classifications(
+    view: &ResponseView,
+    texts: usize,
+) -> Result<Vec<Classification>, Error> {
+    let out = match &view.response()?.body {
+        ArchivedBody::Classification(s) => vec![Classification::from_archived(s)?],
+        ArchivedBody::Classifications(all) => all
+            .iter()
+            .map(|s| Classification::from_archived(s))
+            .collect::<Result<_, _>>()?,
+        other => return Err(unexpected("classifications", other)),
+    };
+    if out.len() != texts {
+        return Err(Error::Protocol(format!(
+            "{} classifications answer {texts} texts",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 fn unexpected(want: &str, got: &ArchivedBody) -> Error {
@@ -454,8 +496,51 @@ impl Client {
     /// # Ok::<(), shm_runtime::Error>(())
     /// ```
     pub fn embed<S: AsRef<str>>(&self, model: &str, texts: &[S]) -> Result<Embeddings, Error> {
-        let req = self.typed_request(model, Task::Embed, texts_input(texts)?, Params::default());
+        let req = self.embed_request(model, texts)?;
         Embeddings::new(self.infer(&req)?, texts.len())
+    }
+
+    pub(super) fn embed_request<S: AsRef<str>>(
+        &self,
+        model: &str,
+        texts: &[S],
+    ) -> Result<Request, Error> {
+        Ok(self.typed_request(model, Task::Embed, texts_input(texts)?, Params::default()))
+    }
+
+    pub(super) fn classify_request<S: AsRef<str>>(
+        &self,
+        model: &str,
+        texts: &[S],
+    ) -> Result<Request, Error> {
+        Ok(self.typed_request(
+            model,
+            Task::Classify,
+            texts_input(texts)?,
+            Params::default(),
+        ))
+    }
+
+    pub(super) fn generate_request(
+        &self,
+        model: &str,
+        prompt: &str,
+        options: &GenerateOptions,
+        stream: bool,
+    ) -> Request {
+        let input = Input::Text(prompt.to_owned());
+        self.typed_request(model, Task::Generate, input, options.params(stream))
+    }
+
+    pub(super) fn chat_request(
+        &self,
+        model: &str,
+        messages: &[Message],
+        options: &GenerateOptions,
+        stream: bool,
+    ) -> Request {
+        let input = chat_input(messages);
+        self.typed_request(model, Task::Generate, input, options.params(stream))
     }
 
     /// Classifies `texts` with `model`, all in one request.
@@ -468,29 +553,8 @@ impl Client {
         model: &str,
         texts: &[S],
     ) -> Result<Vec<Classification>, Error> {
-        let req = self.typed_request(
-            model,
-            Task::Classify,
-            texts_input(texts)?,
-            Params::default(),
-        );
-        let view = self.infer(&req)?;
-        let out = match &view.response()?.body {
-            ArchivedBody::Classification(s) => vec![Classification::from_archived(s)?],
-            ArchivedBody::Classifications(all) => all
-                .iter()
-                .map(|s| Classification::from_archived(s))
-                .collect::<Result<_, _>>()?,
-            other => return Err(unexpected("classifications", other)),
-        };
-        if out.len() != texts.len() {
-            return Err(Error::Protocol(format!(
-                "{} classifications answer {} texts",
-                out.len(),
-                texts.len()
-            )));
-        }
-        Ok(out)
+        let req = self.classify_request(model, texts)?;
+        classifications(&self.infer(&req)?, texts.len())
     }
 
     /// Generates a continuation of `prompt` with `model`.
@@ -513,8 +577,10 @@ impl Client {
         prompt: &str,
         options: &GenerateOptions,
     ) -> Result<Generation, Error> {
-        let input = Input::Text(prompt.to_owned());
-        self.generate_input(model, input, options)
+        self.generate_input(
+            self.generate_request(model, prompt, options, false),
+            options,
+        )
     }
 
     /// Answers a chat with `model` (its chat template formats the messages).
@@ -528,7 +594,7 @@ impl Client {
         messages: &[Message],
         options: &GenerateOptions,
     ) -> Result<Generation, Error> {
-        self.generate_input(model, chat_input(messages), options)
+        self.generate_input(self.chat_request(model, messages, options, false), options)
     }
 
     /// [`generate`](Self::generate), streamed.
@@ -542,7 +608,7 @@ impl Client {
         prompt: &str,
         options: &GenerateOptions,
     ) -> Result<TextStream, Error> {
-        self.stream_input(model, Input::Text(prompt.to_owned()), options)
+        self.stream_input(self.generate_request(model, prompt, options, true), options)
     }
 
     /// [`chat`](Self::chat), streamed.
@@ -556,16 +622,10 @@ impl Client {
         messages: &[Message],
         options: &GenerateOptions,
     ) -> Result<TextStream, Error> {
-        self.stream_input(model, chat_input(messages), options)
+        self.stream_input(self.chat_request(model, messages, options, true), options)
     }
 
-    fn generate_input(
-        &self,
-        model: &str,
-        input: Input,
-        options: &GenerateOptions,
-    ) -> Result<Generation, Error> {
-        let req = self.typed_request(model, Task::Generate, input, options.params(false));
+    fn generate_input(&self, req: Request, options: &GenerateOptions) -> Result<Generation, Error> {
         let view = match options.timeout {
             Some(t) => self.infer_timeout(&req, t)?,
             None => self.infer(&req)?,
@@ -573,13 +633,7 @@ impl Client {
         Generation::from_view(&view)
     }
 
-    fn stream_input(
-        &self,
-        model: &str,
-        input: Input,
-        options: &GenerateOptions,
-    ) -> Result<TextStream, Error> {
-        let req = self.typed_request(model, Task::Generate, input, options.params(true));
+    fn stream_input(&self, req: Request, options: &GenerateOptions) -> Result<TextStream, Error> {
         let mut inner = self.stream_request(&req)?;
         if let Some(t) = options.timeout {
             inner.deadline = std::time::Instant::now() + t;
