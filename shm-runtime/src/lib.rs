@@ -21,22 +21,20 @@
 //! # Example
 //!
 //! ```no_run
-//! use shm_runtime::protocol::{Input, Params, Request, Task};
-//! use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+//! use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
 //!
 //! let server = Server::start(ServerConfig::new("doc-svc", vec![ModelConfig::new("echo", "echo")]))?;
 //! let client = Client::connect("doc-svc")?;
-//! let answer = client.infer(&Request {
-//!     id: 0,
-//!     model: "echo".into(),
-//!     task: Task::Generate,
-//!     input: Input::Text("hello".into()),
-//!     params: Params::default(),
-//! })?;
-//! println!("{:?}", answer.response()?.body);
+//! let g = client.generate("echo", "hello", &GenerateOptions::default())?;
+//! assert_eq!(g.text, "hello");
+//! let e = client.embed("echo", &["a", "bc"])?; // read in place, in the answer's shared chunk
+//! assert_eq!((e.len(), e.dim()), (2, 2));
 //! # drop(server);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The raw protocol is one level down: [`protocol::Request`] sent with [`Client::infer`],
+//! [`Client::submit`] and [`Client::recv`], or [`Client::stream_request`].
 
 pub use shm_ring as ring;
 
@@ -72,3 +70,8 @@ pub mod testing {
     pub use crate::scheduler::*;
     pub use crate::service::*;
 }
+
+/// The README's Rust examples, compiled as doc tests: what it shows builds against this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}
