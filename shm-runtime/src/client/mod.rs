@@ -84,7 +84,24 @@ struct Connection {
     strays: std::sync::atomic::AtomicU64,
 }
 
-/// A connection to a service.
+/// A connection to a service: `Send + Sync`, cheap to clone (clones share the connection), and
+/// usable from many threads at once. The typed calls ([`embed`](Self::embed),
+/// [`classify`](Self::classify), [`generate`](Self::generate), [`chat`](Self::chat),
+/// [`stream`](Self::stream)) are the usual way in; [`infer`](Self::infer),
+/// [`submit`](Self::submit) + [`recv`](Self::recv) and [`stream_request`](Self::stream_request)
+/// take raw [`Request`]s.
+///
+/// ```
+/// use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
+///
+/// let name = format!("doc-client-{}", std::process::id());
+/// let server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+/// let client = Client::connect(&name)?;
+/// let g = client.generate("echo", "hello", &GenerateOptions::default())?;
+/// assert_eq!(g.text, "hello");
+/// # drop(client); server.shutdown(std::time::Duration::ZERO);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Client {
     conn: Arc<Connection>,
@@ -114,6 +131,12 @@ fn open_error(name: &str, e: OpenError) -> Error {
 impl Client {
     /// Attaches to the service `name` with default options.
     ///
+    /// ```no_run
+    /// let client = shm_runtime::Client::connect("svc")?;
+    /// println!("{:?}", client.models());
+    /// # Ok::<(), shm_runtime::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::ServiceNotFound`], [`Error::VersionMismatch`], [`Error::Attach`], or
@@ -123,6 +146,15 @@ impl Client {
     }
 
     /// Attaches to the service `name`.
+    ///
+    /// ```no_run
+    /// use shm_runtime::ring::WaitStrategy;
+    /// use shm_runtime::{Client, ClientOptions};
+    ///
+    /// let options = ClientOptions { wait: WaitStrategy::BusySpin, ..ClientOptions::default() };
+    /// let client = Client::connect_with("svc", options)?;
+    /// # Ok::<(), shm_runtime::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -243,6 +275,27 @@ impl Client {
     /// Sends a request without waiting for the answer. The request is serialized straight into a
     /// shared chunk; answers carry its `id` (choose ids unique among your requests in flight to
     /// get the extra check that an answer belongs to its request).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use shm_runtime::protocol::{Input, Params, Request, Task};
+    ///
+    /// let client = shm_runtime::Client::connect("svc")?;
+    /// let req = |i: u64| Request {
+    ///     id: i,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text(format!("request {i}")),
+    ///     params: Params::default(),
+    /// };
+    /// // Pipelined: several in flight, answers taken in any order.
+    /// let tickets: Vec<_> = (1..=8).map(|i| client.submit(&req(i))).collect::<Result<_, _>>()?;
+    /// for t in tickets {
+    ///     let answer = client.recv(t, Duration::from_secs(5))?;
+    ///     println!("{:?}", answer.response()?.body);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
