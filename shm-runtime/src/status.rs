@@ -70,6 +70,9 @@ pub struct LaneStatus {
     pub model: Option<String>,
     /// Whether it serves.
     pub state: LaneState,
+    /// The model's state: warming (its warm-up inference not answered yet), ready, or failed
+    /// (its warm-up failed, or its lane failed).
+    pub model_state: crate::ModelState,
     /// Requests queued, not yet running.
     pub queued: u64,
     /// Requests running.
@@ -213,6 +216,7 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
                     LANE_SERVING => LaneState::Serving,
                     _ => LaneState::Failed,
                 },
+                model_state: crate::client::health::model_state(&svc, l, l),
                 queued: lane.queued(),
                 running: lane.running(),
                 accepted: load(&lane.accepted),

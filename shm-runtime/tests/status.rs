@@ -40,6 +40,12 @@ fn status_reports_the_state_lanes_clients_counters_and_pool_of_a_service() {
     assert_eq!(st.latency_us_log2_buckets.iter().sum::<u64>(), 2 + 4);
     let models: Vec<_> = st.lanes.iter().map(|l| l.model.as_deref()).collect();
     assert_eq!(models, [Some("echo"), Some("slow")]);
+    assert!(
+        st.lanes
+            .iter()
+            .all(|l| l.model_state == shm_runtime::ModelState::Ready),
+        "both warmed up at start"
+    );
     assert_eq!(
         (st.lanes[0].accepted, st.lanes[0].completed),
         (1 + 4, 1 + 4)
@@ -54,6 +60,7 @@ fn status_reports_the_state_lanes_clients_counters_and_pool_of_a_service() {
     let json = serde_json::to_value(&st).unwrap();
     assert_eq!(json["state"], "running");
     assert_eq!(json["lanes"][1]["model"], "slow");
+    assert_eq!(json["lanes"][1]["model_state"], "ready");
 
     drop(client);
     assert!(status(&name).unwrap().clients.is_empty());

@@ -12,7 +12,8 @@ use crate::protocol::{Descriptor, DescriptorKind};
 use crate::service::{LANE_SERVING, MODEL_FAILED, MODEL_READY};
 
 /// Where a model stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModelState {
     /// Loaded; its warm-up inference has not answered yet.
     Warming,
@@ -64,6 +65,20 @@ impl Health {
     }
 }
 
+/// The state of model `model` served by lane `lane`, as the segment says: failed when its lane
+/// failed (its backend panicked too often) or its warm-up failed.
+pub(crate) fn model_state(svc: &crate::service::Service, model: usize, lane: usize) -> ModelState {
+    match (
+        svc.lane(lane).state.load(Ordering::Acquire),
+        svc.model(model).state.load(Ordering::Acquire),
+    ) {
+        (s, _) if s != LANE_SERVING => ModelState::Failed,
+        (_, MODEL_READY) => ModelState::Ready,
+        (_, MODEL_FAILED) => ModelState::Failed,
+        _ => ModelState::Warming,
+    }
+}
+
 impl Client {
     /// Pings every lane of the server (each answers at once, whatever its model is doing, between
     /// two steps at worst) and reports the server's identity and each model's state. Needs no
@@ -87,15 +102,7 @@ impl Client {
         let mut models = Vec::with_capacity(conn.models.len());
         for (i, (name, lane, _)) in conn.models.iter().enumerate() {
             let ping = self.ping_lane(*lane, deadline)?;
-            let state = match (
-                conn.svc.lane(*lane).state.load(Ordering::Acquire),
-                conn.svc.model(i).state.load(Ordering::Acquire),
-            ) {
-                (s, _) if s != LANE_SERVING => ModelState::Failed,
-                (_, MODEL_READY) => ModelState::Ready,
-                (_, MODEL_FAILED) => ModelState::Failed,
-                _ => ModelState::Warming,
-            };
+            let state = model_state(&conn.svc, i, *lane);
             models.push(ModelHealth {
                 name: name.clone(),
                 state,

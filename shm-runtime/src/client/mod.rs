@@ -25,7 +25,7 @@ use crate::service::{
 
 #[cfg(feature = "async")]
 mod asynchronous;
-mod health;
+pub(crate) mod health;
 mod inbox;
 mod typed;
 mod view;
