@@ -216,7 +216,7 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
                     LANE_SERVING => LaneState::Serving,
                     _ => LaneState::Failed,
                 },
-                model_state: crate::client::health::model_state(&svc, l, l),
+                model_state: crate::client::health::model_state(svc, l, l),
                 queued: lane.queued(),
                 running: lane.running(),
                 accepted: load(&lane.accepted),
