@@ -67,6 +67,7 @@ impl Backend for Reverse {
                     index: index as u32,
                     text: part.concat(),
                     tokens: Vec::new(),
+                    logprobs: Vec::new(),
                 })
                 .map_err(BackendError::Stopped)?;
             }
@@ -81,6 +82,7 @@ impl Backend for Reverse {
                 generated_tokens: chars,
                 ..Usage::default()
             },
+            logprobs: Vec::new(),
         }))?)
     }
 }

@@ -56,7 +56,7 @@ pub use client::{
 };
 pub use config::{ConfigError, ModelConfig, ServerConfig};
 pub use error::{Error, ServerError};
-pub use protocol::FinishReason;
+pub use protocol::{FinishReason, TokenLogprob, TopLogprob};
 pub use server::{Server, ServerBuilder};
 pub use status::{
     error_name, status, ClientStatus, LaneState, LaneStatus, PoolClassStatus, ServiceState,

@@ -1,6 +1,7 @@
 //! The typed calls (`embed`, `classify`, `generate`, `chat`, `stream`, `chat_stream`) against
 //! the echo and sleep backends: what each returns, that embeddings are read in place (their chunk
-//! is held while they live), that a stream dropped early cancels its request, and the errors.
+//! is held while they live), that a stream dropped early cancels its request, that no part of a
+//! stop string split across tokens reaches a stream, and the errors.
 
 use std::time::Duration;
 
@@ -160,4 +161,55 @@ fn typed_calls_say_what_went_wrong() {
             .timeout(Duration::from_millis(100)),
     );
     assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+}
+
+/// The deltas' texts and the final generation of a stream.
+fn streamed(
+    client: &Client,
+    model: &str,
+    opts: &GenerateOptions,
+) -> (Vec<String>, shm_runtime::Generation) {
+    let mut deltas = Vec::new();
+    let mut done = None;
+    for event in client.stream(model, "go", opts).unwrap() {
+        match event.unwrap() {
+            StreamEvent::Delta { text, .. } => deltas.push(text),
+            StreamEvent::Done(g) => done = Some(g),
+        }
+    }
+    (deltas, done.expect("a final summary"))
+}
+
+#[test]
+fn no_part_of_a_stop_string_split_across_tokens_is_streamed() {
+    let _dog = Watchdog::new("typed stops", Duration::from_secs(60));
+    // The stepping sleep backend generates "t0 t1 t2 ...", one "tN " per token.
+    let svc = unique_name("typed-stops");
+    let mut m = sleep_model("steps", 2.0);
+    m.options
+        .insert("slots".into(), shm_runtime::config::OptionValue::Integer(2));
+    let _server = Server::start(ServerConfig::new(&svc, vec![m])).unwrap();
+    let client = Client::connect(&svc).unwrap();
+
+    // "2 t3" begins in the third token and ends in the fourth.
+    let opts = GenerateOptions::new().max_tokens(50).stop(["2 t3", "zzz"]);
+    let (deltas, g) = streamed(&client, "steps", &opts);
+    assert_eq!(g.text, "t0 t1 t");
+    assert_eq!(g.finish_reason, FinishReason::Stop);
+    assert_eq!(deltas.concat(), g.text, "the deltas make up the answer");
+    assert!(deltas.iter().all(|d| !d.contains('2')), "{deltas:?}");
+    assert_eq!(
+        g.tokens,
+        [0, 1, 2, 3],
+        "the stop string's tokens are counted"
+    );
+    let whole = client.generate("steps", "go", &opts).unwrap();
+    assert_eq!(whole.text, g.text);
+
+    // A stop string that begins but never completes: what was held back comes at the end.
+    let opts = GenerateOptions::new().max_tokens(3).stop(["2 tx"]);
+    let (deltas, g) = streamed(&client, "steps", &opts);
+    assert_eq!(g.text, "t0 t1 t2 ");
+    assert_eq!(g.finish_reason, FinishReason::Length);
+    assert_eq!(deltas, ["t0 ", "t1 ", "t", "2 "]);
 }

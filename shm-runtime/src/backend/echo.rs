@@ -181,6 +181,7 @@ fn generate(
                 index: i as u32,
                 text: char::from_u32(*u).map(String::from).unwrap_or_default(),
                 tokens: vec![*u],
+                logprobs: Vec::new(),
             })
             .map_err(BackendError::Stopped)?;
         }

@@ -15,10 +15,14 @@
 //! | `threads` | llama.cpp threads (the worker's own thread is one of them) | 1 |
 //!
 //! Request parameters: `max_tokens` (>= 1), `temperature` (0: greedy), `top_k` (0: off), `top_p`
-//! (1: off), `repetition_penalty` (1: off; over the last 64 tokens, prompt included), `seed`,
-//! `stop` (the answer's text ends before the first stop string found; stream chunks already sent
-//! are not taken back). Prompts: text, token ids, or chat messages formatted with the model's own
-//! chat template (from the GGUF metadata).
+//! (1: off), `min_p` (0: off), `repetition_penalty` (1: off; over the last 64 tokens, prompt
+//! included), `presence_penalty` and `frequency_penalty` (0: off; over the tokens generated),
+//! `seed` (folded to llama.cpp's 32 bits by [`sampler_seed`]), `logprobs` (each token's
+//! log-probability and the most likely tokens, from the model's logits), `stop` (handled by the
+//! worker, for every stepping backend: see `backend::StopStrings`). The sampler chain, in
+//! llama.cpp's usual order: penalties, top-k, top-p, min-p, temperature, then a seeded draw
+//! (greedy at temperature 0, where only the penalties apply). Prompts: text, token ids, or chat
+//! messages formatted with the model's own chat template (from the GGUF metadata).
 
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
@@ -36,7 +40,10 @@ use llama_cpp_2::token::LlamaToken;
 use crate::backend::writer::Out;
 use crate::backend::{Admitted, Backend, BackendError, RunContext, StepEvent, Stepper};
 use crate::config::ModelConfig;
-use crate::protocol::{tokens_native, ArchivedInput, ArchivedRequest, FinishReason, Task, Usage};
+use crate::protocol::{
+    tokens_native, ArchivedInput, ArchivedRequest, FinishReason, Task, TokenLogprob, TopLogprob,
+    Usage,
+};
 
 /// The process's llama.cpp backend, initialised on first use.
 ///
@@ -222,9 +229,8 @@ struct Seq {
     sampler: LlamaSampler,
     max: u32,
     generated: u32,
-    stops: Vec<String>,
-    /// The end of the text so far (for stop strings).
-    tail: String,
+    /// How many most likely tokens to report with each token's log-probability (0: none).
+    logprobs: usize,
     /// Bytes of a character split across tokens.
     pending: Vec<u8>,
     start: Instant,
@@ -307,18 +313,25 @@ impl GgufStepper<'_> {
         Ok(tokens)
     }
 
+    /// The request's sampler chain (see the module docs), primed with the prompt for the
+    /// repetition penalty.
     fn sampler(
         &self,
         req: &ArchivedRequest,
         prompt: &[LlamaToken],
+        max: u32,
     ) -> Result<LlamaSampler, BackendError> {
         let p = &req.params;
-        let (temp, top_k, top_p, penalty) = (
+        let (temp, top_k, top_p, min_p, penalty, presence, frequency) = (
             p.temperature.to_native(),
             p.top_k.to_native(),
             p.top_p.to_native(),
+            p.min_p.to_native(),
             p.repetition_penalty.to_native(),
+            p.presence_penalty.to_native(),
+            p.frequency_penalty.to_native(),
         );
+        // The protocol's limits checked these ranges already; llama.cpp must never see others.
         let invalid = |m: String| Err(BackendError::Invalid(m));
         if !(temp.is_finite() && temp >= 0.0) {
             return invalid(format!("temperature {temp} must be >= 0"));
@@ -326,14 +339,30 @@ impl GgufStepper<'_> {
         if !(top_p > 0.0 && top_p <= 1.0) {
             return invalid(format!("top_p {top_p} must be in (0, 1]"));
         }
+        if !(0.0..=1.0).contains(&min_p) {
+            return invalid(format!("min_p {min_p} must be in 0..=1"));
+        }
         let penalty = if penalty == 0.0 { 1.0 } else { penalty };
         if !(penalty.is_finite() && penalty > 0.0) {
             return invalid(format!("repetition_penalty {penalty} must be > 0"));
         }
+        if !(presence.is_finite() && frequency.is_finite()) {
+            return invalid("presence and frequency penalties must be finite".into());
+        }
+        let n_vocab = self.g.model.vocab().n_tokens();
         let mut chain = Vec::new();
         if penalty != 1.0 {
-            let n_vocab = self.g.model.vocab().n_tokens();
-            chain.push(LlamaSampler::penalties(n_vocab, 64, penalty, 0.0, 0.0));
+            // Over the prompt too: this sampler alone is primed with it, below.
+            let mut repetition = LlamaSampler::penalties(n_vocab, 64, penalty, 0.0, 0.0);
+            repetition.accept_many(prompt);
+            chain.push(repetition);
+        }
+        if presence != 0.0 || frequency != 0.0 {
+            // Over every token generated (the window holds all of them), not the prompt.
+            let window = max.min(i32::MAX as u32) as i32;
+            chain.push(LlamaSampler::penalties(
+                n_vocab, window, 1.0, frequency, presence,
+            ));
         }
         if temp == 0.0 {
             chain.push(LlamaSampler::greedy());
@@ -344,14 +373,13 @@ impl GgufStepper<'_> {
             if top_p < 1.0 {
                 chain.push(LlamaSampler::top_p(top_p, 1));
             }
+            if min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(min_p, 1));
+            }
             chain.push(LlamaSampler::temp(temp));
-            chain.push(LlamaSampler::dist(p.seed.to_native() as u32));
+            chain.push(LlamaSampler::dist(sampler_seed(p.seed.to_native())));
         }
-        let mut s = LlamaSampler::chain_simple(chain);
-        if penalty != 1.0 {
-            s.accept_many(prompt);
-        }
-        Ok(s)
+        Ok(LlamaSampler::chain_simple(chain))
     }
 
     /// Frees slot `slot`'s KV cells.
@@ -381,7 +409,7 @@ impl Stepper for GgufStepper<'_> {
             )));
         }
         let max = max.min((room - prompt.len()) as u32);
-        let sampler = self.sampler(req, &prompt)?;
+        let sampler = self.sampler(req, &prompt, max)?;
         self.forget(slot);
         self.seqs[slot] = Some(Seq {
             prompt,
@@ -392,14 +420,7 @@ impl Stepper for GgufStepper<'_> {
             sampler,
             max,
             generated: 0,
-            stops: req
-                .params
-                .stop
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            tail: String::new(),
+            logprobs: usize::from(req.params.logprobs),
             pending: Vec::new(),
             start: Instant::now(),
             ttft_us: 0,
@@ -473,52 +494,33 @@ impl Stepper for GgufStepper<'_> {
                     slot,
                     finish: FinishReason::Stop,
                     usage: s.usage(),
-                    trim: 0,
                 });
                 ended.push(slot);
                 continue;
             }
             s.generated += 1;
             s.next = Some(token);
+            let logprob = (s.logprobs > 0).then(|| {
+                token_logprob(self.ctx.get_logits_ith(at), token, s.logprobs, |t| {
+                    String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+                })
+            });
             s.pending
                 .extend_from_slice(&vocab.token_to_piece(token, false, None));
             let text = take_utf8(&mut s.pending);
-            s.tail.push_str(&text);
             events.push(StepEvent::Token {
                 slot,
                 id: token.0 as u32,
                 text,
+                logprob,
             });
-            let stop_at = s
-                .stops
-                .iter()
-                .filter_map(|st| s.tail.find(st.as_str()))
-                .min();
-            let done = if let Some(at) = stop_at {
-                Some((FinishReason::Stop, s.tail.len() - at))
-            } else if s.generated >= s.max {
-                Some((FinishReason::Length, 0))
-            } else {
-                None
-            };
-            if let Some((finish, trim)) = done {
+            if s.generated >= s.max {
                 events.push(StepEvent::Done {
                     slot,
-                    finish,
+                    finish: FinishReason::Length,
                     usage: s.usage(),
-                    trim,
                 });
                 ended.push(slot);
-                continue;
-            }
-            // Keep only as much text as the longest stop string can span.
-            let keep = s.stops.iter().map(String::len).max().unwrap_or(0) + 16;
-            if s.tail.len() > 4 * keep.max(64) {
-                let cut = s.tail.len() - keep;
-                let cut = (cut..s.tail.len())
-                    .find(|&c| s.tail.is_char_boundary(c))
-                    .unwrap_or(s.tail.len());
-                s.tail.drain(..cut);
             }
         }
         for slot in ended {
@@ -534,6 +536,66 @@ impl Stepper for GgufStepper<'_> {
             .unwrap_or_default();
         self.forget(slot);
         usage
+    }
+}
+
+/// The seed llama.cpp's sampler gets for a request's 64-bit `seed` (its `dist` sampler takes 32
+/// bits): the two halves xor-ed, `hi ^ lo`. Changing any one bit of the seed changes the result,
+/// and a seed below 2^32 is llama.cpp's own seed of that value (so a run can be compared with
+/// llama.cpp's tools); 2^32 seeds share each result (for example `x` and `x << 32`), as any fold
+/// to 32 bits must. The one exception: llama.cpp takes `0xFFFF_FFFF` (`LLAMA_DEFAULT_SEED`) to
+/// mean "a new random seed each time", so that result becomes `0xFFFF_FFFE` and sampling stays
+/// reproducible. This is the only place where a seed loses bits.
+pub fn sampler_seed(seed: u64) -> u32 {
+    const LLAMA_DEFAULT_SEED: u32 = u32::MAX;
+    let folded = (seed >> 32) as u32 ^ seed as u32;
+    if folded == LLAMA_DEFAULT_SEED {
+        folded - 1
+    } else {
+        folded
+    }
+}
+
+/// The log-probability of `chosen` under the softmax of `logits`, with the `k` most likely
+/// tokens (most likely first; `text` names each).
+fn token_logprob(
+    logits: &[f32],
+    chosen: LlamaToken,
+    k: usize,
+    text: impl Fn(LlamaToken) -> String,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = max + sum.ln() as f32;
+    let logprob = |l: f32| (l - log_z).min(0.0);
+    // The k largest, kept sorted in a short list (k is at most a few dozen).
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if top.len() == k && top.last().is_some_and(|&(least, _)| l <= least) {
+            continue;
+        }
+        let at = top.partition_point(|&(x, _)| x >= l);
+        top.insert(at, (l, i));
+        top.truncate(k);
+    }
+    let chosen_logit = usize::try_from(chosen.0)
+        .ok()
+        .and_then(|i| logits.get(i))
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
+    TokenLogprob {
+        logprob: logprob(chosen_logit),
+        top: top
+            .into_iter()
+            .map(|(l, i)| {
+                let token = LlamaToken(i as i32);
+                TopLogprob {
+                    token: i as u32,
+                    logprob: logprob(l),
+                    text: text(token),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -569,7 +631,30 @@ fn take_utf8(pending: &mut Vec<u8>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::take_utf8;
+    use super::*;
+
+    #[test]
+    fn every_bit_of_the_seed_counts_and_small_seeds_stay_as_they_are() {
+        assert_eq!(sampler_seed(42), 42);
+        assert_ne!(sampler_seed(1), sampler_seed(1 | (1 << 40)));
+        assert_ne!(sampler_seed(1 << 63), sampler_seed(0));
+        // llama.cpp's "random seed" is never asked for.
+        assert_ne!(sampler_seed(u64::from(u32::MAX)), u32::MAX);
+        assert_ne!(sampler_seed(u64::MAX << 32), u32::MAX);
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_the_top_tokens_sorted() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let l = token_logprob(&logits, LlamaToken(1), 3, |t| format!("t{}", t.0));
+        let p: f32 = logits.iter().map(|&x| x.exp()).sum();
+        assert!((l.logprob - (3.0 - p.ln())).abs() < 1e-5, "{l:?}");
+        let ids: Vec<u32> = l.top.iter().map(|t| t.token).collect();
+        assert_eq!(ids, [1, 3, 0], "ties keep the lower id first");
+        assert_eq!(l.top[2].text, "t0");
+        assert!(l.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(l.top.iter().all(|t| t.logprob <= 0.0));
+    }
 
     #[test]
     fn characters_split_across_tokens_come_out_whole() {

@@ -11,6 +11,7 @@ pub mod onnx;
 pub mod panicking;
 mod registry;
 pub mod sleep;
+mod stops;
 pub mod writer;
 
 use std::time::{Duration, Instant};
@@ -18,9 +19,10 @@ use std::time::{Duration, Instant};
 pub use registry::{
     factory, is_built_in, load, load_with, CustomBackends, CustomFactory, Factory, LoadError,
 };
+pub use stops::{Released, StopStrings};
 
 use crate::backend::writer::Out;
-use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
+use crate::protocol::{ArchivedRequest, FinishReason, StreamChunk, Task, TokenLogprob, Usage};
 
 /// Why a run stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,10 @@ pub struct Batching {
 }
 
 /// What a decode step did for one sequence of a [`Stepper`].
+///
+/// Stop sequences are the worker's business, not the stepper's: the worker runs each sequence's
+/// text through [`StopStrings`], holds back what could begin one, and ends the sequence
+/// ([`Stepper::release`], finish `Stop`) when one completes.
 #[derive(Debug)]
 pub enum StepEvent {
     /// Sequence `slot` produced token `id`, whose text is `text` (possibly empty, when a character
@@ -104,9 +110,12 @@ pub enum StepEvent {
         id: u32,
         /// Its text.
         text: String,
+        /// Its log-probability and the most likely alternatives, when the request asked for
+        /// them (`Params::logprobs`).
+        logprob: Option<TokenLogprob>,
     },
-    /// Sequence `slot` ended (its last token, if any, was reported before). `trim` bytes at the end
-    /// of its text are a stop sequence, to be cut from the answer.
+    /// Sequence `slot` ended (its last token, if any, was reported before): end of sequence
+    /// (`Stop`) or `max_tokens` (`Length`).
     Done {
         /// The sequence.
         slot: usize,
@@ -114,8 +123,6 @@ pub enum StepEvent {
         finish: FinishReason,
         /// Token counts and timings.
         usage: Usage,
-        /// Bytes to cut from the end of the text.
-        trim: usize,
     },
     /// Sequence `slot` failed; its slot is free again.
     Failed {

@@ -166,6 +166,7 @@ impl Backend for Panicking {
                     index: i as u32,
                     text: c.into(),
                     tokens: vec![c.into()],
+                    logprobs: Vec::new(),
                 })
                 .map_err(BackendError::Stopped)?;
             }
@@ -268,6 +269,7 @@ impl Stepper for PanickingStepper<'_> {
                 slot,
                 id: c.into(),
                 text: c.into(),
+                logprob: None,
             });
             if s.n == s.chars.len() {
                 let usage = usage(s.n);
@@ -276,7 +278,6 @@ impl Stepper for PanickingStepper<'_> {
                     slot,
                     finish: FinishReason::Length,
                     usage,
-                    trim: 0,
                 });
             }
         }

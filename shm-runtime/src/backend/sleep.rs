@@ -95,6 +95,7 @@ impl Backend for Sleep {
                     index: i,
                     text: piece,
                     tokens: vec![i],
+                    logprobs: Vec::new(),
                 })
                 .map_err(BackendError::Stopped)?;
             }
@@ -117,8 +118,6 @@ impl Backend for Sleep {
 struct Seq {
     max: u32,
     n: u32,
-    text: String,
-    stops: Vec<String>,
     start: Instant,
     ttft_us: u64,
 }
@@ -148,13 +147,6 @@ impl Stepper for SleepStepper {
         self.seqs[slot] = Some(Seq {
             max,
             n: 0,
-            text: String::new(),
-            stops: req
-                .params
-                .stop
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect(),
             start: Instant::now(),
             ttft_us: 0,
         });
@@ -185,24 +177,18 @@ impl Stepper for SleepStepper {
             if s.n == 1 {
                 s.ttft_us = s.start.elapsed().as_micros() as u64;
             }
-            s.text.push_str(&text);
-            events.push(StepEvent::Token { slot, id, text });
-            let stop = s
-                .stops
-                .iter()
-                .find(|st| !st.is_empty() && s.text.ends_with(st.as_str()));
-            let done = match stop {
-                Some(st) => Some((FinishReason::Stop, st.len())),
-                None if s.n >= s.max => Some((FinishReason::Length, 0)),
-                None => None,
-            };
-            if let Some((finish, trim)) = done {
+            events.push(StepEvent::Token {
+                slot,
+                id,
+                text,
+                logprob: None,
+            });
+            if s.n >= s.max {
                 let usage = usage_of(s);
                 events.push(StepEvent::Done {
                     slot,
-                    finish,
+                    finish: FinishReason::Length,
                     usage,
-                    trim,
                 });
                 *seq = None;
             }

@@ -7,18 +7,27 @@ use std::time::Duration;
 use super::{Client, ResponseView, Stream};
 use crate::error::Error;
 use crate::protocol::{
-    f32_native, tokens_native, ArchivedBody, ArchivedGeneration, ArchivedLabelScore, ChatMessage,
-    FinishReason, Input, Params, Request, Task,
+    f32_native, tokens_native, ArchivedBody, ArchivedGeneration, ArchivedLabelScore,
+    ArchivedTokenLogprob, ChatMessage, FinishReason, Input, Params, Request, Task, TokenLogprob,
 };
 
 /// How to generate: the sampling parameters and limits of [`Client::generate`],
 /// [`Client::chat`] and their streams. The defaults: at most 64 new tokens, greedy decoding
-/// (temperature 0), no stop strings, the client's timeout, normal priority.
+/// (temperature 0), no penalties, no stop strings, no log-probabilities, the client's timeout,
+/// normal priority. The server checks the ranges (`protocol::Limits`); a value outside one is
+/// an [`Error::InvalidRequest`] naming it.
 ///
 /// ```
 /// use shm_runtime::GenerateOptions;
 ///
-/// let opts = GenerateOptions::new().max_tokens(200).temperature(0.7).seed(42).stop(["\n\n"]);
+/// let opts = GenerateOptions::new()
+///     .max_tokens(200)
+///     .temperature(0.7)
+///     .min_p(0.05)
+///     .frequency_penalty(0.5)
+///     .seed(42)
+///     .stop(["\n\n"])
+///     .logprobs(3);
 /// assert_eq!(opts.max_tokens, 200);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -31,12 +40,22 @@ pub struct GenerateOptions {
     pub top_p: f32,
     /// Only the `top_k` most likely tokens (0: no limit).
     pub top_k: u32,
-    /// Seed of the sampler (the same seed gives the same tokens).
+    /// Only tokens at least this fraction as likely as the most likely one, in 0..=1 (0: off).
+    pub min_p: f32,
+    /// Seed of the sampler (the same seed gives the same tokens); all 64 bits count.
     pub seed: u64,
-    /// Penalty on tokens already generated (1: none).
+    /// Penalty on tokens of the last 64, prompt included (1: none; > 1 discourages them).
     pub repetition_penalty: f32,
-    /// Strings that end the generation when generated.
+    /// Subtracted from the logit of every token generated so far, in -2..=2 (0: none).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated, in -2..=2 (0: none).
+    pub frequency_penalty: f32,
+    /// Strings that end the generation when generated; no part of one is ever in the text,
+    /// streamed or not.
     pub stop: Vec<String>,
+    /// With each token, its log-probability and this many most likely tokens (0: none; at most
+    /// 20).
+    pub logprobs: u8,
     /// The request's deadline, from when it is sent; `None` takes the client's timeout.
     pub timeout: Option<Duration>,
     /// Priority, 0 (most urgent) to 3.
@@ -51,9 +70,13 @@ impl Default for GenerateOptions {
             temperature: p.temperature,
             top_p: p.top_p,
             top_k: p.top_k,
+            min_p: p.min_p,
             seed: p.seed,
             repetition_penalty: p.repetition_penalty,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
             stop: Vec::new(),
+            logprobs: p.logprobs,
             timeout: None,
             priority: p.priority,
         }
@@ -94,6 +117,13 @@ impl GenerateOptions {
         self
     }
 
+    /// Min-p sampling: drops tokens less than `p` times as likely as the most likely one.
+    #[must_use]
+    pub fn min_p(mut self, p: f32) -> Self {
+        self.min_p = p;
+        self
+    }
+
     /// The sampler's seed.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
@@ -105,6 +135,28 @@ impl GenerateOptions {
     #[must_use]
     pub fn repetition_penalty(mut self, p: f32) -> Self {
         self.repetition_penalty = p;
+        self
+    }
+
+    /// Penalty on every token already generated, however often.
+    #[must_use]
+    pub fn presence_penalty(mut self, p: f32) -> Self {
+        self.presence_penalty = p;
+        self
+    }
+
+    /// Penalty on a token per time it was generated.
+    #[must_use]
+    pub fn frequency_penalty(mut self, p: f32) -> Self {
+        self.frequency_penalty = p;
+        self
+    }
+
+    /// Each token's log-probability with the `n` most likely tokens at its position
+    /// ([`Generation::logprobs`], [`StreamEvent::Delta`]).
+    #[must_use]
+    pub fn logprobs(mut self, n: u8) -> Self {
+        self.logprobs = n;
         self
     }
 
@@ -137,7 +189,11 @@ impl GenerateOptions {
             top_k: self.top_k,
             seed: self.seed,
             repetition_penalty: self.repetition_penalty,
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             stop: self.stop.clone(),
+            logprobs: self.logprobs,
             stream,
             timeout_ms: self
                 .timeout
@@ -332,6 +388,8 @@ pub struct Generation {
     pub time_to_first_token: Duration,
     /// From the request's start in the server to its end.
     pub total_time: Duration,
+    /// One per token of `tokens` when [`GenerateOptions::logprobs`] asked for them, else empty.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Generation {
@@ -352,6 +410,11 @@ impl Generation {
             },
             time_to_first_token: Duration::from_micros(g.usage.ttft_us.to_native()),
             total_time: Duration::from_micros(g.usage.total_us.to_native()),
+            logprobs: g
+                .logprobs
+                .iter()
+                .map(ArchivedTokenLogprob::to_native)
+                .collect(),
         }
     }
 
@@ -366,12 +429,15 @@ impl Generation {
 /// What a [`TextStream`] yields: pieces of text as they are generated, then the whole.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// New text and its tokens.
+    /// New text and the new tokens.
     Delta {
-        /// The text (may be empty while a character needs more tokens).
+        /// The text released since the last delta (may be empty while a character needs more
+        /// tokens, or while the text could begin a stop string).
         text: String,
-        /// Its token ids.
+        /// The new token ids.
         tokens: Vec<u32>,
+        /// One per token of `tokens` when [`GenerateOptions::logprobs`] asked for them.
+        logprobs: Vec<TokenLogprob>,
     },
     /// The finished generation (its text is the deltas' text together): the last item.
     Done(Generation),
@@ -410,6 +476,11 @@ fn event_of(view: &ResponseView) -> Result<StreamEvent, Error> {
         ArchivedBody::Chunk(c) => Ok(StreamEvent::Delta {
             text: c.text.as_str().to_owned(),
             tokens: tokens_native(&c.tokens).to_vec(),
+            logprobs: c
+                .logprobs
+                .iter()
+                .map(ArchivedTokenLogprob::to_native)
+                .collect(),
         }),
         ArchivedBody::Generation(g) => Ok(StreamEvent::Done(Generation::from_archived(g))),
         other => Err(unexpected("a stream part", other)),

@@ -30,6 +30,8 @@ pub struct Limits {
     pub max_model_name: usize,
     /// Longest `timeout_ms`.
     pub max_timeout_ms: u32,
+    /// Most alternatives per token of `logprobs`.
+    pub max_logprobs: u8,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             max_stop_bytes: 256,
             max_model_name: 64,
             max_timeout_ms: 3_600_000,
+            max_logprobs: 20,
         }
     }
 }
@@ -173,6 +176,24 @@ fn first_broken_rule(req: &ArchivedRequest, limits: &Limits) -> Result<(), Strin
     let rp = p.repetition_penalty.to_native();
     if !(rp.is_finite() && rp > 0.0 && rp <= 10.0) {
         return Err(format!("repetition_penalty must be in (0, 10], got {rp}"));
+    }
+    let min_p = p.min_p.to_native();
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(format!("min_p must be in 0..=1 (0: off), got {min_p}"));
+    }
+    for (name, v) in [
+        ("presence_penalty", p.presence_penalty.to_native()),
+        ("frequency_penalty", p.frequency_penalty.to_native()),
+    ] {
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(format!("{name} must be in -2..=2 (0: off), got {v}"));
+        }
+    }
+    if p.logprobs > limits.max_logprobs {
+        return Err(format!(
+            "logprobs asks for {} alternatives per token; at most {} (0: none)",
+            p.logprobs, limits.max_logprobs
+        ));
     }
     let max_tokens = p.max_tokens.to_native();
     if max_tokens > limits.max_new_tokens {

@@ -10,7 +10,9 @@
 /// Version of this protocol; lives in the service segment header. Bumped on any change to the
 /// archived types, the descriptor format or the service segment's layout (5: a lane's panic and
 /// restart counters and its state; a client's ejection reason; cancels naming their request's
-/// chunk and the `CancelRefused` notice; batches of texts).
+/// chunk and the `CancelRefused` notice; batches of texts; the generation options `min_p`,
+/// `presence_penalty`, `frequency_penalty` and `logprobs` in `Params`, and per-token
+/// `logprobs` (`TokenLogprob`, `TopLogprob`) in `Generation` and `StreamChunk`).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 mod codec;

@@ -111,6 +111,46 @@ fn semantic_limits_name_the_rule() {
         (
             Request {
                 params: Params {
+                    min_p: 1.5,
+                    ..Params::default()
+                },
+                ..request(Input::Text("a".into()))
+            },
+            "min_p must be in 0..=1",
+        ),
+        (
+            Request {
+                params: Params {
+                    presence_penalty: f32::NAN,
+                    ..Params::default()
+                },
+                ..request(Input::Text("a".into()))
+            },
+            "presence_penalty must be in -2..=2",
+        ),
+        (
+            Request {
+                params: Params {
+                    frequency_penalty: -2.5,
+                    ..Params::default()
+                },
+                ..request(Input::Text("a".into()))
+            },
+            "frequency_penalty must be in -2..=2",
+        ),
+        (
+            Request {
+                params: Params {
+                    logprobs: 21,
+                    ..Params::default()
+                },
+                ..request(Input::Text("a".into()))
+            },
+            "at most 20",
+        ),
+        (
+            Request {
+                params: Params {
                     priority: 9,
                     ..Params::default()
                 },

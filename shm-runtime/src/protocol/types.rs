@@ -144,12 +144,29 @@ pub struct Params {
     pub top_p: f32,
     /// Top-k sampling; 0 means off.
     pub top_k: u32,
-    /// Sampling seed.
+    /// Sampling seed: the same seed, prompt and parameters give the same tokens. All 64 bits
+    /// count; a backend whose sampler takes fewer folds them (GGUF: `backend::gguf::sampler_seed`).
     pub seed: u64,
-    /// Repetition penalty; 1 means off.
+    /// Repetition penalty over the last 64 tokens, prompt included: a repeated token's logit is
+    /// divided by it (multiplied when negative); 1 means off.
     pub repetition_penalty: f32,
-    /// Stop sequences.
+    /// Min-p sampling, in 0..=1: only tokens at least this fraction as likely as the most likely
+    /// one are kept; 0 means off.
+    pub min_p: f32,
+    /// Presence penalty, in -2..=2: subtracted from the logit of every token already generated;
+    /// 0 means off.
+    pub presence_penalty: f32,
+    /// Frequency penalty, in -2..=2: subtracted from a token's logit once per time it was
+    /// generated; 0 means off.
+    pub frequency_penalty: f32,
+    /// Stop sequences: the generation ends when one is generated, and the text ends before it.
+    /// Text that could be the start of one is held back until it cannot, so no part of a stop
+    /// sequence is ever sent, streamed or not. Honoured for every backend that decodes step by
+    /// step (GGUF, `sleep` with `slots`); the one-call `echo` and `sleep` ignore them.
     pub stop: Vec<String>,
+    /// Log-probabilities: 0 means none; n (at most [`Limits::max_logprobs`](super::Limits)) gives
+    /// each generated token's log-probability and the n most likely tokens at its position.
+    pub logprobs: u8,
     /// Stream the generation as chunks.
     pub stream: bool,
     /// Deadline, milliseconds from submission; 0 means the server's default.
@@ -167,7 +184,11 @@ impl Default for Params {
             top_k: 0,
             seed: 0,
             repetition_penalty: 1.0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             stop: Vec::new(),
+            logprobs: 0,
             stream: false,
             timeout_ms: 0,
             priority: 1,
@@ -229,18 +250,66 @@ pub struct Usage {
     pub total_us: u64,
 }
 
+/// One of the most likely tokens at a position of a generation.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TopLogprob {
+    /// The token id.
+    pub token: u32,
+    /// Its natural log-probability (<= 0).
+    pub logprob: f32,
+    /// Its text (special tokens by name; bytes of a character split across tokens as U+FFFD).
+    pub text: String,
+}
+
+/// The log-probability of one generated token, under the model's own distribution (the softmax
+/// of its logits, before penalties, temperature and truncation), with the most likely tokens at
+/// that position.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TokenLogprob {
+    /// The natural log-probability of the token generated (<= 0).
+    pub logprob: f32,
+    /// The [`Params::logprobs`] most likely tokens, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+impl ArchivedTopLogprob {
+    /// The native value.
+    pub fn to_native(&self) -> TopLogprob {
+        TopLogprob {
+            token: self.token.to_native(),
+            logprob: self.logprob.to_native(),
+            text: self.text.as_str().to_owned(),
+        }
+    }
+}
+
+impl ArchivedTokenLogprob {
+    /// The native value.
+    pub fn to_native(&self) -> TokenLogprob {
+        TokenLogprob {
+            logprob: self.logprob.to_native(),
+            top: self.top.iter().map(ArchivedTopLogprob::to_native).collect(),
+        }
+    }
+}
+
 /// A finished generation.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct Generation {
-    /// Generated text.
+    /// Generated text (a stop sequence and what came after it cut off).
     pub text: String,
-    /// Generated token ids.
+    /// Generated token ids (those of a stop sequence included).
     pub tokens: Vec<u32>,
     /// Why it ended.
     pub finish: FinishReason,
     /// Counts and timings.
     pub usage: Usage,
+    /// One per token of `tokens` when the request asked for them ([`Params::logprobs`]), else
+    /// empty.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A piece of a streamed generation.
@@ -249,10 +318,14 @@ pub struct Generation {
 pub struct StreamChunk {
     /// Position of this chunk in the stream, from 0.
     pub index: u32,
-    /// Text of the new tokens.
+    /// The text released since the previous chunk: usually that of the new tokens, but text that
+    /// could begin a stop sequence waits for the tokens that decide, and the last chunk may carry
+    /// such text without tokens. The chunks' texts together are the final answer's text.
     pub text: String,
     /// The new token ids.
     pub tokens: Vec<u32>,
+    /// One per token of `tokens` when the request asked for them, else empty.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Error kinds on the wire.

@@ -14,7 +14,7 @@ use super::ROOT_ROOM;
 use crate::protocol::{
     ArchivedBody, ArchivedEmbeddingRows, ArchivedErrorBody, ArchivedGeneration, ArchivedResponse,
     ArchivedStreamChunk, ArchivedTensor, ArchivedTensorData, Body, ErrorCode, FinishReason,
-    LabelScore, Response, Usage,
+    LabelScore, Response, TokenLogprob, Usage,
 };
 
 /// The rkyv writer for the root: the tail of a chunk, at positions counted from the chunk start.
@@ -186,12 +186,19 @@ where
 
 #[derive(Archive, Serialize)]
 #[rkyv(as = ArchivedGeneration)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator + Fallible,
+    <__S as Fallible>::Error: Source,
+))]
 pub(super) struct GenerationOut<'t> {
     #[rkyv(omit_bounds)]
     pub(super) text: PlacedStr<'t>,
     pub(super) tokens: Placed<u32>,
     pub(super) finish: FinishReason,
     pub(super) usage: Usage,
+    /// Serialized behind the token ids, as rkyv would.
+    #[rkyv(omit_bounds)]
+    pub(super) logprobs: Entries<'t, TokenLogprob>,
 }
 
 #[derive(Archive, Serialize)]
@@ -201,6 +208,7 @@ pub(super) struct ChunkOut<'t> {
     #[rkyv(omit_bounds)]
     pub(super) text: PlacedStr<'t>,
     pub(super) tokens: Placed<u32>,
+    pub(super) logprobs: Placed<TokenLogprob>,
 }
 
 #[derive(Archive, Serialize)]
@@ -228,8 +236,8 @@ pub(crate) fn estimate(resp: &Response) -> usize {
     let payload = match &resp.body {
         Body::Classification(v) => v.iter().map(|l| l.label.len() + 16).sum(),
         Body::Embedding(v) => v.len() * 4,
-        Body::Generation(g) => g.text.len() + g.tokens.len() * 4,
-        Body::Chunk(c) => c.text.len() + c.tokens.len() * 4,
+        Body::Generation(g) => g.text.len() + g.tokens.len() * 4 + logprobs_bytes(&g.logprobs),
+        Body::Chunk(c) => c.text.len() + c.tokens.len() * 4 + logprobs_bytes(&c.logprobs),
         Body::Tensors(ts) => ts
             .iter()
             .map(|t| t.name.len() + t.shape.len() * 8 + t.data.len() * 8 + 32)
@@ -244,4 +252,12 @@ pub(crate) fn estimate(resp: &Response) -> usize {
             .saturating_add(c.len() * 8),
     };
     payload + ROOT_ROOM
+}
+
+/// About the bytes `logprobs` take in an archive.
+pub(crate) fn logprobs_bytes(logprobs: &[TokenLogprob]) -> usize {
+    logprobs
+        .iter()
+        .map(|l| 16 + l.top.iter().map(|t| 16 + t.text.len()).sum::<usize>())
+        .sum()
 }

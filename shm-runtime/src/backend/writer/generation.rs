@@ -2,9 +2,13 @@
 
 use shm_ring::pool::Loan;
 
-use super::archive::{BodyOut, GenerationOut, Placed, PlacedStr, ResponseOut};
-use super::{align, write_root, Out, OutOfRoom, Store, ROOT_ROOM};
-use crate::protocol::{FinishReason, Usage};
+use std::mem::{size_of, MaybeUninit};
+
+use rkyv::Archive;
+
+use super::archive::{BodyOut, Entries, GenerationOut, Placed, PlacedStr, ResponseOut};
+use super::{align, write_root_with, Out, OutOfRoom, Store, ROOT_ROOM};
+use crate::protocol::{FinishReason, TokenLogprob, TopLogprob, Usage};
 
 /// Appends a generation result in place; see [`Out::generation`].
 #[derive(Debug)]
@@ -130,24 +134,60 @@ impl GenerationWriter<'_, '_> {
     ///
     /// [`OutOfRoom`] when the root does not fit (never with the room reserved).
     #[inline]
-    pub fn finish(mut self, finish_reason: FinishReason, usage: Usage) -> Result<(), OutOfRoom> {
-        let id = self.out.id;
-        let (text_len, tokens_at, n) = (self.st.text_len, self.st.tokens_at, self.st.n_tokens);
-        let end = tokens_at + n * 4;
-        let (payload, tail) = self.buf().split_at_mut(end);
-        // SAFETY: as in `text`.
-        let text = unsafe { std::str::from_utf8_unchecked(&payload[..text_len]) };
-        let root = ResponseOut {
-            id,
-            body: BodyOut::Generation(GenerationOut {
-                text: PlacedStr { text, pos: 0 },
-                tokens: Placed::new(tokens_at, n),
-                finish: finish_reason,
-                usage,
-            }),
+    pub fn finish(self, finish_reason: FinishReason, usage: Usage) -> Result<(), OutOfRoom> {
+        self.finish_with_logprobs(finish_reason, usage, &[])
+    }
+
+    /// Writes the root with the tokens' log-probabilities (one per token id, or none), which
+    /// rkyv serializes behind the token ids; the answer moves to a larger chunk when they do not
+    /// fit in this one.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfRoom`] when no chunk can hold the answer.
+    pub fn finish_with_logprobs(
+        mut self,
+        finish_reason: FinishReason,
+        usage: Usage,
+        logprobs: &[TokenLogprob],
+    ) -> Result<(), OutOfRoom> {
+        let mut small = [MaybeUninit::<u8>::uninit(); 256];
+        let mut large = Vec::new();
+        let scratch: &mut [MaybeUninit<u8>] = if logprobs.is_empty() {
+            &mut small
+        } else {
+            // The resolvers of the array of logprobs, then those of one token's alternatives.
+            let most_top = logprobs.iter().map(|l| l.top.len()).max().unwrap_or(0);
+            let need = logprobs.len() * size_of::<<TokenLogprob as Archive>::Resolver>()
+                + most_top * size_of::<<TopLogprob as Archive>::Resolver>();
+            large.resize(2 * need + 256, MaybeUninit::uninit());
+            &mut large
         };
-        let len = write_root(tail, end, &root)?;
-        self.out.len = len;
-        Ok(())
+        loop {
+            let id = self.out.id;
+            let (text_len, tokens_at, n) = (self.st.text_len, self.st.tokens_at, self.st.n_tokens);
+            let end = tokens_at + n * 4;
+            let (payload, tail) = self.buf().split_at_mut(end);
+            // SAFETY: as in `text`.
+            let text = unsafe { std::str::from_utf8_unchecked(&payload[..text_len]) };
+            let root = ResponseOut {
+                id,
+                body: BodyOut::Generation(GenerationOut {
+                    text: PlacedStr { text, pos: 0 },
+                    tokens: Placed::new(tokens_at, n),
+                    finish: finish_reason,
+                    usage,
+                    logprobs: Entries(logprobs),
+                }),
+            };
+            match write_root_with(tail, end, &root, scratch) {
+                Ok(len) => {
+                    self.out.len = len;
+                    return Ok(());
+                }
+                Err(e) if logprobs.is_empty() => return Err(e),
+                Err(_) => self.st.buf_len = self.out.grow(self.st.buf_len * 2, end)?,
+            }
+        }
     }
 }

@@ -166,6 +166,36 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// Moves the answer to a chunk of at least `size` bytes, keeping its first `keep` bytes;
+    /// returns the new chunk's length.
+    #[cold]
+    fn grow(&mut self, size: usize, keep: usize) -> Result<usize, OutOfRoom> {
+        match &mut self.store {
+            Store::Buf(b) => Err(OutOfRoom(format!(
+                "the answer needs more than the buffer's {} bytes",
+                b.len()
+            ))),
+            Store::Pool { pool, owner, loan } => {
+                let max = pool.max_chunk_size();
+                let old_len = loan.as_ref().map_or(0, Loan::len);
+                if old_len >= max {
+                    return Err(OutOfRoom(format!(
+                        "the answer does not fit the largest chunk ({max} bytes)"
+                    )));
+                }
+                let mut new = pool
+                    .loan(*owner, size.min(max))
+                    .map_err(|e| OutOfRoom(format!("no chunk for the answer: {e}")))?;
+                if let Some(old) = loan.as_ref() {
+                    new.as_mut_slice()[..keep].copy_from_slice(&old.as_slice()[..keep]);
+                }
+                let len = new.len();
+                *loan = Some(new);
+                Ok(len)
+            }
+        }
+    }
+
     /// Writes an owned body (classification, errors, anything small).
     ///
     /// # Errors
@@ -338,6 +368,10 @@ impl<'a> Out<'a> {
     }
 }
 
+/// The rkyv serializer of an answer's root: writes behind the payload, with a fixed scratch.
+type RootSerializer<'x, 'c> =
+    rkyv::api::low::LowSerializer<Tail<'x>, SubAllocator<'c>, rancor::Error>;
+
 /// Serializes `root` into `tail`, which starts at position `base` of the chunk; returns the
 /// answer's length (the root is its last part).
 ///
@@ -346,20 +380,31 @@ impl<'a> Out<'a> {
 #[inline]
 fn write_root<T>(tail: &mut [u8], base: usize, root: &T) -> Result<usize, OutOfRoom>
 where
-    T: Archive
-        + for<'c, 'x> Serialize<
-            rkyv::api::low::LowSerializer<Tail<'x>, SubAllocator<'c>, rancor::Error>,
-        >,
+    T: Archive + for<'c, 'x> Serialize<RootSerializer<'x, 'c>>,
+{
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    write_root_with(tail, base, root, &mut scratch)
+}
+
+/// [`write_root`] with the serializer's scratch space given (the resolvers of the arrays it
+/// serializes live there meanwhile).
+fn write_root_with<T>(
+    tail: &mut [u8],
+    base: usize,
+    root: &T,
+    scratch: &mut [std::mem::MaybeUninit<u8>],
+) -> Result<usize, OutOfRoom>
+where
+    T: Archive + for<'c, 'x> Serialize<RootSerializer<'x, 'c>>,
 {
     let exhausted = |e: rancor::Error| OutOfRoom(format!("the answer does not fit its chunk: {e}"));
-    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 256];
     let mut ser = rkyv::ser::Serializer::new(
         Tail {
             buf: &mut *tail,
             base,
             len: 0,
         },
-        SubAllocator::new(&mut scratch),
+        SubAllocator::new(scratch),
         (),
     );
     let resolver = root

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::protocol::{
-    access_response, FinishReason, Generation, LabelScore, Tensor, TensorData, Usage,
+    access_response, FinishReason, Generation, LabelScore, Tensor, TensorData, TokenLogprob,
+    TopLogprob, Usage,
 };
 
 #[repr(C, align(64))]
@@ -58,6 +59,37 @@ fn embedding_rows_written_in_place_are_the_archive_rkyv_writes() {
 }
 
 fn generation(text: &str, tokens: &[u32], hint: usize, pieces: usize) -> (Vec<u8>, Response) {
+    generation_with(text, tokens, hint, pieces, &[])
+}
+
+/// Log-probabilities of `n` tokens with `k` alternatives each, with texts short (inline in the
+/// archive) and long.
+fn logprobs(n: usize, k: usize) -> Vec<TokenLogprob> {
+    (0..n)
+        .map(|i| TokenLogprob {
+            logprob: -(i as f32) / 7.0,
+            top: (0..k)
+                .map(|j| TopLogprob {
+                    token: (i * 31 + j) as u32,
+                    logprob: -(j as f32) - 0.25,
+                    text: if j % 2 == 0 {
+                        format!("t{j}")
+                    } else {
+                        format!("a longer piece {i}.{j}")
+                    },
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn generation_with(
+    text: &str,
+    tokens: &[u32],
+    hint: usize,
+    pieces: usize,
+    logprobs: &[TokenLogprob],
+) -> (Vec<u8>, Response) {
     let mut b = Box::new(Buf([0; 16 << 10]));
     let mut out = Out::in_buffer(&mut b.0, 3);
     let mut g = out.generation(tokens.len(), hint).unwrap();
@@ -80,7 +112,8 @@ fn generation(text: &str, tokens: &[u32], hint: usize, pieces: usize) -> (Vec<u8
         ttft_us: 12,
         total_us: 99,
     };
-    g.finish(FinishReason::Stop, usage).unwrap();
+    g.finish_with_logprobs(FinishReason::Stop, usage, logprobs)
+        .unwrap();
     let want = Response {
         id: 3,
         body: Body::Generation(Generation {
@@ -88,6 +121,7 @@ fn generation(text: &str, tokens: &[u32], hint: usize, pieces: usize) -> (Vec<u8
             tokens: tokens.to_vec(),
             finish: FinishReason::Stop,
             usage,
+            logprobs: logprobs.to_vec(),
         }),
     };
     (out.bytes().unwrap().to_vec(), want)
@@ -117,6 +151,72 @@ fn a_generation_written_in_place_reads_back_exactly() {
         let (bytes, want) = generation(text, tokens, hint, 7);
         assert_eq!(owned(&bytes), want, "text {text:?} hint {hint}");
     }
+}
+
+#[test]
+fn a_generation_with_logprobs_written_in_place_is_the_archive_rkyv_writes() {
+    let tokens: Vec<u32> = (100..140).collect();
+    let text = "generated ".repeat(40);
+    let lp = logprobs(tokens.len(), 5);
+    let (bytes, want) = generation_with(&text, &tokens, text.len(), 40, &lp);
+    assert_eq!(bytes, encoded(&want));
+    // Other shapes read back equal: no alternatives, short text, one token.
+    for (text, n, k, hint) in [("hi", 3, 0, 0), ("x", 1, 20, 8), ("héllo wörld", 9, 2, 3)] {
+        let (bytes, want) = generation_with(text, &tokens[..n], hint, 3, &logprobs(n, k));
+        assert_eq!(
+            owned(&bytes),
+            want,
+            "text {text:?} {n} tokens, {k} alternatives"
+        );
+    }
+}
+
+#[test]
+fn logprobs_beyond_the_chunk_move_the_answer_to_a_larger_one() {
+    use shm_ring::pool::{PoolConfig, SizeClass};
+    use shm_ring::Region;
+    let config = PoolConfig {
+        classes: vec![
+            SizeClass {
+                chunk_size: 1024,
+                count: 2,
+            },
+            SizeClass {
+                chunk_size: 64 << 10,
+                count: 2,
+            },
+        ],
+        max_owners: 4,
+        quota: 64,
+        class_share: 100,
+    };
+    let region = Region::heap(Pool::bytes_for(&config));
+    Pool::init(&region, &config).unwrap();
+    let pool = Pool::attach(&region).unwrap();
+    let owner = pool.register_owner().unwrap();
+    let mut out = Out::in_pool(&pool, owner, 4);
+    let mut g = out.generation(20, 64).unwrap();
+    for i in 0..20 {
+        g.push(i, "word ").unwrap();
+    }
+    let lp = logprobs(20, 10);
+    let usage = Usage::default();
+    g.finish_with_logprobs(FinishReason::Length, usage, &lp)
+        .unwrap();
+    let want = Response {
+        id: 4,
+        body: Body::Generation(Generation {
+            text: "word ".repeat(20),
+            tokens: (0..20).collect(),
+            finish: FinishReason::Length,
+            usage,
+            logprobs: lp,
+        }),
+    };
+    assert!(out.bytes().unwrap().len() > 1024);
+    assert_eq!(owned(out.bytes().unwrap()), want);
+    drop(out);
+    assert_eq!(pool.stats().in_use(), 0, "the first chunk went back");
 }
 
 #[test]

@@ -2,6 +2,13 @@
 //! sequences together; between steps, queued jobs join free slots and sequences that must stop
 //! (client gone, cancelled, deadline, drain) leave.
 //!
+//! Stop sequences are handled here, for every stepper: each token's text goes through the
+//! sequence's [`StopStrings`], which releases only text that can no longer begin a stop sequence
+//! (to the answer written in place and, for a stream, to the token's part); when one completes,
+//! the stepper's slot is released and the answer ends before it, with finish `Stop`. When the
+//! stepper ends a sequence itself (end of sequence, `max_tokens`), the text still held is
+//! released, in a last part without tokens.
+//!
 //! Every call into the stepper is contained (`call_stepper`): a panic sets the stepper aside, and
 //! at the end of that phase of the round every sequence it held ends with the panic's `Backend`
 //! error (`end_broken`) and the lane restarts its backend; this worker then moves to the new
@@ -14,9 +21,10 @@ use super::outbox::Undelivered;
 use super::request::validate;
 use super::{refusal, Worker};
 use crate::backend::writer::{GenerationState, Out};
-use crate::backend::{StepEvent, Stepper};
+use crate::backend::{StepEvent, Stepper, StopStrings};
 use crate::protocol::{
-    Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk, Usage,
+    Body, DescriptorKind, ErrorCode, FinishReason, Refusal, Response, StreamChunk, TokenLogprob,
+    Usage,
 };
 use crate::scheduler::{now_ns, Job};
 use crate::server::recovery::contain;
@@ -29,20 +37,23 @@ pub(super) struct Sequence<'s> {
     stream: bool,
     /// Index of its next stream chunk.
     index: u32,
+    /// Its stop sequences and the text held back while it could begin one.
+    stops: StopStrings,
+    /// The log-probabilities of its tokens so far (when the request asked for them).
+    logprobs: Vec<TokenLogprob>,
     /// A stream part that could not be sent yet (the client holds its share of the pool, or the
     /// pool is empty), with the reason: the sequence is paused, and decodes no further, until the
-    /// part goes; at its deadline it ends with `ResourceExhausted`.
+    /// part goes; at its deadline it ends with `ResourceExhausted`. A later part joins it.
     waiting: Option<(Response, String)>,
     /// How the stepper ended the sequence while a part was still waiting: its final answer goes
     /// after that part (the stepper's slot is already free; the worker's stays taken until then).
     ended: Option<Ended>,
 }
 
-/// The end of a sequence as the stepper reported it.
+/// The end of a sequence as the stepper reported it (or a stop sequence decided).
 pub(super) struct Ended {
     finish: FinishReason,
     usage: Usage,
-    trim: usize,
 }
 
 impl<'w, 's> Worker<'w, 's> {
@@ -104,6 +115,7 @@ impl<'w, 's> Worker<'w, 's> {
             self.on_step_event(ev);
         }
         self.events = events;
+        self.end_at_stop_sequences();
         self.end_broken();
         self.desk.now = now_ns();
         self.desk.running = self.sequences.iter().filter(|s| s.is_some()).count();
@@ -140,10 +152,11 @@ impl<'w, 's> Worker<'w, 's> {
             } else if self.desk.now >= seq.job.deadline_ns {
                 let usage = self.call_stepper(|st| st.release(slot)).unwrap_or_default();
                 let mut seq = self.sequences[slot].take().expect("checked above");
+                // Text held back for a stop sequence stays out: the parts sent make up the answer.
                 let res = seq
                     .out
                     .resume_generation(seq.gen)
-                    .finish(FinishReason::Timeout, usage)
+                    .finish_with_logprobs(FinishReason::Timeout, usage, &seq.logprobs)
                     .map_err(|e| refusal(&e.into()));
                 self.desk.end(&seq.job, res, seq.out);
             }
@@ -244,11 +257,14 @@ impl<'w, 's> Worker<'w, 's> {
         let mut out = Out::in_pool(&state.pool, state.owner, job.request_id);
         let admitted = validate(state, lane, &job, &mut copies[0]).and_then(|req| {
             let stream = req.params.stream;
+            let stops = StopStrings::new(req.params.stop.iter().map(|s| s.as_str()));
             if let Some(Err(e)) = &self.stepper {
                 return Err(Refusal::new(ErrorCode::Backend, e.clone()));
             }
             match self.call_stepper(|st| st.admit(slot, req)) {
-                Some(admitted) => admitted.map(|a| (a, stream)).map_err(|e| refusal(&e)),
+                Some(admitted) => admitted
+                    .map(|a| (a, stream, stops))
+                    .map_err(|e| refusal(&e)),
                 None => Err(match &self.broken {
                     Some((panic, _)) => panic.refusal(),
                     None => Refusal::new(ErrorCode::Backend, "no stepper"),
@@ -256,7 +272,7 @@ impl<'w, 's> Worker<'w, 's> {
             }
         });
         self.desk.copies = copies;
-        let (admitted, stream) = match admitted {
+        let (admitted, stream, stops) = match admitted {
             Ok(a) => a,
             Err(e) => return self.desk.end(&job, Err(e), out),
         };
@@ -271,6 +287,8 @@ impl<'w, 's> Worker<'w, 's> {
                     gen,
                     stream,
                     index: 0,
+                    stops,
+                    logprobs: Vec::new(),
                     waiting: None,
                     ended: None,
                 });
@@ -290,68 +308,75 @@ impl<'w, 's> Worker<'w, 's> {
 
     fn on_step_event(&mut self, ev: StepEvent) {
         match ev {
-            StepEvent::Token { slot, id, text } => {
+            StepEvent::Token {
+                slot,
+                id,
+                text,
+                logprob,
+            } => {
                 let Some(seq) = self.sequences[slot].as_mut() else {
                     return;
                 };
+                if seq.stops.stopped() {
+                    // Past a stop sequence (a stepper reporting several tokens in one step).
+                    return;
+                }
+                let released = seq.stops.push(text);
                 let mut g = seq.out.resume_generation(seq.gen);
-                let pushed = g.push(id, &text);
+                let pushed = g.push(id, &released.text);
                 seq.gen = g.suspend();
-                let (reply, stream, index) = (seq.job.reply, seq.stream, seq.index);
-                seq.index += 1;
-                let failed = pushed.err().map(|e| refusal(&e.into()));
-                if let Some(err) = failed {
+                if let Err(e) = pushed {
                     let seq = self.take_sequence(slot);
-                    self.desk.end(&seq.job, Err(err), seq.out);
+                    self.desk.end(&seq.job, Err(refusal(&e.into())), seq.out);
                     return;
                 }
-                if !stream {
-                    return;
-                }
-                let resp = Response {
-                    id: seq.job.request_id,
-                    body: Body::Chunk(StreamChunk {
-                        index,
-                        text,
-                        tokens: vec![id],
-                    }),
-                };
-                let why = match self.desk.answer(reply, DescriptorKind::Partial, &resp) {
-                    Ok(()) => return,
-                    Err(Undelivered::Gone) => {
-                        let seq = self.take_sequence(slot);
-                        self.desk.drop_started(&seq.job);
-                        return;
+                let part_logprobs = match logprob {
+                    Some(l) if seq.stream => {
+                        seq.logprobs.push(l.clone());
+                        vec![l]
                     }
-                    Err(Undelivered::NoChunk) => "no shared memory for a stream part".to_owned(),
-                    Err(Undelivered::OverShare(why)) => {
-                        format!("the client is not reading its stream: {why}")
+                    Some(l) => {
+                        seq.logprobs.push(l);
+                        Vec::new()
                     }
+                    None => Vec::new(),
                 };
-                if let Some(seq) = self.sequences[slot].as_mut() {
-                    seq.waiting = Some((resp, why));
+                if seq.stream {
+                    self.send_part(slot, released.text, vec![id], part_logprobs);
                 }
             }
             StepEvent::Done {
                 slot,
                 finish,
                 usage,
-                trim,
             } => {
-                let Some(mut seq) = self.sequences[slot].take() else {
+                let Some(seq) = self.sequences[slot].as_mut() else {
                     return;
                 };
-                seq.ended = Some(Ended {
-                    finish,
-                    usage,
-                    trim,
-                });
-                if seq.waiting.is_some() {
-                    // Its last part has not gone yet: the final answer waits behind it.
-                    self.sequences[slot] = Some(seq);
-                } else {
-                    self.finish_sequence(seq);
+                if seq.ended.is_some() {
+                    return;
                 }
+                let finish = if seq.stops.stopped() {
+                    FinishReason::Stop
+                } else {
+                    // No stop sequence completed: the text held back is the generation's end.
+                    let rest = seq.stops.finish();
+                    if !rest.is_empty() {
+                        let mut g = seq.out.resume_generation(seq.gen);
+                        let pushed = g.push_text(&rest);
+                        seq.gen = g.suspend();
+                        if let Err(e) = pushed {
+                            let seq = self.take_sequence(slot);
+                            self.desk.end(&seq.job, Err(refusal(&e.into())), seq.out);
+                            return;
+                        }
+                        if seq.stream {
+                            self.send_part(slot, rest, Vec::new(), Vec::new());
+                        }
+                    }
+                    finish
+                };
+                self.end_sequence(slot, Ended { finish, usage });
             }
             StepEvent::Failed { slot, error } => {
                 if let Some(seq) = self.sequences[slot].take() {
@@ -361,24 +386,102 @@ impl<'w, 's> Worker<'w, 's> {
         }
     }
 
-    /// Sends the final answer of a sequence the stepper ended (`seq.ended`).
-    fn finish_sequence(&mut self, mut seq: Sequence<'s>) {
-        let Some(Ended {
-            finish,
-            usage,
-            trim,
-        }) = seq.ended.take()
-        else {
+    /// Ends the sequences in which a stop sequence completed during the step (and which the
+    /// stepper did not end itself): their stepper slots are released, their answers end before
+    /// the stop sequence.
+    fn end_at_stop_sequences(&mut self) {
+        for slot in 0..self.sequences.len() {
+            let stopped = self.sequences[slot]
+                .as_ref()
+                .is_some_and(|s| s.stops.stopped() && s.ended.is_none());
+            if stopped {
+                let usage = self.call_stepper(|st| st.release(slot)).unwrap_or_default();
+                let finish = FinishReason::Stop;
+                self.end_sequence(slot, Ended { finish, usage });
+            }
+        }
+    }
+
+    /// Sends one stream part of sequence `slot`: `text` released since its last part, and its new
+    /// tokens. A part that cannot go yet waits and pauses the sequence; while one waits, the next
+    /// joins it.
+    fn send_part(
+        &mut self,
+        slot: usize,
+        text: String,
+        tokens: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    ) {
+        let Some(seq) = self.sequences[slot].as_mut() else {
             return;
         };
-        let mut g = seq.out.resume_generation(seq.gen);
-        let keep = g.text().len().saturating_sub(trim);
-        let keep = (0..=keep)
-            .rev()
-            .find(|&k| g.text().is_char_boundary(k))
-            .unwrap_or(0);
-        g.truncate_text(keep);
-        let res = g.finish(finish, usage).map_err(|e| refusal(&e.into()));
+        if let Some((
+            Response {
+                body: Body::Chunk(c),
+                ..
+            },
+            _,
+        )) = &mut seq.waiting
+        {
+            c.text.push_str(&text);
+            c.tokens.extend(tokens);
+            c.logprobs.extend(logprobs);
+            return;
+        }
+        let resp = Response {
+            id: seq.job.request_id,
+            body: Body::Chunk(StreamChunk {
+                index: seq.index,
+                text,
+                tokens,
+                logprobs,
+            }),
+        };
+        seq.index += 1;
+        let why = match self
+            .desk
+            .answer(seq.job.reply, DescriptorKind::Partial, &resp)
+        {
+            Ok(()) => return,
+            Err(Undelivered::Gone) => {
+                let seq = self.take_sequence(slot);
+                self.desk.drop_started(&seq.job);
+                return;
+            }
+            Err(Undelivered::NoChunk) => "no shared memory for a stream part".to_owned(),
+            Err(Undelivered::OverShare(why)) => {
+                format!("the client is not reading its stream: {why}")
+            }
+        };
+        if let Some(seq) = self.sequences[slot].as_mut() {
+            seq.waiting = Some((resp, why));
+        }
+    }
+
+    /// Sequence `slot` ended: its final answer goes now, or after its waiting part.
+    fn end_sequence(&mut self, slot: usize, ended: Ended) {
+        let Some(mut seq) = self.sequences[slot].take() else {
+            return;
+        };
+        seq.ended = Some(ended);
+        if seq.waiting.is_some() {
+            // Its last part has not gone yet: the final answer waits behind it.
+            self.sequences[slot] = Some(seq);
+        } else {
+            self.finish_sequence(seq);
+        }
+    }
+
+    /// Sends the final answer of a sequence that ended (`seq.ended`).
+    fn finish_sequence(&mut self, mut seq: Sequence<'s>) {
+        let Some(Ended { finish, usage }) = seq.ended.take() else {
+            return;
+        };
+        let res = seq
+            .out
+            .resume_generation(seq.gen)
+            .finish_with_logprobs(finish, usage, &seq.logprobs)
+            .map_err(|e| refusal(&e.into()));
         self.desk.end(&seq.job, res, seq.out);
     }
 
