@@ -8,7 +8,7 @@
 //! Any client then asks it like any model:
 //! `client.generate("reverse", "hello", &GenerateOptions::default())` answers "olleh".
 
-use std::io::BufRead;
+use std::io::{BufRead, Write as _};
 
 use clap::Parser;
 use shm_runtime::backend::writer::Out;
@@ -93,7 +93,13 @@ fn main() -> anyhow::Result<()> {
         .backend("reverse", Reverse::new)
         .model(ModelConfig::new("reverse", "reverse"))
         .start()?;
-    println!("serving {} (model reverse); Enter stops it", args.service);
+    // A server outlives whoever reads its stdout: a closed one is no reason to stop (nor to
+    // panic, as println! would).
+    let _ = writeln!(
+        std::io::stdout(),
+        "serving {} (model reverse); Enter stops it",
+        args.service
+    );
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
     server.shutdown(std::time::Duration::from_secs(1));

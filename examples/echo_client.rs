@@ -1,44 +1,65 @@
 //! Sends one request to a running service and prints the answer; with `--stream`, prints the
-//! stream chunk by chunk.
+//! stream chunk by chunk. It uses the raw protocol (`Request`, `ArchivedBody`) on purpose: the
+//! typed calls are in `generate` and `infer`.
 //!
 //! ```text
 //! shm-runtime serve --name demo --model echo=echo &
 //! cargo run -p shm-examples --bin echo-client -- demo "hello world" [--stream] [--model echo] [--max-tokens N]
 //! ```
 
-use anyhow::{bail, Context, Result};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
 use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
 use shm_runtime::Client;
 
-fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let service = args
-        .next()
-        .context("usage: echo-client SERVICE TEXT [--stream] [--model M]")?;
-    let text = args
-        .next()
-        .context("usage: echo-client SERVICE TEXT [--stream] [--model M]")?;
-    let (mut stream, mut model, mut max_tokens) = (false, "echo".to_owned(), 256);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--stream" => stream = true,
-            "--model" => model = args.next().context("--model NAME")?,
-            "--max-tokens" => max_tokens = args.next().context("--max-tokens N")?.parse()?,
-            other => bail!("unknown argument {other:?}"),
+/// Sends one request to a running service and prints the answer (raw protocol).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Service name.
+    service: String,
+    /// Text to send.
+    text: String,
+    /// Print the answer as it is streamed, chunk by chunk.
+    #[arg(long)]
+    stream: bool,
+    /// Model to send it to.
+    #[arg(long, default_value = "echo")]
+    model: String,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_tokens: u32,
+}
+
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
+    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, no backtrace: a failed request is not a bug.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    let client = Client::connect(&service)?;
+}
+
+fn run(args: Args) -> Result<()> {
+    let client = Client::connect(&args.service)?;
     let req = Request {
         id: 1,
-        model,
+        model: args.model,
         task: Task::Generate,
-        input: Input::Text(text),
+        input: Input::Text(args.text),
         params: Params {
-            max_tokens,
+            max_tokens: args.max_tokens,
             ..Params::default()
         },
     };
-    if stream {
+    if args.stream {
         for item in client.stream_request(&req)? {
             let view = item?;
             match &view.response()?.body {

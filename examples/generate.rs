@@ -1,92 +1,128 @@
 //! Streams a generated answer from a running service to the terminal, token by token, then prints
-//! the finish reason, token counts, time to first token and tokens per second.
+//! the finish reason, token counts, time to first token and tokens per second; with `--json`,
+//! prints the finished generation as one JSON object instead.
 //!
 //! ```text
-//! generate SERVICE MODEL "prompt" [--chat] [--max-tokens N] [--temperature T] [--seed S]
+//! generate SERVICE MODEL "prompt" [--chat] [--max-tokens N] [--temperature T] [--seed S] [--json]
 //! ```
 //!
 //! With `--chat`, the prompt is sent as one user message and formatted with the model's own chat
 //! template; otherwise it is plain text to continue.
 
 use std::io::Write as _;
+use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use shm_runtime::protocol::{ArchivedBody, ChatMessage, Input, Params, Request, Task};
-use shm_runtime::Client;
+use anyhow::Result;
+use clap::Parser;
+use shm_runtime::{Client, GenerateOptions, Generation, Message, StreamEvent};
 
-const USAGE: &str =
-    "usage: generate SERVICE MODEL PROMPT [--chat] [--max-tokens N] [--temperature T] [--seed S]";
+/// Streams a generated answer from a running service, then its figures.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Service name.
+    service: String,
+    /// Model to generate with (a `generate` model).
+    model: String,
+    /// The prompt: text to continue, or with --chat the user's message.
+    prompt: String,
+    /// Send the prompt as a user message, formatted by the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_tokens: u32,
+    /// Sampling temperature (0: always the most likely token).
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed of the sampler (the same seed gives the same text).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Print the finished generation as one JSON object (text, tokens, finish reason, usage,
+    /// timings) instead of streaming it.
+    #[arg(long)]
+    json: bool,
+}
 
-fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let service = args.next().context(USAGE)?;
-    let model = args.next().context(USAGE)?;
-    let prompt = args.next().context(USAGE)?;
-    let (mut chat, mut max_tokens, mut temperature, mut seed) = (false, 128u32, 0.0f32, 0u64);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--chat" => chat = true,
-            "--max-tokens" => max_tokens = args.next().context("--max-tokens N")?.parse()?,
-            "--temperature" => temperature = args.next().context("--temperature T")?.parse()?,
-            "--seed" => seed = args.next().context("--seed S")?.parse()?,
-            other => bail!("unknown argument {other:?}; {USAGE}"),
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
+    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, no backtrace: a failed request is not a bug.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    let input = if chat {
-        Input::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt,
-        }])
-    } else {
-        print!("{prompt}");
-        Input::Text(prompt)
-    };
-    let client = Client::connect(&service)?;
-    let req = Request {
-        id: 1,
-        model,
-        task: Task::Generate,
-        input,
-        params: Params {
-            max_tokens,
-            temperature,
-            seed,
-            ..Params::default()
-        },
-    };
-    let t = Instant::now();
-    let mut first = None;
+}
+
+fn run(args: Args) -> Result<()> {
+    let client = Client::connect(&args.service)?;
+    let options = GenerateOptions::new()
+        .max_tokens(args.max_tokens)
+        .temperature(args.temperature)
+        .seed(args.seed);
+    let messages = [Message::user(args.prompt.as_str())];
+    if args.json {
+        let g = if args.chat {
+            client.chat(&args.model, &messages, &options)?
+        } else {
+            client.generate(&args.model, &args.prompt, &options)?
+        };
+        println!("{}", json(&g));
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
-    for item in client.stream_request(&req)? {
-        let view = item?;
-        match &view.response()?.body {
-            ArchivedBody::Chunk(c) => {
+    let t = Instant::now();
+    let stream = if args.chat {
+        client.chat_stream(&args.model, &messages, &options)?
+    } else {
+        write!(out, "{}", args.prompt)?;
+        client.stream(&args.model, &args.prompt, &options)?
+    };
+    let mut first = None;
+    for event in stream {
+        match event? {
+            StreamEvent::Delta { text, .. } => {
                 first.get_or_insert_with(|| t.elapsed());
-                write!(out, "{}", c.text.as_str())?;
+                write!(out, "{text}")?;
                 out.flush()?;
             }
-            ArchivedBody::Generation(g) => {
-                let u = &g.usage;
-                let total = t.elapsed().as_secs_f64();
-                let n = u.generated_tokens.to_native();
-                let decode_s = (u.total_us.to_native() as f64 - u.ttft_us.to_native() as f64) / 1e6;
+            StreamEvent::Done(g) => {
+                let n = g.usage.completion_tokens;
+                let decode_s = g
+                    .total_time
+                    .saturating_sub(g.time_to_first_token)
+                    .as_secs_f64();
                 writeln!(out)?;
                 writeln!(
                     out,
                     "[{:?}: {} prompt + {n} generated tokens; first token after {:.0} ms (server {:.0} ms); \
                      {:.1} tokens/s decoding; {:.2} s in all]",
-                    g.finish,
-                    u.prompt_tokens,
+                    g.finish_reason,
+                    g.usage.prompt_tokens,
                     first.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                    u.ttft_us.to_native() as f64 / 1e3,
-                    if decode_s > 0.0 { (n.saturating_sub(1)) as f64 / decode_s } else { 0.0 },
-                    total
+                    g.time_to_first_token.as_secs_f64() * 1e3,
+                    if decode_s > 0.0 { n.saturating_sub(1) as f64 / decode_s } else { 0.0 },
+                    t.elapsed().as_secs_f64()
                 )?;
             }
-            ArchivedBody::Error(e) => bail!("{:?}: {}", e.code, e.message.as_str()),
-            other => bail!("unexpected answer {other:?}"),
         }
     }
     Ok(())
+}
+
+fn json(g: &Generation) -> serde_json::Value {
+    serde_json::json!({
+        "text": g.text,
+        "tokens": g.tokens,
+        "finish_reason": format!("{:?}", g.finish_reason).to_lowercase(),
+        "prompt_tokens": g.usage.prompt_tokens,
+        "completion_tokens": g.usage.completion_tokens,
+        "time_to_first_token_ms": g.time_to_first_token.as_secs_f64() * 1e3,
+        "total_ms": g.total_time.as_secs_f64() * 1e3,
+    })
 }

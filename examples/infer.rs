@@ -2,105 +2,200 @@
 //! round-trip latencies.
 //!
 //! ```text
-//! infer SERVICE MODEL classify "a text" ["another text" ...] [--repeat N]
-//! infer SERVICE MODEL embed "a text" ["another text" ...] [--repeat N]
+//! infer SERVICE MODEL classify "a text" ["another text" ...] [--repeat N] [--batch] [--json]
+//! infer SERVICE MODEL embed "a text" ["another text" ...] [--repeat N] [--batch] [--json]
 //! ```
 //!
 //! `classify` prints each text's labels and scores; `embed` prints each embedding's size and first
-//! values, then the cosine similarity of every pair of texts. With `--repeat N`, each text is sent N
-//! more times and the latency percentiles are printed.
+//! values, then the cosine similarity of every pair of texts. Each text is one request, unless
+//! `--batch` sends them all in one. With `--repeat N`, the requests are sent N more times and the
+//! latency percentiles are printed. `--json` prints all of it as one JSON document.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
-use shm_runtime::Client;
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use shm_runtime::{Classification, Client};
 
-const USAGE: &str = "usage: infer SERVICE MODEL classify|embed TEXT... [--repeat N]";
+/// Classifies or embeds texts through a running service, with round-trip latencies.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Service name.
+    service: String,
+    /// Model to ask (a `classify` or `embed` model).
+    model: String,
+    /// What to ask of it.
+    task: Task,
+    /// The texts.
+    #[arg(required = true)]
+    texts: Vec<String>,
+    /// Send the requests this many more times and print latency percentiles.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    repeat: usize,
+    /// Send all texts in one request (the server runs them as a batch) instead of one each.
+    #[arg(long)]
+    batch: bool,
+    /// Print the answers, similarities and latencies as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
 
-fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let service = args.next().context(USAGE)?;
-    let model = args.next().context(USAGE)?;
-    let task = match args.next().context(USAGE)?.as_str() {
-        "classify" => Task::Classify,
-        "embed" => Task::Embed,
-        other => bail!("unknown task {other:?}; {USAGE}"),
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Task {
+    /// Labels with scores.
+    Classify,
+    /// A vector per text.
+    Embed,
+}
+
+/// One text's answer.
+enum Answer {
+    Labels(Classification),
+    Embedding(Vec<f32>),
+}
+
+/// Asks `model` about `texts` in one request.
+fn ask(client: &Client, model: &str, task: Task, texts: &[&str]) -> Result<Vec<Answer>> {
+    let answers = match task {
+        Task::Classify => client
+            .classify(model, texts)?
+            .into_iter()
+            .map(Answer::Labels)
+            .collect(),
+        Task::Embed => client
+            .embed(model, texts)?
+            .iter()
+            .map(|row| Answer::Embedding(row.to_vec()))
+            .collect(),
     };
-    let (mut texts, mut repeat) = (Vec::new(), 0usize);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--repeat" => repeat = args.next().context("--repeat N")?.parse()?,
-            _ => texts.push(a),
+    Ok(answers)
+}
+
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
+    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, no backtrace: a failed request is not a bug.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    if texts.is_empty() {
-        bail!("no texts; {USAGE}");
-    }
-    let client = Client::connect(&service)?;
-    let request = |text: &str| Request {
-        id: 0,
-        model: model.clone(),
-        task,
-        input: Input::Text(text.to_owned()),
-        params: Params::default(),
+}
+
+fn run(args: Args) -> Result<()> {
+    let client = Client::connect(&args.service)?;
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    // The requests: every text alone, or all of them together.
+    let requests: Vec<&[&str]> = if args.batch {
+        vec![&texts[..]]
+    } else {
+        texts.chunks(1).collect()
     };
-    let mut embeddings: Vec<Vec<f32>> = Vec::new();
-    for text in &texts {
+    let mut answers = Vec::new();
+    for group in &requests {
         let t = Instant::now();
-        let view = client.infer(&request(text))?;
+        let got = ask(&client, &args.model, args.task, group)
+            .with_context(|| format!("asking {:?} about {group:?}", args.model))?;
         let took = t.elapsed();
-        match &view.response()?.body {
-            ArchivedBody::Classification(scores) => {
-                let shown: Vec<String> = scores
+        answers.extend(got.into_iter().map(|a| (took, a)));
+    }
+    let embeddings: Vec<&[f32]> = answers
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Answer::Embedding(v) => Some(&v[..]),
+            Answer::Labels(_) => None,
+        })
+        .collect();
+    let mut similarities = Vec::new();
+    for i in 0..embeddings.len() {
+        for j in i + 1..embeddings.len() {
+            similarities.push((i, j, cosine(embeddings[i], embeddings[j])));
+        }
+    }
+    let mut lat = Vec::with_capacity(args.repeat * requests.len());
+    for _ in 0..args.repeat {
+        for group in &requests {
+            let t = Instant::now();
+            ask(&client, &args.model, args.task, group)?;
+            lat.push(t.elapsed());
+        }
+    }
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    if args.json {
+        let results: Vec<_> = texts
+            .iter()
+            .zip(&answers)
+            .map(|(text, (took, answer))| {
+                let mut r = json!({ "text": text, "latency_us": us(*took) });
+                match answer {
+                    Answer::Labels(c) => {
+                        r["label"] = json!(c.label);
+                        r["score"] = json!(c.score);
+                        r["scores"] = c
+                            .scores
+                            .iter()
+                            .map(|(label, score)| json!({ "label": label, "score": score }))
+                            .collect();
+                    }
+                    Answer::Embedding(v) => r["embedding"] = json!(v),
+                }
+                r
+            })
+            .collect();
+        let mut doc = json!({
+            "model": args.model,
+            "results": results,
+            "similarities": similarities
+                .iter()
+                .map(|&(a, b, cosine)| json!({ "a": a, "b": b, "cosine": cosine }))
+                .collect::<Vec<_>>(),
+        });
+        if !lat.is_empty() {
+            doc["latency"] = json!({
+                "requests": lat.len(),
+                "p50_us": us(p(0.50)),
+                "p95_us": us(p(0.95)),
+                "p99_us": us(p(0.99)),
+            });
+        }
+        println!("{doc:#}");
+        return Ok(());
+    }
+    for (text, (took, answer)) in texts.iter().zip(&answers) {
+        match answer {
+            Answer::Labels(c) => {
+                let shown: Vec<String> = c
+                    .scores
                     .iter()
-                    .map(|s| format!("{} {:.3}", s.label.as_str(), s.score.to_native()))
+                    .map(|(label, score)| format!("{label} {score:.3}"))
                     .collect();
-                println!("{:>9}  {text:?} -> {}", fmt_us(took), shown.join(", "));
+                println!("{:>9}  {text:?} -> {}", fmt_us(*took), shown.join(", "));
             }
-            ArchivedBody::Embedding(v) => {
-                let v: Vec<f32> = v.iter().map(|x| x.to_native()).collect();
+            Answer::Embedding(v) => {
                 let head: Vec<String> = v.iter().take(4).map(|x| format!("{x:+.4}")).collect();
                 println!(
                     "{:>9}  {text:?} -> {} floats [{}, ...]",
-                    fmt_us(took),
+                    fmt_us(*took),
                     v.len(),
                     head.join(", ")
                 );
-                embeddings.push(v);
             }
-            ArchivedBody::Error(e) => {
-                bail!("{text:?}: {:?}: {}", e.code, e.message.as_str())
-            }
-            other => bail!("unexpected answer {other:?}"),
         }
     }
-    if embeddings.len() > 1 {
+    if !similarities.is_empty() {
         println!("cosine similarity:");
-        for i in 0..embeddings.len() {
-            for j in i + 1..embeddings.len() {
-                println!(
-                    "  {:.3}  {:?} ~ {:?}",
-                    cosine(&embeddings[i], &embeddings[j]),
-                    texts[i],
-                    texts[j]
-                );
-            }
+        for (i, j, cosine) in similarities {
+            println!("  {cosine:.3}  {:?} ~ {:?}", texts[i], texts[j]);
         }
     }
-    if repeat > 0 {
-        let mut lat = Vec::with_capacity(repeat * texts.len());
-        for _ in 0..repeat {
-            for text in &texts {
-                let req = request(text);
-                let t = Instant::now();
-                let view = client.infer(&req)?;
-                lat.push(t.elapsed());
-                drop(view);
-            }
-        }
-        lat.sort();
-        let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    if !lat.is_empty() {
         println!(
             "{} requests: p50 {}  p95 {}  p99 {}",
             lat.len(),
@@ -117,6 +212,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(1e-12)
+}
+
+fn us(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e7).round() / 10.0
 }
 
 fn fmt_us(d: Duration) -> String {

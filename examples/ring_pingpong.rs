@@ -1,13 +1,30 @@
 //! Two processes ping-pong a descriptor over shared-memory SPSC rings and print round-trip
-//! percentiles. Run: `cargo run --release -p shm-examples --bin ring-pingpong [-- ROUNDS]`.
+//! percentiles. Run: `cargo run --release -p shm-examples --bin ring-pingpong [-- ROUNDS] [--json]`.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::Parser;
 use shm_ring::{spsc, CreateOptions, Region, Segment, WaitStrategy};
 
 const RING_BYTES: usize = 64 << 10;
+
+/// Round trips of a descriptor between two processes over shared-memory SPSC rings.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Round trips to time (1000 more are run first as a warm-up).
+    #[arg(default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Internal: the echoing process, on this segment.
+    #[arg(long, hide = true, value_name = "SEGMENT")]
+    echo: Option<String>,
+}
 
 fn rings(region: &Region) -> Result<(Region, Region)> {
     Ok((
@@ -16,15 +33,25 @@ fn rings(region: &Region) -> Result<(Region, Region)> {
     ))
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--echo") {
-        return echo(&args[2]);
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
+    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, no backtrace: a failed request is not a bug.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    let rounds: usize = args
-        .get(1)
-        .map_or(Ok(100_000), |s| s.parse())
-        .context("ROUNDS must be a number")?;
+}
+
+fn run(args: Args) -> Result<()> {
+    if let Some(name) = &args.echo {
+        return echo(name);
+    }
+    let rounds = args.rounds;
     let name = format!("pingpong-{}", std::process::id());
     let seg = Segment::create(&name, &CreateOptions::new(2 * RING_BYTES))?;
     let region = Region::new(Arc::new(seg));
@@ -37,8 +64,8 @@ fn main() -> Result<()> {
         .args(["--echo", &name])
         .spawn()?;
     let strategy = WaitStrategy::BusySpin;
-    let mut rtts = Vec::with_capacity(rounds);
-    for i in 0..rounds as u64 + 1000 {
+    let mut rtts = Vec::with_capacity(rounds as usize);
+    for i in 0..rounds + 1000 {
         let start = Instant::now();
         tx.push_blocking([i, 0], &strategy, start + Duration::from_secs(10))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -54,13 +81,23 @@ fn main() -> Result<()> {
     child.wait()?;
     rtts.sort_unstable();
     let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize];
-    println!(
-        "{rounds} round trips between two processes (busy-spin): p50 {} ns, p99 {} ns, p99.9 {} ns (one way ~ p50/2 = {} ns)",
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        pct(0.5) / 2
-    );
+    if args.json {
+        let doc = serde_json::json!({
+            "round_trips": rounds,
+            "p50_ns": pct(0.5),
+            "p99_ns": pct(0.99),
+            "p999_ns": pct(0.999),
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{rounds} round trips between two processes (busy-spin): p50 {} ns, p99 {} ns, p99.9 {} ns (one way ~ p50/2 = {} ns)",
+            pct(0.5),
+            pct(0.99),
+            pct(0.999),
+            pct(0.5) / 2
+        );
+    }
     Ok(())
 }
 

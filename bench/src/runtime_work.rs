@@ -13,7 +13,8 @@ use shm_runtime::{Client, ClientOptions, ModelConfig, ServerConfig};
 use crate::child::{pin_to, ChildProcess};
 use crate::stats::{median, Latencies, Percentiles};
 
-/// An echo server in a child process, pinned to the second CPU.
+/// An echo server in a child process, its worker pinned to the second CPU (or not pinned, from
+/// [`EchoServer::start_unpinned`]).
 #[derive(Debug)]
 pub struct EchoServer {
     child: ChildProcess,
@@ -40,9 +41,27 @@ impl EchoServer {
     ///
     /// As for [`start`](Self::start).
     pub fn start_with(wait: &str, trusted_clients: bool) -> Result<EchoServer> {
-        let name = format!("bench-echo-{wait}-{trusted_clients}-{}", std::process::id());
-        let child =
-            ChildProcess::spawn("echo-server", &format!("{name},{wait},{trusted_clients}"))?;
+        EchoServer::spawn(wait, trusted_clients, true)
+    }
+
+    /// [`start`](Self::start), with its worker left to the OS scheduler (`pin = false`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_unpinned(wait: &str) -> Result<EchoServer> {
+        EchoServer::spawn(wait, false, false)
+    }
+
+    fn spawn(wait: &str, trusted_clients: bool, pinned: bool) -> Result<EchoServer> {
+        let name = format!(
+            "bench-echo-{wait}-{trusted_clients}-{pinned}-{}",
+            std::process::id()
+        );
+        let child = ChildProcess::spawn(
+            "echo-server",
+            &format!("{name},{wait},{trusted_clients},{pinned}"),
+        )?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             match Client::connect(&name) {
@@ -75,12 +94,16 @@ fn server_pid(c: &Client) -> Result<u32> {
     c.server_pid().ok_or_else(|| anyhow!("no server pid"))
 }
 
-fn serve(name: &str, wait: &str, trusted_clients: bool) -> Result<()> {
+fn serve(name: &str, wait: &str, trusted_clients: bool, pinned: bool) -> Result<()> {
     let mut cfg = ServerConfig::new(name, vec![ModelConfig::new("echo", "echo")]);
     cfg.trusted_clients = trusted_clients;
     cfg.wait = shm_runtime::config::parse_wait(wait).map_err(anyhow::Error::msg)?;
-    let cpus = crate::child::online_cpus();
-    cfg.cores = vec![cpus[1 % cpus.len()]];
+    if pinned {
+        let cpus = crate::child::online_cpus();
+        cfg.cores = vec![cpus[1 % cpus.len()]];
+    } else {
+        cfg.pin = false;
+    }
     crate::child::serve_until_sigterm(cfg)
 }
 
@@ -107,6 +130,22 @@ pub fn round_trips(
     n: usize,
     pause: Option<Duration>,
 ) -> Result<Percentiles> {
+    round_trips_from(server, wait, n, pause, Some(0))
+}
+
+/// [`round_trips`] from a client pinned to the `client_cpu`-th online CPU, or left to the OS
+/// scheduler (`None`), as a client that does not pin itself is.
+///
+/// # Errors
+///
+/// When a request fails.
+pub fn round_trips_from(
+    server: &EchoServer,
+    wait: shm_runtime::ring::WaitStrategy,
+    n: usize,
+    pause: Option<Duration>,
+    client_cpu: Option<usize>,
+) -> Result<Percentiles> {
     let client = Client::connect_with(
         &server.name,
         ClientOptions {
@@ -114,7 +153,7 @@ pub fn round_trips(
             ..ClientOptions::default()
         },
     )?;
-    let _pin = pin_to(0);
+    let _pin = client_cpu.map(pin_to);
     let req = echo_request();
     let mut lat = Latencies::new();
     for i in 0..n + n / 10 {
@@ -341,10 +380,10 @@ pub(crate) fn run_child(role: &str, arg: &str) -> Result<bool> {
     match role {
         "echo-server" => {
             let parts: Vec<&str> = arg.split(',').collect();
-            let [name, wait, trusted_clients] = parts[..] else {
-                bail!("echo-server wants NAME,WAIT,TRUSTED_CLIENTS, got {arg:?}");
+            let [name, wait, trusted_clients, pinned] = parts[..] else {
+                bail!("echo-server wants NAME,WAIT,TRUSTED_CLIENTS,PINNED, got {arg:?}");
             };
-            serve(name, wait, trusted_clients == "true")?;
+            serve(name, wait, trusted_clients == "true", pinned == "true")?;
             Ok(true)
         }
         _ => Ok(false),

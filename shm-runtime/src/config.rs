@@ -180,8 +180,23 @@ pub struct ServerConfig {
     pub pool: PoolConfig,
     /// Worker threads per lane.
     pub workers_per_lane: usize,
-    /// CPUs to pin workers to, in order (empty: no pinning).
+    /// CPUs to pin workers to, in turn, in the order the workers start (lane by lane). Empty:
+    /// the automatic rule of [`pin`](Self::pin).
     pub cores: Vec<usize>,
+    /// Whether workers are pinned to CPUs (default `true`). With [`cores`](Self::cores) set, each
+    /// worker is pinned to the next of those CPUs. Without, the automatic rule: when the CPUs this
+    /// process may run on (its affinity mask) outnumber the threads the workers keep busy (one
+    /// per worker, or its backend's [`threads`](crate::backend::Backend::threads)), each worker
+    /// of one thread is pinned to a CPU of its own, from the second on, the first left to clients,
+    /// the housekeeper and the rest of the machine; otherwise no worker is pinned, since one of
+    /// them would share its CPU with clients and the scheduler could not move it away. A worker
+    /// whose backend runs several threads is never pinned by the rule (the threads it starts
+    /// would share its CPU). Workers that busy-poll ([`WaitStrategy::BusySpin`]) never give
+    /// their CPU up, so they are pinned only when at least two CPUs are left. `false` never pins,
+    /// whatever `cores` says. Several servers on one machine each follow the rule alone, on the
+    /// same CPUs: give each its own `cores`. (The report's `rtt_ns_shm_*_pinned` and `_unpinned`
+    /// figures are behind the rule.)
+    pub pin: bool,
     /// How idle workers wait.
     pub wait: WaitStrategy,
     /// Most requests one client may have in flight.
@@ -216,6 +231,7 @@ impl ServerConfig {
             pool: PoolConfig::standard(),
             workers_per_lane: 1,
             cores: Vec::new(),
+            pin: true,
             wait: WaitStrategy::default(),
             max_inflight: 64,
             default_timeout: Duration::from_secs(30),
@@ -340,6 +356,7 @@ struct ServerSection {
     ring_capacity: Option<usize>,
     workers_per_lane: Option<usize>,
     cores: Option<Vec<usize>>,
+    pin: Option<bool>,
     wait: Option<String>,
     max_inflight: Option<u32>,
     default_timeout_ms: Option<u64>,
@@ -393,7 +410,7 @@ pub fn cache_dir() -> PathBuf {
 /// service = "demo"
 /// [server]
 /// workers_per_lane = 1
-/// cores = [1]
+/// cores = [1]        # or `pin = false`; neither: the automatic rule (ServerConfig::pin)
 /// wait = "park"
 /// [[model]]
 /// name = "echo"
@@ -427,6 +444,9 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<ServerConfig, String> {
     }
     if let Some(v) = s.cores {
         c.cores = v;
+    }
+    if let Some(v) = s.pin {
+        c.pin = v;
     }
     if let Some(v) = s.wait {
         c.wait = parse_wait(&v)?;
@@ -538,6 +558,13 @@ options = { step_ms = 2.5, slots = 2, pooling = "cls", normalize = false, labels
         )
         .unwrap();
         assert!(load(&path, Some("n")).unwrap().trusted_clients);
+        assert!(load(&path, Some("n")).unwrap().pin, "pinned by default");
+        std::fs::write(
+            &path,
+            "[server]\npin = false\n[[model]]\nname = \"x\"\nbackend = \"echo\"\n",
+        )
+        .unwrap();
+        assert!(!load(&path, Some("n")).unwrap().pin);
         std::fs::write(
             &path,
             "[[model]]\nname = \"x\"\nbackend = \"echo\"\nbogus = 1\n",

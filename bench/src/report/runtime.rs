@@ -130,6 +130,7 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
     for (k, v) in extra.drain(..) {
         report.set(k, v);
     }
+    pinning(report, n);
     for (key, what, trusted_clients) in [
         (
             "throughput_rps_shm_pipelined",
@@ -239,6 +240,11 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
                     _ => "not measured".to_owned(),
                 },
             ),
+            row("round trip from an unpinned client, busy-poll, worker pinned to the second CPU, p50", "rtt_ns_shm_busy_p50_pinned", "ns", "default: a busy-polling worker is pinned only with 2 CPUs left", pinned_vs(g("rtt_ns_shm_busy_p50_pinned"), g("rtt_ns_shm_busy_p50_unpinned"))),
+            row("same, worker not pinned, p50", "rtt_ns_shm_busy_p50_unpinned", "ns", "", String::new()),
+            row("same, busy-poll, worker pinned / not pinned, p99", "rtt_ns_shm_busy_p99_pinned", "ns", "", pinned_vs(g("rtt_ns_shm_busy_p99_pinned"), g("rtt_ns_shm_busy_p99_unpinned"))),
+            row("same, default wait, worker pinned / not pinned, p50", "rtt_ns_shm_adaptive_p50_pinned", "ns", "default: a parking worker is pinned with 1 CPU left", pinned_vs(g("rtt_ns_shm_adaptive_p50_pinned"), g("rtt_ns_shm_adaptive_p50_unpinned"))),
+            row("same, default wait, worker pinned / not pinned, p99", "rtt_ns_shm_adaptive_p99_pinned", "ns", "", pinned_vs(g("rtt_ns_shm_adaptive_p99_pinned"), g("rtt_ns_shm_adaptive_p99_unpinned"))),
             row("round trip, default wait (spin 50 us then park), back to back, p50", "rtt_ns_shm_adaptive_p50", "ns", "", String::new()),
             row("round trip, default wait, back to back, p99", "rtt_ns_shm_adaptive_p99", "ns", "", String::new()),
             row("round trip, default wait, 1 ms pauses (worker parked), p50", "rtt_ns_shm_cold_p50", "ns", "futex wake ~40 us one way here", String::new()),
@@ -258,10 +264,66 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         ],
         notes: vec![
             "Round trips: the busy, adaptive and cold series alternate, 3 rounds each, one server at a time; figures are per-percentile medians of the rounds. `Client::infer` of a Generate request with 64 bytes of text to the echo backend, measured by the client: loan a chunk, serialize into it, push a descriptor, worker pops, adopts, reads the request head and schedules it, validates the archive once (bytecheck + limits) when it runs, runs echo, serializes the answer into a new chunk, pushes it; client pops, validates the answer, drops the view (chunk released). Server in its own process with its worker pinned to the second CPU, client pinned to the first.".to_owned(),
+            "Pinning: the same round trip from a client that does not pin itself (as most do), to a server whose one worker is pinned to the second CPU or left to the OS scheduler, busy-poll and default wait, the four alternating, 3 rounds each, medians. The server's default follows from it (`ServerConfig::pin`): workers that park when idle (the default wait) are pinned when the CPUs the server may use outnumber them, one CPU each, the first left to clients (one worker on two CPUs: the pinned case here), since a parked worker leaves its CPU to a client the scheduler puts there; busy-polling workers never leave it, so they are pinned only with two CPUs left (one worker on two CPUs: the unpinned case here).".to_owned(),
             "Internals: validation is `rkyv::access` (bytecheck) plus the semantic checks on a 1000-token request; result creation is `encode_into` of a Generation with 200 token ids and the seed's `\"generated \".repeat(200)` text into a 64-byte aligned buffer; the scheduler is a worker's scheduler (4 priority levels, round-robin over clients), push then pop, jobs from 8 clients at mixed priorities.".to_owned(),
         ],
     });
     super::peers::peers_section(report);
+}
+
+/// Round trips from an unpinned client to a server whose worker is pinned or not, busy-poll and
+/// default wait, alternating (3 rounds each, per-percentile medians): the figures behind the
+/// default of `ServerConfig::pin`.
+fn pinning(report: &mut Report, n: usize) {
+    let variants: [(&str, &str, WaitStrategy, bool); 4] = [
+        ("busy", "busy", WaitStrategy::BusySpin, true),
+        ("busy", "busy", WaitStrategy::BusySpin, false),
+        ("adaptive", "park", WaitStrategy::default(), true),
+        ("adaptive", "park", WaitStrategy::default(), false),
+    ];
+    let mut runs: Vec<Vec<Percentiles>> = vec![Vec::new(); variants.len()];
+    measure(
+        report,
+        "rtt_ns_shm_busy_p50_pinned",
+        "round trips from an unpinned client, worker pinned vs not, interleaved",
+        || {
+            for _ in 0..3 {
+                for (k, &(_, server_wait, client_wait, pinned)) in variants.iter().enumerate() {
+                    let server = if pinned {
+                        runtime_work::EchoServer::start(server_wait)?
+                    } else {
+                        runtime_work::EchoServer::start_unpinned(server_wait)?
+                    };
+                    let r = runtime_work::round_trips_from(&server, client_wait, n / 3, None, None);
+                    server.stop()?;
+                    runs[k].push(r?);
+                }
+            }
+            Ok(median_p(runs[0].iter().copied()).p50)
+        },
+    );
+    for (k, &(series, _, _, pinned)) in variants.iter().enumerate() {
+        if runs[k].len() < 3 {
+            continue;
+        }
+        let p = median_p(runs[k].iter().copied());
+        let side = if pinned { "pinned" } else { "unpinned" };
+        report.set(&format!("rtt_ns_shm_{series}_p50_{side}"), p.p50);
+        report.set(&format!("rtt_ns_shm_{series}_p99_{side}"), p.p99);
+        println!(
+            "    {series}, worker {side}: p50 {} ns, p99 {} ns",
+            fmt_num(p.p50),
+            fmt_num(p.p99)
+        );
+    }
+}
+
+/// "pinned is R x not pinned".
+fn pinned_vs(pinned: Option<f64>, unpinned: Option<f64>) -> String {
+    match (pinned, unpinned) {
+        (Some(p), Some(u)) => format!("pinned is {:.2} x not pinned ({:+.0} ns)", p / u, p - u),
+        _ => String::new(),
+    }
 }
 
 /// "memcpy N ns (R x)": the server's atomic word copy beside a plain memcpy of the same bytes.

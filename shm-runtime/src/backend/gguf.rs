@@ -177,6 +177,11 @@ impl Backend for Gguf {
         &TASKS
     }
 
+    /// llama.cpp's threads: started by the worker for each decode, so they share its CPU mask.
+    fn threads(&self) -> usize {
+        self.threads.max(1) as usize
+    }
+
     fn run(
         &self,
         _req: &ArchivedRequest,

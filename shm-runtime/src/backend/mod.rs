@@ -164,6 +164,13 @@ pub trait Stepper {
 pub trait Backend: Send + Sync + 'static {
     /// The tasks it does.
     fn tasks(&self) -> &[Task];
+    /// How many threads one run keeps busy, its worker's own included (default 1). The server's
+    /// automatic pinning ([`ServerConfig::pin`](crate::ServerConfig::pin)) pins only workers
+    /// whose backend says 1, and counts the others' threads against the CPUs: threads a backend
+    /// starts from its worker inherit the worker's CPU mask, and pinned would all share its CPU.
+    fn threads(&self) -> usize {
+        1
+    }
     /// Runs one request, validated against the protocol limits already, and writes its final
     /// answer into `out` (in place, see [`Out`]). An `Ok` without an answer written is a backend
     /// failure.

@@ -14,12 +14,14 @@
 //! | `setup.rs` | the layout of a new service segment |
 //! | `housekeeper.rs` | dead clients and dead pool owners |
 //! | `recovery.rs` | a backend that panics: containment, restart of the lane's backend, failure |
+//! | `pinning.rs` | which CPU each worker is pinned to (the configured cores, the automatic rule) |
 //! | `worker/` | a lane worker: its loop, intake, books, answers and execution modes |
 //!
 //! [`Scheduler`]: crate::scheduler::Scheduler
 
 mod builder;
 mod housekeeper;
+mod pinning;
 mod recovery;
 mod setup;
 mod state;
@@ -221,18 +223,39 @@ pub(crate) fn prepare(mut config: ServerConfig) -> Result<ServerState, ServerErr
     })
 }
 
-/// Starts every lane's workers (pinned to the configured cores in turn) and the housekeeper.
+/// Starts every lane's workers (each pinned to its CPU of the [`pinning::place`]ment, if any)
+/// and the housekeeper.
 fn spawn_threads(state: &Arc<ServerState>) -> Result<Vec<JoinHandle<()>>, ServerError> {
     let config = &state.config;
+    // The threads a run of each worker keeps busy, in start order.
+    let threads: Vec<usize> = state
+        .lanes
+        .iter()
+        .zip(&config.models)
+        .flat_map(|(lane, model)| {
+            let n = lane.backend.current().backend.map_or(1, |b| b.threads());
+            std::iter::repeat_n(n, model.workers(config))
+        })
+        .collect();
+    let workers = threads.len();
+    let placement = pinning::place(config, &threads, &pinning::allowed_cpus());
+    tracing::info!(
+        service = %config.name,
+        workers,
+        cpus = ?placement.cpus,
+        "workers {}: {}",
+        if placement.cpus.iter().any(Option::is_some) {
+            "pinned"
+        } else {
+            "not pinned"
+        },
+        placement.reason
+    );
+    let mut cpus = placement.cpus.into_iter();
     let mut threads = Vec::new();
-    let mut next_core = 0;
     for lane in 0..state.lanes.len() {
         for index in 0..config.models[lane].workers(config) {
-            let core = config
-                .cores
-                .get(next_core % config.cores.len().max(1))
-                .copied();
-            next_core += 1;
+            let core = cpus.next().flatten();
             let state = state.clone();
             state.workers_running.fetch_add(1, Ordering::AcqRel);
             let thread = std::thread::Builder::new()

@@ -88,6 +88,8 @@ pub struct Onnx {
     labels: Vec<String>,
     inputs: Vec<(String, TensorElementType, Vec<i64>)>,
     batching: Batching,
+    /// Threads a run keeps busy: ONNX Runtime's intra-op pool, the worker's own thread included.
+    threads: usize,
 }
 
 impl std::fmt::Debug for Onnx {
@@ -212,6 +214,11 @@ impl Onnx {
                 .with_inter_threads(n as usize)
                 .map_err(|e| e.to_string())?;
         }
+        // ONNX Runtime's default intra-op pool has a thread per core.
+        let threads = match opt_int(m, "intra_threads", 0..=256)? {
+            Some(n) if n > 0 => n as usize,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let session = b
             .commit_from_file(path)
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
@@ -279,6 +286,7 @@ impl Onnx {
             labels,
             inputs,
             batching,
+            threads,
         })
     }
 
@@ -381,6 +389,10 @@ impl Onnx {
 impl Backend for Onnx {
     fn tasks(&self) -> &[Task] {
         &self.tasks
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
     }
 
     fn run(

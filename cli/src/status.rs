@@ -1,0 +1,107 @@
+//! `shm-runtime status`: a running service's state and counters, as text for a person or JSON
+//! for a program.
+
+use std::io::Write;
+
+use anyhow::Result;
+use shm_runtime::ServiceStatus;
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    /// Service name.
+    name: String,
+    /// Print the status as one JSON document (`shm_runtime::ServiceStatus`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn status(args: &StatusArgs) -> Result<()> {
+    let st = shm_runtime::status(&args.name)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let text = serde_json::to_string_pretty(&st)?;
+        writeln!(out, "{text}")?;
+    } else {
+        write_text(&mut out, &args.name, &st)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn write_text(out: &mut impl Write, name: &str, st: &ServiceStatus) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "service {name:?}: {}, server pid {} ({})",
+        st.state,
+        st.server_pid,
+        if st.server_alive { "alive" } else { "dead" }
+    )?;
+    let errors: Vec<String> = st
+        .errors
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    writeln!(
+        out,
+        "requests {}  ok {}  errors: {}",
+        st.requests,
+        st.ok,
+        if errors.is_empty() {
+            "none".to_owned()
+        } else {
+            errors.join(", ")
+        }
+    )?;
+    for l in &st.lanes {
+        writeln!(
+            out,
+            "lane {}: {}, queued {} running {} accepted {} completed {} (batched: {} requests in {} batches), backend panics {} restarts {}",
+            l.model.as_deref().unwrap_or("?"),
+            l.state,
+            l.queued,
+            l.running,
+            l.accepted,
+            l.completed,
+            l.batched,
+            l.batches,
+            l.panics,
+            l.restarts
+        )?;
+    }
+    writeln!(out, "clients: {}", st.clients.len())?;
+    for c in &st.clients {
+        let held: Vec<String> = st
+            .pool
+            .iter()
+            .zip(&c.held)
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, n)| format!("{n}x{} B", k.chunk_size))
+            .collect();
+        writeln!(
+            out,
+            "  slot {} pid {} inflight {} requests {} errors {} holds {}",
+            c.slot,
+            c.pid,
+            c.inflight,
+            c.requests,
+            c.errors,
+            if held.is_empty() {
+                "nothing".to_owned()
+            } else {
+                held.join(", ")
+            }
+        )?;
+        if let Some(why) = &c.disconnected {
+            writeln!(out, "    disconnected by the server: {why}")?;
+        }
+    }
+    for c in &st.pool {
+        writeln!(
+            out,
+            "pool {:>8} B: {}/{} free, high water {}, {} per client",
+            c.chunk_size, c.free, c.count, c.high_water, c.share
+        )?;
+    }
+    Ok(())
+}
