@@ -1,10 +1,10 @@
-//! `shm-runtime ping`: echo requests to a running service, each round trip timed.
+//! `shm-runtime ping`: health checks of a running service, each timed: every lane of the server
+//! answers a ping itself (no model needed), and each model's state is read from the segment.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use shm_runtime::protocol::{Input, Params, Request, Task};
+use anyhow::{bail, Result};
 use shm_runtime::Client;
 
 use crate::args;
@@ -13,16 +13,17 @@ use crate::args;
 pub(crate) struct PingArgs {
     /// Service name.
     name: String,
-    /// Model to ping (an echo model).
-    #[arg(long, default_value = "echo")]
-    model: String,
-    /// Number of requests.
+    /// Number of health checks.
     #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
-    /// How long to wait for each answer (5s, 250ms; a plain number is seconds).
+    /// How long to wait for each check (5s, 250ms; a plain number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration)]
     timeout: Duration,
-    /// One JSON object per answer, a line each: {"seq", "bytes", "rtt_us"}.
+    /// Fail unless every model is ready.
+    #[arg(long)]
+    ready: bool,
+    /// One JSON object per check, a line each: {"seq", "rtt_us", "server_pid", "uptime_s",
+    /// "version", "models": [{"name", "state", "ping_us"}]}.
     #[arg(long)]
     json: bool,
 }
@@ -30,31 +31,51 @@ pub(crate) struct PingArgs {
 pub(crate) fn ping(args: &PingArgs) -> Result<()> {
     let client = Client::connect(&args.name)?;
     let mut out = std::io::stdout().lock();
+    let mut ready = true;
     for seq in 0..args.count {
         let t = Instant::now();
-        let answer = client.infer_timeout(
-            &Request {
-                id: u64::from(seq),
-                model: args.model.clone(),
-                task: Task::Generate,
-                input: Input::Text(format!("ping {seq}")),
-                params: Params {
-                    timeout_ms: args.timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
-                    ..Params::default()
-                },
-            },
-            args.timeout,
-        )?;
-        let rtt_us = t.elapsed().as_secs_f64() * 1e6;
-        let bytes = answer.len();
-        drop(answer);
+        let h = client.health(args.timeout)?;
+        let rtt_us = (t.elapsed().as_secs_f64() * 1e7).round() / 10.0;
+        ready &= h.is_ready();
         if args.json {
-            let rtt_us = (rtt_us * 10.0).round() / 10.0;
-            let line = serde_json::json!({ "seq": seq, "bytes": bytes, "rtt_us": rtt_us });
+            let models: Vec<_> = h
+                .models
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "name": m.name,
+                        "state": m.state.to_string(),
+                        "ping_us": (m.ping.as_secs_f64() * 1e7).round() / 10.0,
+                    })
+                })
+                .collect();
+            let line = serde_json::json!({
+                "seq": seq,
+                "rtt_us": rtt_us,
+                "server_pid": h.server_pid,
+                "uptime_s": h.uptime.as_secs_f64(),
+                "version": h.version,
+                "models": models,
+            });
             writeln!(out, "{line}")?;
         } else {
-            writeln!(out, "answer {seq}: {bytes} bytes in {rtt_us:.1} us")?;
+            let models: Vec<String> = h
+                .models
+                .iter()
+                .map(|m| format!("{} {}", m.name, m.state))
+                .collect();
+            writeln!(
+                out,
+                "pong {seq}: {rtt_us:.1} us, server {} (pid {}, up {:.0} s): {}",
+                h.version,
+                h.server_pid,
+                h.uptime.as_secs_f64(),
+                models.join(", ")
+            )?;
         }
+    }
+    if args.ready && !ready {
+        bail!("not every model of {} is ready", args.name);
     }
     Ok(())
 }

@@ -56,8 +56,9 @@ fn write_text(out: &mut impl Write, name: &str, st: &ServiceStatus) -> std::io::
     for l in &st.lanes {
         writeln!(
             out,
-            "lane {}: {}, queued {} running {} accepted {} completed {} (batched: {} requests in {} batches), backend panics {} restarts {}",
+            "lane {}: model {}, lane {}, queued {} running {} accepted {} completed {} (batched: {} requests in {} batches), backend panics {} restarts {}",
             l.model.as_deref().unwrap_or("?"),
+            l.model_state,
             l.state,
             l.queued,
             l.running,

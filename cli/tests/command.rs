@@ -160,9 +160,14 @@ fn ping_and_status_print_json() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["seq"], 1);
-    assert!(lines[0]["bytes"].as_u64().unwrap() > 0);
     assert!(lines[0]["rtt_us"].as_f64().unwrap() > 0.0);
-    assert_eq!(requests(), before + 2, "the two pings are counted");
+    assert_eq!(lines[0]["models"][0]["state"], "ready");
+    assert_eq!(lines[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        requests(),
+        before,
+        "a ping is answered by the server, not a model"
+    );
     drop(server);
 }
 
@@ -323,4 +328,24 @@ fn workers_are_pinned_by_the_rule_cores_overrides_and_no_pin_turns_it_off() {
         assert_eq!(seen.as_deref(), Some(expect.as_str()), "{extra:?}");
         drop(server);
     }
+}
+
+#[test]
+fn ping_needs_no_echo_model() {
+    let service = unique_name("ping-slow");
+    let _cleanup = StaleSegment(service.clone());
+    let mut server = ChildProcess::spawn(
+        Command::new(EXE)
+            .args(["serve", "--name", &service, "--model", "slow=sleep"])
+            .stderr(Stdio::null()),
+    );
+    server.expect("serving");
+    let out = cli(&["ping", &service, "--count", "1", "--ready"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("slow ready"),
+        "{}",
+        text(&out.stdout)
+    );
+    drop(server);
 }
