@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::inbox::is_final;
-use super::typed::{Classification, Embeddings, GenerateOptions, Generation, Message, TextStream};
+use super::options::{GenerateOptions, Message};
+use super::typed::{Classification, Embeddings, Generation, TextStream};
 use super::{Client, ClientOptions, Connection, ResponseView, Ticket};
 use crate::error::Error;
 use crate::protocol::{DescriptorWords, Request};
