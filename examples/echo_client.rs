@@ -7,6 +7,9 @@
 //! cargo run -p shm-examples --bin echo-client -- demo "hello world" [--stream] [--model echo] [--max-tokens N]
 //! ```
 
+#[path = "support.rs"]
+mod support;
+
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -34,17 +37,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
-    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, no backtrace: a failed request is not a bug.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(run)
 }
 
 fn run(args: Args) -> Result<()> {

@@ -9,6 +9,9 @@
 //! With `--chat`, the prompt is sent as one user message and formatted with the model's own chat
 //! template; otherwise it is plain text to continue.
 
+#[path = "support.rs"]
+mod support;
+
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -46,17 +49,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
-    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, no backtrace: a failed request is not a bug.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(run)
 }
 
 fn run(args: Args) -> Result<()> {

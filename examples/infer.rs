@@ -11,6 +11,9 @@
 //! `--batch` sends them all in one. With `--repeat N`, the requests are sent N more times and the
 //! latency percentiles are printed. `--json` prints all of it as one JSON document.
 
+#[path = "support.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -75,17 +78,7 @@ fn ask(client: &Client, model: &str, task: Task, texts: &[&str]) -> Result<Vec<A
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
-    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, no backtrace: a failed request is not a bug.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(run)
 }
 
 fn run(args: Args) -> Result<()> {

@@ -7,6 +7,9 @@
 //!     [--wait busy|yield|park|park:MICROS] [--no-pin] [--json]
 //! ```
 
+#[path = "support.rs"]
+mod support;
+
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -70,17 +73,7 @@ fn serve(name: &str, args: &Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
-    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, no backtrace: a failed request is not a bug.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(run)
 }
 
 fn run(args: Args) -> Result<()> {

@@ -1,6 +1,9 @@
 //! Two processes ping-pong a descriptor over shared-memory SPSC rings and print round-trip
 //! percentiles. Run: `cargo run --release -p shm-examples --bin ring-pingpong [-- ROUNDS] [--json]`.
 
+#[path = "support.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,17 +37,7 @@ fn rings(region: &Region) -> Result<(Region, Region)> {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid disposition.
-    // A closed stdout (`| head`) then ends this program quietly, as it does `cat`.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, no backtrace: a failed request is not a bug.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main_with(run)
 }
 
 fn run(args: Args) -> Result<()> {
