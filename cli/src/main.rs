@@ -1,9 +1,10 @@
-//! The `shm-runtime` command: `serve`, `status`, `ping`, `cleanup`.
+//! The `shm-runtime` command: `serve`, `gateway`, `status`, `metrics`, `ping`, `cleanup`.
 //!
 //! | file | role |
 //! |---|---|
 //! | `main.rs` | the command line (clap) and the exit status |
-//! | `serve.rs` | `serve`: a server until SIGINT or SIGTERM |
+//! | `serve.rs` | `serve`: a server until SIGINT or SIGTERM (with `--http`, its gateway too) |
+//! | `gateway.rs` | `gateway`: the OpenAI-compatible HTTP gateway; `metrics`: Prometheus text |
 //! | `status.rs` | `status`: a service's counters, as text or JSON |
 //! | `ping.rs` | `ping`: echo round trips |
 //! | `args.rs` | typed values of the command line (durations, `NAME=BACKEND`, wait strategies) |
@@ -17,6 +18,7 @@
 //! binary is a long-running server: a log reader that goes away must not kill it.
 
 mod args;
+mod gateway;
 mod ping;
 mod serve;
 mod status;
@@ -47,8 +49,12 @@ struct Cli {
 enum Cmd {
     /// Serve models under a service name until SIGINT or SIGTERM (then drain and stop).
     Serve(serve::ServeArgs),
+    /// Serve a running service over HTTP: the OpenAI API, health and Prometheus metrics.
+    Gateway(gateway::GatewayArgs),
     /// Print a running service's state and counters (lanes, clients, pool).
     Status(status::StatusArgs),
+    /// Print a running service's metrics in Prometheus' text format.
+    Metrics(gateway::MetricsArgs),
     /// Send echo requests and print their round-trip times.
     Ping(ping::PingArgs),
     /// Remove a service segment whose server has died (never a live one).
@@ -63,7 +69,9 @@ fn main() -> ExitCode {
     terminal::init_logging();
     let result = match cli.cmd {
         Cmd::Serve(args) => serve::serve(args),
+        Cmd::Gateway(args) => gateway::gateway(&args),
         Cmd::Status(args) => status::status(&args),
+        Cmd::Metrics(args) => gateway::metrics(&args),
         Cmd::Ping(args) => ping::ping(&args),
         Cmd::Cleanup { name } => cleanup(&name),
     };

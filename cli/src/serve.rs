@@ -59,6 +59,11 @@ pub(crate) struct ServeArgs {
     /// number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration)]
     grace: Duration,
+    /// Also serve the OpenAI-compatible HTTP gateway on this address (as `shm-runtime gateway`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    http_args: crate::gateway::HttpArgs,
 }
 
 impl ServeArgs {
@@ -103,6 +108,7 @@ impl ServeArgs {
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     let grace = args.grace;
+    let http = args.http.map(|addr| (addr, args.http_args.clone()));
     let cfg = args.config()?;
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -114,8 +120,14 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         "serving {:?}; stop with Ctrl-C",
         server.name()
     );
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
+    match http {
+        // The gateway runs on this thread until the stop signal.
+        Some((addr, http)) => crate::gateway::run(server.name(), addr, &http, stop.clone())?,
+        None => {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     tracing::info!("draining (up to {:.1} s)", grace.as_secs_f64());
     server.shutdown(grace);

@@ -544,6 +544,12 @@ impl Client {
         let inbox = self.conn.inbox();
         inbox.pending.values().filter(|p| !p.abandoned).count()
     }
+
+    /// The most requests the server lets one client have in flight (its `max_inflight`); one
+    /// more is refused with [`Error::Busy`].
+    pub fn max_in_flight(&self) -> u32 {
+        self.conn.svc.header().max_inflight.load(Ordering::Relaxed)
+    }
 }
 
 impl Connection {

@@ -1,0 +1,215 @@
+//! The gateway's side of the runtime: a few client connections to the service, admission of
+//! requests within what the runtime takes, and reconnection when the service restarts.
+//!
+//! The runtime refuses a client's request beyond its `max_inflight`; the gateway never sends it
+//! one. It holds `connections x max_inflight` permits: a request takes one before it goes to the
+//! least loaded connection (which then has fewer than `max_inflight` in flight), and keeps it
+//! until its answer (or its stream) ends. Requests without a permit wait in a bounded queue; a
+//! request that finds the queue full gets a 429 at once.
+//!
+//! When a call finds the service gone (stopped, died, restarted, or this gateway disconnected),
+//! the connections are dropped; the next request connects again, at most one attempt per
+//! [`RECONNECT_INTERVAL`], and gets a 503 while there is no service.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shm_runtime::{AsyncClient, ClientOptions, Error};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// Least time between two attempts to connect to a missing service.
+pub(crate) const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How the gateway uses the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Client connections to the service (each has its own rings and one waiter thread).
+    pub connections: usize,
+    /// Most requests waiting for the runtime to take them; more get a 429.
+    pub queue: usize,
+    /// The connections' options (wait strategy, default deadline).
+    pub client: ClientOptions,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            connections: 2,
+            queue: 1024,
+            client: ClientOptions::default(),
+        }
+    }
+}
+
+/// The connections to one service, while it lives.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    clients: Vec<AsyncClient>,
+    permits: Arc<Semaphore>,
+    models: Vec<String>,
+}
+
+impl Connections {
+    /// The models the service serves.
+    pub(crate) fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// A connection of the service (for calls outside admission: health).
+    pub(crate) fn any(&self) -> &AsyncClient {
+        &self.clients[0]
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    current: Option<Arc<Connections>>,
+    last_attempt: Option<Instant>,
+    last_error: Option<Error>,
+}
+
+/// The service a gateway serves.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    service: String,
+    options: RuntimeOptions,
+    state: Mutex<State>,
+    waiting: AtomicUsize,
+}
+
+/// A request's right to one slot in the runtime, and the connection to send it on.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) client: AsyncClient,
+    pub(crate) connections: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Runtime {
+    pub(crate) fn new(service: &str, options: RuntimeOptions) -> Runtime {
+        Runtime {
+            service: service.to_owned(),
+            options,
+            state: Mutex::new(State::default()),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// The service's name.
+    pub(crate) fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Requests waiting for a permit now.
+    pub(crate) fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The live connections, connecting first when there are none (at most one attempt per
+    /// [`RECONNECT_INTERVAL`]; in between, the last attempt's error).
+    pub(crate) fn connections(&self) -> Result<Arc<Connections>, ApiError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &state.current {
+            return Ok(c.clone());
+        }
+        if let (Some(at), Some(e)) = (state.last_attempt, &state.last_error) {
+            if at.elapsed() < RECONNECT_INTERVAL {
+                return Err(unavailable(&self.service, e));
+            }
+        }
+        state.last_attempt = Some(Instant::now());
+        match self.connect() {
+            Ok(c) => {
+                tracing::info!(service = %self.service, models = ?c.models, "connected to the runtime");
+                let c = Arc::new(c);
+                state.current = Some(c.clone());
+                state.last_error = None;
+                Ok(c)
+            }
+            Err(e) => {
+                let api = unavailable(&self.service, &e);
+                state.last_error = Some(e);
+                Err(api)
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Connections, Error> {
+        let clients = (0..self.options.connections.max(1))
+            .map(|_| AsyncClient::connect_with(&self.service, self.options.client.clone()))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let per_client = clients[0].blocking().max_in_flight().max(1) as usize;
+        let models = clients[0].blocking().models();
+        Ok(Connections {
+            permits: Arc::new(Semaphore::new(per_client * clients.len())),
+            clients,
+            models,
+        })
+    }
+
+    /// Waits for a slot in the runtime: a 429 when the queue is full, a 503 without a service.
+    pub(crate) async fn lease(&self) -> Result<Lease, ApiError> {
+        let connections = self.connections()?;
+        let permit = match connections.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.options.queue {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Err(ApiError::queue_full(self.options.queue));
+                }
+                let permit = connections.permits.clone().acquire_owned().await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                permit.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?
+            }
+        };
+        let client = connections
+            .clients
+            .iter()
+            .min_by_key(|c| c.blocking().in_flight())
+            .expect("at least one connection")
+            .clone();
+        Ok(Lease {
+            client,
+            connections,
+            _permit: permit,
+        })
+    }
+
+    /// Notes the error a call on `connections` returned: when it says the service is gone, the
+    /// connections are dropped so that the next request connects again.
+    pub(crate) fn observe(&self, connections: &Arc<Connections>, e: &Error) {
+        if gone(e) {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state
+                .current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, connections))
+            {
+                tracing::warn!(service = %self.service, error = %e, "lost the runtime; reconnecting on the next request");
+                state.current = None;
+                state.last_error = Some(e.clone());
+                state.last_attempt = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Whether `e` means the connection is of no more use.
+pub(crate) fn gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ServerGone
+            | Error::ServiceNotFound(_)
+            | Error::Disconnected(_)
+            | Error::ShuttingDown
+            | Error::VersionMismatch { .. }
+            | Error::Attach(_)
+    )
+}
+
+fn unavailable(service: &str, e: &Error) -> ApiError {
+    ApiError::unavailable(format!("the runtime (service {service:?}) is not available: {e}"))
+}
