@@ -15,7 +15,7 @@
 #
 # What the onnx part leaves in the cache:
 #   onnxruntime/libonnxruntime.so.1.32.0     the ONNX Runtime shared library (libonnxruntime.so links to it)
-#   venv/                                    Python for scripts/models/ (scripts/models/requirements.txt)
+#   venv/                                    Python for scripts/models/ and the gateway tests (scripts/models/requirements.txt)
 #   models/minilm/model.onnx                 all-MiniLM-L6-v2, int8, encoder only: input_ids,
 #                                            attention_mask, token_type_ids (int64 [batch, sequence])
 #                                            -> last_hidden_state (float32 [batch, sequence, 384])
@@ -157,8 +157,8 @@ ensure_venv() {
     make_venv "$VENV"
     "$PY" -m pip install --quiet --only-binary=:all: -r "$REQUIREMENTS" \
         || die "pip install -r scripts/models/requirements.txt failed"
-    "$PY" -c 'import gguf, numpy, onnx, onnxruntime, tokenizers' \
-        || die "the Python environment cannot import gguf, numpy, onnx, onnxruntime and tokenizers"
+    "$PY" -c 'import gguf, numpy, onnx, onnxruntime, tokenizers, openai, prometheus_client' \
+        || die "the Python environment cannot import gguf, numpy, onnx, onnxruntime, tokenizers, openai and prometheus_client"
     cp "$REQUIREMENTS" "$stamp"
 }
 

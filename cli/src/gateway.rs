@@ -81,7 +81,12 @@ pub(crate) fn gateway(args: &GatewayArgs) -> Result<()> {
 
 /// Serves `service` over HTTP on `listen` until `stop` is set, then finishes the requests in
 /// progress.
-pub(crate) fn run(service: &str, listen: SocketAddr, http: &HttpArgs, stop: Arc<AtomicBool>) -> Result<()> {
+pub(crate) fn run(
+    service: &str,
+    listen: SocketAddr,
+    http: &HttpArgs,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gateway")
@@ -93,7 +98,10 @@ pub(crate) fn run(service: &str, listen: SocketAddr, http: &HttpArgs, stop: Arc<
             .with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         tracing::info!(%local, service, "gateway listening");
-        let _ = writeln!(std::io::stdout().lock(), "gateway for {service:?} on http://{local}");
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "gateway for {service:?} on http://{local}"
+        );
         let gw = Gateway::new(service, http.options());
         let shutdown = async move {
             while !stop.load(Ordering::Relaxed) {

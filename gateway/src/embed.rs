@@ -73,7 +73,11 @@ pub(crate) async fn embeddings(
         Some(d) if d == 0 || d as usize > e.dim() => {
             return Err(ApiError::invalid(
                 Some("dimensions"),
-                format!("dimensions {d}: model {} gives 1..={} dimensions", req.model, e.dim()),
+                format!(
+                    "dimensions {d}: model {} gives 1..={} dimensions",
+                    req.model,
+                    e.dim()
+                ),
             ))
         }
         Some(d) => Some(d as usize),

@@ -92,7 +92,11 @@ impl From<Error> for ApiError {
                 "service_unavailable",
                 Some("service_unavailable"),
             ),
-            Error::Cancelled => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("cancelled")),
+            Error::Cancelled => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                Some("cancelled"),
+            ),
             Error::Backend(_) | Error::Protocol(_) | Error::UnknownTicket(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
             }

@@ -41,7 +41,11 @@ fn fresh_seed() -> u64 {
 }
 
 /// The runtime's options for the API's sampling fields.
-fn options(s: &Sampling, default_max_tokens: u32, logprobs: u8) -> Result<GenerateOptions, ApiError> {
+fn options(
+    s: &Sampling,
+    default_max_tokens: u32,
+    logprobs: u8,
+) -> Result<GenerateOptions, ApiError> {
     if let Some(n) = s.n.filter(|&n| n != 1) {
         return Err(ApiError::invalid(
             Some("n"),
@@ -57,7 +61,10 @@ fn options(s: &Sampling, default_max_tokens: u32, logprobs: u8) -> Result<Genera
     }
     let top_p = s.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid(Some("top_p"), format!("top_p {top_p} is outside (0, 1]")));
+        return Err(ApiError::invalid(
+            Some("top_p"),
+            format!("top_p {top_p} is outside (0, 1]"),
+        ));
     }
     let stop = s.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
     if stop.len() > 4 {
@@ -111,12 +118,12 @@ fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
                     for p in parts {
                         match (p.kind.as_str(), &p.text) {
                             ("text", Some(t)) => text.push_str(t),
-                            (kind, _) => {
-                                return Err(ApiError::invalid(
-                                    Some("messages"),
-                                    format!("content parts of type {kind:?} are not supported: only text"),
-                                ))
-                            }
+                            (kind, _) => return Err(ApiError::invalid(
+                                Some("messages"),
+                                format!(
+                                    "content parts of type {kind:?} are not supported: only text"
+                                ),
+                            )),
                         }
                     }
                     text
@@ -186,7 +193,15 @@ pub(crate) async fn chat(
             object: "chat.completion.chunk",
             ..meta
         };
-        return Ok(sse(gw, lease, stream, Flavour::Chat, meta, include_usage, logprobs > 0));
+        return Ok(sse(
+            gw,
+            lease,
+            stream,
+            Flavour::Chat,
+            meta,
+            include_usage,
+            logprobs > 0,
+        ));
     }
     let g = lease.client.chat(&req.model, &msgs, &opts).await;
     let g = gw.check(&lease, g)?;
@@ -206,7 +221,11 @@ pub(crate) async fn chat(
 }
 
 /// The legacy completions API's `logprobs` object.
-fn completion_logprobs(g_tokens: &[u32], lps: &[shm_runtime::TokenLogprob], offset0: usize) -> Value {
+fn completion_logprobs(
+    g_tokens: &[u32],
+    lps: &[shm_runtime::TokenLogprob],
+    offset0: usize,
+) -> Value {
     let c = chat_logprobs(g_tokens, lps);
     let mut offset = offset0;
     let mut text_offset = Vec::with_capacity(c.content.len());
@@ -234,7 +253,10 @@ pub(crate) async fn completions(
     let [prompt] = prompts.as_slice() else {
         return Err(ApiError::invalid(
             Some("prompt"),
-            format!("{} prompts given: this server completes one prompt per request", prompts.len()),
+            format!(
+                "{} prompts given: this server completes one prompt per request",
+                prompts.len()
+            ),
         ));
     };
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -260,9 +282,20 @@ pub(crate) async fn completions(
         let flavour = Flavour::Completion {
             echo: req.echo.then(|| prompt.clone()),
         };
-        return Ok(sse(gw, lease, stream, flavour, meta, include_usage, logprobs > 0));
+        return Ok(sse(
+            gw,
+            lease,
+            stream,
+            flavour,
+            meta,
+            include_usage,
+            logprobs > 0,
+        ));
     }
-    let g: Generation = gw.check(&lease, lease.client.generate(&req.model, prompt, &opts).await)?;
+    let g: Generation = gw.check(
+        &lease,
+        lease.client.generate(&req.model, prompt, &opts).await,
+    )?;
     let prefix = if req.echo { prompt.as_str() } else { "" };
     let lp = if logprobs > 0 {
         completion_logprobs(&g.tokens, &g.logprobs, prefix.len())
@@ -352,7 +385,9 @@ impl SseState {
             return Value::Null;
         }
         match self.flavour {
-            Flavour::Chat => serde_json::to_value(chat_logprobs(tokens, lps)).unwrap_or(Value::Null),
+            Flavour::Chat => {
+                serde_json::to_value(chat_logprobs(tokens, lps)).unwrap_or(Value::Null)
+            }
             Flavour::Completion { .. } => completion_logprobs(tokens, lps, self.text_len),
         }
     }
@@ -360,8 +395,13 @@ impl SseState {
     fn on_event(&mut self, ev: StreamEvent) {
         self.start();
         match ev {
-            StreamEvent::Delta { text, tokens, logprobs } => {
-                if text.is_empty() && !(self.logprobs && !tokens.is_empty()) {
+            StreamEvent::Delta {
+                text,
+                tokens,
+                logprobs,
+            } => {
+                let carries_logprobs = self.logprobs && !tokens.is_empty();
+                if text.is_empty() && !carries_logprobs {
                     return;
                 }
                 let lp = self.logprobs_value(&tokens, &logprobs);
@@ -370,7 +410,11 @@ impl SseState {
                 self.queue.push_back(ev);
             }
             StreamEvent::Done(g) => {
-                let end = self.chunk(self.choice(None, Value::Null, Some(finish_reason(g.finish_reason))));
+                let end = self.chunk(self.choice(
+                    None,
+                    Value::Null,
+                    Some(finish_reason(g.finish_reason)),
+                ));
                 self.queue.push_back(end);
                 if self.include_usage {
                     let mut v = self.meta.value(json!([]));
@@ -387,7 +431,8 @@ impl SseState {
         self.gw.runtime.observe(&self.lease.connections, &e);
         let api = ApiError::from(e);
         tracing::warn!(request = %self.meta.id, error = %api.message, "stream failed");
-        self.queue.push_back(Event::default().data(api.body().to_string()));
+        self.queue
+            .push_back(Event::default().data(api.body().to_string()));
         self.inner = None;
     }
 }

@@ -47,7 +47,7 @@ pub(crate) async fn model(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = gw.runtime.connections()?;
-    if !c.models().iter().any(|m| *m == id) {
+    if !c.models().contains(&id) {
         return Err(shm_runtime::Error::ModelNotFound(format!(
             "the service serves no model {id:?}"
         ))
@@ -110,7 +110,10 @@ pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     crate::metrics::set_gateway_gauges(gw.runtime.queued());
     text.push_str(&crate::metrics::gateway_text());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

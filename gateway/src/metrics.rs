@@ -28,7 +28,9 @@ pub fn install() {
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("another metrics recorder is installed: the gateway's HTTP metrics are not kept");
+            tracing::warn!(
+                "another metrics recorder is installed: the gateway's HTTP metrics are not kept"
+            );
         }
         handle
     });
@@ -56,7 +58,10 @@ pub(crate) fn set_gateway_gauges(queued: usize) {
 
 /// The gateway's own metrics, in Prometheus' text format (empty before [`install`]).
 pub(crate) fn gateway_text() -> String {
-    HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// Writes one metric family's header.
@@ -67,7 +72,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// A label value, escaped as the text format wants.
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The runtime's metrics for service `service` in Prometheus' text format; `status` is `None`
@@ -75,64 +82,176 @@ fn esc(v: &str) -> String {
 pub fn runtime_text(service: &str, status: Option<&ServiceStatus>) -> String {
     let mut o = String::new();
     let svc = esc(service);
-    family(&mut o, "shm_runtime_up", "gauge", "1 when the service's server is alive.");
+    family(
+        &mut o,
+        "shm_runtime_up",
+        "gauge",
+        "1 when the service's server is alive.",
+    );
     let up = status.is_some_and(|s| s.server_alive);
     let _ = writeln!(o, "shm_runtime_up{{service=\"{svc}\"}} {}", u8::from(up));
     let Some(s) = status else { return o };
 
-    family(&mut o, "shm_runtime_requests_total", "counter", "Requests the server accepted.");
-    let _ = writeln!(o, "shm_runtime_requests_total{{service=\"{svc}\"}} {}", s.requests);
-    family(&mut o, "shm_runtime_responses_total", "counter", "Final answers, by outcome (ok or the error's name).");
-    let _ = writeln!(o, "shm_runtime_responses_total{{service=\"{svc}\",outcome=\"ok\"}} {}", s.ok);
+    family(
+        &mut o,
+        "shm_runtime_requests_total",
+        "counter",
+        "Requests the server accepted.",
+    );
+    let _ = writeln!(
+        o,
+        "shm_runtime_requests_total{{service=\"{svc}\"}} {}",
+        s.requests
+    );
+    family(
+        &mut o,
+        "shm_runtime_responses_total",
+        "counter",
+        "Final answers, by outcome (ok or the error's name).",
+    );
+    let _ = writeln!(
+        o,
+        "shm_runtime_responses_total{{service=\"{svc}\",outcome=\"ok\"}} {}",
+        s.ok
+    );
     for (name, n) in &s.errors {
-        let _ = writeln!(o, "shm_runtime_responses_total{{service=\"{svc}\",outcome=\"{}\"}} {n}", esc(name));
+        let _ = writeln!(
+            o,
+            "shm_runtime_responses_total{{service=\"{svc}\",outcome=\"{}\"}} {n}",
+            esc(name)
+        );
     }
     for (metric, help, v) in [
-        ("shm_runtime_clients_reaped_total", "Dead clients whose slot and chunks were reclaimed.", s.clients_reaped),
-        ("shm_runtime_clients_ejected_total", "Clients disconnected for corrupting their rings.", s.clients_ejected),
-        ("shm_runtime_chunks_reclaimed_total", "Pool chunks taken back from dead owners.", s.chunks_reclaimed),
+        (
+            "shm_runtime_clients_reaped_total",
+            "Dead clients whose slot and chunks were reclaimed.",
+            s.clients_reaped,
+        ),
+        (
+            "shm_runtime_clients_ejected_total",
+            "Clients disconnected for corrupting their rings.",
+            s.clients_ejected,
+        ),
+        (
+            "shm_runtime_chunks_reclaimed_total",
+            "Pool chunks taken back from dead owners.",
+            s.chunks_reclaimed,
+        ),
     ] {
         family(&mut o, metric, "counter", help);
         let _ = writeln!(o, "{metric}{{service=\"{svc}\"}} {v}");
     }
     family(&mut o, "shm_runtime_clients", "gauge", "Clients connected.");
-    let _ = writeln!(o, "shm_runtime_clients{{service=\"{svc}\"}} {}", s.clients.len());
-    family(&mut o, "shm_runtime_client_slots", "gauge", "Client slots the service has.");
-    let _ = writeln!(o, "shm_runtime_client_slots{{service=\"{svc}\"}} {}", s.max_clients);
+    let _ = writeln!(
+        o,
+        "shm_runtime_clients{{service=\"{svc}\"}} {}",
+        s.clients.len()
+    );
+    family(
+        &mut o,
+        "shm_runtime_client_slots",
+        "gauge",
+        "Client slots the service has.",
+    );
+    let _ = writeln!(
+        o,
+        "shm_runtime_client_slots{{service=\"{svc}\"}} {}",
+        s.max_clients
+    );
 
     type LaneField = fn(&shm_runtime::LaneStatus) -> u64;
     let lane_metrics: [(&str, &str, &str, LaneField); 6] = [
-        ("shm_runtime_model_queued", "gauge", "Requests queued for the model.", |l| l.queued),
-        ("shm_runtime_model_running", "gauge", "Requests the model is running.", |l| l.running),
-        ("shm_runtime_model_requests_total", "counter", "Requests the model's lane accepted.", |l| l.accepted),
-        ("shm_runtime_model_completed_total", "counter", "Requests the model's lane finished.", |l| l.completed),
-        ("shm_runtime_model_batched_requests_total", "counter", "Requests run in batches of more than one.", |l| l.batched),
-        ("shm_runtime_model_panics_total", "counter", "Backend panics contained.", |l| l.panics),
+        (
+            "shm_runtime_model_queued",
+            "gauge",
+            "Requests queued for the model.",
+            |l| l.queued,
+        ),
+        (
+            "shm_runtime_model_running",
+            "gauge",
+            "Requests the model is running.",
+            |l| l.running,
+        ),
+        (
+            "shm_runtime_model_requests_total",
+            "counter",
+            "Requests the model's lane accepted.",
+            |l| l.accepted,
+        ),
+        (
+            "shm_runtime_model_completed_total",
+            "counter",
+            "Requests the model's lane finished.",
+            |l| l.completed,
+        ),
+        (
+            "shm_runtime_model_batched_requests_total",
+            "counter",
+            "Requests run in batches of more than one.",
+            |l| l.batched,
+        ),
+        (
+            "shm_runtime_model_panics_total",
+            "counter",
+            "Backend panics contained.",
+            |l| l.panics,
+        ),
     ];
     for (metric, kind, help, field) in lane_metrics {
         family(&mut o, metric, kind, help);
         for l in &s.lanes {
             let model = esc(l.model.as_deref().unwrap_or(""));
-            let _ = writeln!(o, "{metric}{{service=\"{svc}\",model=\"{model}\"}} {}", field(l));
+            let _ = writeln!(
+                o,
+                "{metric}{{service=\"{svc}\",model=\"{model}\"}} {}",
+                field(l)
+            );
         }
     }
-    family(&mut o, "shm_runtime_model_ready", "gauge", "1 when the model is warmed up and serving.");
+    family(
+        &mut o,
+        "shm_runtime_model_ready",
+        "gauge",
+        "1 when the model is warmed up and serving.",
+    );
     for l in &s.lanes {
         let model = esc(l.model.as_deref().unwrap_or(""));
         let ready = l.model_state == shm_runtime::ModelState::Ready;
-        let _ = writeln!(o, "shm_runtime_model_ready{{service=\"{svc}\",model=\"{model}\"}} {}", u8::from(ready));
+        let _ = writeln!(
+            o,
+            "shm_runtime_model_ready{{service=\"{svc}\",model=\"{model}\"}} {}",
+            u8::from(ready)
+        );
     }
 
     type PoolField = fn(&shm_runtime::PoolClassStatus) -> u64;
     let pool_metrics: [(&str, &str, PoolField); 3] = [
-        ("shm_runtime_pool_chunks", "Chunks of the size class.", |p| p.count.into()),
-        ("shm_runtime_pool_chunks_free", "Free chunks of the size class.", |p| p.free.into()),
-        ("shm_runtime_pool_chunks_high_water", "Most chunks of the size class ever in use at once.", |p| p.high_water.into()),
+        (
+            "shm_runtime_pool_chunks",
+            "Chunks of the size class.",
+            |p| p.count.into(),
+        ),
+        (
+            "shm_runtime_pool_chunks_free",
+            "Free chunks of the size class.",
+            |p| p.free.into(),
+        ),
+        (
+            "shm_runtime_pool_chunks_high_water",
+            "Most chunks of the size class ever in use at once.",
+            |p| p.high_water.into(),
+        ),
     ];
     for (metric, help, field) in pool_metrics {
         family(&mut o, metric, "gauge", help);
         for p in &s.pool {
-            let _ = writeln!(o, "{metric}{{service=\"{svc}\",chunk_bytes=\"{}\"}} {}", p.chunk_size, field(p));
+            let _ = writeln!(
+                o,
+                "{metric}{{service=\"{svc}\",chunk_bytes=\"{}\"}} {}",
+                p.chunk_size,
+                field(p)
+            );
         }
     }
     o

@@ -211,5 +211,7 @@ pub(crate) fn gone(e: &Error) -> bool {
 }
 
 fn unavailable(service: &str, e: &Error) -> ApiError {
-    ApiError::unavailable(format!("the runtime (service {service:?}) is not available: {e}"))
+    ApiError::unavailable(format!(
+        "the runtime (service {service:?}) is not available: {e}"
+    ))
 }
