@@ -167,23 +167,12 @@ pub(crate) struct ChatLogprobs {
     pub(crate) content: Vec<ChatLogprob>,
 }
 
-/// The runtime's log-probabilities in the chat API's form. The token generated is named by its
-/// text among the alternatives when it is one of them (it is when the sampling was greedy), else
-/// by the text the stream released with it.
-pub(crate) fn chat_logprobs(
-    tokens: &[u32],
-    logprobs: &[shm_runtime::TokenLogprob],
-) -> ChatLogprobs {
-    let content = tokens
+/// The runtime's log-probabilities in the chat API's form.
+pub(crate) fn chat_logprobs(logprobs: &[shm_runtime::TokenLogprob]) -> ChatLogprobs {
+    let content = logprobs
         .iter()
-        .zip(logprobs)
-        .map(|(&id, lp)| {
-            let token = lp
-                .top
-                .iter()
-                .find(|t| t.token == id)
-                .map(|t| t.text.clone())
-                .unwrap_or_default();
+        .map(|lp| {
+            let token = lp.text.clone();
             ChatLogprob {
                 bytes: token.as_bytes().to_vec(),
                 token,

@@ -118,12 +118,14 @@ fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
                     for p in parts {
                         match (p.kind.as_str(), &p.text) {
                             ("text", Some(t)) => text.push_str(t),
-                            (kind, _) => return Err(ApiError::invalid(
-                                Some("messages"),
-                                format!(
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    Some("messages"),
+                                    format!(
                                     "content parts of type {kind:?} are not supported: only text"
                                 ),
-                            )),
+                                ))
+                            }
                         }
                     }
                     text
@@ -206,7 +208,7 @@ pub(crate) async fn chat(
     let g = lease.client.chat(&req.model, &msgs, &opts).await;
     let g = gw.check(&lease, g)?;
     let lp = if logprobs > 0 {
-        serde_json::to_value(chat_logprobs(&g.tokens, &g.logprobs)).unwrap_or(Value::Null)
+        serde_json::to_value(chat_logprobs(&g.logprobs)).unwrap_or(Value::Null)
     } else {
         Value::Null
     };
@@ -221,12 +223,8 @@ pub(crate) async fn chat(
 }
 
 /// The legacy completions API's `logprobs` object.
-fn completion_logprobs(
-    g_tokens: &[u32],
-    lps: &[shm_runtime::TokenLogprob],
-    offset0: usize,
-) -> Value {
-    let c = chat_logprobs(g_tokens, lps);
+fn completion_logprobs(lps: &[shm_runtime::TokenLogprob], offset0: usize) -> Value {
+    let c = chat_logprobs(lps);
     let mut offset = offset0;
     let mut text_offset = Vec::with_capacity(c.content.len());
     for t in &c.content {
@@ -298,7 +296,7 @@ pub(crate) async fn completions(
     )?;
     let prefix = if req.echo { prompt.as_str() } else { "" };
     let lp = if logprobs > 0 {
-        completion_logprobs(&g.tokens, &g.logprobs, prefix.len())
+        completion_logprobs(&g.logprobs, prefix.len())
     } else {
         Value::Null
     };
@@ -380,15 +378,13 @@ impl SseState {
         self.queue.push_back(ev);
     }
 
-    fn logprobs_value(&self, tokens: &[u32], lps: &[shm_runtime::TokenLogprob]) -> Value {
+    fn logprobs_value(&self, lps: &[shm_runtime::TokenLogprob]) -> Value {
         if !self.logprobs {
             return Value::Null;
         }
         match self.flavour {
-            Flavour::Chat => {
-                serde_json::to_value(chat_logprobs(tokens, lps)).unwrap_or(Value::Null)
-            }
-            Flavour::Completion { .. } => completion_logprobs(tokens, lps, self.text_len),
+            Flavour::Chat => serde_json::to_value(chat_logprobs(lps)).unwrap_or(Value::Null),
+            Flavour::Completion { .. } => completion_logprobs(lps, self.text_len),
         }
     }
 
@@ -404,7 +400,7 @@ impl SseState {
                 if text.is_empty() && !carries_logprobs {
                     return;
                 }
-                let lp = self.logprobs_value(&tokens, &logprobs);
+                let lp = self.logprobs_value(&logprobs);
                 self.text_len += text.len();
                 let ev = self.chunk(self.choice(Some(&text), lp, None));
                 self.queue.push_back(ev);

@@ -225,6 +225,8 @@ pub fn runtime_text(service: &str, status: Option<&ServiceStatus>) -> String {
         );
     }
 
+    lane_histograms(&mut o, &svc, &s.lanes);
+
     type PoolField = fn(&shm_runtime::PoolClassStatus) -> u64;
     let pool_metrics: [(&str, &str, PoolField); 3] = [
         (
@@ -255,4 +257,101 @@ pub fn runtime_text(service: &str, status: Option<&ServiceStatus>) -> String {
         }
     }
     o
+}
+
+/// The lanes' latency histograms and generation counters.
+fn lane_histograms(o: &mut String, svc: &str, lanes: &[shm_runtime::LaneStatus]) {
+    use shm_runtime::metrics::{bucket_bound_seconds, HistogramSnapshot, LaneMetricsSnapshot};
+    type Pick = fn(&LaneMetricsSnapshot) -> &HistogramSnapshot;
+    let histograms: [(&str, &str, Pick); 5] = [
+        (
+            "shm_runtime_request_queue_seconds",
+            "Time requests waited in the model's queue.",
+            |m| &m.queue,
+        ),
+        (
+            "shm_runtime_request_run_seconds",
+            "Time from a request's start to its final answer.",
+            |m| &m.run,
+        ),
+        (
+            "shm_runtime_request_duration_seconds",
+            "Time from a request's acceptance to its final answer.",
+            |m| &m.end_to_end,
+        ),
+        (
+            "shm_runtime_time_to_first_token_seconds",
+            "Generations: time from the start to the first token.",
+            |m| &m.time_to_first_token,
+        ),
+        (
+            "shm_runtime_inter_token_latency_seconds",
+            "Generations: mean time between tokens after the first.",
+            |m| &m.inter_token,
+        ),
+    ];
+    for (metric, help, pick) in histograms {
+        family(o, metric, "histogram", help);
+        for l in lanes {
+            let model = esc(l.model.as_deref().unwrap_or(""));
+            let h = pick(&l.metrics);
+            let mut cumulative = 0;
+            for (i, n) in h.buckets.iter().enumerate() {
+                cumulative += n;
+                let bound = bucket_bound_seconds(i);
+                let le = if bound.is_infinite() {
+                    "+Inf".to_owned()
+                } else {
+                    bound.to_string()
+                };
+                let _ = writeln!(o, "{metric}_bucket{{service=\"{svc}\",model=\"{model}\",le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(
+                o,
+                "{metric}_sum{{service=\"{svc}\",model=\"{model}\"}} {}",
+                h.sum_ns as f64 * 1e-9
+            );
+            let _ = writeln!(
+                o,
+                "{metric}_count{{service=\"{svc}\",model=\"{model}\"}} {}",
+                h.count
+            );
+        }
+    }
+    type Count = fn(&LaneMetricsSnapshot) -> u64;
+    let counters: [(&str, &str, Count); 2] = [
+        (
+            "shm_runtime_prompt_tokens_total",
+            "Prompt tokens of the generations.",
+            |m| m.prompt_tokens,
+        ),
+        (
+            "shm_runtime_generation_tokens_total",
+            "Tokens generated.",
+            |m| m.generated_tokens,
+        ),
+    ];
+    for (metric, help, count) in counters {
+        family(o, metric, "counter", help);
+        for l in lanes {
+            let model = esc(l.model.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                o,
+                "{metric}{{service=\"{svc}\",model=\"{model}\"}} {}",
+                count(&l.metrics)
+            );
+        }
+    }
+    family(
+        o,
+        "shm_runtime_generations_total",
+        "counter",
+        "Generations finished, by finish reason.",
+    );
+    for l in lanes {
+        let model = esc(l.model.as_deref().unwrap_or(""));
+        for (reason, n) in &l.metrics.finish {
+            let _ = writeln!(o, "shm_runtime_generations_total{{service=\"{svc}\",model=\"{model}\",finish_reason=\"{reason}\"}} {n}");
+        }
+    }
 }

@@ -42,6 +42,7 @@ pub mod backend;
 mod client;
 pub mod config;
 mod error;
+pub mod metrics;
 pub mod protocol;
 mod scheduler;
 mod server;

@@ -54,6 +54,8 @@ pub struct Job {
     pub deadline_ns: u64,
     /// When it was accepted, nanoseconds on the [`now_ns`] clock.
     pub accepted_ns: u64,
+    /// When it left the queue to run (0 before), on the same clock.
+    pub started_ns: u64,
 }
 
 impl Job {
@@ -195,6 +197,7 @@ mod tests {
             timeout_ms: 0,
             deadline_ns: now,
             accepted_ns: now,
+            started_ns: 0,
         }
     }
 

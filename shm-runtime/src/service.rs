@@ -21,6 +21,7 @@ use shm_ring::pool::{Pool, PoolConfig};
 use shm_ring::wait::WaitWord;
 use shm_ring::{mpmc, Region, Segment};
 
+use crate::metrics::LaneMetrics;
 use crate::protocol::{DescriptorWords, PROTOCOL_VERSION};
 
 /// Magic of a service header ("SHMS").
@@ -307,6 +308,8 @@ pub struct Layout {
     pub models: usize,
     /// Offset of the lane headers.
     pub lane_headers: usize,
+    /// Offset of the lanes' metrics.
+    pub lane_metrics: usize,
     /// Offset of the client table.
     pub clients: usize,
     /// Offset of the stats.
@@ -333,7 +336,8 @@ impl Layout {
     ) -> Layout {
         let models = up(std::mem::size_of::<ServiceHeader>());
         let lane_headers = up(models + MAX_MODELS * std::mem::size_of::<ModelEntry>());
-        let clients = up(lane_headers + lanes * up(std::mem::size_of::<LaneHeader>()));
+        let lane_metrics = up(lane_headers + lanes * up(std::mem::size_of::<LaneHeader>()));
+        let clients = up(lane_metrics + lanes * up(std::mem::size_of::<LaneMetrics>()));
         let stats = up(clients + max_clients * std::mem::size_of::<ClientEntry>());
         let rings = up(stats + std::mem::size_of::<Stats>());
         let ring_bytes = up(mpmc::bytes_for::<DescriptorWords>(
@@ -348,6 +352,7 @@ impl Layout {
             ring_capacity,
             models,
             lane_headers,
+            lane_metrics,
             clients,
             stats,
             rings,
@@ -523,6 +528,12 @@ impl Service {
     pub fn lane(&self, l: usize) -> &LaneHeader {
         assert!(l < self.layout.lanes);
         self.at(self.layout.lane_headers + l * up(std::mem::size_of::<LaneHeader>()))
+    }
+
+    /// The metrics of lane `l` (< lanes).
+    pub fn lane_metrics(&self, l: usize) -> &LaneMetrics {
+        assert!(l < self.layout.lanes);
+        self.at(self.layout.lane_metrics + l * up(std::mem::size_of::<LaneMetrics>()))
     }
 
     /// Client entry `c` (< max_clients).

@@ -91,6 +91,8 @@ pub struct LaneStatus {
     /// New instances of its backend loaded after a panic (each once the answers of the requests
     /// the panicking call held are out).
     pub restarts: u64,
+    /// Its latency histograms and generation counters.
+    pub metrics: crate::metrics::LaneMetricsSnapshot,
 }
 
 /// One connected client.
@@ -225,6 +227,7 @@ fn snapshot(name: &str, svc: &Service, live: &shm_ring::pool::Pool) -> ServiceSt
                 batched: load(&lane.batched),
                 panics: load(&lane.panics),
                 restarts: load(&lane.restarts),
+                metrics: svc.lane_metrics(l).snapshot(),
             }
         })
         .collect();

@@ -27,6 +27,20 @@ fn status_reports_the_state_lanes_clients_counters_and_pool_of_a_service() {
         "{refused:?}"
     );
 
+    // The latency histogram is written once an answer is on its way: the last one lands a moment
+    // after its client has the answer.
+    shm_test_support::wait::wait_for(
+        "the last answer in the latency histogram",
+        Duration::from_secs(1),
+        || {
+            status(&name)
+                .unwrap()
+                .latency_us_log2_buckets
+                .iter()
+                .sum::<u64>()
+                == 2 + 4
+        },
+    );
     let st = status(&name).unwrap();
     assert_eq!(st.service, name);
     assert_eq!(st.state, ServiceState::Running);

@@ -590,6 +590,7 @@ fn token_logprob(
         .unwrap_or(f32::NEG_INFINITY);
     TokenLogprob {
         logprob: logprob(chosen_logit),
+        text: text(chosen),
         top: top
             .into_iter()
             .map(|(l, i)| {

@@ -12,8 +12,9 @@
 /// restart counters and its state; a client's ejection reason; cancels naming their request's
 /// chunk and the `CancelRefused` notice; batches of texts; the generation options `min_p`,
 /// `presence_penalty`, `frequency_penalty` and `logprobs` in `Params`, and per-token
-/// `logprobs` (`TokenLogprob`, `TopLogprob`) in `Generation` and `StreamChunk`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// `logprobs` (`TokenLogprob`, `TopLogprob`) in `Generation` and `StreamChunk`; 6: the lanes'
+/// metrics in the segment, and the generated token's text in `TokenLogprob`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 mod codec;
 mod descriptor;

@@ -270,6 +270,9 @@ pub struct TopLogprob {
 pub struct TokenLogprob {
     /// The natural log-probability of the token generated (<= 0).
     pub logprob: f32,
+    /// The token generated, as text (its piece alone; a character split over tokens gives
+    /// replacement characters).
+    pub text: String,
     /// The [`Params::logprobs`] most likely tokens, most likely first.
     pub top: Vec<TopLogprob>,
 }
@@ -290,6 +293,7 @@ impl ArchivedTokenLogprob {
     pub fn to_native(&self) -> TokenLogprob {
         TokenLogprob {
             logprob: self.logprob.to_native(),
+            text: self.text.as_str().to_owned(),
             top: self.top.iter().map(ArchivedTopLogprob::to_native).collect(),
         }
     }

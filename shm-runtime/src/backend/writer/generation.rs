@@ -183,6 +183,7 @@ impl GenerationWriter<'_, '_> {
             match write_root_with(tail, end, &root, scratch) {
                 Ok(len) => {
                     self.out.len = len;
+                    self.out.generated = Some((usage, finish_reason));
                     return Ok(());
                 }
                 Err(e) if logprobs.is_empty() => return Err(e),

@@ -50,6 +50,8 @@ pub struct Out<'a> {
     store: Store<'a>,
     id: u64,
     len: usize,
+    /// The counts and finish reason of the generation written, for the lane's metrics.
+    generated: Option<(crate::protocol::Usage, crate::protocol::FinishReason)>,
 }
 
 impl std::fmt::Debug for Out<'_> {
@@ -72,6 +74,7 @@ impl<'a> Out<'a> {
             },
             id,
             len: 0,
+            generated: None,
         }
     }
 
@@ -91,12 +94,21 @@ impl<'a> Out<'a> {
             store: Store::Buf(buf),
             id,
             len: 0,
+            generated: None,
         }
     }
 
     /// The id of the request this answers.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The usage and finish reason of the generation this answer holds, if it is one (once:
+    /// the server counts them in the lane's metrics).
+    pub(crate) fn take_generated(
+        &mut self,
+    ) -> Option<(crate::protocol::Usage, crate::protocol::FinishReason)> {
+        self.generated.take()
     }
 
     /// Bytes of the finished answer, `None` while nothing has been written.

@@ -68,6 +68,7 @@ fn logprobs(n: usize, k: usize) -> Vec<TokenLogprob> {
     (0..n)
         .map(|i| TokenLogprob {
             logprob: -(i as f32) / 7.0,
+            text: format!("chosen {i}"),
             top: (0..k)
                 .map(|j| TopLogprob {
                     token: (i * 31 + j) as u32,

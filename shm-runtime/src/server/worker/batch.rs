@@ -33,7 +33,7 @@ impl Desk<'_> {
     ) {
         let mut jobs = vec![first];
         self.gather(&mut jobs, b);
-        jobs.retain(|j| self.begin(j));
+        jobs.retain_mut(|j| self.begin(j));
         if jobs.is_empty() {
             return;
         }

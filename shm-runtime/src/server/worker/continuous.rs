@@ -67,11 +67,11 @@ impl<'w, 's> Worker<'w, 's> {
             let Some(slot) = self.sequences.iter().position(Option::is_none) else {
                 break;
             };
-            let Some(job) = self.desk.queue.pop() else {
+            let Some(mut job) = self.desk.queue.pop() else {
                 break;
             };
             did = true;
-            if self.desk.begin(&job) {
+            if self.desk.begin(&mut job) {
                 self.admit(slot, job);
                 self.end_broken();
             }

@@ -196,6 +196,7 @@ impl Desk<'_> {
             timeout_ms: head.timeout_ms,
             deadline_ns: self.now + timeout.as_nanos() as u64,
             accepted_ns: self.now,
+            started_ns: 0,
         };
         if let Err(job) = self.queue.push(job) {
             self.release_request(reply, job.chunk);

@@ -30,8 +30,9 @@ impl Desk<'_> {
 
     /// Counts a job as started and answers it without running when its client died, the server is
     /// past its drain, it was cancelled or its deadline passed. Returns whether to run it.
-    pub(super) fn begin(&mut self, job: &Job) -> bool {
+    pub(super) fn begin(&mut self, job: &mut Job) -> bool {
         self.counters.started.fetch_add(1, Ordering::AcqRel);
+        job.started_ns = self.now;
         let reply = job.reply;
         if !self.client_alive(reply) || self.clients.get(reply.slot()).is_none() {
             // The client died: drop its work silently (nobody to answer).
@@ -58,8 +59,8 @@ impl Desk<'_> {
         true
     }
 
-    /// After a run: counters, the latency histogram, and the final answer (`out`'s, or the
-    /// refusal).
+    /// After a run: counters, the final answer (`out`'s, or the refusal), then the latency
+    /// histograms (after the answer left, so that the round trip does not wait for them).
     pub(super) fn end(&mut self, job: &Job, result: Result<(), Refusal>, mut out: Out<'_>) {
         let state = self.state;
         let reply = job.reply;
@@ -67,25 +68,34 @@ impl Desk<'_> {
         self.lane.cancels.remove(reply, job.chunk);
         self.release_request(reply, job.chunk);
         self.now = now_ns();
-        let latency = (self.now.saturating_sub(job.accepted_ns) / 1000).max(1);
-        let bucket = (63 - latency.leading_zeros()).min(31) as usize;
-        state.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        let generated = out.take_generated();
         let result = result.and_then(|()| {
             out.take_loan().ok_or_else(|| {
                 Refusal::new(ErrorCode::Backend, "the backend finished without an answer")
             })
         });
         drop(out);
-        match result {
+        let answered = match result {
             Ok((loan, len)) => {
-                if self
-                    .give_to_client(reply, DescriptorKind::Final, loan, len)
-                    .is_ok()
-                {
+                let given = self.give_to_client(reply, DescriptorKind::Final, loan, len);
+                if given.is_ok() {
                     state.svc.stats().ok.fetch_add(1, Ordering::Relaxed);
                 }
+                true
             }
-            Err(refusal) => self.answer_error(reply, job.request_id, refusal),
+            Err(refusal) => {
+                self.answer_error(reply, job.request_id, refusal);
+                false
+            }
+        };
+        // The bookkeeping, once the answer is on its way.
+        let latency = (self.now.saturating_sub(job.accepted_ns) / 1000).max(1);
+        let bucket = (63 - latency.leading_zeros()).min(31) as usize;
+        state.svc.stats().latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .record_request(job.accepted_ns, job.started_ns, self.now);
+        if let (true, Some((usage, finish))) = (answered, generated) {
+            self.metrics.record_generation(&usage, finish);
         }
     }
 

@@ -128,6 +128,8 @@ pub(crate) struct Desk<'s> {
     lane: &'s ModelLane,
     /// The lane's counters in the segment.
     counters: &'s LaneHeader,
+    /// The lane's latency histograms and generation counters in the segment.
+    metrics: &'s crate::metrics::LaneMetrics,
     /// The lane's index.
     lane_index: usize,
     /// This worker's index in its lane.
@@ -163,6 +165,7 @@ impl<'s> Desk<'s> {
             state,
             lane: &state.lanes[lane],
             counters: state.svc.lane(lane),
+            metrics: state.svc.lane_metrics(lane),
             lane_index: lane,
             index,
             clients: ClientTable::new(max_clients),

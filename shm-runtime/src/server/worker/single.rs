@@ -26,7 +26,8 @@ impl Desk<'_> {
         if let Some(b) = instance.batching {
             return self.run_batched(job, &**backend, instance.generation, b);
         }
-        if !self.begin(&job) {
+        let mut job = job;
+        if !self.begin(&mut job) {
             return;
         }
         let state = self.state;
@@ -70,8 +71,8 @@ impl Desk<'_> {
     }
 
     /// Answers `job` with `refusal` without running it (a failed lane's).
-    fn answer_unrun(&mut self, job: Job, refusal: Refusal) {
-        if self.begin(&job) {
+    fn answer_unrun(&mut self, mut job: Job, refusal: Refusal) {
+        if self.begin(&mut job) {
             let out = Out::in_pool(&self.state.pool, self.state.owner, job.request_id);
             self.end(&job, Err(refusal), out);
         }

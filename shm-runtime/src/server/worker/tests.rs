@@ -158,11 +158,11 @@ fn a_job_cancelled_or_expired_while_queued_is_answered_without_running() {
     w.ingest(None, usize::MAX);
     client.cancel(cancelled).unwrap();
     w.ingest(None, usize::MAX);
-    let first = w.queue.pop().unwrap();
-    assert!(!w.begin(&first), "a cancelled job does not run");
-    let second = w.queue.pop().unwrap();
+    let mut first = w.queue.pop().unwrap();
+    assert!(!w.begin(&mut first), "a cancelled job does not run");
+    let mut second = w.queue.pop().unwrap();
     w.now = second.deadline_ns;
-    assert!(!w.begin(&second), "an expired job does not run");
+    assert!(!w.begin(&mut second), "an expired job does not run");
     assert_eq!(books(f.counters(0)), (2, 2, 2));
     assert!(matches!(client.recv(cancelled, NOW), Err(Error::Cancelled)));
     assert!(matches!(client.recv(expired, NOW), Err(Error::TimedOut)));
