@@ -2,6 +2,23 @@
 //! a ring, pushing into it and popping from it.
 
 /// Why a ring could not be initialised or attached.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{spsc, AttachError, Region};
+///
+/// let region = Region::heap(spsc::bytes_for::<u64>(8));
+/// let too_early = spsc::Consumer::<u64>::attach(&region).unwrap_err();
+/// assert_eq!(too_early, AttachError::NotInitialised(0));
+///
+/// spsc::init::<u64>(&region, 8)?;
+/// let _rx = spsc::Consumer::<u64>::attach(&region)?;
+/// // One consumer at a time, and this (live) process holds the role:
+/// let taken = spsc::Consumer::<u64>::attach(&region).unwrap_err();
+/// assert_eq!(taken, AttachError::RoleTaken { pid: std::process::id() });
+/// # Ok::<(), AttachError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttachError {
     /// The region is smaller than the ring needs.
@@ -40,6 +57,23 @@ pub enum AttachError {
 }
 
 /// Why a push failed; the value comes back.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{spsc, PushError, WaitStrategy};
+///
+/// let (mut tx, rx) = spsc::heap::<u32>(2);
+/// tx.push(1).unwrap();
+/// tx.push(2).unwrap();
+/// assert_eq!(tx.push(3), Err(PushError::Full(3)));
+///
+/// drop(rx); // nobody will ever make room
+/// let deadline = Instant::now() + Duration::from_secs(10);
+/// let gone = tx.push_blocking(3, &WaitStrategy::default(), deadline);
+/// assert_eq!(gone, Err(PushError::Abandoned(3)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError<T> {
     /// The ring is full.
@@ -58,6 +92,20 @@ pub enum PushError<T> {
 
 impl<T> PushError<T> {
     /// The value that was not pushed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u32>(1);
+    /// tx.push(1).unwrap();
+    /// // Full: keep the value and push it again once there is room.
+    /// let pending = tx.push(2).unwrap_err().into_inner();
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// tx.push(pending).unwrap();
+    /// assert_eq!(rx.pop(), Ok(2));
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             PushError::Full(v)
@@ -69,6 +117,22 @@ impl<T> PushError<T> {
 }
 
 /// Why a pop returned nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{spsc, PopError, WaitStrategy};
+///
+/// let (tx, mut rx) = spsc::heap::<u32>(4);
+/// assert_eq!(rx.pop(), Err(PopError::Empty));
+/// let soon = Instant::now() + Duration::from_millis(5);
+/// assert_eq!(rx.pop_blocking(&WaitStrategy::default(), soon), Err(PopError::TimedOut));
+///
+/// drop(tx); // nothing will ever come
+/// let later = Instant::now() + Duration::from_secs(10);
+/// assert_eq!(rx.pop_blocking(&WaitStrategy::default(), later), Err(PopError::Abandoned));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PopError {
     /// The ring is empty.

@@ -17,7 +17,7 @@
 //!   half-advanced index behind.
 //! * The claim names the producer's *participant* index. A consumer that finds a claim stuck at `head`
 //!   asks whether that participant's process is alive (pid + start time, see
-//!   [`ProcessToken`](crate::ProcessToken)); if not, it turns the claim into SKIP and moves on: the
+//!   [`ProcessToken`]); if not, it turns the claim into SKIP and moves on: the
 //!   ring is never blocked by a dead producer (Aeron's "unblock", decided by liveness, not by a timer).
 //! * Publishing is a CAS from CLAIMED(p,k) to FULL(p), so a claim that was skipped can never be
 //!   published over.
@@ -55,10 +55,37 @@ use crate::wait::{WaitStrategy, WaitWord};
 pub use crate::error::{AttachError, PopError, PushError};
 
 /// Magic of an initialised MPMC ring header ("MPMC").
+///
+/// # Examples
+///
+/// What a peer checks first (the header's first word, published last by [`init`]):
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+/// mpmc::init::<u64>(&region, 8, 2)?;
+/// let magic = region.ptr_at::<AtomicU32>(0).unwrap();
+/// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only, initialised by init.
+/// assert_eq!(unsafe { magic.as_ref() }.load(Ordering::Acquire), mpmc::MPMC_MAGIC);
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub const MPMC_MAGIC: u32 = u32::from_le_bytes(*b"MPMC");
 const MPMC_VERSION: u32 = 1;
 
 /// Most participants (producers + consumers) one ring supports.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(8, mpmc::MAX_PARTICIPANTS));
+/// mpmc::init::<u64>(&region, 8, mpmc::MAX_PARTICIPANTS)?;
+/// assert!(mpmc::init::<u64>(&region, 8, mpmc::MAX_PARTICIPANTS + 1).is_err());
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub const MAX_PARTICIPANTS: usize = 0x3FFF;
 
 const SEQ_BITS: u32 = 48;
@@ -93,6 +120,16 @@ fn lap_delta(s: u64, pos: u64) -> u64 {
 /// Any participant may write any of these words at any time. Sizes are copied into each handle at
 /// attach and validated; positions are masked before every slot access; participant indices taken
 /// from stamps are bounds-checked.
+///
+/// # Examples
+///
+/// ```
+/// use std::mem::size_of;
+/// use shm_ring::mpmc::{MpmcHeader, HEAD_OFFSET, TAIL_OFFSET};
+///
+/// assert_eq!(size_of::<MpmcHeader>(), 640);
+/// assert!(TAIL_OFFSET < HEAD_OFFSET && HEAD_OFFSET < size_of::<MpmcHeader>());
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct MpmcHeader {
@@ -114,8 +151,44 @@ pub struct MpmcHeader {
 
 /// Where a ring's tail index (a u64, the next position producers claim) sits in its region: part
 /// of the ABI, for peers in other languages (and tests of peers that write it).
+///
+/// # Examples
+///
+/// What a peer in another language reads:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+/// mpmc::init::<u64>(&region, 8, 2)?;
+/// let tx = mpmc::Producer::<u64>::attach(&region)?;
+/// (0..3).try_for_each(|i| tx.push(i)).unwrap();
+/// let tail = region.ptr_at::<AtomicU64>(mpmc::TAIL_OFFSET).unwrap();
+/// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only, initialised by init.
+/// assert_eq!(unsafe { tail.as_ref() }.load(Ordering::Acquire), 3);
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub const TAIL_OFFSET: usize = 128;
 /// Where a ring's head index (a u64, the next position consumers take) sits in its region.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+/// mpmc::init::<u64>(&region, 8, 2)?;
+/// let tx = mpmc::Producer::<u64>::attach(&region)?;
+/// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+/// (0..3).try_for_each(|i| tx.push(i)).unwrap();
+/// assert_eq!(rx.pop(), Ok(0));
+/// let head = region.ptr_at::<AtomicU64>(mpmc::HEAD_OFFSET).unwrap();
+/// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only, initialised by init.
+/// assert_eq!(unsafe { head.as_ref() }.load(Ordering::Acquire), 1);
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub const HEAD_OFFSET: usize = 256;
 
 #[cfg(not(shm_loom))]
@@ -146,6 +219,18 @@ fn slots_offset(participants: usize) -> usize {
 
 /// Bytes a ring of `capacity` entries (rounded up to a power of two) with room for `participants`
 /// producers and consumers needs.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{mpmc, Region};
+///
+/// // 100 entries (rounded up to 128) for up to 4 producers and consumers in all:
+/// let region = Region::heap(mpmc::bytes_for::<u64>(100, 4));
+/// mpmc::init::<u64>(&region, 100, 4)?;
+/// assert_eq!(mpmc::Consumer::<u64>::attach(&region)?.capacity(), 128);
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub fn bytes_for<T: Pod>(capacity: usize, participants: usize) -> usize {
     let cap = capacity.max(2).next_power_of_two();
     slots_offset(participants) + cap * std::mem::size_of::<Slot<T>>()
@@ -158,6 +243,23 @@ pub fn bytes_for<T: Pod>(capacity: usize, participants: usize) -> usize {
 ///
 /// [`AttachError::RegionTooSmall`], [`AttachError::InvalidCapacity`] (also for 0 or too many
 /// participants).
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{mpmc, AttachError, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(64, 3));
+/// mpmc::init::<u64>(&region, 64, 3)?;
+/// let tx = mpmc::Producer::<u64>::attach(&region)?;
+/// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+/// tx.push(1).unwrap();
+/// assert_eq!(rx.pop(), Ok(1));
+///
+/// let refused = mpmc::init::<u64>(&Region::heap(4096), 1024, 3);
+/// assert!(matches!(refused, Err(AttachError::RegionTooSmall { .. })));
+/// # Ok::<(), AttachError>(())
+/// ```
 pub fn init<T: Pod>(
     region: &Region,
     capacity: usize,
@@ -407,11 +509,55 @@ impl<T: Pod> Shared<T> {
 }
 
 /// A producer handle of an MPMC ring. `Send + Sync`: threads may share one.
+///
+/// # Examples
+///
+/// Threads share one producer (and one participant slot):
+///
+/// ```
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(64, 2));
+/// mpmc::init::<u64>(&region, 64, 2)?;
+/// let tx = mpmc::Producer::<u64>::attach(&region)?;
+/// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+/// std::thread::scope(|s| {
+///     for t in 0..4 {
+///         let tx = &tx;
+///         s.spawn(move || (0..8).for_each(|i| tx.push(t * 8 + i).unwrap()));
+///     }
+/// });
+/// let mut got: Vec<u64> = std::iter::from_fn(|| rx.pop().ok()).collect();
+/// got.sort();
+/// assert_eq!(got, (0..32).collect::<Vec<_>>());
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub struct Producer<T> {
     shared: Shared<T>,
 }
 
 /// A consumer handle of an MPMC ring. `Send + Sync`: threads may share one.
+///
+/// # Examples
+///
+/// Threads share one consumer; each entry goes to one of them:
+///
+/// ```
+/// use shm_ring::{mpmc, Region};
+///
+/// let region = Region::heap(mpmc::bytes_for::<u64>(64, 2));
+/// mpmc::init::<u64>(&region, 64, 2)?;
+/// let tx = mpmc::Producer::<u64>::attach(&region)?;
+/// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+/// (0..32).try_for_each(|i| tx.push(i)).unwrap();
+/// let total: u64 = std::thread::scope(|s| {
+///     let workers: Vec<_> =
+///         (0..2).map(|_| s.spawn(|| std::iter::from_fn(|| rx.pop().ok()).sum::<u64>())).collect();
+///     workers.into_iter().map(|w| w.join().unwrap()).sum()
+/// });
+/// assert_eq!(total, (0..32).sum());
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub struct Consumer<T> {
     shared: Shared<T>,
 }
@@ -463,6 +609,23 @@ impl<T: Pod> Producer<T> {
     ///
     /// [`AttachError`]; [`AttachError::RoleTaken`] when every participant slot is held by a live
     /// process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, AttachError, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// mpmc::init::<u64>(&region, 8, 2)?;
+    /// let a = mpmc::Producer::<u64>::attach(&region)?;
+    /// let _b = mpmc::Producer::<u64>::attach(&region)?;
+    /// // Both participant slots are held (by this live process):
+    /// let third = mpmc::Producer::<u64>::attach(&region);
+    /// assert!(matches!(third, Err(AttachError::RoleTaken { .. })));
+    /// drop(a);
+    /// let _c = mpmc::Producer::<u64>::attach(&region)?;
+    /// # Ok::<(), AttachError>(())
+    /// ```
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         Ok(Producer {
             shared: Shared::attach(region)?,
@@ -470,11 +633,36 @@ impl<T: Pod> Producer<T> {
     }
 
     /// Capacity in entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(1, 1));
+    /// mpmc::init::<u64>(&region, 1, 1)?;
+    /// assert_eq!(mpmc::Producer::<u64>::attach(&region)?.capacity(), 2); // at least 2
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn capacity(&self) -> usize {
         self.shared.cap as usize
     }
 
     /// This handle's participant index (the one its claims carry).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 4));
+    /// # mpmc::init::<u64>(&region, 8, 4)?;
+    /// let a = mpmc::Producer::<u64>::attach(&region)?;
+    /// let b = mpmc::Producer::<u64>::attach(&region)?;
+    /// assert_eq!((a.participant_index(), b.participant_index()), (0, 1));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn participant_index(&self) -> u16 {
         self.shared.index
     }
@@ -484,6 +672,23 @@ impl<T: Pod> Producer<T> {
     /// # Errors
     ///
     /// [`PushError::Full`]; [`PushError::Corrupted`] when the slots contradict the indices.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, PushError};
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(2, 2));
+    /// # mpmc::init::<u64>(&region, 2, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// tx.push(1).unwrap();
+    /// tx.push(2).unwrap();
+    /// assert_eq!(tx.push(3), Err(PushError::Full(3)));
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     #[inline]
     pub fn push(&self, value: T) -> Result<(), PushError<T>> {
         match self.push_with(|slot| *slot = value) {
@@ -505,6 +710,27 @@ impl<T: Pod> Producer<T> {
     /// # Errors
     ///
     /// As for [`push`](Self::push); `write` is not called on error.
+    ///
+    /// # Examples
+    ///
+    /// A large entry written in place. The slot holds whatever its last lap left: write all of it.
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<[u64; 32]>(4, 2));
+    /// mpmc::init::<[u64; 32]>(&region, 4, 2)?;
+    /// let tx = mpmc::Producer::<[u64; 32]>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<[u64; 32]>::attach(&region)?;
+    /// tx.push_with(|entry| {
+    ///     for (i, word) in entry.iter_mut().enumerate() {
+    ///         *word = i as u64;
+    ///     }
+    /// })
+    /// .unwrap();
+    /// assert_eq!(rx.pop().unwrap()[31], 31);
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn push_with(&self, write: impl FnOnce(&mut T)) -> Result<(), PushError<()>> {
         let claim = self.claim()?;
         let slot = self.shared.slot(claim.pos);
@@ -520,11 +746,43 @@ impl<T: Pod> Producer<T> {
     }
 
     /// As [`Consumer::looks_consistent`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// tx.push(1).unwrap();
+    /// assert!(tx.looks_consistent());
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn looks_consistent(&self) -> bool {
         self.shared.looks_consistent()
     }
 
     /// As [`Consumer::reset`].
+    ///
+    /// # Examples
+    ///
+    /// A producer that takes over a ring whose consumers have all gone starts it afresh:
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// (0..3).try_for_each(|i| tx.push(i)).unwrap();
+    /// tx.reset(); // the three entries are dropped
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// assert!(rx.is_empty());
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -624,6 +882,30 @@ impl<T: Pod> Producer<T> {
     /// # Errors
     ///
     /// [`PushError::TimedOut`] at the deadline; [`PushError::Corrupted`] as for [`push`](Self::push).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{mpmc, WaitStrategy};
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(2, 2));
+    /// # mpmc::init::<u64>(&region, 2, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// (1..=2).try_for_each(|i| tx.push(i)).unwrap();
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         std::thread::sleep(Duration::from_millis(10));
+    ///         assert_eq!(rx.pop(), Ok(1));
+    ///     });
+    ///     tx.push_blocking(3, &WaitStrategy::default(), deadline).unwrap(); // waits for room
+    /// });
+    /// assert_eq!((rx.pop(), rx.pop()), (Ok(2), Ok(3)));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn push_blocking(
         &self,
         value: T,
@@ -679,6 +961,21 @@ impl<T: Pod> Consumer<T> {
     /// # Errors
     ///
     /// As for [`Producer::attach`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(8, 3));
+    /// mpmc::init::<u64>(&region, 8, 3)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx1 = mpmc::Consumer::<u64>::attach(&region)?;
+    /// let rx2 = mpmc::Consumer::<u64>::attach(&region)?;
+    /// (1..=2).try_for_each(|i| tx.push(i)).unwrap();
+    /// assert_eq!((rx1.pop(), rx2.pop()), (Ok(1), Ok(2)));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         Ok(Consumer {
             shared: Shared::attach(region)?,
@@ -686,6 +983,17 @@ impl<T: Pod> Consumer<T> {
     }
 
     /// Capacity in entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(50, 2));
+    /// mpmc::init::<u64>(&region, 50, 2)?;
+    /// assert_eq!(mpmc::Consumer::<u64>::attach(&region)?.capacity(), 64);
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn capacity(&self) -> usize {
         self.shared.cap as usize
     }
@@ -693,6 +1001,22 @@ impl<T: Pod> Consumer<T> {
     /// Resets the consumers' parked count (see [`WaitWord::clear_parked`]): call it when taking
     /// over a ring whose previous consumers are all dead, before any of this process's threads
     /// waits on it. Returns how many parked consumers were counted.
+    ///
+    /// # Examples
+    ///
+    /// Taking over the consumer side of a ring in a segment that outlived its previous consumers:
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    ///
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// let forgotten = rx.clear_parked_consumers(); // dead consumers that stayed counted
+    /// assert_eq!(forgotten, 0); // none here
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn clear_parked_consumers(&self) -> u32 {
         let w = &self.shared.hdr().not_empty;
         let n = w.parked();
@@ -704,6 +1028,22 @@ impl<T: Pod> Consumer<T> {
 
     /// Whether nothing is published past the consumers' position (a hint: another consumer may
     /// take what is there first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// assert!(rx.is_empty());
+    /// tx.push(1).unwrap();
+    /// assert!(!rx.is_empty());
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         let h = self.shared.hdr();
         // SYNC(tail): SeqCst so a waiter's readiness check pairs with the producers' SeqCst
@@ -717,6 +1057,25 @@ impl<T: Pod> Consumer<T> {
     /// calls non-empty while [`pop`](Self::pop) finds nothing for ever. A producer that claims
     /// between this call's loads can make one look false; a peer that wrote impossible indices
     /// makes every look false, so a caller decides on several looks over time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use shm_ring::{mpmc, PopError, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(4, 2));
+    /// mpmc::init::<u64>(&region, 4, 2)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// assert!(rx.looks_consistent());
+    /// // A buggy peer moves the tail past a slot that nobody claimed:
+    /// let tail = region.ptr_at::<AtomicU64>(mpmc::TAIL_OFFSET).unwrap();
+    /// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only.
+    /// unsafe { tail.as_ref() }.fetch_add(1, Ordering::SeqCst);
+    /// assert!(!rx.is_empty() && rx.pop() == Err(PopError::Empty));
+    /// assert!(!rx.looks_consistent());
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn looks_consistent(&self) -> bool {
         self.shared.looks_consistent()
     }
@@ -725,6 +1084,28 @@ impl<T: Pod> Consumer<T> {
     /// are gone (a client slot's rings when its next holder connects), after a look found them
     /// inconsistent. Entries in it are lost. Only atomic stores: a late user still holding a
     /// handle sees a ring that changes under it, never undefined behaviour.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::mpmc;
+    /// # use shm_ring::Region;
+    /// # use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(4, 2));
+    /// # mpmc::init::<u64>(&region, 4, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// # let tail = region.ptr_at::<AtomicU64>(mpmc::TAIL_OFFSET).unwrap();
+    /// # // SAFETY: in bounds and aligned (ptr_at); the header is atomics only.
+    /// # unsafe { tail.as_ref() }.fetch_add(1, Ordering::SeqCst); // as a buggy peer would
+    /// assert!(!rx.looks_consistent());
+    /// rx.reset();
+    /// assert!(rx.looks_consistent() && rx.is_empty());
+    /// tx.push(5).unwrap();
+    /// assert_eq!(rx.pop(), Ok(5));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -735,6 +1116,22 @@ impl<T: Pod> Consumer<T> {
     ///
     /// [`PopError::Empty`] when nothing is published at the head (possibly a live producer is still
     /// writing it); [`PopError::Corrupted`] when the slots contradict the indices.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, PopError};
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// tx.push(1).unwrap();
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// assert_eq!(rx.pop(), Err(PopError::Empty));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     #[inline]
     pub fn pop(&self) -> Result<T, PopError> {
         let s_ = &self.shared;
@@ -836,6 +1233,28 @@ impl<T: Pod> Consumer<T> {
     /// # Errors
     ///
     /// [`PopError::TimedOut`] at the deadline; [`PopError::Corrupted`] as for [`pop`](Self::pop).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{mpmc, WaitStrategy};
+    /// # use shm_ring::Region;
+    ///
+    /// # let region = Region::heap(mpmc::bytes_for::<u64>(8, 2));
+    /// # mpmc::init::<u64>(&region, 8, 2)?;
+    /// let tx = mpmc::Producer::<u64>::attach(&region)?;
+    /// let rx = mpmc::Consumer::<u64>::attach(&region)?;
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         std::thread::sleep(Duration::from_millis(10));
+    ///         tx.push(7).unwrap();
+    ///     });
+    ///     assert_eq!(rx.pop_blocking(&WaitStrategy::default(), deadline), Ok(7));
+    /// });
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn pop_blocking(&self, strategy: &WaitStrategy, deadline: Instant) -> Result<T, PopError> {
         let mut strategy = *strategy;
         loop {

@@ -95,15 +95,72 @@ use crate::process::{claim_slot, release_slot, Claimed, ProcessToken};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Magic of an initialised pool header ("POOL").
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use shm_ring::{pool::{Pool, PoolConfig, POOL_MAGIC}, Region};
+///
+/// let config = PoolConfig::small();
+/// let region = Region::heap(Pool::bytes_for(&config));
+/// Pool::init(&region, &config)?;
+/// let magic = region.ptr_at::<AtomicU32>(0).unwrap();
+/// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only, initialised by init.
+/// assert_eq!(unsafe { magic.as_ref() }.load(Ordering::Acquire), POOL_MAGIC);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"POOL");
 /// 2: owner entries hold loan intents (128 bytes each); 3: a share table beside the owner table.
 const POOL_VERSION: u32 = 3;
 
 /// Alignment of every chunk's data.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::CHUNK_ALIGN;
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+///
+/// let mut loan = pool.loan(me, 100)?;
+/// assert_eq!(loan.as_mut_ptr() as usize % CHUNK_ALIGN, 0);
+/// assert_eq!(loan.len() % CHUNK_ALIGN, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const CHUNK_ALIGN: usize = 64;
 /// Most size classes.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{Pool, PoolAttachError, PoolConfig, SizeClass, MAX_CLASSES};
+/// use shm_ring::Region;
+///
+/// let class = |i| SizeClass { chunk_size: 64usize << i, count: 1 };
+/// let classes = (0..=MAX_CLASSES).map(class).collect(); // one too many
+/// let config = PoolConfig { classes, ..PoolConfig::small() };
+/// let refused = Pool::init(&Region::heap(4096), &config);
+/// assert!(matches!(refused, Err(PoolAttachError::InvalidConfig(_))));
+/// ```
 pub const MAX_CLASSES: usize = 16;
 /// Most chunks per class (20-bit index in the free-list head).
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{Pool, PoolAttachError, PoolConfig, SizeClass, MAX_CHUNKS_PER_CLASS};
+/// use shm_ring::Region;
+///
+/// let class = SizeClass { chunk_size: 64, count: MAX_CHUNKS_PER_CLASS + 1 };
+/// let config = PoolConfig { classes: vec![class], ..PoolConfig::small() };
+/// let refused = Pool::init(&Region::heap(4096), &config);
+/// assert!(matches!(refused, Err(PoolAttachError::InvalidConfig(_))));
+/// ```
 pub const MAX_CHUNKS_PER_CLASS: u32 = (1 << 20) - 2;
 
 const IDX_BITS: u32 = 20;
@@ -117,6 +174,28 @@ fn pack_head(tag: u64, free: u64, idx1: u64) -> u64 {
 }
 
 /// One size class of a pool.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{PoolConfig, SizeClass};
+/// # use shm_ring::pool::Pool;
+/// # use shm_ring::Region;
+///
+/// let config = PoolConfig {
+///     classes: vec![
+///         SizeClass { chunk_size: 100, count: 64 },
+///         SizeClass { chunk_size: 1000, count: 8 },
+///     ],
+///     ..PoolConfig::small()
+/// };
+/// # let region = Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// let sizes: Vec<usize> = pool.stats().classes.iter().map(|c| c.chunk_size).collect();
+/// assert_eq!(sizes, [128, 1024]); // rounded up to multiples of 64
+/// # Ok::<(), shm_ring::pool::PoolAttachError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeClass {
     /// Bytes per chunk (rounded up to a multiple of 64).
@@ -126,6 +205,29 @@ pub struct SizeClass {
 }
 
 /// Shape of a pool.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{LoanError, PoolConfig, SizeClass};
+/// # use shm_ring::pool::Pool;
+/// # use shm_ring::Region;
+///
+/// let config = PoolConfig {
+///     classes: vec![SizeClass { chunk_size: 256, count: 100 }],
+///     max_owners: 4,
+///     quota: 10,       // chunks one owner may hold, over all classes
+///     class_share: 50, // percent of each class one owner may hold
+/// };
+/// # let region = Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+/// let _held: Vec<_> = (0..10).map(|_| pool.loan(me, 200)).collect::<Result<_, _>>()?;
+/// let over = pool.loan(me, 200);
+/// assert!(matches!(over, Err(LoanError::QuotaExceeded { quota: 10, .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Size classes, in increasing chunk size.
@@ -141,6 +243,20 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// 256 B .. 1 MiB in powers of four, about 24 MiB in all, 64 owners.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
+    ///
+    /// let config = PoolConfig::standard();
+    /// let region = Region::heap(Pool::bytes_for(&config));
+    /// Pool::init(&region, &config)?;
+    /// let pool = Pool::attach(&region)?;
+    /// assert_eq!(pool.max_chunk_size(), 1 << 20);
+    /// assert_eq!(pool.stats().capacity(), 7508);
+    /// # Ok::<(), shm_ring::pool::PoolAttachError>(())
+    /// ```
     pub fn standard() -> PoolConfig {
         PoolConfig {
             classes: vec![
@@ -180,6 +296,18 @@ impl PoolConfig {
     }
 
     /// A small pool for tests and examples (a few hundred KiB).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
+    ///
+    /// let config = PoolConfig::small();
+    /// assert!(Pool::bytes_for(&config) < 256 << 10);
+    /// let region = Region::heap(Pool::bytes_for(&config));
+    /// Pool::init(&region, &config)?;
+    /// # Ok::<(), shm_ring::pool::PoolAttachError>(())
+    /// ```
     pub fn small() -> PoolConfig {
         PoolConfig {
             classes: vec![
@@ -236,6 +364,28 @@ struct ChunkHeader {
 
 /// Loan-intent words per owner entry: at most this many threads loan for one owner at the same
 /// instant (more wait for a free word, briefly).
+///
+/// # Examples
+///
+/// Threads that loan for one owner at the same time (a server's workers, say):
+///
+/// ```
+/// use shm_ring::pool::INTENT_SLOTS;
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+///
+/// std::thread::scope(|s| {
+///     for _ in 0..INTENT_SLOTS {
+///         s.spawn(|| pool.loan(me, 64).unwrap().as_mut_slice().fill(1));
+///     }
+/// });
+/// assert_eq!(pool.held_by(me), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const INTENT_SLOTS: usize = 14;
 
 /// Set in a claimed intent word; the rest is `class:8 (bits 56..) | index + 1 (bits 32..) |
@@ -290,22 +440,92 @@ const _: () = {
 };
 
 /// An owner of chunks: a registered process, or a client the runtime registered. Never 0.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::OwnerId;
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+///
+/// let me: OwnerId = pool.register_owner()?;
+/// let loan = pool.loan(me, 64)?;
+/// assert_eq!(loan.owner(), me);
+/// assert_eq!(pool.held_by(me), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerId(u32);
 
 impl OwnerId {
     /// The raw id (1-based index into the owner table).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::OwnerId;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    ///
+    /// let me = pool.register_owner()?;
+    /// let raw: u32 = me.get(); // e.g. sent to a peer in a message
+    /// assert_eq!(OwnerId::from_raw(raw), Some(me));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get(self) -> u32 {
         self.0
     }
 
     /// An id from its raw value (validated by the pool when used).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::{LoanError, OwnerId};
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    ///
+    /// assert_eq!(OwnerId::from_raw(0), None);
+    /// // Any other value is an id, checked where it is used:
+    /// let stranger = OwnerId::from_raw(1000).unwrap(); // past the owner table
+    /// assert_eq!(pool.loan(stranger, 64).unwrap_err(), LoanError::UnknownOwner(1000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_raw(raw: u32) -> Option<OwnerId> {
         (raw != 0).then_some(OwnerId(raw))
     }
 }
 
 /// Names one loan of one chunk: `class:8 | index:24 | generation:32`. Safe to pass to other processes.
+///
+/// # Examples
+///
+/// A chunk's next loan has a new id; the old one is refused:
+///
+/// ```
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+/// let old = pool.loan(me, 64)?.into_id();
+/// pool.release(old, me)?;
+/// let new = pool.loan(me, 64)?.into_id(); // the same chunk, loaned again
+/// assert_eq!((new.class(), new.index()), (old.class(), old.index()));
+/// assert_ne!(new, old);
+/// assert!(pool.release(old, me).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkId(u64);
 
@@ -316,28 +536,121 @@ impl ChunkId {
         )
     }
     /// The raw value, e.g. for a ring descriptor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::ChunkId;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    ///
+    /// let id = pool.loan(me, 64)?.into_id();
+    /// let descriptor: u64 = id.raw(); // what a ring entry carries
+    /// assert_eq!(ChunkId::from_raw(descriptor), id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw(self) -> u64 {
         self.0
     }
     /// From a raw value (untrusted: the pool checks it on use).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::{ChunkError, ChunkId};
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    ///
+    /// let received = ChunkId::from_raw(u64::MAX); // garbage from a peer
+    /// let refused = pool.release(received, me);
+    /// assert!(matches!(refused, Err(ChunkError::OutOfRange(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_raw(raw: u64) -> ChunkId {
         ChunkId(raw)
     }
     /// Size class index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// // PoolConfig::small has classes of 256 and 4096 bytes:
+    /// assert_eq!(pool.loan(me, 200)?.id().class(), 0);
+    /// assert_eq!(pool.loan(me, 1000)?.id().class(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn class(self) -> u8 {
         (self.0 >> 56) as u8
     }
     /// Chunk index within the class.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let (a, b) = (pool.loan(me, 64)?, pool.loan(me, 64)?);
+    /// assert_ne!(a.id().index(), b.id().index()); // two chunks of one class
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn index(self) -> u32 {
         ((self.0 >> 32) & 0xFF_FFFF) as u32
     }
     /// Generation of the loan.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let first = pool.loan(me, 64)?.into_id();
+    /// pool.release(first, me)?;
+    /// let again = pool.loan(me, 64)?.into_id(); // the same chunk, loaned again
+    /// assert_eq!(again.index(), first.index());
+    /// assert_eq!(again.generation(), first.generation() + 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn generation(self) -> u32 {
         self.0 as u32
     }
 }
 
 /// Why a pool could not be initialised or attached.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{Pool, PoolAttachError, PoolConfig};
+/// use shm_ring::Region;
+///
+/// let region = Region::heap(Pool::bytes_for(&PoolConfig::small()));
+/// assert_eq!(Pool::attach(&region).unwrap_err(), PoolAttachError::NotInitialised(0));
+/// let no_classes = PoolConfig { classes: vec![], ..PoolConfig::small() };
+/// let refused = Pool::init(&region, &no_classes);
+/// assert!(matches!(refused, Err(PoolAttachError::InvalidConfig(_))));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolAttachError {
     /// The configuration is unusable.
@@ -360,6 +673,22 @@ pub enum PoolAttachError {
 }
 
 /// Why a loan failed.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::LoanError;
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+///
+/// let too_large = pool.loan(me, 1 << 20).unwrap_err();
+/// assert_eq!(too_large, LoanError::TooLarge { size: 1 << 20, max: 4096 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LoanError {
     /// Larger than the largest class.
@@ -413,6 +742,24 @@ pub enum LoanError {
 }
 
 /// Why a chunk id was refused.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::ChunkError;
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+///
+/// let id = pool.loan(me, 64)?.into_id();
+/// pool.release(id, me)?;
+/// let twice = pool.release(id, me); // harmless: refused
+/// assert!(matches!(twice, Err(ChunkError::NotOwned { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
     /// Class or index out of range.
@@ -456,11 +803,44 @@ pub enum ChunkError {
 }
 
 /// Why an owner could not be registered.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::pool::{OwnersFull, PoolConfig};
+/// # use shm_ring::pool::Pool;
+/// # use shm_ring::Region;
+///
+/// let config = PoolConfig { max_owners: 1, ..PoolConfig::small() };
+/// # let region = Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// let _me = pool.register_owner()?;
+/// assert_eq!(pool.register_owner(), Err(OwnersFull(1)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("all {0} owner entries are held by live processes")]
 pub struct OwnersFull(pub u32);
 
 /// Per-class figures.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+/// let loans = [pool.loan(me, 64)?, pool.loan(me, 64)?, pool.loan(me, 64)?];
+/// drop(loans);
+/// let small = pool.stats().classes[0];
+/// assert_eq!((small.chunk_size, small.count, small.free), (256, 64, 64));
+/// assert_eq!(small.high_water, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassStats {
     /// Bytes per chunk.
@@ -476,6 +856,21 @@ pub struct ClassStats {
 }
 
 /// A snapshot of a pool.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// let me = pool.register_owner()?;
+/// let _loan = pool.loan(me, 64)?;
+/// let stats = pool.stats();
+/// assert_eq!((stats.owners, stats.in_use(), stats.capacity()), (1, 1, 80));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
     /// Per class, in class order.
@@ -486,10 +881,41 @@ pub struct PoolStats {
 
 impl PoolStats {
     /// Chunks in use over all classes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let loans = [pool.loan(me, 64)?, pool.loan(me, 4096)?];
+    /// assert_eq!(pool.stats().in_use(), 2);
+    /// drop(loans);
+    /// assert_eq!(pool.stats().in_use(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_use(&self) -> u32 {
         self.classes.iter().map(|c| c.count - c.free).sum()
     }
     /// Chunks in all classes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::PoolConfig;
+    /// # use shm_ring::pool::Pool;
+    /// # use shm_ring::Region;
+    ///
+    /// let config = PoolConfig::small(); // 64 chunks of 256 bytes, 16 of 4096
+    /// # let region = Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// assert_eq!(pool.stats().capacity(), 80);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(&self) -> u32 {
         self.classes.iter().map(|c| c.count).sum()
     }
@@ -507,6 +933,28 @@ struct ClassInfo {
 }
 
 /// A handle to a pool in a region. Cheap to share between threads (`Send + Sync`).
+///
+/// # Examples
+///
+/// One handle, shared by threads:
+///
+/// ```
+/// use shm_ring::{pool::{Pool, PoolConfig}, Region};
+///
+/// let config = PoolConfig::small();
+/// let region = Region::heap(Pool::bytes_for(&config));
+/// Pool::init(&region, &config)?;
+/// let pool = Pool::attach(&region)?;
+/// let me = pool.register_owner()?;
+/// std::thread::scope(|s| {
+///     for t in 0..4u8 {
+///         let pool = &pool;
+///         s.spawn(move || pool.loan(me, 200).unwrap().as_mut_slice().fill(t));
+///     }
+/// });
+/// assert_eq!(pool.held_by(me), 0); // each loan went back when it dropped
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Pool {
     _region: Region,
@@ -608,6 +1056,22 @@ fn check_config(config: &PoolConfig) -> Result<(), PoolAttachError> {
 
 impl Pool {
     /// Bytes a pool of this shape needs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shm_ring::pool::{Pool, PoolConfig};
+    /// use shm_ring::{CreateOptions, Region, Segment};
+    ///
+    /// let config = PoolConfig::small();
+    /// let name = format!("doc-pool-bytes-for-{}", std::process::id());
+    /// let seg = Segment::create(&name, &CreateOptions::new(Pool::bytes_for(&config)))?;
+    /// let region = Region::new(Arc::new(seg));
+    /// assert!(region.len() >= Pool::bytes_for(&config));
+    /// Pool::init(&region, &config)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bytes_for(config: &PoolConfig) -> usize {
         layout(config).total
     }
@@ -617,6 +1081,22 @@ impl Pool {
     /// # Errors
     ///
     /// [`PoolAttachError::InvalidConfig`] or [`PoolAttachError::RegionTooSmall`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{pool::{Pool, PoolAttachError, PoolConfig}, Region};
+    ///
+    /// let config = PoolConfig::small();
+    /// let region = Region::heap(Pool::bytes_for(&config));
+    /// Pool::init(&region, &config)?;
+    /// assert_eq!(Pool::attach(&region)?.stats().in_use(), 0); // every chunk free
+    ///
+    /// let small = Region::heap(4096);
+    /// let refused = Pool::init(&small, &config);
+    /// assert!(matches!(refused, Err(PoolAttachError::RegionTooSmall { .. })));
+    /// # Ok::<(), PoolAttachError>(())
+    /// ```
     pub fn init(region: &Region, config: &PoolConfig) -> Result<(), PoolAttachError> {
         check_config(config)?;
         let l = layout(config);
@@ -695,6 +1175,27 @@ impl Pool {
     ///
     /// [`PoolAttachError::NotInitialised`], [`PoolAttachError::Corrupt`] when the header contradicts
     /// itself or the region.
+    ///
+    /// # Examples
+    ///
+    /// The server initialises the pool in a segment; a client maps the segment and attaches:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shm_ring::pool::{Pool, PoolConfig};
+    /// use shm_ring::{CreateOptions, Region, Segment};
+    ///
+    /// let name = format!("doc-pool-attach-{}", std::process::id());
+    /// let config = PoolConfig::small();
+    /// let opts = CreateOptions::new(Pool::bytes_for(&config));
+    /// let server = Region::new(Arc::new(Segment::create(&name, &opts)?));
+    /// Pool::init(&server, &config)?;
+    ///
+    /// let client = Region::new(Arc::new(Segment::open(&name)?));
+    /// let pool = Pool::attach(&client)?;
+    /// assert_eq!(pool.stats().capacity(), 80);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn attach(region: &Region) -> Result<Pool, PoolAttachError> {
         let hdr = region
             .ptr_at::<PoolHeader>(0)
@@ -832,6 +1333,23 @@ impl Pool {
     /// # Errors
     ///
     /// [`OwnersFull`] when every entry is held by a live process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::{LoanError, PoolConfig};
+    /// # use shm_ring::Region;
+    /// # use shm_ring::pool::Pool;
+    ///
+    /// let config = PoolConfig { quota: 2, ..PoolConfig::small() };
+    /// # let region = Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let me = pool.register_owner()?;
+    /// let (_a, _b) = (pool.loan(me, 64)?, pool.loan(me, 64)?);
+    /// assert!(matches!(pool.loan(me, 64), Err(LoanError::QuotaExceeded { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn register_owner(&self) -> Result<OwnerId, OwnersFull> {
         self.register(true)
     }
@@ -843,6 +1361,24 @@ impl Pool {
     /// # Errors
     ///
     /// [`OwnersFull`] when every entry is held by a live process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::PoolConfig;
+    /// # use shm_ring::Region;
+    /// # use shm_ring::pool::Pool;
+    ///
+    /// let config = PoolConfig { quota: 2, ..PoolConfig::small() };
+    /// # let region = Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let server = pool.register_unlimited_owner()?;
+    /// let _held: Vec<_> = (0..10).map(|_| pool.loan(server, 64)).collect::<Result<_, _>>()?;
+    /// assert_eq!(pool.held_by(server), 10); // beyond the quota
+    /// assert!(!pool.is_capped(server));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn register_unlimited_owner(&self) -> Result<OwnerId, OwnersFull> {
         self.register(false)
     }
@@ -881,6 +1417,21 @@ impl Pool {
 
     /// Returns every chunk `owner` holds and frees its entry (for an owner leaving cleanly, when
     /// none of its threads loans any more).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let me = pool.register_owner()?;
+    /// let _kept = pool.loan(me, 64)?.into_id(); // never released
+    /// assert_eq!(pool.unregister_owner(me), 1); // returned on the way out
+    /// assert_eq!(pool.stats().owners, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unregister_owner(&self, owner: OwnerId) -> usize {
         let Some(entry) = self.owner_entry(owner) else {
             return 0;
@@ -1048,11 +1599,44 @@ impl Pool {
     }
 
     /// The process token registered for `owner`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    ///
+    /// let me = pool.register_owner()?;
+    /// assert_eq!(pool.owner_token(me), Some(ProcessToken::current()));
+    /// pool.unregister_owner(me);
+    /// assert_eq!(pool.owner_token(me), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn owner_token(&self, owner: OwnerId) -> Option<ProcessToken> {
         ProcessToken::from_raw(self.owner_entry(owner)?.token.load(Ordering::Acquire))
     }
 
     /// Chunks `owner` holds now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let loan = pool.loan(me, 64)?;
+    /// assert_eq!(pool.held_by(me), 1);
+    /// drop(loan);
+    /// assert_eq!(pool.held_by(me), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn held_by(&self, owner: OwnerId) -> u32 {
         self.owner_entry(owner)
             .map_or(0, |e| e.in_use.load(Ordering::Relaxed))
@@ -1060,6 +1644,21 @@ impl Pool {
 
     /// Chunks `owner` holds now in each class (in class order); zeros for an unlimited owner,
     /// whose holding per class is not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// // PoolConfig::small has classes of 256 and 4096 bytes:
+    /// let _loans = [pool.loan(me, 100)?, pool.loan(me, 200)?, pool.loan(me, 1000)?];
+    /// assert_eq!(pool.held_by_class(me), [2, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn held_by_class(&self, owner: OwnerId) -> Vec<u32> {
         let Some(shares) = self.capped(owner) else {
             return vec![0; self.classes.len()];
@@ -1070,11 +1669,43 @@ impl Pool {
     }
 
     /// Whether `owner` is held to the class shares.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let client = pool.register_owner()?;
+    /// let server = pool.register_unlimited_owner()?;
+    /// assert!(pool.is_capped(client) && !pool.is_capped(server));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_capped(&self, owner: OwnerId) -> bool {
         self.capped(owner).is_some()
     }
 
     /// Largest chunk size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::LoanError;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    ///
+    /// let max = pool.max_chunk_size();
+    /// assert_eq!(max, 4096);
+    /// assert!(pool.loan(me, max).is_ok());
+    /// assert!(matches!(pool.loan(me, max + 1), Err(LoanError::TooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_chunk_size(&self) -> usize {
         self.classes.last().map_or(0, |c| c.chunk_size)
     }
@@ -1086,6 +1717,23 @@ impl Pool {
     ///
     /// [`LoanError::TooLarge`], [`LoanError::Exhausted`], [`LoanError::QuotaExceeded`],
     /// [`LoanError::UnknownOwner`], [`LoanError::Corrupted`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let me = pool.register_owner()?;
+    /// let mut loan = pool.loan(me, 300)?; // from the 4096-byte class: 256 is too small
+    /// loan.as_mut_slice()[..5].copy_from_slice(b"hello");
+    /// assert_eq!(loan.len(), 4096);
+    /// drop(loan); // back to the pool
+    /// assert_eq!(pool.held_by(me), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn loan(&self, owner: OwnerId, size: usize) -> Result<Loan<'_>, LoanError> {
         let entry = self
@@ -1210,6 +1858,34 @@ impl Pool {
     /// # Errors
     ///
     /// [`LoanError::TimedOut`] at the deadline; other errors of [`loan`](Self::loan) at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::pool::{LoanError, PoolConfig, SizeClass};
+    /// # use shm_ring::Region;
+    /// # use shm_ring::pool::Pool;
+    ///
+    /// let one_chunk = vec![SizeClass { chunk_size: 64, count: 1 }];
+    /// let config = PoolConfig { classes: one_chunk, ..PoolConfig::small() };
+    /// # let region = Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let only = pool.loan(me, 64)?;
+    /// assert!(matches!(pool.loan(me, 64), Err(LoanError::Exhausted { .. })));
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let next = std::thread::scope(|s| {
+    ///     s.spawn(move || {
+    ///         std::thread::sleep(Duration::from_millis(10));
+    ///         drop(only);
+    ///     });
+    ///     pool.loan_until(me, 64, deadline) // waits for the release
+    /// })?;
+    /// assert_eq!(next.len(), 64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn loan_until(
         &self,
         owner: OwnerId,
@@ -1343,6 +2019,28 @@ impl Pool {
     /// [`ChunkError::OutOfRange`] for a bad id, [`ChunkError::NotOwned`] when `from` does not hold it
     /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`],
     /// [`ChunkError::SameOwner`] when `from == to`.
+    ///
+    /// # Examples
+    ///
+    /// A client hands a request to the server:
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let (client, server) = (pool.register_owner()?, pool.register_unlimited_owner()?);
+    /// let mut request = pool.loan(client, 64)?;
+    /// request.as_mut_slice()[..4].copy_from_slice(b"ping");
+    /// let id = request.into_id(); // sent to the server, e.g. in a ring entry
+    ///
+    /// let request = pool.adopt(id, client, server)?;
+    /// assert_eq!(&request.as_slice()[..4], b"ping");
+    /// assert_eq!((pool.held_by(client), pool.held_by(server)), (0, 1));
+    /// assert!(pool.adopt(id, client, server).is_err()); // moved once only
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn adopt(&self, id: ChunkId, from: OwnerId, to: OwnerId) -> Result<Loan<'_>, ChunkError> {
         self.transfer(id, from, to, false)
     }
@@ -1355,6 +2053,27 @@ impl Pool {
     /// # Errors
     ///
     /// As for [`adopt`](Self::adopt), and [`ChunkError::ShareExceeded`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::{ChunkError, PoolConfig};
+    /// # use shm_ring::Region;
+    /// # use shm_ring::pool::Pool;
+    ///
+    /// // One capped owner may hold 25% of a class: 4 of the 16 chunks of 4096 bytes.
+    /// let config = PoolConfig { class_share: 25, ..PoolConfig::small() };
+    /// # let region = Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let (client, server) = (pool.register_owner()?, pool.register_unlimited_owner()?);
+    /// let _unread: Vec<_> = (0..4).map(|_| pool.loan(client, 4096)).collect::<Result<_, _>>()?;
+    /// let part = pool.loan(server, 4096)?.into_id(); // a part of a stream for the client
+    /// let refused = pool.adopt_within_share(part, server, client);
+    /// assert!(matches!(refused, Err(ChunkError::ShareExceeded { cap: 4, .. })));
+    /// assert_eq!(pool.held_by(server), 1); // still the server's: it sends it later
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn adopt_within_share(
         &self,
         id: ChunkId,
@@ -1439,6 +2158,23 @@ impl Pool {
     /// # Errors
     ///
     /// As for [`adopt`](Self::adopt).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let (me, other) = (pool.register_owner()?, pool.register_owner()?);
+    /// let mut loan = pool.loan(me, 64)?;
+    /// loan.as_mut_slice()[..3].copy_from_slice(b"abc");
+    /// let id = loan.into_id();
+    /// assert_eq!(&pool.chunk_slice(id, me)?[..3], b"abc");
+    /// assert!(pool.chunk_slice(id, other).is_err()); // not its chunk
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn chunk_slice(&self, id: ChunkId, owner: OwnerId) -> Result<&[u8], ChunkError> {
         let (base, size) = self.owned_chunk(id, owner)?;
         // SAFETY: `owned_chunk` gives the start and size of a chunk inside the data area, which
@@ -1483,6 +2219,26 @@ impl Pool {
     ///
     /// As for [`chunk_slice`](Self::chunk_slice), and [`ChunkError::TooLong`] when `dst` is larger
     /// than the chunk.
+    ///
+    /// # Examples
+    ///
+    /// The receiver copies a request out of shared memory before validating it:
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let mut loan = pool.loan(me, 16)?;
+    /// loan.as_mut_slice()[..8].copy_from_slice(&42u64.to_ne_bytes());
+    /// let id = loan.into_id();
+    /// let mut words = [0u64; 2];
+    /// pool.copy_chunk(id, me, &mut words)?;
+    /// assert_eq!(words[0], 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn copy_chunk(
         &self,
         id: ChunkId,
@@ -1512,6 +2268,22 @@ impl Pool {
     ///
     /// As for [`adopt`](Self::adopt): an id not held by `owner` under that generation is refused, so
     /// a double release is harmless.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let id = pool.loan(me, 64)?.into_id(); // e.g. a response the client has read
+    /// pool.release(id, me)?;
+    /// assert_eq!(pool.held_by(me), 0);
+    /// assert!(pool.release(id, me).is_err()); // a second release is refused
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn release(&self, id: ChunkId, owner: OwnerId) -> Result<(), ChunkError> {
         let (_, h) = self.locate(id)?;
         self.free_owned(id.class(), id.index(), h, id.generation(), owner)
@@ -1558,6 +2330,26 @@ impl Pool {
 
     /// Returns every chunk held by `owner` to the pool; returns how many. Call it only for an owner
     /// that is gone (its process died, or it left): a live owner's loans would be pulled from under it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::pool::Loan;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    ///
+    /// let client = pool.register_owner()?;
+    /// for _ in 0..3 {
+    ///     pool.loan(client, 64).map(Loan::into_id)?;
+    /// }
+    /// // The client has gone: take its chunks back.
+    /// assert_eq!(pool.reclaim(client), 3);
+    /// assert_eq!(pool.held_by(client), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reclaim(&self, owner: OwnerId) -> usize {
         let mut n = 0;
         for (ci, class) in self.classes.iter().enumerate() {
@@ -1579,6 +2371,39 @@ impl Pool {
     /// when it died, and frees their entries. Returns (owners reclaimed, chunks returned). An
     /// entry whose loan intent could not be settled yet stays with its dead holder and is
     /// counted again by the pass that finishes it.
+    ///
+    /// # Examples
+    ///
+    /// A client process registered, loaned two chunks and was killed before returning them:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shm_ring::pool::{Pool, PoolConfig};
+    /// use shm_ring::{CreateOptions, Region, Segment};
+    /// # // The client: this program, run again as a child that dies holding two chunks.
+    /// # if let Ok(name) = std::env::var("SHM_RING_DOC_KILLED_CLIENT") {
+    /// #     let pool = Pool::attach(&Region::new(Arc::new(Segment::open(&name)?)))?;
+    /// #     let me = pool.register_owner()?;
+    /// #     let _ = (pool.loan(me, 64)?.into_id(), pool.loan(me, 64)?.into_id());
+    /// #     std::process::exit(0);
+    /// # }
+    ///
+    /// let name = format!("doc-reclaim-dead-{}", std::process::id());
+    /// let config = PoolConfig::small();
+    /// let opts = CreateOptions::new(Pool::bytes_for(&config));
+    /// let region = Region::new(Arc::new(Segment::create(&name, &opts)?));
+    /// Pool::init(&region, &config)?;
+    /// let pool = Pool::attach(&region)?;
+    /// # let client = std::process::Command::new(std::env::current_exe()?)
+    /// #     .env("SHM_RING_DOC_KILLED_CLIENT", &name)
+    /// #     .status()?;
+    /// # assert!(client.success());
+    ///
+    /// assert_eq!(pool.stats().in_use(), 2);
+    /// assert_eq!(pool.reclaim_dead(), (1, 2)); // one owner, two chunks
+    /// assert_eq!(pool.stats().in_use(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reclaim_dead(&self) -> (usize, usize) {
         let (mut owners, mut chunks) = (0, 0);
         for i in 0..self.max_owners {
@@ -1604,6 +2429,41 @@ impl Pool {
     ///
     /// The caller holds the entry while the chunks go back: a process registering meanwhile
     /// cannot take it over and loan chunks under this id that the reclaim would then take from it.
+    ///
+    /// # Examples
+    ///
+    /// A server that registered a client's owner entry returns it once the client has died:
+    ///
+    /// ```
+    /// use shm_ring::pool::OwnerId;
+    /// # use std::sync::Arc;
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # use shm_ring::{CreateOptions, Region, Segment};
+    /// # // The client: this program, run again as a child that dies holding two chunks.
+    /// # if let Ok(name) = std::env::var("SHM_RING_DOC_KILLED_CLIENT") {
+    /// #     let pool = Pool::attach(&Region::new(Arc::new(Segment::open(&name)?)))?;
+    /// #     let me = pool.register_owner()?;
+    /// #     let _ = (pool.loan(me, 64)?.into_id(), pool.loan(me, 64)?.into_id());
+    /// #     std::process::exit(0);
+    /// # }
+    /// # let name = format!("doc-reclaim-dead-owner-{}", std::process::id());
+    /// # let config = PoolConfig::small();
+    /// # let opts = CreateOptions::new(Pool::bytes_for(&config));
+    /// # let region = Region::new(Arc::new(Segment::create(&name, &opts)?));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let client = std::process::Command::new(std::env::current_exe()?)
+    /// #     .env("SHM_RING_DOC_KILLED_CLIENT", &name)
+    /// #     .status()?;
+    /// # assert!(client.success());
+    ///
+    /// let client = OwnerId::from_raw(1).unwrap(); // the first (and only) entry registered
+    /// let holder = pool.owner_token(client).unwrap();
+    /// assert!(holder.is_dead());
+    /// assert_eq!(pool.reclaim_dead_owner(client, holder), Some(2));
+    /// assert_eq!(pool.owner_token(client), None); // the entry is free again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reclaim_dead_owner(&self, owner: OwnerId, holder: ProcessToken) -> Option<usize> {
         let entry = self.owner_entry(owner)?;
         let me = ProcessToken::current();
@@ -1633,6 +2493,23 @@ impl Pool {
     /// chunk was being handed to it). Returns how many. Safe to run at any time: a chunk is freed
     /// only if its owner word still holds the generation observed while the entry was vacant, and a
     /// new loan always bumps the generation.
+    ///
+    /// # Examples
+    ///
+    /// A periodic pass leaves the chunks of registered owners alone:
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let me = pool.register_owner()?;
+    /// let _loan = pool.loan(me, 64)?;
+    /// assert_eq!(pool.reclaim_orphans(), 0);
+    /// assert_eq!(pool.held_by(me), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reclaim_orphans(&self) -> usize {
         let mut n = 0;
         for (ci, class) in self.classes.iter().enumerate() {
@@ -1658,6 +2535,22 @@ impl Pool {
     }
 
     /// A snapshot: free chunks and high-water mark per class, registered owners.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// let me = pool.register_owner()?;
+    /// let _loans = [pool.loan(me, 64)?, pool.loan(me, 64)?];
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.owners, stats.in_use()), (1, 2));
+    /// assert_eq!((stats.classes[0].free, stats.classes[0].high_water), (62, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> PoolStats {
         let classes = self
             .classes
@@ -1685,6 +2578,23 @@ impl Pool {
 
 /// A chunk on loan: exclusively this owner's until dropped (released), transferred, or turned into an
 /// id with [`into_id`](Loan::into_id).
+///
+/// # Examples
+///
+/// ```
+/// # use shm_ring::pool::{Pool, PoolConfig};
+/// # let config = PoolConfig::small();
+/// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+/// # Pool::init(&region, &config)?;
+/// # let pool = Pool::attach(&region)?;
+/// # let me = pool.register_owner()?;
+/// let mut loan = pool.loan(me, 11)?;
+/// loan.as_mut_slice()[..11].copy_from_slice(b"hello world");
+/// assert_eq!(&loan.as_slice()[..5], b"hello");
+/// drop(loan); // released
+/// assert_eq!(pool.held_by(me), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Loan<'a> {
     pool: &'a Pool,
@@ -1702,21 +2612,81 @@ impl<'a> Loan<'a> {
     }
 
     /// Usable bytes (the class's chunk size, at least what was asked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// assert_eq!(pool.loan(me, 100)?.len(), 256); // the whole chunk
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.pool.classes[usize::from(self.class)].chunk_size
     }
 
     /// Always false: chunks are never empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// assert!(!pool.loan(me, 0)?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }
 
     /// Start of the chunk (64-byte aligned).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let mut loan = pool.loan(me, 8)?;
+    /// let p = loan.as_mut_ptr().cast::<u64>();
+    /// // SAFETY: the chunk is ours (the loan), at least 8 bytes long and 64-byte aligned.
+    /// unsafe { p.write(7) };
+    /// assert_eq!(loan.as_slice()[..8], 7u64.to_ne_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.data().as_ptr()
     }
 
     /// The chunk's bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let (client, server) = (pool.register_owner()?, pool.register_unlimited_owner()?);
+    /// # let mut request = pool.loan(client, 64)?;
+    /// # request.as_mut_slice()[..4].copy_from_slice(b"ping");
+    /// # let id = request.into_id();
+    /// let request = pool.adopt(id, client, server)?;
+    /// assert_eq!(&request.as_slice()[..4], b"ping");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the owner word makes this chunk ours alone for the life of the loan; peers that
         // follow the protocol do not touch it (a buggy peer writing here only changes bytes, which
@@ -1725,23 +2695,84 @@ impl<'a> Loan<'a> {
     }
 
     /// The chunk's bytes, writable.
+    ///
+    /// # Examples
+    ///
+    /// ```u8
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let mut loan = pool.loan(me, 64)?;
+    /// let body = b"{\"prompt\": \"hi\"}";
+    /// loan.as_mut_slice()[..body.len()].copy_from_slice(body);
+    /// assert!(loan.as_slice().starts_with(body));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as for as_slice; &mut self makes this the only live view in this process.
         unsafe { std::slice::from_raw_parts_mut(self.data().as_ptr(), self.len()) }
     }
 
     /// The id naming this loan.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let loan = pool.loan(me, 64)?;
+    /// let id = loan.id();
+    /// assert_eq!(pool.chunk_slice(id, me)?.len(), loan.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> ChunkId {
         ChunkId::new(self.class, self.index, self.generation)
     }
 
     /// The owner holding it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let (client, server) = (pool.register_owner()?, pool.register_unlimited_owner()?);
+    /// let id = pool.loan(client, 64)?.into_id();
+    /// let adopted = pool.adopt(id, client, server)?;
+    /// assert_eq!(adopted.owner(), server);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn owner(&self) -> OwnerId {
         self.owner
     }
 
     /// Gives up the handle without releasing the chunk (it stays with its owner, e.g. to be adopted
     /// by another process through its id).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ring::pool::{Pool, PoolConfig};
+    /// # let config = PoolConfig::small();
+    /// # let region = shm_ring::Region::heap(Pool::bytes_for(&config));
+    /// # Pool::init(&region, &config)?;
+    /// # let pool = Pool::attach(&region)?;
+    /// # let me = pool.register_owner()?;
+    /// let id = pool.loan(me, 64)?.into_id();
+    /// assert_eq!(pool.held_by(me), 1); // still held: the id is what travels
+    /// pool.release(id, me)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_id(self) -> ChunkId {
         let id = self.id();
         std::mem::forget(self);

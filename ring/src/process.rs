@@ -44,6 +44,22 @@
 //! record their creator's namespace ([`pid_namespace`]) and refuse openers from another one
 //! (see [`OpenError::OtherPidNamespace`](crate::OpenError::OtherPidNamespace)), so every token in a
 //! segment was written by a process of the reader's namespace.
+//!
+//! # Examples
+//!
+//! A role slot in shared memory holds its holder's token (0: nobody); anyone can judge the holder:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use shm_ring::{Liveness, ProcessToken};
+//!
+//! let slot = AtomicU64::new(0);
+//! slot.store(ProcessToken::current().raw(), Ordering::Release);
+//!
+//! let holder = ProcessToken::from_raw(slot.load(Ordering::Acquire)).unwrap();
+//! assert_eq!(holder.pid(), std::process::id());
+//! assert_eq!(holder.liveness(), Liveness::Alive);
+//! ```
 
 use std::sync::OnceLock;
 
@@ -57,6 +73,20 @@ const PID_MAX_LIMIT: u32 = 1 << 22;
 const UNKNOWN_START: u32 = 1;
 
 /// What is known about whether the process a [`ProcessToken`] names is running.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{Liveness, ProcessToken};
+///
+/// let holder = ProcessToken::current();
+/// let take_over = match holder.liveness() {
+///     Liveness::Dead => true,
+///     // Unknown counts as alive: never take a role from a process that may run.
+///     Liveness::Alive | Liveness::Unknown => false,
+/// };
+/// assert!(!take_over);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Liveness {
     /// It runs (its pid exists, with the token's start time, and is not a zombie).
@@ -70,6 +100,19 @@ pub enum Liveness {
 }
 
 /// Identity of one process for the life of the machine (pid + start time). Never zero.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::ProcessToken;
+///
+/// let me = ProcessToken::current();
+/// // The same pid with another start time names another process, which has gone:
+/// let earlier = ProcessToken::from_raw(me.raw() ^ 1).unwrap();
+/// assert_eq!(earlier.pid(), me.pid());
+/// assert_ne!(earlier, me);
+/// assert!(me.is_alive() && earlier.is_dead());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProcessToken(u64);
 
@@ -94,6 +137,16 @@ impl ProcessToken {
     ///
     /// A process that `fork`s without `exec` shares the cached value with its child; this crate is
     /// meant for processes started with `exec`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    ///
+    /// let me = ProcessToken::current();
+    /// assert_eq!(me.pid(), std::process::id());
+    /// assert_eq!(me, ProcessToken::current());
+    /// ```
     pub fn current() -> ProcessToken {
         static CURRENT: OnceLock<ProcessToken> = OnceLock::new();
         *CURRENT.get_or_init(|| {
@@ -117,16 +170,47 @@ impl ProcessToken {
     }
 
     /// Rebuilds a token from its raw value; `None` for 0, which means "nobody" in shared memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    ///
+    /// let me = ProcessToken::current();
+    /// assert_eq!(ProcessToken::from_raw(me.raw()), Some(me));
+    /// assert_eq!(ProcessToken::from_raw(0), None); // a free slot
+    /// ```
     pub fn from_raw(raw: u64) -> Option<ProcessToken> {
         (raw != 0).then_some(ProcessToken(raw))
     }
 
     /// The raw value stored in shared memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use shm_ring::ProcessToken;
+    ///
+    /// let owner = AtomicU64::new(0); // in shared memory: 0 is nobody
+    /// let me = ProcessToken::current();
+    /// let claimed = owner.compare_exchange(0, me.raw(), Ordering::AcqRel, Ordering::Acquire);
+    /// assert!(claimed.is_ok());
+    /// assert_eq!(ProcessToken::from_raw(owner.load(Ordering::Acquire)), Some(me));
+    /// ```
     pub fn raw(self) -> u64 {
         self.0
     }
 
     /// The process id part.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    ///
+    /// assert_eq!(ProcessToken::current().pid(), std::process::id());
+    /// ```
     pub fn pid(self) -> u32 {
         (self.0 >> 32) as u32
     }
@@ -136,6 +220,18 @@ impl ProcessToken {
     ///
     /// Costs a `kill(pid, 0)` and a read of `/proc/<pid>/stat` (a few microseconds): call it on slow
     /// paths only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{Liveness, ProcessToken};
+    ///
+    /// let me = ProcessToken::current();
+    /// assert_eq!(me.liveness(), Liveness::Alive);
+    /// // This pid with another start time: the pid was reused, that process is gone.
+    /// let reused = ProcessToken::from_raw(me.raw() ^ 1).unwrap();
+    /// assert_eq!(reused.liveness(), Liveness::Dead);
+    /// ```
     pub fn liveness(self) -> Liveness {
         if self == ProcessToken::current() || cfg!(any(miri, shm_loom)) {
             return Liveness::Alive;
@@ -155,12 +251,34 @@ impl ProcessToken {
     /// Whether the process may still be running: true unless it is [certainly
     /// dead](Liveness::Dead). An [unknown](Liveness::Unknown) verdict counts as alive, so a caller
     /// that takes over what a "not alive" process held never takes it from a live one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    ///
+    /// let me = ProcessToken::current();
+    /// assert!(me.is_alive());
+    /// let reused = ProcessToken::from_raw(me.raw() ^ 1).unwrap(); // another start time
+    /// assert!(!reused.is_alive());
+    /// ```
     pub fn is_alive(self) -> bool {
         self.liveness() != Liveness::Dead
     }
 
     /// Whether the process is certainly dead ([`Liveness::Dead`]): the one verdict on which its
     /// roles and chunks may be taken over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::ProcessToken;
+    ///
+    /// let me = ProcessToken::current();
+    /// assert!(!me.is_dead());
+    /// let reused = ProcessToken::from_raw(me.raw() ^ 1).unwrap(); // another start time
+    /// assert!(reused.is_dead()); // its roles may be taken over
+    /// ```
     pub fn is_dead(self) -> bool {
         self.liveness() == Liveness::Dead
     }
@@ -248,6 +366,16 @@ fn parse_stat(stat: &[u8]) -> Option<(u64, u8)> {
 
 /// The inode of this process's pid namespace (`stat /proc/self/ns/pid`), or 0 when it cannot be
 /// read. Two processes with the same value see the same pids.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::process::pid_namespace;
+///
+/// // Two processes can judge each other's tokens only if this is the same for both.
+/// let ns = pid_namespace();
+/// assert_eq!(ns, pid_namespace());
+/// ```
 pub fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
     if cfg!(any(miri, shm_loom)) {

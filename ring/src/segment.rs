@@ -36,6 +36,28 @@
 //! (0600 by default: nothing). [`Segment::remove`] likewise removes only a file of this user, and
 //! only the very file it checked and locked: if the name points to another file just before the
 //! unlink (a new server took the name meanwhile), it refuses.
+//!
+//! # Examples
+//!
+//! A server creates a segment and a ring in it; a client (here the same process) opens it by
+//! name. Names are per machine: make them unique.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use shm_ring::{spsc, CreateOptions, Region, Segment};
+//!
+//! let name = format!("doc-segment-{}", std::process::id());
+//! let server = Region::new(Arc::new(Segment::create(&name, &CreateOptions::new(1 << 16))?));
+//! spsc::init::<u64>(&server, 1024)?;
+//! let mut tx = spsc::Producer::<u64>::attach(&server)?;
+//!
+//! let client = Region::new(Arc::new(Segment::open(&name)?));
+//! let mut rx = spsc::Consumer::<u64>::attach(&client)?;
+//! tx.push(42).unwrap();
+//! assert_eq!(rx.pop(), Ok(42));
+//! // The creator's `Segment` removes the name when it drops.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,19 +73,88 @@ use crate::memory::{Memory, MEMORY_ALIGN};
 use crate::process::{pid_namespace, Liveness, ProcessToken};
 
 /// Magic number opening every segment: "SHMRING" and a format byte.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{segment::SEGMENT_MAGIC, CreateOptions, Segment};
+///
+/// let name = format!("doc-magic-{}", std::process::id());
+/// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+/// let file = std::fs::read(seg.path())?;
+/// assert_eq!(file[..8], SEGMENT_MAGIC.to_le_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\x01");
 
 /// Version of the segment header layout. Bumped on any incompatible change (2: the creator's pid
 /// namespace is recorded and checked).
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{segment::LAYOUT_VERSION, CreateOptions, Segment};
+///
+/// let name = format!("doc-layout-{}", std::process::id());
+/// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+/// let file = std::fs::read(seg.path())?;
+/// assert_eq!(file[8..12], LAYOUT_VERSION.to_le_bytes()); // after the magic
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const LAYOUT_VERSION: u32 = 2;
 
 /// Where the user area starts: the header has the first page to itself.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{memory::Memory, segment::USER_OFFSET, CreateOptions, Segment};
+///
+/// let name = format!("doc-user-offset-{}", std::process::id());
+/// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+/// // SAFETY: byte 0 of the user area is in bounds, and nothing else uses this new segment.
+/// unsafe { seg.base().as_ptr().write(0xAB) };
+/// let file = std::fs::read(seg.path())?;
+/// assert_eq!(file.len(), USER_OFFSET + 4096);
+/// assert_eq!(file[USER_OFFSET], 0xAB);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const USER_OFFSET: usize = MEMORY_ALIGN;
 
 /// Default directory for segment files.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+/// use shm_ring::{segment::DEFAULT_DIR, CreateOptions, Segment};
+///
+/// let name = format!("doc-default-dir-{}", std::process::id());
+/// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+/// assert_eq!(seg.path().parent(), Some(Path::new(DEFAULT_DIR)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_DIR: &str = "/dev/shm";
 
 /// Prefix of every segment file name, so that `ls /dev/shm` and cleanup can tell them apart.
+///
+/// # Examples
+///
+/// Listing the segments of a directory:
+///
+/// ```
+/// use shm_ring::segment::{DEFAULT_DIR, FILE_PREFIX};
+/// # use shm_ring::{CreateOptions, Segment};
+/// # let name = format!("doc-file-prefix-{}", std::process::id());
+/// # let _seg = Segment::create(&name, &CreateOptions::new(4096))?;
+///
+/// let segments: Vec<String> = std::fs::read_dir(DEFAULT_DIR)?
+///     .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+///     .filter_map(|file| file.strip_prefix(FILE_PREFIX).map(String::from))
+///     .collect();
+/// assert!(segments.contains(&name));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const FILE_PREFIX: &str = "shmr.";
 
 /// The segment header at offset 0. An ABI: `#[repr(C)]`, atomics only, offsets asserted below.
@@ -72,6 +163,16 @@ pub const FILE_PREFIX: &str = "shmr.";
 ///
 /// Another process may write these bytes at any time; they are only ever read through atomics, and
 /// values are copied into the handle once and validated before use.
+///
+/// # Examples
+///
+/// ```
+/// use std::mem::size_of;
+/// use shm_ring::segment::{SegmentHeader, USER_OFFSET};
+///
+/// assert_eq!(size_of::<SegmentHeader>(), 64);
+/// assert!(size_of::<SegmentHeader>() <= USER_OFFSET); // the user area starts after it
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct SegmentHeader {
@@ -101,6 +202,22 @@ const _: () = {
 };
 
 /// Options for [`Segment::create`].
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// use shm_ring::{CreateOptions, Segment};
+///
+/// let name = format!("doc-create-options-{}", std::process::id());
+/// // Group members may open it; clients check the protocol version.
+/// let opts = CreateOptions { mode: 0o660, user_version: 3, ..CreateOptions::new(1 << 20) };
+/// let seg = Segment::create(&name, &opts)?;
+/// assert_eq!(seg.user_version(), 3);
+/// let mode = std::fs::metadata(seg.path())?.permissions().mode();
+/// assert_eq!(mode & 0o777, 0o660); // exactly, whatever the umask
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// Size of the user area in bytes (rounded up to a page).
@@ -117,6 +234,18 @@ pub struct CreateOptions {
 
 impl CreateOptions {
     /// Defaults with a user area of `size` bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use shm_ring::{segment::DEFAULT_DIR, CreateOptions};
+    ///
+    /// let opts = CreateOptions::new(64 << 10);
+    /// assert_eq!((opts.size, opts.mode, opts.user_version), (64 << 10, 0o600, 0));
+    /// assert_eq!(opts.dir, Path::new(DEFAULT_DIR));
+    /// assert!(opts.replace_stale);
+    /// ```
     pub fn new(size: usize) -> CreateOptions {
         CreateOptions {
             size,
@@ -129,6 +258,27 @@ impl CreateOptions {
 }
 
 /// Options for [`Segment::open_with`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{CreateOptions, OpenError, Segment, SegmentOpenOptions};
+///
+/// let name = format!("doc-open-options-{}", std::process::id());
+/// let server_opts = CreateOptions { mode: 0o660, user_version: 3, ..CreateOptions::new(4096) };
+/// let _server = Segment::create(&name, &server_opts)?;
+/// // By default only owner-only segments are opened:
+/// assert!(matches!(Segment::open(&name), Err(OpenError::TooPermissive { mode: 0o660, .. })));
+///
+/// let opts = SegmentOpenOptions {
+///     allowed_mode: 0o660,
+///     user_version: Some(3),
+///     ..Default::default()
+/// };
+/// let seg = Segment::open_with(&name, &opts)?;
+/// assert_eq!(seg.user_version(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct SegmentOpenOptions {
     /// Directory of segment files (`/dev/shm` by default).
@@ -155,6 +305,22 @@ impl Default for SegmentOpenOptions {
 }
 
 /// Why a segment could not be created.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{CreateError, CreateOptions, Segment};
+///
+/// let name = format!("doc-create-error-{}", std::process::id());
+/// let _first = Segment::create(&name, &CreateOptions::new(4096))?;
+/// match Segment::create(&name, &CreateOptions::new(4096)) {
+///     Err(CreateError::AlreadyExists { pid, .. }) => assert_eq!(pid, std::process::id()),
+///     other => panic!("expected AlreadyExists, got {other:?}"),
+/// }
+/// let bad = Segment::create("../etc", &CreateOptions::new(4096));
+/// assert!(matches!(bad, Err(CreateError::InvalidName(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     /// The name is empty, too long, or has characters other than `[A-Za-z0-9._-]`.
@@ -186,6 +352,24 @@ pub enum CreateError {
 }
 
 /// Why a segment could not be opened. Each cause is distinct, so callers can react precisely.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{CreateOptions, OpenError, Segment, SegmentOpenOptions};
+///
+/// let name = format!("doc-open-error-{}", std::process::id());
+/// assert!(matches!(Segment::open(&name), Err(OpenError::NotFound(_))));
+///
+/// let v2 = CreateOptions { user_version: 2, ..CreateOptions::new(4096) };
+/// let _server = Segment::create(&name, &v2)?;
+/// let v1 = SegmentOpenOptions { user_version: Some(1), ..Default::default() };
+/// match Segment::open_with(&name, &v1) {
+///     Err(OpenError::VersionMismatch { what: "protocol", found: 2, expected: 1, .. }) => {}
+///     other => panic!("expected VersionMismatch, got {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The name is not valid (see [`CreateError::InvalidName`]).
@@ -283,6 +467,23 @@ pub enum OpenError {
 }
 
 /// Why a segment could not be removed.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+/// use shm_ring::{segment::DEFAULT_DIR, CreateOptions, RemoveError, Segment};
+///
+/// let name = format!("doc-remove-error-{}", std::process::id());
+/// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+/// // Its creator (this process) is alive:
+/// let in_use = Segment::remove(&name, Path::new(DEFAULT_DIR));
+/// assert!(matches!(in_use, Err(RemoveError::InUse(_))));
+/// drop(seg); // the creator removes its own name
+/// let gone = Segment::remove(&name, Path::new(DEFAULT_DIR));
+/// assert!(matches!(gone, Err(RemoveError::NotFound(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {
     /// The name is not valid.
@@ -326,6 +527,24 @@ pub enum RemoveError {
 ///
 /// The creator holds an exclusive `flock` on the file for as long as the `Segment` lives and removes
 /// the name on drop; openers map the same file and can ask whether the creator is still alive.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{memory::Memory, CreateOptions, Segment};
+///
+/// let name = format!("doc-segment-struct-{}", std::process::id());
+/// let server = Segment::create(&name, &CreateOptions::new(10_000))?;
+/// let client = Segment::open(&name)?;
+/// assert_eq!(client.len(), 12_288); // the user area, in whole pages
+/// // SAFETY: byte 0 of the user area is in both mappings; nothing else in any process uses it.
+/// let seen = unsafe {
+///     server.base().as_ptr().write(7);
+///     client.base().as_ptr().read()
+/// };
+/// assert_eq!(seen, 7); // one file, two mappings
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Segment {
     name: String,
@@ -339,6 +558,17 @@ pub struct Segment {
 
 /// Checks a service name: 1-200 of `[A-Za-z0-9._-]`, not starting with '.', so it cannot leave the
 /// segment directory or hide.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::segment::validate_name;
+///
+/// assert!(validate_name("inference.v2_main-1"));
+/// assert!(!validate_name("../etc/passwd")); // would leave the directory
+/// assert!(!validate_name(".hidden"));
+/// assert!(!validate_name(""));
+/// ```
 pub fn validate_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
@@ -427,6 +657,20 @@ impl Segment {
     ///
     /// See [`CreateError`]: a live segment of that name, a stale one when replacing is off, an invalid
     /// name or size, or a failing system call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-create-{}", std::process::id());
+    /// let seg = Segment::create(&name, &CreateOptions::new(1 << 20))?;
+    /// let path = seg.path().to_owned();
+    /// assert!(seg.is_creator() && path.exists());
+    /// drop(seg); // the creator removes the name
+    /// assert!(!path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(name: &str, opts: &CreateOptions) -> Result<Segment, CreateError> {
         if !validate_name(name) {
             return Err(CreateError::InvalidName(name.to_owned()));
@@ -561,6 +805,19 @@ impl Segment {
     /// # Errors
     ///
     /// See [`OpenError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-open-{}", std::process::id());
+    /// let _server = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// let client = Segment::open(&name)?;
+    /// assert!(!client.is_creator());
+    /// assert_eq!(client.creator_pid(), std::process::id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(name: &str) -> Result<Segment, OpenError> {
         Segment::open_with(name, &SegmentOpenOptions::default())
     }
@@ -571,6 +828,34 @@ impl Segment {
     ///
     /// See [`OpenError`]: each failure has its own variant (not found, permission denied, too small,
     /// bad magic, not initialised, version mismatch, another pid namespace, creator gone, I/O).
+    ///
+    /// # Examples
+    ///
+    /// Inspecting a segment whose server died:
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use shm_ring::{segment::DEFAULT_DIR, OpenError, Segment, SegmentOpenOptions};
+    /// # use shm_ring::CreateOptions;
+    /// # // A server that dies without removing its segment: this program, run again as a child.
+    /// # if let Ok(name) = std::env::var("SHM_RING_DOC_CRASHED_SERVER") {
+    /// #     std::mem::forget(Segment::create(&name, &CreateOptions::new(4096))?);
+    /// #     std::process::exit(0);
+    /// # }
+    /// # let name = format!("doc-open-with-{}", std::process::id());
+    /// # let server = std::process::Command::new(std::env::current_exe()?)
+    /// #     .env("SHM_RING_DOC_CRASHED_SERVER", &name)
+    /// #     .status()?;
+    /// # assert!(server.success());
+    ///
+    /// assert!(matches!(Segment::open(&name), Err(OpenError::CreatorGone(_))));
+    /// let opts = SegmentOpenOptions { allow_stale: true, ..Default::default() };
+    /// let stale = Segment::open_with(&name, &opts)?;
+    /// assert!(!stale.creator_alive());
+    /// drop(stale);
+    /// Segment::remove(&name, Path::new(DEFAULT_DIR))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_with(name: &str, opts: &SegmentOpenOptions) -> Result<Segment, OpenError> {
         Segment::open_as(name, opts, effective_uid())
     }
@@ -708,6 +993,31 @@ impl Segment {
     /// of another user, [`RemoveError::Replaced`] when the name points to another file by the time
     /// of the unlink, [`RemoveError::NotAFile`] for a symbolic link or a non-regular file; not
     /// found; I/O.
+    ///
+    /// # Examples
+    ///
+    /// Cleaning up after a server that died:
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use shm_ring::{segment::DEFAULT_DIR, OpenError, Segment};
+    /// # use shm_ring::CreateOptions;
+    /// # // A server that dies without removing its segment: this program, run again as a child.
+    /// # if let Ok(name) = std::env::var("SHM_RING_DOC_CRASHED_SERVER") {
+    /// #     std::mem::forget(Segment::create(&name, &CreateOptions::new(4096))?);
+    /// #     std::process::exit(0);
+    /// # }
+    /// # let name = format!("doc-remove-{}", std::process::id());
+    /// # let server = std::process::Command::new(std::env::current_exe()?)
+    /// #     .env("SHM_RING_DOC_CRASHED_SERVER", &name)
+    /// #     .status()?;
+    /// # assert!(server.success());
+    ///
+    /// assert!(matches!(Segment::open(&name), Err(OpenError::CreatorGone(_))));
+    /// Segment::remove(&name, Path::new(DEFAULT_DIR))?;
+    /// assert!(matches!(Segment::open(&name), Err(OpenError::NotFound(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn remove(name: &str, dir: &Path) -> Result<(), RemoveError> {
         Segment::remove_as(name, dir, effective_uid(), |_| {})
     }
@@ -777,6 +1087,20 @@ impl Segment {
 
     /// Whether the process that created this segment runs (one `flock` probe): [`Liveness::Dead`]
     /// only when nobody holds the creator's lock, [`Liveness::Unknown`] when the probe itself fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Liveness, Segment};
+    ///
+    /// let name = format!("doc-creator-liveness-{}", std::process::id());
+    /// let server = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// let client = Segment::open(&name)?;
+    /// assert_eq!(client.creator_liveness(), Liveness::Alive);
+    /// drop(server); // as when the server's process ends, even by `kill -9`
+    /// assert_eq!(client.creator_liveness(), Liveness::Dead);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn creator_liveness(&self) -> Liveness {
         if self.creator {
             return Liveness::Alive;
@@ -790,31 +1114,102 @@ impl Segment {
 
     /// Whether the process that created this segment may still run: true unless it is certainly
     /// dead (a failed probe counts as alive; see [`creator_liveness`](Self::creator_liveness)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-creator-alive-{}", std::process::id());
+    /// let server = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// let client = Segment::open(&name)?;
+    /// assert!(client.creator_alive());
+    /// drop(server);
+    /// assert!(!client.creator_alive()); // time for the client to leave
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn creator_alive(&self) -> bool {
         self.creator_liveness() != Liveness::Dead
     }
 
     /// Pid of the creator as recorded in the header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-creator-pid-{}", std::process::id());
+    /// let _server = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// assert_eq!(Segment::open(&name)?.creator_pid(), std::process::id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn creator_pid(&self) -> u32 {
         self.header().creator_pid.load(Ordering::Relaxed)
     }
 
     /// The segment's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-name-{}", std::process::id());
+    /// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// assert_eq!(seg.name(), name);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Path of the backing file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-path-{}", std::process::id());
+    /// let seg = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// assert_eq!(seg.path(), std::path::Path::new(&format!("/dev/shm/shmr.{name}")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The application protocol version stored at creation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-user-version-{}", std::process::id());
+    /// let opts = CreateOptions { user_version: 7, ..CreateOptions::new(4096) };
+    /// let _server = Segment::create(&name, &opts)?;
+    /// assert_eq!(Segment::open(&name)?.user_version(), 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn user_version(&self) -> u32 {
         self.user_version
     }
 
     /// Whether this handle created the segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{CreateOptions, Segment};
+    ///
+    /// let name = format!("doc-is-creator-{}", std::process::id());
+    /// let server = Segment::create(&name, &CreateOptions::new(4096))?;
+    /// let client = Segment::open(&name)?;
+    /// assert!(server.is_creator() && !client.is_creator());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_creator(&self) -> bool {
         self.creator
     }

@@ -9,7 +9,7 @@
 //! rtrb) and touches the shared one only when the cached one says full or empty.
 //!
 //! Roles are claimed across processes with a compare-exchange on a role slot holding the holder's
-//! [`ProcessToken`](crate::ProcessToken). A handle releases its role on drop; a role whose holder died
+//! [`ProcessToken`]. A handle releases its role on drop; a role whose holder died
 //! can be taken over by a new process, which resumes from the published index: nothing the dead
 //! holder had not published is seen, nothing published is lost.
 //!
@@ -46,6 +46,22 @@ use crate::wait::{WaitStrategy, WaitWord};
 pub use crate::error::{AttachError, PopError, PushError};
 
 /// Magic of an initialised SPSC ring header ("SPSC").
+///
+/// # Examples
+///
+/// What a peer checks first (the header's first word, published last by [`init`]):
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use shm_ring::{spsc, Region};
+///
+/// let region = Region::heap(spsc::bytes_for::<u64>(8));
+/// spsc::init::<u64>(&region, 8)?;
+/// let magic = region.ptr_at::<AtomicU32>(0).unwrap();
+/// // SAFETY: in bounds and aligned (ptr_at); the header is atomics only, initialised by init.
+/// assert_eq!(unsafe { magic.as_ref() }.load(Ordering::Acquire), spsc::SPSC_MAGIC);
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub const SPSC_MAGIC: u32 = u32::from_le_bytes(*b"SPSC");
 const SPSC_VERSION: u32 = 1;
 
@@ -55,6 +71,17 @@ const SPSC_VERSION: u32 = 1;
 ///
 /// The peer process may write any of these words at any time. Sizes are copied into the handle once
 /// at attach and validated; indices are masked before every slot access.
+///
+/// # Examples
+///
+/// ```
+/// use std::mem::size_of;
+/// use shm_ring::spsc::{self, SpscHeader};
+///
+/// // The header, then the entries:
+/// assert_eq!(size_of::<SpscHeader>(), 640);
+/// assert_eq!(spsc::bytes_for::<u64>(16), 640 + 16 * 8);
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct SpscHeader {
@@ -88,6 +115,18 @@ fn slots_offset() -> usize {
 }
 
 /// Bytes a ring of `capacity` entries of `T` needs (capacity is rounded up to a power of two).
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{spsc, Region};
+///
+/// // The capacity is rounded up to a power of two:
+/// assert_eq!(spsc::bytes_for::<u64>(100), spsc::bytes_for::<u64>(128));
+/// let region = Region::heap(spsc::bytes_for::<u64>(100));
+/// spsc::init::<u64>(&region, 100)?;
+/// # Ok::<(), shm_ring::AttachError>(())
+/// ```
 pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
     let cap = capacity.max(1).next_power_of_two();
     slots_offset() + cap * std::mem::size_of::<UnsafeCell<T>>()
@@ -100,6 +139,22 @@ pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
 /// # Errors
 ///
 /// [`AttachError::RegionTooSmall`] or [`AttachError::InvalidCapacity`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{spsc, AttachError, Region};
+///
+/// let region = Region::heap(spsc::bytes_for::<[u8; 64]>(256));
+/// spsc::init::<[u8; 64]>(&region, 256)?;
+/// let rx = spsc::Consumer::<[u8; 64]>::attach(&region)?;
+/// assert_eq!(rx.capacity(), 256);
+///
+/// let small = Region::heap(1024);
+/// let refused = spsc::init::<u64>(&small, 1024);
+/// assert!(matches!(refused, Err(AttachError::RegionTooSmall { .. })));
+/// # Ok::<(), AttachError>(())
+/// ```
 pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError> {
     if capacity == 0 || capacity > (1 << 30) {
         return Err(AttachError::InvalidCapacity(capacity));
@@ -150,6 +205,16 @@ pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError>
 }
 
 /// A producer and a consumer over a fresh heap-backed ring (in-process use, tests, miri).
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::spsc;
+///
+/// let (mut tx, mut rx) = spsc::heap::<u64>(16);
+/// tx.push(1).unwrap();
+/// assert_eq!(rx.pop(), Ok(1));
+/// ```
 pub fn heap<T: Pod>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let region = Region::heap(bytes_for::<T>(capacity));
     init::<T>(&region, capacity).expect("heap region is sized for the ring");
@@ -230,6 +295,26 @@ impl<T: Pod> Shared<T> {
 }
 
 /// The producing half of an SPSC ring. `Send`, not `Sync`.
+///
+/// # Examples
+///
+/// The producer moves to a thread of its own (handles are `Send`):
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{spsc, WaitStrategy};
+///
+/// let (mut tx, mut rx) = spsc::heap::<u64>(8);
+/// let (wait, deadline) = (WaitStrategy::default(), Instant::now() + Duration::from_secs(10));
+/// let producer = std::thread::spawn(move || {
+///     for i in 0..100 {
+///         tx.push_blocking(i, &wait, deadline).unwrap();
+///     }
+/// });
+/// let sum: u64 = (0..100).map(|_| rx.pop_blocking(&wait, deadline).unwrap()).sum();
+/// producer.join().unwrap();
+/// assert_eq!(sum, 4950);
+/// ```
 pub struct Producer<T> {
     shared: Shared<T>,
     tail: u64,
@@ -238,6 +323,30 @@ pub struct Producer<T> {
 }
 
 /// The consuming half of an SPSC ring. `Send`, not `Sync`.
+///
+/// # Examples
+///
+/// A consumer thread that reads until the producer has gone and the ring is drained:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{spsc, WaitStrategy};
+///
+/// let (mut tx, mut rx) = spsc::heap::<u32>(4);
+/// let (wait, deadline) = (WaitStrategy::default(), Instant::now() + Duration::from_secs(10));
+/// let consumer = std::thread::spawn(move || {
+///     let mut got = Vec::new();
+///     while let Ok(v) = rx.pop_blocking(&wait, deadline) {
+///         got.push(v); // ends with PopError::Abandoned
+///     }
+///     got
+/// });
+/// for i in 0..10 {
+///     tx.push_blocking(i, &wait, deadline).unwrap();
+/// }
+/// drop(tx);
+/// assert_eq!(consumer.join().unwrap(), (0..10).collect::<Vec<_>>());
+/// ```
 pub struct Consumer<T> {
     shared: Shared<T>,
     head: u64,
@@ -279,6 +388,22 @@ impl<T: Pod> Producer<T> {
     ///
     /// [`AttachError`]: no ring there, another entry type, a corrupt header, or the role is held by a
     /// live process. A role held by a dead process is taken over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{spsc, AttachError, Region};
+    ///
+    /// let region = Region::heap(spsc::bytes_for::<u64>(8));
+    /// spsc::init::<u64>(&region, 8)?;
+    /// let tx = spsc::Producer::<u64>::attach(&region)?;
+    /// // One producer at a time; the role is free again once the handle drops.
+    /// let second = spsc::Producer::<u64>::attach(&region);
+    /// assert!(matches!(second, Err(AttachError::RoleTaken { .. })));
+    /// drop(tx);
+    /// let _tx = spsc::Producer::<u64>::attach(&region)?;
+    /// # Ok::<(), AttachError>(())
+    /// ```
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         let shared = Shared::attach(region, |h| &h.producer)?;
         // We hold the only producer role: anyone counted as parked on `not_full` is a dead
@@ -299,11 +424,32 @@ impl<T: Pod> Producer<T> {
     }
 
     /// Capacity in entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (tx, _rx) = spsc::heap::<u64>(5);
+    /// assert_eq!(tx.capacity(), 8); // rounded up to a power of two
+    /// ```
     pub fn capacity(&self) -> usize {
         self.shared.cap as usize
     }
 
     /// Free slots as last seen (refreshes the consumer's index).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(4);
+    /// tx.push_slice(&[1, 2, 3]);
+    /// assert_eq!(tx.free_slots(), 1);
+    /// rx.pop().unwrap();
+    /// assert_eq!(tx.free_slots(), 2);
+    /// ```
     pub fn free_slots(&mut self) -> usize {
         self.refresh_head()
             .map_or(0, |used| (self.shared.cap - used) as usize)
@@ -325,6 +471,19 @@ impl<T: Pod> Producer<T> {
     ///
     /// [`PushError::Full`] when there is no room; [`PushError::Corrupted`] when the consumer's index
     /// is impossible.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{spsc, PushError};
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(2);
+    /// tx.push(1).unwrap();
+    /// tx.push(2).unwrap();
+    /// assert_eq!(tx.push(3), Err(PushError::Full(3)));
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// tx.push(3).unwrap();
+    /// ```
     #[inline]
     pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
         if self.tail.wrapping_sub(self.cached_head) >= self.shared.cap {
@@ -343,6 +502,18 @@ impl<T: Pod> Producer<T> {
     }
 
     /// Pushes as many entries of `values` as fit, publishing them at once. Returns how many.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u32>(4);
+    /// assert_eq!(tx.push_slice(&[1, 2, 3, 4, 5, 6]), 4); // as many as fit
+    /// let mut out = [0; 8];
+    /// assert_eq!(rx.pop_into(&mut out), 4);
+    /// assert_eq!(out[..4], [1, 2, 3, 4]);
+    /// ```
     pub fn push_slice(&mut self, values: &[T]) -> usize {
         let free = match self.refresh_head() {
             Some(used) => (self.shared.cap - used) as usize,
@@ -378,6 +549,23 @@ impl<T: Pod> Producer<T> {
     ///
     /// [`PushError::TimedOut`] at the deadline, [`PushError::Abandoned`] if the consumer role is
     /// vacant while the ring stays full, [`PushError::Corrupted`] as for [`push`](Self::push).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{spsc, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u32>(1);
+    /// let (wait, deadline) = (WaitStrategy::default(), Instant::now() + Duration::from_secs(10));
+    /// tx.push(1).unwrap();
+    /// let consumer = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     [rx.pop(), rx.pop_blocking(&wait, deadline)]
+    /// });
+    /// tx.push_blocking(2, &wait, deadline).unwrap(); // waits until the consumer makes room
+    /// assert_eq!(consumer.join().unwrap(), [Ok(1), Ok(2)]);
+    /// ```
     pub fn push_blocking(
         &mut self,
         value: T,
@@ -412,11 +600,38 @@ impl<T: Pod> Producer<T> {
 
     /// Consumers counted as parked on this ring now (diagnostics: a count that stays up while the
     /// ring is busy means a parked consumer died; the next consumer to attach clears it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{spsc, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u32>(4);
+    /// let (wait, deadline) = (WaitStrategy::default(), Instant::now() + Duration::from_secs(10));
+    /// let consumer = std::thread::spawn(move || rx.pop_blocking(&wait, deadline));
+    /// while tx.parked_consumers() == 0 && !consumer.is_finished() {
+    ///     std::thread::yield_now(); // until the consumer sleeps on the futex
+    /// }
+    /// tx.push(7).unwrap(); // wakes it
+    /// assert_eq!(consumer.join().unwrap(), Ok(7));
+    /// ```
     pub fn parked_consumers(&self) -> u32 {
         self.shared.hdr().not_empty.parked()
     }
 
     /// Whether the consumer role is vacant: never claimed, released, or its holder died.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (tx, rx) = spsc::heap::<u64>(4);
+    /// assert!(!tx.is_abandoned());
+    /// drop(rx);
+    /// assert!(tx.is_abandoned());
+    /// ```
     pub fn is_abandoned(&self) -> bool {
         slot_vacant(&self.shared.hdr().consumer)
     }
@@ -428,6 +643,25 @@ impl<T: Pod> Consumer<T> {
     /// # Errors
     ///
     /// As for [`Producer::attach`].
+    ///
+    /// # Examples
+    ///
+    /// A new consumer resumes where the last one stopped:
+    ///
+    /// ```
+    /// use shm_ring::{spsc, Region};
+    ///
+    /// let region = Region::heap(spsc::bytes_for::<u64>(8));
+    /// spsc::init::<u64>(&region, 8)?;
+    /// let mut tx = spsc::Producer::<u64>::attach(&region)?;
+    /// tx.push_slice(&[1, 2]);
+    /// let mut rx = spsc::Consumer::<u64>::attach(&region)?;
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// drop(rx);
+    /// let mut rx = spsc::Consumer::<u64>::attach(&region)?;
+    /// assert_eq!(rx.pop(), Ok(2));
+    /// # Ok::<(), shm_ring::AttachError>(())
+    /// ```
     pub fn attach(region: &Region) -> Result<Self, AttachError> {
         let shared = Shared::attach(region, |h| &h.consumer)?;
         // As in `Producer::attach`, for the consumer's wait word.
@@ -445,16 +679,46 @@ impl<T: Pod> Consumer<T> {
     }
 
     /// Capacity in entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (_tx, rx) = spsc::heap::<u64>(1000);
+    /// assert_eq!(rx.capacity(), 1024);
+    /// ```
     pub fn capacity(&self) -> usize {
         self.shared.cap as usize
     }
 
     /// Entries ready to pop (refreshes the producer's index).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
+    /// tx.push_slice(&[1, 2, 3]);
+    /// assert_eq!(rx.len(), 3);
+    /// ```
     pub fn len(&mut self) -> usize {
         self.refresh_tail().unwrap_or(0) as usize
     }
 
     /// Whether no entry is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
+    /// assert!(rx.is_empty());
+    /// tx.push(1).unwrap();
+    /// assert!(!rx.is_empty());
+    /// ```
     pub fn is_empty(&mut self) -> bool {
         self.len() == 0
     }
@@ -473,6 +737,17 @@ impl<T: Pod> Consumer<T> {
     /// # Errors
     ///
     /// [`PopError::Empty`]; [`PopError::Corrupted`] when the producer's index is impossible.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{spsc, PopError};
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
+    /// tx.push(1).unwrap();
+    /// assert_eq!(rx.pop(), Ok(1));
+    /// assert_eq!(rx.pop(), Err(PopError::Empty));
+    /// ```
     #[inline]
     pub fn pop(&mut self) -> Result<T, PopError> {
         if self.head == self.cached_tail {
@@ -490,6 +765,19 @@ impl<T: Pod> Consumer<T> {
     }
 
     /// Pops up to `out.len()` entries at once. Returns how many.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
+    /// tx.push_slice(&[1, 2, 3, 4, 5]);
+    /// let mut batch = [0; 4];
+    /// assert_eq!(rx.pop_into(&mut batch), 4);
+    /// assert_eq!(batch, [1, 2, 3, 4]);
+    /// assert_eq!(rx.pop_into(&mut batch), 1);
+    /// ```
     pub fn pop_into(&mut self, out: &mut [T]) -> usize {
         let avail = match self.refresh_tail() {
             Some(a) => a as usize,
@@ -525,6 +813,22 @@ impl<T: Pod> Consumer<T> {
     ///
     /// [`PopError::TimedOut`] at the deadline, [`PopError::Abandoned`] if the producer role is vacant
     /// and the ring is empty, [`PopError::Corrupted`] as for [`pop`](Self::pop).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{spsc, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = spsc::heap::<u64>(4);
+    /// let producer = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     tx.push(7).unwrap();
+    /// });
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// assert_eq!(rx.pop_blocking(&WaitStrategy::default(), deadline), Ok(7));
+    /// producer.join().unwrap();
+    /// ```
     pub fn pop_blocking(
         &mut self,
         strategy: &WaitStrategy,
@@ -556,6 +860,17 @@ impl<T: Pod> Consumer<T> {
     }
 
     /// Whether the producer role is vacant: never claimed, released, or its holder died.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::spsc;
+    ///
+    /// let (tx, rx) = spsc::heap::<u64>(4);
+    /// assert!(!rx.is_abandoned());
+    /// drop(tx);
+    /// assert!(rx.is_abandoned());
+    /// ```
     pub fn is_abandoned(&self) -> bool {
         slot_vacant(&self.shared.hdr().producer)
     }

@@ -16,6 +16,28 @@
 //! Either the waker sees `waiters != 0`, or the waiter's `ready()` sees the data (the two SeqCst
 //! fences order each side's store before its load). If the waker bumps `seq` after the waiter read
 //! `s`, `futex_wait` returns at once because the word no longer holds `s`.
+//!
+//! # Examples
+//!
+//! A flag and the word its waiter parks on, set by another thread:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use shm_ring::{WaitStrategy, WaitWord};
+//!
+//! let shared = Arc::new((WaitWord::new(), AtomicBool::new(false)));
+//! let peer = Arc::clone(&shared);
+//! let waker = std::thread::spawn(move || {
+//!     peer.1.store(true, Ordering::Release); // publish...
+//!     peer.0.notify(); // ...then notify
+//! });
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! WaitStrategy::default().wait_until(&shared.0, deadline, || shared.1.load(Ordering::Acquire))?;
+//! waker.join().unwrap();
+//! # Ok::<(), shm_ring::WaitTimedOut>(())
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +45,23 @@ use crate::sync::{fence, AtomicU32, Ordering};
 
 /// The shared part of a wait point: a futex word and the count of parked waiters. Lives in shared
 /// memory, one per direction of each ring.
+///
+/// # Examples
+///
+/// A wait word of one's own in shared memory, constructed in place:
+///
+/// ```
+/// use shm_ring::{Region, WaitWord};
+///
+/// let region = Region::heap(4096);
+/// let slot = region.ptr_at::<WaitWord>(0).unwrap();
+/// // SAFETY: in bounds and aligned (checked by ptr_at), and nobody else sees the region yet.
+/// unsafe { slot.as_ptr().write(WaitWord::new()) };
+/// // SAFETY: initialised just above, and the region outlives the reference.
+/// let word = unsafe { slot.as_ref() };
+/// word.notify(); // nobody parked: no system call
+/// assert_eq!(word.parked(), 0);
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct WaitWord {
@@ -38,6 +77,15 @@ const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
 impl WaitWord {
     /// A word with no waiters. Construct it in place (`ptr::write`) in shared memory before any
     /// other process can see it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::WaitWord;
+    ///
+    /// let word = WaitWord::new();
+    /// assert_eq!(word.parked(), 0);
+    /// ```
     #[allow(clippy::new_without_default)]
     pub fn new() -> WaitWord {
         WaitWord {
@@ -51,6 +99,27 @@ impl WaitWord {
     /// Wakes every parked waiter; free (no syscall) when nobody is parked.
     ///
     /// Call after publishing what waiters wait for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{WaitStrategy, WaitWord};
+    ///
+    /// let (word, ready) = (WaitWord::new(), AtomicU32::new(0));
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         ready.store(1, Ordering::Release);
+    ///         word.notify();
+    ///     });
+    ///     let deadline = Instant::now() + Duration::from_secs(10);
+    ///     let woken = WaitStrategy::default().wait_until(&word, deadline, || {
+    ///         ready.load(Ordering::Acquire) == 1
+    ///     });
+    ///     assert!(woken.is_ok());
+    /// });
+    /// ```
     #[inline]
     pub fn notify(&self) {
         // SYNC(park): this fence pairs with the fence in `park`: either we see the waiter's
@@ -64,6 +133,27 @@ impl WaitWord {
     /// [`notify`](Self::notify) for a caller that has just published with a SeqCst read-modify-write
     /// (such as a `swap`): that RMW already orders the publication before this load, so the fence
     /// is not needed. Free (one load) when nobody is parked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{WaitStrategy, WaitWord};
+    ///
+    /// let (word, tail) = (WaitWord::new(), AtomicU64::new(0));
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         tail.swap(1, Ordering::SeqCst); // the publication is a SeqCst RMW...
+    ///         word.notify_after_rmw(); // ...so no fence is needed
+    ///     });
+    ///     let deadline = Instant::now() + Duration::from_secs(10);
+    ///     let woken = WaitStrategy::default().wait_until(&word, deadline, || {
+    ///         tail.load(Ordering::SeqCst) == 1
+    ///     });
+    ///     assert!(woken.is_ok());
+    /// });
+    /// ```
     #[inline]
     pub fn notify_after_rmw(&self) {
         // SYNC(park): SeqCst load after the caller's SeqCst RMW; pairs with the fence in `park`.
@@ -73,6 +163,31 @@ impl WaitWord {
     }
 
     /// Waiters announced as parked now (a process killed while parked stays counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{WaitStrategy, WaitWord};
+    ///
+    /// let (word, ready) = (WaitWord::new(), AtomicBool::new(false));
+    /// let never_spin = WaitStrategy::SpinThenPark { spin: Duration::ZERO };
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// std::thread::scope(|s| {
+    ///     let waiter = s.spawn(|| {
+    ///         never_spin.wait_until(&word, deadline, || ready.load(Ordering::Acquire))
+    ///     });
+    ///     while word.parked() == 0 && !waiter.is_finished() {
+    ///         std::thread::yield_now();
+    ///     }
+    ///     assert_eq!(word.parked(), 1);
+    ///     ready.store(true, Ordering::Release);
+    ///     word.notify();
+    ///     assert_eq!(waiter.join().unwrap(), Ok(()));
+    /// });
+    /// assert_eq!(word.parked(), 0);
+    /// ```
     pub fn parked(&self) -> u32 {
         self.waiters.load(Ordering::Relaxed)
     }
@@ -88,6 +203,20 @@ impl WaitWord {
     /// parked here any more (the only side that waits on this word is being taken over) calls this
     /// to restore the free notify. A live waiter that is in fact parked is woken (its timeout
     /// passes and it re-checks), so the worst a wrong call costs is one delayed wake-up.
+    ///
+    /// # Examples
+    ///
+    /// Taking over the only side that waits on a word, in a segment whose previous holder may have
+    /// been killed while parked:
+    ///
+    /// ```
+    /// # use shm_ring::WaitWord;
+    /// # let word = WaitWord::new();
+    /// if word.parked() != 0 {
+    ///     word.clear_parked(); // notifies are free again
+    /// }
+    /// assert_eq!(word.parked(), 0);
+    /// ```
     pub fn clear_parked(&self) {
         self.waiters.store(0, Ordering::Relaxed);
         self.wake_all();
@@ -164,6 +293,20 @@ impl WaitWord {
 }
 
 /// How a blocked side waits for the other.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{spsc, PopError, WaitStrategy};
+///
+/// // The default spins for 50 µs, then sleeps on the futex until woken:
+/// let strategy = WaitStrategy::default();
+/// assert_eq!(strategy, WaitStrategy::SpinThenPark { spin: Duration::from_micros(50) });
+/// let (_tx, mut rx) = spsc::heap::<u64>(8);
+/// let deadline = Instant::now() + Duration::from_millis(5);
+/// assert_eq!(rx.pop_blocking(&strategy, deadline), Err(PopError::TimedOut));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Spin on the condition: lowest latency, burns a core while waiting.
@@ -186,6 +329,18 @@ impl Default for WaitStrategy {
 }
 
 /// The wait ended because its deadline passed.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shm_ring::{WaitStrategy, WaitTimedOut, WaitWord};
+///
+/// let word = WaitWord::new();
+/// let deadline = Instant::now() + Duration::from_millis(1);
+/// let never = WaitStrategy::Yield.wait_until(&word, deadline, || false);
+/// assert_eq!(never, Err(WaitTimedOut));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the wait timed out")]
 pub struct WaitTimedOut;
@@ -194,6 +349,17 @@ impl WaitStrategy {
     /// The same strategy without its spin phase: for the later slices of a long wait, which
     /// should park at once (a wait cut into 1 ms slices that spun 50 us in each would burn 5% of
     /// a core for nothing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_ring::WaitStrategy;
+    ///
+    /// let later = WaitStrategy::default().parking_now();
+    /// assert_eq!(later, WaitStrategy::SpinThenPark { spin: Duration::ZERO });
+    /// assert_eq!(WaitStrategy::BusySpin.parking_now(), WaitStrategy::BusySpin);
+    /// ```
     pub fn parking_now(self) -> WaitStrategy {
         match self {
             WaitStrategy::SpinThenPark { .. } => WaitStrategy::SpinThenPark {
@@ -210,6 +376,27 @@ impl WaitStrategy {
     /// # Errors
     ///
     /// [`WaitTimedOut`] when the deadline passed first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use shm_ring::{WaitStrategy, WaitWord};
+    ///
+    /// let (word, done) = (WaitWord::new(), AtomicBool::new(false));
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         std::thread::sleep(Duration::from_millis(10));
+    ///         done.store(true, Ordering::Release);
+    ///         word.notify();
+    ///     });
+    ///     let deadline = Instant::now() + Duration::from_secs(10);
+    ///     let strategy = WaitStrategy::default();
+    ///     let woken = strategy.wait_until(&word, deadline, || done.load(Ordering::Acquire));
+    ///     assert_eq!(woken, Ok(()));
+    /// });
+    /// ```
     pub fn wait_until(
         &self,
         word: &WaitWord,
