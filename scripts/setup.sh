@@ -264,8 +264,10 @@ ensure_build_tools() {
     command -v cmake >/dev/null || missing+=(cmake)
     command -v clang >/dev/null || missing+=(clang)
     have_libclang || missing+=(libclang-dev)
+    # Not a build tool: the gateway's tests read a stream with curl.
+    command -v curl >/dev/null || missing+=(curl)
     ((${#missing[@]} == 0)) && return 0
-    local pkgs=(cmake clang libclang-dev)
+    local pkgs=(cmake clang libclang-dev curl)
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
         die "building llama.cpp needs ${missing[*]}; install the Debian/Ubuntu packages ${pkgs[*]} (as root: apt-get install -y --no-install-recommends ${pkgs[*]}) and run again"
     fi
@@ -276,8 +278,8 @@ ensure_build_tools() {
     DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null 2>&1 \
         || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null; } \
         || die "apt-get install ${pkgs[*]} failed"
-    command -v cmake >/dev/null && command -v clang >/dev/null && have_libclang \
-        || die "cmake, clang or libclang still missing after installing ${pkgs[*]}"
+    command -v cmake >/dev/null && command -v clang >/dev/null && have_libclang && command -v curl >/dev/null \
+        || die "cmake, clang, libclang or curl still missing after installing ${pkgs[*]}"
 }
 
 ensure_smollm2() {

@@ -20,7 +20,7 @@ if ! bash ci/nightly.sh; then
   [ -z "${CI:-}" ] || exit 1
   echo "test: no nightly tooling: the miri, TSan and fuzz steps will say SKIPPED"
 fi
-features=shm-runtime/onnx,shm-runtime/gguf,shm-runtime/async,shm-bench/onnx,shm-bench/gguf
+features=shm-runtime/onnx,shm-runtime/gguf,shm-runtime/async,shm-runtime-cli/onnx,shm-runtime-cli/gguf,shm-bench/onnx,shm-bench/gguf
 # Builds what the tests run (the criterion benches are checked by clippy in .ci/run, not built:
 # each is a large LTO link).
 step cargo test --release --workspace --features "$features" --no-run
