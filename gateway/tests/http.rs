@@ -374,3 +374,64 @@ fn metrics_are_prometheus_text() {
         .body
         .contains(&format!("shm_runtime_up{{service=\"{name}\"}} 1")));
 }
+
+#[test]
+fn every_metric_of_the_grafana_dashboard_is_in_a_live_scrape() {
+    let name = unique_name("gw-dash");
+    // A stepping model, so that the generation metrics have values too.
+    let mut slow = sleep_model("slow", 1.0);
+    slow.options
+        .insert("slots".into(), shm_runtime::config::OptionValue::Integer(2));
+    let mut c = ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo"), slow]);
+    c.pin = false;
+    let _server = Server::start(c).unwrap();
+    let gw = TestGateway::start(&name, GatewayOptions::default());
+    for model in ["echo", "slow"] {
+        let a = gw.post(
+            "/v1/completions",
+            &json!({"model": model, "prompt": "abc", "max_tokens": 3}),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    // Every `shm_runtime_*` name the queries use.
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.match_indices("shm_runtime_").map(move |(i, _)| {
+                e[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 12, "{names:?}");
+    let scrape = gw.call("GET", "/metrics", None).body;
+    let series: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !series.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard uses {missing:?}, not in the scrape:\n{scrape}"
+    );
+}
