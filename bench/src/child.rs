@@ -19,6 +19,7 @@ pub fn dispatch() {
 fn run_child(role: &str, arg: &str) -> Result<bool> {
     if crate::ring_work::run_child(role, arg)?
         || crate::runtime_work::run_child(role, arg)?
+        || crate::gateway_work::run_child(role, arg)?
         || shm_peers::run_child(role, arg)?
     {
         return Ok(true);

@@ -7,6 +7,7 @@
 //! call [`child::dispatch`] first thing in `main` (the `report` binary and the criterion suites do).
 
 pub mod child;
+pub mod gateway_work;
 #[cfg(feature = "gguf")]
 pub mod gguf_work;
 #[cfg(feature = "onnx")]

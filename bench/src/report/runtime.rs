@@ -10,7 +10,7 @@ use shm_runtime::ring::WaitStrategy;
 use super::figures::{measure, median_of, median_p, row};
 use super::{at_least, at_most, fmt_num, Report, Section};
 use crate::stats::Percentiles;
-use crate::{peers, runtime_work};
+use crate::{gateway_work, peers, runtime_work};
 
 /// A round-trip transport of the report: the runtime's own (server wait, client wait, pause between
 /// requests, round trips) or a peer's measurement function and its round trips.
@@ -24,7 +24,7 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
     let n = if quick { 100_000 } else { 500_000 };
     let mut extra: Vec<(&str, f64)> = Vec::new();
     let peer_n = if quick { 60_000 } else { 300_000 };
-    let transports: [(&str, Transport); 7] = [
+    let transports: [(&str, Transport); 8] = [
         (
             "shm_busy",
             Transport::Shm("busy", WaitStrategy::BusySpin, None, n),
@@ -45,6 +45,11 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         ("iceoryx2", Transport::Peer(peers::iceoryx2, peer_n)),
         ("uds_bincode", Transport::Peer(peers::uds_bincode, peer_n)),
         ("http_json", Transport::Peer(peers::http_json, peer_n)),
+        // The OpenAI-compatible gateway onto the runtime: a completion of the same 64 bytes.
+        (
+            "gateway_http",
+            Transport::Peer(gateway_work::gateway_rtt, peer_n / 2),
+        ),
         (
             "inproc_channel",
             Transport::Peer(peers::inproc_channel, peer_n),
@@ -130,6 +135,18 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
     for (k, v) in extra.drain(..) {
         report.set(k, v);
     }
+    if let Some(p50) = report.get("rtt_ns_gateway_http_p50") {
+        report.set("gateway_rtt_us_p50", p50 / 1000.0);
+    }
+    if let Some(p99) = report.get("rtt_ns_gateway_http_p99") {
+        report.set("gateway_rtt_us_p99", p99 / 1000.0);
+    }
+    measure(
+        report,
+        "gateway_rps",
+        "gateway requests per second, 16 keep-alive connections, median of 3",
+        || median_of(3, || gateway_work::gateway_rps(16, Duration::from_secs(if quick { 1 } else { 3 }))),
+    );
     pinning(report, n);
     for (key, what, trusted_clients) in [
         (
