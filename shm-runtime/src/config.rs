@@ -1,4 +1,23 @@
 //! Server configuration: from a TOML file or built in code.
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::config::{self, ModelConfig, ServerConfig};
+//!
+//! let in_code = ServerConfig::new("demo", vec![ModelConfig::new("echo", "echo")]);
+//!
+//! // The same from a file (feature `toml`, on by default; `load` tells every setting):
+//! let toml = "service = 'demo'\n[[model]]\nname = 'echo'\nbackend = 'echo'\n";
+//! # let dir = std::env::temp_dir().join(format!("doc-config-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("demo.toml");
+//! std::fs::write(&path, toml)?;
+//! let from_file = config::load(&path, None)?;
+//! assert_eq!((from_file.name, from_file.models), (in_code.name, in_code.models));
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #[cfg(feature = "toml")]
 use std::path::Path;
@@ -13,9 +32,34 @@ use crate::protocol::{Limits, MAX_DESC_LEN};
 use crate::service::{MAX_CLIENTS, MAX_MODELS, MAX_NAME, RING_PARTICIPANTS};
 
 /// A model's backend options by name, as a configuration file's `options = { ... }` gives them.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::config::{OptionValue, Options};
+/// use shm_runtime::ModelConfig;
+///
+/// let mut options = Options::new();
+/// options.insert("step_ms".into(), OptionValue::Float(2.5));
+/// options.insert("slots".into(), OptionValue::Integer(4));
+/// let model = ModelConfig { options, ..ModelConfig::new("steps", "sleep") };
+/// assert_eq!(model.options["slots"].as_integer(), Some(4));
+/// ```
 pub type Options = std::collections::BTreeMap<String, OptionValue>;
 
 /// The value of one backend option: the plain values a configuration file can hold.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::config::OptionValue;
+///
+/// // What `options = { pooling = "cls", labels = ["neg", "pos"] }` reads as:
+/// let pooling = OptionValue::from("cls");
+/// let labels = OptionValue::from(vec!["neg", "pos"]);
+/// assert_eq!(pooling, OptionValue::String("cls".into()));
+/// assert_eq!(labels.as_array().map(<[_]>::len), Some(2));
+/// ```
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum OptionValue {
@@ -33,6 +77,15 @@ pub enum OptionValue {
 
 impl OptionValue {
     /// The boolean, if it is one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// assert_eq!(OptionValue::from(true).as_bool(), Some(true));
+    /// assert_eq!(OptionValue::from("yes").as_bool(), None);
+    /// ```
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             OptionValue::Boolean(b) => Some(*b),
@@ -41,6 +94,15 @@ impl OptionValue {
     }
 
     /// The whole number, if it is one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// assert_eq!(OptionValue::from(4_i64).as_integer(), Some(4));
+    /// assert_eq!(OptionValue::from(4.0).as_integer(), None);
+    /// ```
     pub fn as_integer(&self) -> Option<i64> {
         match self {
             OptionValue::Integer(i) => Some(*i),
@@ -51,6 +113,15 @@ impl OptionValue {
     /// The number with a fraction, if it is one (a whole number is not: see [`as_number`]).
     ///
     /// [`as_number`]: OptionValue::as_number
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// assert_eq!(OptionValue::from(2.5).as_float(), Some(2.5));
+    /// assert_eq!(OptionValue::from(2_i64).as_float(), None);
+    /// ```
     pub fn as_float(&self) -> Option<f64> {
         match self {
             OptionValue::Float(f) => Some(*f),
@@ -59,6 +130,17 @@ impl OptionValue {
     }
 
     /// Any number, whole or not.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// // `step_ms = 2` and `step_ms = 2.0` both read as 2 ms.
+    /// assert_eq!(OptionValue::from(2_i64).as_number(), Some(2.0));
+    /// assert_eq!(OptionValue::from(2.0).as_number(), Some(2.0));
+    /// assert_eq!(OptionValue::from("2").as_number(), None);
+    /// ```
     pub fn as_number(&self) -> Option<f64> {
         match self {
             OptionValue::Float(f) => Some(*f),
@@ -68,6 +150,15 @@ impl OptionValue {
     }
 
     /// The text, if it is text.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// assert_eq!(OptionValue::from("mean").as_str(), Some("mean"));
+    /// assert_eq!(OptionValue::from(1_i64).as_str(), None);
+    /// ```
     pub fn as_str(&self) -> Option<&str> {
         match self {
             OptionValue::String(s) => Some(s),
@@ -76,6 +167,18 @@ impl OptionValue {
     }
 
     /// The list, if it is one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::config::OptionValue;
+    ///
+    /// let labels = OptionValue::from(vec!["neg", "pos"]);
+    /// let items = labels.as_array().unwrap_or_default();
+    /// let names: Vec<&str> = items.iter().filter_map(OptionValue::as_str).collect();
+    /// assert_eq!(names, ["neg", "pos"]);
+    /// assert_eq!(OptionValue::from("neg").as_array(), None);
+    /// ```
     pub fn as_array(&self) -> Option<&[OptionValue]> {
         match self {
             OptionValue::Array(a) => Some(a),
@@ -121,6 +224,25 @@ impl<T: Into<OptionValue>> From<Vec<T>> for OptionValue {
 }
 
 /// One model to load.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::config::OptionValue;
+/// use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
+///
+/// // A sleep model: 1 ms per token, continuous batching over 4 sequences, 2 workers.
+/// let mut model = ModelConfig::new("steps", "sleep");
+/// model.options.insert("step_ms".into(), OptionValue::Float(1.0));
+/// model.options.insert("slots".into(), OptionValue::Integer(4));
+/// model.workers = Some(2);
+/// # let name = format!("doc-model-config-{}", std::process::id());
+/// let _server = Server::start(ServerConfig::new(&name, vec![model]))?;
+/// let client = Client::connect(&name)?;
+/// let g = client.generate("steps", "go", &GenerateOptions::new().max_tokens(3))?;
+/// assert_eq!(g.text, "t0 t1 t2 ");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -148,6 +270,16 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// A model with no file or options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let model = ModelConfig::new("echo", "echo");
+    /// assert_eq!((model.name.as_str(), model.backend.as_str()), ("echo", "echo"));
+    /// assert!(model.path.is_none() && model.options.is_empty());
+    /// ```
     pub fn new(name: &str, backend: &str) -> ModelConfig {
         ModelConfig {
             name: name.to_owned(),
@@ -160,12 +292,41 @@ impl ModelConfig {
     }
 
     /// Worker threads of this model's lane under server configuration `c`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::{ModelConfig, ServerConfig};
+    ///
+    /// let mut config = ServerConfig::new("svc", vec![ModelConfig::new("a", "echo")]);
+    /// config.workers_per_lane = 2;
+    /// let mut b = ModelConfig::new("b", "echo");
+    /// b.workers = Some(3);
+    /// assert_eq!(config.models[0].workers(&config), 2); // the server's default
+    /// assert_eq!(b.workers(&config), 3); // its own
+    /// ```
     pub fn workers(&self, c: &ServerConfig) -> usize {
         self.workers.unwrap_or(c.workers_per_lane)
     }
 }
 
 /// Everything a server needs.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+///
+/// # let name = format!("doc-server-config-{}", std::process::id());
+/// let mut config = ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]);
+/// config.max_clients = 4;
+/// config.default_timeout = Duration::from_secs(5);
+/// config.pin = false; // leave the workers to the OS scheduler
+/// let _server = Server::start(config)?;
+/// assert_eq!(Client::connect(&name)?.models(), ["echo"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Service name (the segment's name).
@@ -222,6 +383,18 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults for a service `name` serving `models`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_runtime::{ModelConfig, ServerConfig};
+    ///
+    /// let config = ServerConfig::new("svc", vec![ModelConfig::new("echo", "echo")]);
+    /// assert_eq!((config.max_clients, config.workers_per_lane), (32, 1));
+    /// assert_eq!(config.default_timeout, Duration::from_secs(30));
+    /// assert!(config.pin && !config.trusted_clients);
+    /// ```
     pub fn new(name: &str, models: Vec<ModelConfig>) -> ServerConfig {
         ServerConfig {
             name: name.to_owned(),
@@ -250,6 +423,17 @@ impl ServerConfig {
     /// # Errors
     ///
     /// The first [`ConfigError`] found.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::{ConfigError, ModelConfig, ServerConfig};
+    ///
+    /// let mut config = ServerConfig::new("svc", vec![ModelConfig::new("echo", "echo")]);
+    /// assert_eq!(config.validate(), Ok(()));
+    /// config.models.push(ModelConfig::new("echo", "sleep"));
+    /// assert_eq!(config.validate(), Err(ConfigError::ModelName("echo".into())));
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ring_capacity < 2 {
             return Err(ConfigError::RingCapacity(self.ring_capacity));
@@ -298,6 +482,19 @@ impl ServerConfig {
 }
 
 /// What [`ServerConfig::validate`] found wrong.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::{ConfigError, ServerConfig, ServerError};
+///
+/// let config = ServerConfig::new("svc", Vec::new());
+/// assert_eq!(config.validate(), Err(ConfigError::NoModels));
+/// assert_eq!(ConfigError::NoModels.to_string(), "no models configured");
+/// // Server::start checks it first, and loads nothing then.
+/// let err = shm_runtime::Server::start(config).unwrap_err();
+/// assert!(matches!(err, ServerError::Config(ConfigError::NoModels)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A backend registered in code takes a built-in backend's name.
@@ -372,6 +569,19 @@ struct ServerSection {
 /// # Errors
 ///
 /// For any other text.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shm_runtime::config::parse_wait;
+/// use shm_runtime::ring::WaitStrategy;
+///
+/// assert_eq!(parse_wait("busy"), Ok(WaitStrategy::BusySpin));
+/// let spin = Duration::from_micros(20);
+/// assert_eq!(parse_wait("park:20"), Ok(WaitStrategy::SpinThenPark { spin }));
+/// assert!(parse_wait("sleepy").is_err());
+/// ```
 pub fn parse_wait(s: &str) -> Result<WaitStrategy, String> {
     match s {
         "busy" => Ok(WaitStrategy::BusySpin),
@@ -391,6 +601,18 @@ pub fn parse_wait(s: &str) -> Result<WaitStrategy, String> {
 /// The project's cache of downloaded and built models and libraries: `$SHM_RUNTIME_CACHE`, else
 /// `$XDG_CACHE_HOME/shm-runtime`, else `~/.cache/shm-runtime`. `scripts/setup.sh` fills it; a model
 /// path `cache:REST` in a configuration file names `REST` inside it.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+/// use shm_runtime::config::cache_dir;
+///
+/// std::env::set_var("SHM_RUNTIME_CACHE", "/srv/models");
+/// assert_eq!(cache_dir(), Path::new("/srv/models"));
+/// // A configuration file's `path = "cache:minilm/model.onnx"`:
+/// assert_eq!(cache_dir().join("minilm/model.onnx"), Path::new("/srv/models/minilm/model.onnx"));
+/// ```
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SHM_RUNTIME_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);

@@ -3,6 +3,33 @@
 use crate::protocol::ErrorCode;
 
 /// Why a call on a [`Client`](crate::Client) failed.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-error-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use std::time::Duration;
+/// use shm_runtime::{Error, GenerateOptions};
+///
+/// // Busy passes: try again a little later. Every other error is the answer.
+/// fn retry<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+///     for _ in 0..100 {
+///         match call() {
+///             Err(Error::Busy(_)) => std::thread::sleep(Duration::from_millis(1)),
+///             done => return done,
+///         }
+///     }
+///     call()
+/// }
+/// let opts = GenerateOptions::default();
+/// assert_eq!(retry(|| client.generate("echo", "hi", &opts))?.text, "hi");
+/// let r = retry(|| client.generate("no-such-model", "hi", &opts));
+/// assert!(matches!(r, Err(Error::ModelNotFound(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// No service of that name is running (no segment, or its server died).
@@ -68,6 +95,17 @@ pub enum Error {
 
 impl Error {
     /// The client-side error for an error answer of the server.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::ErrorCode;
+    /// use shm_runtime::Error;
+    ///
+    /// let e = Error::from_code(ErrorCode::Busy, "the queue is full".into());
+    /// assert_eq!(e, Error::Busy("the queue is full".into()));
+    /// assert_eq!(Error::from_code(ErrorCode::TimedOut, String::new()), Error::TimedOut);
+    /// ```
     pub fn from_code(code: ErrorCode, message: String) -> Error {
         match code {
             ErrorCode::InvalidRequest => Error::InvalidRequest(message),
@@ -83,6 +121,21 @@ impl Error {
 }
 
 /// Why a [`Server`](crate::Server) could not start.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use shm_runtime::{ModelConfig, Server, ServerConfig, ServerError};
+///
+/// # let name = format!("doc-server-error-{}", std::process::id());
+/// let config = ServerConfig::new(&name, vec![ModelConfig::new("chat", "llama")]);
+/// let err = Server::start(config).unwrap_err();
+/// assert!(matches!(&err, ServerError::Model { name, .. } if name == "chat"));
+/// // What went wrong is in the chain of sources: print them all.
+/// assert_eq!(err.to_string(), r#"cannot load model "chat""#);
+/// assert!(err.source().unwrap().to_string().starts_with(r#"unknown backend "llama""#));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The configuration is unusable.

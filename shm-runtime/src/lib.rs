@@ -20,11 +20,12 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
 //!
-//! let server = Server::start(ServerConfig::new("doc-svc", vec![ModelConfig::new("echo", "echo")]))?;
-//! let client = Client::connect("doc-svc")?;
+//! # let name = format!("doc-crate-{}", std::process::id());
+//! let server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+//! let client = Client::connect(&name)?;
 //! let g = client.generate("echo", "hello", &GenerateOptions::default())?;
 //! assert_eq!(g.text, "hello");
 //! let e = client.embed("echo", &["a", "bc"])?; // read in place, in the answer's shared chunk

@@ -18,6 +18,20 @@ use crate::service::{
 use crate::Error;
 
 /// Where a server stands in its life.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-service-state-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// use shm_runtime::{status, ServiceState};
+///
+/// let s = status(&name)?;
+/// assert_eq!(s.state, ServiceState::Running);
+/// assert_eq!(s.state.to_string(), "running");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceState {
@@ -43,6 +57,19 @@ impl std::fmt::Display for ServiceState {
 }
 
 /// Whether a model's lane serves.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-lane-state-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// use shm_runtime::{status, LaneState};
+///
+/// let s = status(&name)?;
+/// assert!(s.lanes.iter().all(|lane| lane.state == LaneState::Serving));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LaneState {
@@ -64,6 +91,26 @@ impl std::fmt::Display for LaneState {
 }
 
 /// One model's lane: its queue and counters.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-lane-status-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::{status, GenerateOptions, ModelState};
+///
+/// for _ in 0..3 {
+///     client.generate("echo", "hi", &GenerateOptions::default())?;
+/// }
+/// let lane = &status(&name)?.lanes[0];
+/// assert_eq!(lane.model.as_deref(), Some("echo"));
+/// assert_eq!(lane.model_state, ModelState::Ready);
+/// assert_eq!(lane.completed, 1 + 3); // the warm-up request, and ours
+/// assert_eq!((lane.panics, lane.restarts), (0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaneStatus {
     /// The model's name (`None` if the segment holds no valid name for it).
@@ -96,6 +143,24 @@ pub struct LaneStatus {
 }
 
 /// One connected client.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-client-status-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::{status, GenerateOptions};
+///
+/// client.generate("echo", "hi", &GenerateOptions::default())?;
+/// let s = status(&name)?;
+/// assert_eq!(s.clients.len(), 1);
+/// let me = &s.clients[0];
+/// assert_eq!(me.pid, std::process::id());
+/// assert_eq!((me.requests, me.inflight, me.errors), (1, 0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientStatus {
     /// Its slot in the client table.
@@ -119,6 +184,25 @@ pub struct ClientStatus {
 }
 
 /// One size class of the shared pool.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-pool-class-status-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::status;
+///
+/// let held = client.embed("echo", &["a text"])?; // its answer's chunk is in use while it lives
+/// let s = status(&name)?;
+/// let in_use: u32 = s.pool.iter().map(|class| class.count - class.free).sum();
+/// assert!(in_use >= 1);
+/// for c in &s.pool {
+///     println!("{} B chunks: {} of {} free, {} a client", c.chunk_size, c.free, c.count, c.share);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolClassStatus {
     /// Bytes per chunk.
@@ -134,6 +218,25 @@ pub struct PoolClassStatus {
 }
 
 /// A snapshot of a service: see [`status`].
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-service-status-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::{status, GenerateOptions};
+///
+/// client.generate("echo", "hi", &GenerateOptions::default())?;
+/// let s = status(&name)?;
+/// assert!(s.server_alive);
+/// assert_eq!(s.server_pid, std::process::id()); // a server of this very process
+/// assert_eq!(s.requests, 1 + 1); // the warm-up request, and ours
+/// assert_eq!(s.errors.values().sum::<u64>(), 0);
+/// println!("{}", serde_json::to_string_pretty(&s)?); // what `shm-runtime status --json` prints
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceStatus {
     /// The service's name.
@@ -171,6 +274,16 @@ pub struct ServiceStatus {
 }
 
 /// The snake-case name of an error kind, as [`ServiceStatus::errors`] keys it.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::error_name;
+/// use shm_runtime::protocol::ErrorCode;
+///
+/// assert_eq!(error_name(ErrorCode::TimedOut), "timed_out");
+/// assert_eq!(error_name(ErrorCode::ResourceExhausted), "resource_exhausted");
+/// ```
 pub fn error_name(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::InvalidRequest => "invalid_request",
@@ -191,6 +304,20 @@ pub fn error_name(code: ErrorCode) -> &'static str {
 ///
 /// [`Error::Attach`] when there is no such segment, it belongs to another user, or it is not a
 /// service of this protocol.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::{status, ModelConfig, Server, ServerConfig, ServiceState};
+///
+/// # let name = format!("doc-status-{}", std::process::id());
+/// let server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+/// let s = status(&name)?;
+/// assert_eq!((s.state, s.lanes.len()), (ServiceState::Running, 1));
+/// server.shutdown(std::time::Duration::ZERO);
+/// assert!(status(&name).is_err()); // the segment is gone with its server
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn status(name: &str) -> Result<ServiceStatus, Error> {
     let svc = Service::open(name).map_err(Error::Attach)?;
     let pool = shm_ring::pool::Pool::attach(&svc.pool_region())

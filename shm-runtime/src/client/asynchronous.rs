@@ -28,14 +28,21 @@ const WAITER_SLICE: Duration = Duration::from_millis(20);
 /// [`stream`](Self::stream). Cheap to clone (one connection, one waiter thread for all clones);
 /// the connection closes when the last clone drops.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), shm_runtime::Error> {
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-async-client-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// use shm_runtime::{AsyncClient, GenerateOptions};
 ///
-/// let client = AsyncClient::connect("svc")?;
-/// let g = client.generate("smollm2", "Hello", &GenerateOptions::default()).await?;
-/// println!("{}", g.text);
-/// # Ok(()) }
+/// let client = AsyncClient::connect(&name)?;
+/// let g = client.generate("echo", "Hello", &GenerateOptions::default()).await?;
+/// assert_eq!(g.text, "Hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct AsyncClient {
@@ -48,6 +55,23 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::connect`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-connect-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use shm_runtime::AsyncClient;
+    ///
+    /// let client = AsyncClient::connect(&name)?;
+    /// let e = client.embed("echo", &["hi"]).await?;
+    /// assert_eq!(e.row(0), [104.0, 105.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(name: &str) -> Result<AsyncClient, Error> {
         AsyncClient::connect_with(name, ClientOptions::default())
     }
@@ -57,6 +81,26 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::connect`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-connect-with-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use shm_runtime::ring::WaitStrategy;
+    /// use shm_runtime::{AsyncClient, ClientOptions, GenerateOptions};
+    ///
+    /// // The waiter thread yields instead of parking while it waits: answers sooner, a core busy.
+    /// let options = ClientOptions { wait: WaitStrategy::Yield, ..ClientOptions::default() };
+    /// let client = AsyncClient::connect_with(&name, options)?;
+    /// let g = client.generate("echo", "quick", &GenerateOptions::default()).await?;
+    /// assert_eq!(g.text, "quick");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect_with(name: &str, options: ClientOptions) -> Result<AsyncClient, Error> {
         let client = Client::connect_with(name, options)?;
         start_waiter(&client.conn)?;
@@ -64,6 +108,22 @@ impl AsyncClient {
     }
 
     /// The blocking client of the same connection.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-blocking-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// use shm_runtime::GenerateOptions;
+    ///
+    /// // The same connection, from code that is not async.
+    /// let g = client.blocking().generate("echo", "sync", &GenerateOptions::default())?;
+    /// assert_eq!(g.text, "sync");
+    /// assert_eq!(client.blocking().models(), ["echo"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn blocking(&self) -> &Client {
         &self.client
     }
@@ -75,6 +135,33 @@ impl AsyncClient {
     ///
     /// As for [`Client::infer`], but for the client-side timeout: the server's deadline
     /// (`timeout_ms`, or its default) bounds the wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-infer-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+    ///
+    /// let request = Request {
+    ///     id: 1,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text("hello".into()),
+    ///     params: Params::default(),
+    /// };
+    /// let answer = client.infer(&request).await?;
+    /// let ArchivedBody::Generation(g) = &answer.response()?.body else {
+    ///     panic!("not a generation");
+    /// };
+    /// assert_eq!(g.text.as_str(), "hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn infer(&self, request: &Request) -> Result<ResponseView, Error> {
         let ticket = self.client.submit(request)?;
         let mut waiting = Waiting {
@@ -103,6 +190,23 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::embed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-embed-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// // The echo model's "embedding" of a text: its bytes, padded with zeros to the longest.
+    /// let e = client.embed("echo", &["a cat", "a dog"]).await?;
+    /// assert_eq!((e.len(), e.dim()), (2, 5));
+    /// assert_eq!(e.row(0)[2], f32::from(b'c'));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn embed<S: AsRef<str>>(
         &self,
         model: &str,
@@ -117,6 +221,23 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::classify`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-classify-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// // The echo model labels each text with itself, scored 1.
+    /// let labels = client.classify("echo", &["spam", "ham"]).await?;
+    /// assert_eq!(labels[1].label, "ham");
+    /// assert_eq!(labels[1].score, 1.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn classify<S: AsRef<str>>(
         &self,
         model: &str,
@@ -131,6 +252,25 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::generate`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-generate-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use std::time::Duration;
+    /// use shm_runtime::GenerateOptions;
+    ///
+    /// let opts = GenerateOptions::new().max_tokens(4).timeout(Duration::from_secs(5));
+    /// let g = client.generate("echo", "Once upon a time", &opts).await?;
+    /// assert_eq!(g.text, "Once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn generate(
         &self,
         model: &str,
@@ -146,6 +286,24 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::chat`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-chat-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use shm_runtime::{GenerateOptions, Message};
+    ///
+    /// let messages = [Message::system("Be brief."), Message::user("Hi!")];
+    /// let g = client.chat("echo", &messages, &GenerateOptions::default()).await?;
+    /// assert_eq!(g.text, "Be brief.\nHi!"); // echo: the contents, one per line
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn chat(
         &self,
         model: &str,
@@ -162,6 +320,33 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::stream`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-stream-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use std::future::poll_fn;
+    /// use std::pin::Pin;
+    /// use futures_core::Stream as _;
+    /// use shm_runtime::{GenerateOptions, StreamEvent};
+    ///
+    /// let mut stream = client.stream("echo", "abc", &GenerateOptions::default())?;
+    /// let mut text = String::new();
+    /// // With futures' `StreamExt`: `while let Some(event) = stream.next().await`.
+    /// while let Some(event) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+    ///     if let StreamEvent::Delta { text: piece, .. } = event? {
+    ///         text.push_str(&piece);
+    ///     }
+    /// }
+    /// assert_eq!(text, "abc");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stream(
         &self,
         model: &str,
@@ -178,6 +363,29 @@ impl AsyncClient {
     /// # Errors
     ///
     /// As for [`Client::chat_stream`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-async-chat-stream-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::AsyncClient::connect(&name)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// use std::future::poll_fn;
+    /// use std::pin::Pin;
+    /// use futures_core::Stream as _;
+    /// use shm_runtime::{GenerateOptions, Message, StreamEvent};
+    ///
+    /// let messages = [Message::user("Tell me a story.")];
+    /// let mut stream = client.chat_stream("echo", &messages, &GenerateOptions::default())?;
+    /// let first = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await.transpose()?;
+    /// assert!(matches!(first, Some(StreamEvent::Delta { .. })));
+    /// drop(stream); // not read to its end: the request is cancelled
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn chat_stream(
         &self,
         model: &str,
@@ -191,6 +399,31 @@ impl AsyncClient {
 }
 
 /// A generation streamed, as a [`futures_core::Stream`]: deltas, then the whole.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-async-text-stream-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::AsyncClient::connect(&name)?;
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+/// use std::future::poll_fn;
+/// use std::pin::Pin;
+/// use futures_core::Stream as _;
+/// use shm_runtime::{GenerateOptions, StreamEvent};
+///
+/// let mut stream = client.stream("echo", "hi", &GenerateOptions::default())?;
+/// let mut events = Vec::new();
+/// while let Some(event) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+///     events.push(event?);
+/// }
+/// assert_eq!(events.len(), 3); // "h", "i", then the whole
+/// assert!(matches!(&events[2], StreamEvent::Done(g) if g.text == "hi"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct AsyncTextStream {
     inner: TextStream,

@@ -12,6 +12,23 @@ use crate::protocol::{Descriptor, DescriptorKind};
 use crate::service::{LANE_SERVING, MODEL_FAILED, MODEL_READY};
 
 /// Where a model stands.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-model-state-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use std::time::Duration;
+/// use shm_runtime::ModelState;
+///
+/// // Server::start returns once each model answered its warm-up inference.
+/// let health = client.health(Duration::from_secs(1))?;
+/// assert_eq!(health.models[0].state, ModelState::Ready);
+/// assert_eq!(ModelState::Ready.to_string(), "ready");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelState {
@@ -35,6 +52,23 @@ impl std::fmt::Display for ModelState {
 }
 
 /// One model of a [`Health`] answer.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-model-health-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use std::time::Duration;
+///
+/// let health = client.health(Duration::from_secs(1))?;
+/// for model in &health.models {
+///     println!("{}: {} (ping {:?})", model.name, model.state, model.ping);
+/// }
+/// assert_eq!(health.models[0].name, "echo");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelHealth {
     /// The model's name.
@@ -46,6 +80,21 @@ pub struct ModelHealth {
 }
 
 /// The server's answer to [`Client::health`].
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-health-struct-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use std::time::Duration;
+///
+/// let health = client.health(Duration::from_secs(1))?;
+/// assert_eq!(health.server_pid, std::process::id()); // a server of this very process
+/// assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The server's process id.
@@ -60,6 +109,20 @@ pub struct Health {
 
 impl Health {
     /// Whether every model is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-is-ready-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use std::time::Duration;
+    ///
+    /// // A readiness probe: every model warmed up and serving.
+    /// assert!(client.health(Duration::from_secs(1))?.is_ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.models.iter().all(|m| m.state == ModelState::Ready)
     }
@@ -89,11 +152,19 @@ impl Client {
     /// [`Error::TimedOut`] when a lane does not answer within `timeout`, [`Error::ServerGone`],
     /// [`Error::Disconnected`], [`Error::Busy`] when a request ring is full.
     ///
-    /// ```no_run
-    /// let client = shm_runtime::Client::connect("svc")?;
-    /// let h = client.health(std::time::Duration::from_secs(1))?;
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-health-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use std::time::Duration;
+    ///
+    /// let h = client.health(Duration::from_secs(1))?;
     /// println!("pid {} up {:?}, ready: {}", h.server_pid, h.uptime, h.is_ready());
-    /// # Ok::<(), shm_runtime::Error>(())
+    /// assert_eq!(h.models.len(), client.models().len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn health(&self, timeout: Duration) -> Result<Health, Error> {
         let conn = &*self.conn;

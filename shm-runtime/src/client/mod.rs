@@ -41,6 +41,22 @@ pub use typed::{Classification, Embeddings, Generation, StreamEvent, TextStream,
 pub use view::{ResponseView, Stream};
 
 /// How a client waits.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-client-options-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// use std::time::Duration;
+/// use shm_runtime::{Client, ClientOptions};
+///
+/// assert_eq!(ClientOptions::default().timeout, Duration::from_secs(30));
+/// // Calls that give no deadline of their own wait at most 2 s.
+/// let options = ClientOptions { timeout: Duration::from_secs(2), ..ClientOptions::default() };
+/// let client = Client::connect_with(&name, options)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// How a thread waiting for an answer waits.
@@ -59,6 +75,34 @@ impl Default for ClientOptions {
 }
 
 /// A request in flight.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-ticket-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use shm_runtime::protocol::{Input, Params, Request, Task};
+///
+/// let mut prompts = HashMap::new();
+/// for (id, prompt) in (1..).zip(["one", "two"]) {
+///     let request = Request {
+///         id,
+///         model: "echo".into(),
+///         task: Task::Generate,
+///         input: Input::Text(prompt.into()),
+///         params: Params::default(),
+///     };
+///     prompts.insert(client.submit(&request)?, prompt);
+/// }
+/// for (ticket, prompt) in prompts {
+///     assert!(client.recv(ticket, Duration::from_secs(5))?.is_final(), "{prompt}");
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket(pub u32);
 
@@ -131,34 +175,49 @@ fn open_error(name: &str, e: OpenError) -> Error {
 impl Client {
     /// Attaches to the service `name` with default options.
     ///
-    /// ```no_run
-    /// let client = shm_runtime::Client::connect("svc")?;
-    /// println!("{:?}", client.models());
-    /// # Ok::<(), shm_runtime::Error>(())
-    /// ```
-    ///
     /// # Errors
     ///
     /// [`Error::ServiceNotFound`], [`Error::VersionMismatch`], [`Error::Attach`], or
     /// [`Error::Busy`] when every client slot is taken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-connect-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// use shm_runtime::{Client, Error};
+    ///
+    /// let client = Client::connect(&name)?;
+    /// assert_eq!(client.models(), ["echo"]);
+    /// assert!(matches!(Client::connect("no-such-service"), Err(Error::ServiceNotFound(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(name: &str) -> Result<Client, Error> {
         Client::connect_with(name, ClientOptions::default())
     }
 
     /// Attaches to the service `name`.
     ///
-    /// ```no_run
-    /// use shm_runtime::ring::WaitStrategy;
-    /// use shm_runtime::{Client, ClientOptions};
-    ///
-    /// let options = ClientOptions { wait: WaitStrategy::BusySpin, ..ClientOptions::default() };
-    /// let client = Client::connect_with("svc", options)?;
-    /// # Ok::<(), shm_runtime::Error>(())
-    /// ```
-    ///
     /// # Errors
     ///
     /// As for [`connect`](Self::connect).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-connect-with-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// use shm_runtime::ring::WaitStrategy;
+    /// use shm_runtime::{Client, ClientOptions, GenerateOptions};
+    ///
+    /// // Spin while waiting for answers: the lowest latency, a core busy while waiting.
+    /// let options = ClientOptions { wait: WaitStrategy::BusySpin, ..ClientOptions::default() };
+    /// let client = Client::connect_with(&name, options)?;
+    /// assert_eq!(client.generate("echo", "fast", &GenerateOptions::default())?.text, "fast");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect_with(name: &str, options: ClientOptions) -> Result<Client, Error> {
         let opts = SegmentOpenOptions {
             user_version: Some(PROTOCOL_VERSION),
@@ -268,6 +327,20 @@ impl Client {
     }
 
     /// The models the service serves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-models-{}", std::process::id());
+    /// # let models = vec![ModelConfig::new("echo", "echo"), ModelConfig::new("slow", "sleep")];
+    /// # let _server = Server::start(ServerConfig::new(&name, models))?;
+    /// use shm_runtime::Client;
+    ///
+    /// let client = Client::connect(&name)?;
+    /// assert_eq!(client.models(), ["echo", "slow"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn models(&self) -> Vec<String> {
         self.conn.models.iter().map(|(n, _, _)| n.clone()).collect()
     }
@@ -276,11 +349,22 @@ impl Client {
     /// shared chunk; answers carry its `id` (choose ids unique among your requests in flight to
     /// get the extra check that an answer belongs to its request).
     ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # Errors
     ///
-    /// let client = shm_runtime::Client::connect("svc")?;
+    /// [`Error::ModelNotFound`] for a model the service does not serve,
+    /// [`Error::InvalidRequest`] when it does not fit the largest chunk, [`Error::Busy`] when
+    /// the pool or the request ring is full, [`Error::ServerGone`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-submit-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use std::time::Duration;
+    /// use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+    ///
     /// let req = |i: u64| Request {
     ///     id: i,
     ///     model: "echo".into(),
@@ -290,18 +374,13 @@ impl Client {
     /// };
     /// // Pipelined: several in flight, answers taken in any order.
     /// let tickets: Vec<_> = (1..=8).map(|i| client.submit(&req(i))).collect::<Result<_, _>>()?;
-    /// for t in tickets {
-    ///     let answer = client.recv(t, Duration::from_secs(5))?;
-    ///     println!("{:?}", answer.response()?.body);
+    /// for (i, ticket) in tickets.into_iter().enumerate().rev() {
+    ///     let answer = client.recv(ticket, Duration::from_secs(5))?;
+    ///     let ArchivedBody::Generation(g) = &answer.response()?.body else { unreachable!() };
+    ///     assert_eq!(g.text.as_str(), format!("request {}", i + 1));
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`Error::ModelNotFound`] for a model the service does not serve,
-    /// [`Error::InvalidRequest`] when it does not fit the largest chunk, [`Error::Busy`] when
-    /// the pool or the request ring is full, [`Error::ServerGone`].
     pub fn submit(&self, request: &Request) -> Result<Ticket, Error> {
         let conn = &*self.conn;
         // One atomic load; the full liveness probe (a syscall) runs only when a wait times out.
@@ -349,6 +428,31 @@ impl Client {
     /// [`Error::InvalidRequest`]...), [`Error::TimedOut`] when `timeout` passes first (the request
     /// stays in flight), [`Error::ServerGone`], [`Error::UnknownTicket`]; [`Error::Busy`] with the
     /// request still in flight when the server refused to record a [`cancel`](Self::cancel) of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-recv-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use std::time::Duration;
+    /// use shm_runtime::protocol::{Input, Params, Request, Task};
+    ///
+    /// let request = Request {
+    ///     id: 1,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text("hi".into()),
+    ///     params: Params::default(),
+    /// };
+    /// let ticket = client.submit(&request)?;
+    /// // ... other work while the server runs it ...
+    /// let answer = client.recv(ticket, Duration::from_secs(5))?;
+    /// assert!(answer.is_final()); // not streamed: the one answer is the final one
+    /// assert!(!client.is_in_flight(ticket));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&self, ticket: Ticket, timeout: Duration) -> Result<ResponseView, Error> {
         let deadline = Instant::now() + timeout;
         let d = self.conn.next_for(ticket.0, deadline)?;
@@ -453,6 +557,31 @@ impl Client {
     ///
     /// As for [`submit`](Self::submit) and [`recv`](Self::recv). On a client-side timeout the
     /// request is cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-infer-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+    ///
+    /// let request = Request {
+    ///     id: 1,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text("hello".into()),
+    ///     params: Params::default(),
+    /// };
+    /// // Read in place: the answer's chunk is this client's until `answer` drops.
+    /// let answer = client.infer(&request)?;
+    /// let ArchivedBody::Generation(g) = &answer.response()?.body else {
+    ///     panic!("not a generation");
+    /// };
+    /// assert_eq!(g.text.as_str(), "hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn infer(&self, request: &Request) -> Result<ResponseView, Error> {
         self.infer_timeout(request, self.conn.options.timeout)
     }
@@ -462,6 +591,31 @@ impl Client {
     /// # Errors
     ///
     /// As for [`infer`](Self::infer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-infer-timeout-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("slow", "sleep")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "slow".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("go".into()),
+    /// #     params: Params { max_tokens: 1000, ..Params::default() },
+    /// # };
+    /// use std::time::Duration;
+    /// use shm_runtime::Error;
+    ///
+    /// // `request` asks the sleep model `slow` for 1000 tokens of 10 ms each.
+    /// let r = client.infer_timeout(&request, Duration::from_millis(20));
+    /// assert!(matches!(r, Err(Error::TimedOut)));
+    /// assert_eq!(client.in_flight(), 0); // given up, and cancelled
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn infer_timeout(
         &self,
         request: &Request,
@@ -490,6 +644,33 @@ impl Client {
     /// # Errors
     ///
     /// As for [`submit`](Self::submit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-stream-request-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use shm_runtime::protocol::{Input, Params, Request, Task};
+    ///
+    /// let request = Request {
+    ///     id: 1,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text("abc".into()),
+    ///     params: Params::default(),
+    /// };
+    /// // The echo model streams a part per character, then the whole.
+    /// let mut parts = 0;
+    /// for answer in client.stream_request(&request)? {
+    ///     if !answer?.is_final() {
+    ///         parts += 1;
+    ///     }
+    /// }
+    /// assert_eq!(parts, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stream_request(&self, request: &Request) -> Result<Stream, Error> {
         let mut req = request.clone();
         req.params.stream = true;
@@ -508,6 +689,32 @@ impl Client {
     /// # Errors
     ///
     /// [`Error::UnknownTicket`], [`Error::Busy`] when the ring is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-cancel-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("slow", "sleep")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "slow".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("go".into()),
+    /// #     params: Params { max_tokens: 1000, ..Params::default() },
+    /// # };
+    /// use std::time::Duration;
+    /// use shm_runtime::Error;
+    ///
+    /// // `request` asks the sleep model `slow` for 1000 tokens of 10 ms each.
+    /// let ticket = client.submit(&request)?;
+    /// client.cancel(ticket)?;
+    /// let answer = client.recv(ticket, Duration::from_secs(5));
+    /// assert!(matches!(answer, Err(Error::Cancelled)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cancel(&self, ticket: Ticket) -> Result<(), Error> {
         let conn = &*self.conn;
         let (lane, chunk) = conn
@@ -534,12 +741,64 @@ impl Client {
     }
 
     /// Whether `ticket` is in flight (sent, its final answer not received, not abandoned).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-is-in-flight-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "echo".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("hi".into()),
+    /// #     params: Params::default(),
+    /// # };
+    /// use std::time::Duration;
+    ///
+    /// // `request`: a generation by the echo model.
+    /// let ticket = client.submit(&request)?;
+    /// assert!(client.is_in_flight(ticket));
+    /// let _answer = client.recv(ticket, Duration::from_secs(5))?;
+    /// assert!(!client.is_in_flight(ticket)); // the final answer is in
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_in_flight(&self, ticket: Ticket) -> bool {
         let inbox = self.conn.inbox();
         inbox.pending.get(&ticket.0).is_some_and(|p| !p.abandoned)
     }
 
     /// Requests this client has in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-in-flight-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "echo".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("hi".into()),
+    /// #     params: Params::default(),
+    /// # };
+    /// use std::time::Duration;
+    ///
+    /// // `request`: a generation by the echo model.
+    /// let tickets = [client.submit(&request)?, client.submit(&request)?];
+    /// assert_eq!(client.in_flight(), 2);
+    /// for ticket in tickets {
+    ///     client.recv(ticket, Duration::from_secs(5))?;
+    /// }
+    /// assert_eq!(client.in_flight(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_flight(&self) -> usize {
         let inbox = self.conn.inbox();
         inbox.pending.values().filter(|p| !p.abandoned).count()

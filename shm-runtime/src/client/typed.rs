@@ -15,6 +15,25 @@ use crate::protocol::{
 /// Embeddings read in place: one row per text, each of [`dim`](Self::dim) values, in the
 /// answer's shared chunk (no copy until [`to_vec`](Self::to_vec)). The chunk returns to the pool
 /// when this is dropped.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-embeddings-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// let e = client.embed("echo", &["hi", "yes"])?;
+/// // The echo model's "embedding" of a text: its bytes, padded with zeros to the longest.
+/// assert_eq!((e.len(), e.dim()), (2, 3));
+/// assert_eq!(e.row(1), [121.0, 101.0, 115.0]);
+/// for row in &e {
+///     let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+///     assert!(norm > 0.0);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Embeddings {
     view: ResponseView,
@@ -48,6 +67,21 @@ impl Embeddings {
     }
 
     /// Every value, row after row.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-as-flat-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["hi", "yes"])?;
+    /// // Row after row, straight from the answer's shared chunk.
+    /// assert_eq!(e.as_flat(), [104.0, 105.0, 0.0, 121.0, 101.0, 115.0]);
+    /// assert_eq!(e.as_flat().len(), e.len() * e.dim());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_flat(&self) -> &[f32] {
         // The chunk is this view's until it drops: its bytes were validated as an archive when
         // this was made and nobody writes them since. A failure here would mean another process
@@ -60,21 +94,76 @@ impl Embeddings {
     }
 
     /// How many rows (one per text).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-len-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let texts = ["one", "two", "three"];
+    /// let e = client.embed("echo", &texts)?;
+    /// assert_eq!(e.len(), texts.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.rows
     }
 
     /// Whether there are no rows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-is-empty-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["a text"])?;
+    /// assert!(!e.is_empty()); // one row per text, and there is at least one text
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
 
     /// The dimension of each row.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-dim-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["four", "six"])?;
+    /// assert_eq!(e.dim(), 4);
+    /// assert!(e.iter().all(|row| row.len() == e.dim()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dim(&self) -> usize {
         self.dim
     }
 
     /// Row `i`, or `None` past the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-get-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["ab"])?;
+    /// assert_eq!(e.get(0), Some(&[97.0, 98.0][..]));
+    /// assert_eq!(e.get(1), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get(&self, i: usize) -> Option<&[f32]> {
         (i < self.rows).then(|| &self.as_flat()[i * self.dim..(i + 1) * self.dim])
     }
@@ -84,6 +173,20 @@ impl Embeddings {
     /// # Panics
     ///
     /// When `i` is not below [`len`](Self::len).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-row-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["a cat", "a dog"])?;
+    /// let dot: f32 = e.row(0).iter().zip(e.row(1)).map(|(a, b)| a * b).sum();
+    /// assert!(dot > 0.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn row(&self, i: usize) -> &[f32] {
         self.get(i).unwrap_or_else(|| {
             panic!("row {i} of {} embeddings", self.rows);
@@ -91,11 +194,42 @@ impl Embeddings {
     }
 
     /// The rows in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-iter-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let texts = ["x", "yz"];
+    /// let e = client.embed("echo", &texts)?;
+    /// for (text, row) in texts.iter().zip(e.iter()) {
+    ///     assert_eq!(row[0], f32::from(text.as_bytes()[0]));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
         self.as_flat().chunks_exact(self.dim.max(1))
     }
 
     /// The rows, copied out of shared memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embeddings-to-vec-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["ok"])?;
+    /// let owned: Vec<Vec<f32>> = e.to_vec();
+    /// drop(e); // the answer's chunk goes back to the pool; the copy stays
+    /// assert_eq!(owned, [[111.0, 107.0]]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_vec(&self) -> Vec<Vec<f32>> {
         self.iter().map(<[f32]>::to_vec).collect()
     }
@@ -111,6 +245,21 @@ impl<'a> IntoIterator for &'a Embeddings {
 }
 
 /// The scores of one text: its best label first.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-classification-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// // The echo model labels each text with itself, scored 1.
+/// let c = client.classify("echo", &["spam"])?;
+/// assert_eq!((c[0].label.as_str(), c[0].score), ("spam", 1.0));
+/// assert_eq!(c[0].scores, [("spam".to_owned(), 1.0)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {
     /// The best label.
@@ -140,6 +289,23 @@ impl Classification {
 }
 
 /// Token counts of a generation.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-usage-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// use shm_runtime::GenerateOptions;
+///
+/// // Echo's tokens are characters: a prompt of 5, as many generated.
+/// let g = client.generate("echo", "hello", &GenerateOptions::default())?;
+/// assert_eq!(g.usage.prompt_tokens, 5);
+/// assert_eq!(g.usage.completion_tokens, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     /// Tokens of the prompt.
@@ -149,6 +315,24 @@ pub struct Usage {
 }
 
 /// A finished generation.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-generation-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// use shm_runtime::{FinishReason, GenerateOptions};
+///
+/// let g = client.generate("echo", "hello world", &GenerateOptions::new().max_tokens(5))?;
+/// assert_eq!(g.text, "hello");
+/// assert_eq!(g.finish_reason, FinishReason::Length); // cut at max_tokens
+/// assert!(g.logprobs.is_empty()); // not asked for
+/// println!("first token after {:?}, all in {:?}", g.time_to_first_token, g.total_time);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     /// The text generated (stop strings excluded).
@@ -202,6 +386,27 @@ impl Generation {
 }
 
 /// What a [`TextStream`] yields: pieces of text as they are generated, then the whole.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-stream-event-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// use shm_runtime::{GenerateOptions, StreamEvent};
+///
+/// let mut text = String::new();
+/// for event in client.stream("echo", "hey", &GenerateOptions::default())? {
+///     match event? {
+///         StreamEvent::Delta { text: piece, .. } => text.push_str(&piece),
+///         StreamEvent::Done(g) => assert_eq!(g.text, text),
+///     }
+/// }
+/// assert_eq!(text, "hey");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     /// New text and the new tokens.
@@ -220,6 +425,24 @@ pub enum StreamEvent {
 
 /// A generation streamed: deltas, then [`StreamEvent::Done`]. Dropped before its end, it cancels
 /// its request.
+///
+/// # Examples
+///
+/// ```
+/// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+/// # let name = format!("doc-text-stream-{}", std::process::id());
+/// # let echo = vec![ModelConfig::new("echo", "echo")];
+/// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+/// # let client = Client::connect(&name)?;
+/// use shm_runtime::{GenerateOptions, StreamEvent};
+///
+/// // The echo model streams its prompt a character at a time.
+/// let events = client.stream("echo", "abc", &GenerateOptions::default())?;
+/// let events: Vec<StreamEvent> = events.collect::<Result<_, _>>()?;
+/// assert_eq!(events.len(), 4); // three deltas, then Done
+/// assert!(matches!(&events[3], StreamEvent::Done(g) if g.text == "abc"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct TextStream {
     pub(super) inner: Stream,
@@ -335,11 +558,20 @@ impl Client {
     ///
     /// As for [`infer`](Self::infer); [`Error::InvalidRequest`] for no texts or an empty one.
     ///
-    /// ```no_run
-    /// # let client = shm_runtime::Client::connect("svc")?;
-    /// let e = client.embed("minilm", &["a cat", "a dog"])?;
-    /// let cosine: f32 = e.row(0).iter().zip(e.row(1)).map(|(a, b)| a * b).sum();
-    /// # Ok::<(), shm_runtime::Error>(())
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-embed-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// let e = client.embed("echo", &["a cat", "a dog"])?;
+    /// assert_eq!((e.len(), e.dim()), (2, 5)); // one row per text
+    /// // Read in place: a dot product straight over the answer's shared memory.
+    /// let dot: f32 = e.row(0).iter().zip(e.row(1)).map(|(a, b)| a * b).sum();
+    /// assert!(dot > 0.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn embed<S: AsRef<str>>(&self, model: &str, texts: &[S]) -> Result<Embeddings, Error> {
         let req = self.embed_request(model, texts)?;
@@ -394,6 +626,22 @@ impl Client {
     /// # Errors
     ///
     /// As for [`embed`](Self::embed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-classify-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// // The echo model labels each text with itself; a real classifier, with its labels.
+    /// let texts = ["great product", "broken on arrival"];
+    /// let labels = client.classify("echo", &texts)?;
+    /// assert_eq!(labels.len(), texts.len());
+    /// assert_eq!(labels[1].label, "broken on arrival");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn classify<S: AsRef<str>>(
         &self,
         model: &str,
@@ -409,13 +657,22 @@ impl Client {
     ///
     /// As for [`infer`](Self::infer).
     ///
-    /// ```no_run
-    /// use shm_runtime::{Client, GenerateOptions};
+    /// # Examples
     ///
-    /// let client = Client::connect("svc")?;
-    /// let g = client.generate("smollm2", "Once upon a time", &GenerateOptions::new().max_tokens(32))?;
-    /// println!("{} ({:?}, {} tokens)", g.text, g.finish_reason, g.usage.completion_tokens);
-    /// # Ok::<(), shm_runtime::Error>(())
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-generate-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// use shm_runtime::{FinishReason, GenerateOptions};
+    ///
+    /// // The echo model answers its prompt, one token per character.
+    /// let opts = GenerateOptions::new().max_tokens(4);
+    /// let g = client.generate("echo", "Once upon a time", &opts)?;
+    /// assert_eq!(g.text, "Once");
+    /// assert_eq!((g.finish_reason, g.usage.completion_tokens), (FinishReason::Length, 4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn generate(
         &self,
@@ -434,6 +691,23 @@ impl Client {
     /// # Errors
     ///
     /// As for [`infer`](Self::infer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-chat-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// use shm_runtime::{GenerateOptions, Message};
+    ///
+    /// let messages = [Message::system("Be brief."), Message::user("Hi!")];
+    /// let g = client.chat("echo", &messages, &GenerateOptions::default())?;
+    /// // The echo model answers the contents, one per line.
+    /// assert_eq!(g.text, "Be brief.\nHi!");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn chat(
         &self,
         model: &str,
@@ -448,6 +722,26 @@ impl Client {
     /// # Errors
     ///
     /// As for [`submit`](Self::submit); the stream's items carry the answer's errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-stream-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// use shm_runtime::{GenerateOptions, StreamEvent};
+    ///
+    /// let mut shown = String::new();
+    /// for event in client.stream("echo", "Hello!", &GenerateOptions::default())? {
+    ///     if let StreamEvent::Delta { text, .. } = event? {
+    ///         shown.push_str(&text); // print it as it comes
+    ///     }
+    /// }
+    /// assert_eq!(shown, "Hello!");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stream(
         &self,
         model: &str,
@@ -462,6 +756,24 @@ impl Client {
     /// # Errors
     ///
     /// As for [`stream`](Self::stream).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-chat-stream-{}", std::process::id());
+    /// # let echo = vec![ModelConfig::new("echo", "echo")];
+    /// # let _server = Server::start(ServerConfig::new(&name, echo))?;
+    /// # let client = Client::connect(&name)?;
+    /// use shm_runtime::{GenerateOptions, Message, StreamEvent};
+    ///
+    /// let messages = [Message::user("Tell me a story.")];
+    /// let mut stream = client.chat_stream("echo", &messages, &GenerateOptions::default())?;
+    /// let first = stream.next().transpose()?;
+    /// assert!(matches!(first, Some(StreamEvent::Delta { .. })));
+    /// drop(stream); // not read to its end: the request is cancelled
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn chat_stream(
         &self,
         model: &str,

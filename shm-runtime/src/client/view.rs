@@ -11,6 +11,32 @@ use crate::error::Error;
 use crate::protocol::{access_response, ArchivedResponse};
 
 /// An answer in shared memory, read in place; its chunk returns to the pool on drop.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-response-view-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+///
+/// let request = Request {
+///     id: 1,
+///     model: "echo".into(),
+///     task: Task::Embed,
+///     input: Input::Text("abc".into()),
+///     params: Params::default(),
+/// };
+/// let answer = client.infer(&request)?;
+/// // The echo model embeds a text as its bytes; the values stay where the server wrote them.
+/// let ArchivedBody::Embedding(values) = &answer.response()?.body else {
+///     panic!("not an embedding");
+/// };
+/// assert_eq!(values.len(), 3);
+/// drop(answer); // the chunk goes back to the pool
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct ResponseView {
     pub(super) conn: Arc<Connection>,
     pub(super) chunk: ChunkId,
@@ -34,6 +60,28 @@ impl ResponseView {
     /// # Errors
     ///
     /// [`Error::Protocol`] when the chunk is not ours or not a valid archive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-response-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// use shm_runtime::protocol::{Input, Params, Request, Task};
+    ///
+    /// let request = Request {
+    ///     id: 7,
+    ///     model: "echo".into(),
+    ///     task: Task::Generate,
+    ///     input: Input::Text("hi".into()),
+    ///     params: Params::default(),
+    /// };
+    /// let answer = client.infer(&request)?;
+    /// let response = answer.response()?;
+    /// assert_eq!(response.id, 7); // the request's id, carried back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn response(&self) -> Result<&ArchivedResponse, Error> {
         access_response(self.bytes()?).map_err(|r| Error::Protocol(r.message))
     }
@@ -51,11 +99,55 @@ impl ResponseView {
     }
 
     /// Whether this is the final answer of its request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-is-final-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "echo".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("abc".into()),
+    /// #     params: Params::default(),
+    /// # };
+    /// // `request`: a generation of "abc" by the echo model, which streams it a character at a
+    /// // time. Parts, then the final answer:
+    /// let answers = client.stream_request(&request)?.collect::<Result<Vec<_>, _>>()?;
+    /// let finals: Vec<bool> = answers.iter().map(|a| a.is_final()).collect();
+    /// assert_eq!(finals, [false, false, false, true]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_final(&self) -> bool {
         self.is_final
     }
 
     /// Size of the archived answer in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-view-len-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "echo".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("hello".into()),
+    /// #     params: Params::default(),
+    /// # };
+    /// // `request`: a generation of "hello" by the echo model.
+    /// let answer = client.infer(&request)?;
+    /// assert!(answer.len() > "hello".len()); // the text, and the archive around it
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
@@ -67,6 +159,27 @@ impl ResponseView {
     }
 
     /// Whether the archive is empty (never, for a valid answer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-view-is-empty-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "echo".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("hi".into()),
+    /// #     params: Params::default(),
+    /// # };
+    /// // `request`: a generation by the echo model.
+    /// let answer = client.infer(&request)?;
+    /// assert!(!answer.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -79,6 +192,34 @@ impl Drop for ResponseView {
 }
 
 /// The chunks of a streamed answer, then its final answer.
+///
+/// # Examples
+///
+/// ```
+/// # let name = format!("doc-stream-{}", std::process::id());
+/// # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+/// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+/// # let client = shm_runtime::Client::connect(&name)?;
+/// use shm_runtime::protocol::{ArchivedBody, Input, Params, Request, Task};
+///
+/// let request = Request {
+///     id: 1,
+///     model: "echo".into(),
+///     task: Task::Generate,
+///     input: Input::Text("abc".into()),
+///     params: Params::default(),
+/// };
+/// let mut text = String::new();
+/// for answer in client.stream_request(&request)? {
+///     match &answer?.response()?.body {
+///         ArchivedBody::Chunk(part) => text.push_str(part.text.as_str()),
+///         ArchivedBody::Generation(g) => assert_eq!(g.text.as_str(), text),
+///         _ => unreachable!(),
+///     }
+/// }
+/// assert_eq!(text, "abc");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Stream {
     pub(super) client: Client,
@@ -89,6 +230,31 @@ pub struct Stream {
 
 impl Stream {
     /// The request's ticket (for [`Client::cancel`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let name = format!("doc-stream-ticket-{}", std::process::id());
+    /// # let models = vec![shm_runtime::ModelConfig::new("slow", "sleep")];
+    /// # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+    /// # let client = shm_runtime::Client::connect(&name)?;
+    /// # use shm_runtime::protocol::{Input, Params, Request, Task};
+    /// # let request = Request {
+    /// #     id: 1,
+    /// #     model: "slow".into(),
+    /// #     task: Task::Generate,
+    /// #     input: Input::Text("go".into()),
+    /// #     params: Params { max_tokens: 1000, ..Params::default() },
+    /// # };
+    /// use shm_runtime::Error;
+    ///
+    /// // `request` asks the sleep model `slow` for 1000 tokens of 10 ms each.
+    /// let mut stream = client.stream_request(&request)?;
+    /// assert!(!stream.next().unwrap()?.is_final());
+    /// client.cancel(stream.ticket())?; // enough of it
+    /// assert!(matches!(stream.last(), Some(Err(Error::Cancelled))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ticket(&self) -> Ticket {
         self.ticket
     }

@@ -44,6 +44,21 @@ pub use builder::ServerBuilder;
 use state::{ModelLane, ServerState};
 
 /// A running server. Dropping it drains for up to 5 seconds and stops.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
+///
+/// # let name = format!("doc-server-{}", std::process::id());
+/// let config = ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]);
+/// let server = Server::start(config)?; // serves from its own threads until dropped
+/// let client = Client::connect(&name)?; // from this process or any other of the same user
+/// assert_eq!(client.generate("echo", "hi", &GenerateOptions::default())?.text, "hi");
+/// server.shutdown(Duration::from_secs(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Server {
     state: Arc<ServerState>,
     threads: Vec<JoinHandle<()>>,
@@ -65,6 +80,21 @@ impl Server {
     ///
     /// [`ServerError`]: a bad configuration, a model that does not load, a service name held by a
     /// live server.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    ///
+    /// # let name = format!("doc-server-start-{}", std::process::id());
+    /// let models = vec![ModelConfig::new("echo", "echo"), ModelConfig::new("slow", "sleep")];
+    /// let server = Server::start(ServerConfig::new(&name, models))?;
+    /// // Returned once every model answered its warm-up inference: ready for clients.
+    /// let client = Client::connect(server.name())?;
+    /// assert!(client.health(Duration::from_secs(1))?.is_ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let state = Arc::new(prepare(config)?);
         let threads = spawn_threads(&state)?;
@@ -84,6 +114,19 @@ impl Server {
     }
 
     /// The service name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    ///
+    /// # let name = format!("doc-server-name-{}", std::process::id());
+    /// let models = vec![ModelConfig::new("echo", "echo")];
+    /// let server = Server::start(ServerConfig::new(&name, models))?;
+    /// assert_eq!(server.name(), name);
+    /// let client = Client::connect(server.name())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.state.config.name
     }
@@ -104,6 +147,23 @@ impl Server {
 
     /// Stops taking new requests, lets queued and running ones finish until `grace` has passed,
     /// answers the rest `ShuttingDown`, then stops every thread and removes the segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_runtime::{Client, Error, GenerateOptions, ModelConfig, Server, ServerConfig};
+    ///
+    /// # let name = format!("doc-shutdown-{}", std::process::id());
+    /// let models = vec![ModelConfig::new("echo", "echo")];
+    /// let server = Server::start(ServerConfig::new(&name, models))?;
+    /// let client = Client::connect(&name)?;
+    /// server.shutdown(Duration::from_secs(5)); // nothing in flight: returns at once
+    /// let r = client.generate("echo", "hi", &GenerateOptions::default());
+    /// assert!(matches!(r, Err(Error::ServerGone)));
+    /// assert!(matches!(Client::connect(&name), Err(Error::ServiceNotFound(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, grace: Duration) {
         self.stop(grace);
     }
