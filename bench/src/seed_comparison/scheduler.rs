@@ -117,6 +117,7 @@ impl OurScheduler {
                 timeout_ms: 0,
                 deadline_ns: now,
                 accepted_ns: now,
+                started_ns: 0,
             },
         }
     }
