@@ -50,6 +50,21 @@ pub fn bucket_of(ns: u64) -> usize {
 }
 
 /// A latency histogram in shared memory.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::metrics::Histogram;
+///
+/// // In the segment it is zeroed shared memory; all-zero atomics are an empty histogram.
+/// // SAFETY: Histogram is atomics only, for which all-zero bytes are a valid value.
+/// let h: Histogram = unsafe { std::mem::zeroed() };
+/// h.record(3_000); // 3 us
+/// h.record(900_000); // 0.9 ms
+/// let s = h.snapshot();
+/// assert_eq!((s.count, s.sum_ns), (2, 903_000));
+/// assert_eq!((s.buckets[2], s.buckets[10]), (1, 1));
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct Histogram {
@@ -63,6 +78,15 @@ pub struct Histogram {
 
 impl Histogram {
     /// Records a value of `ns` nanoseconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # // SAFETY: atomics only; all-zero bytes are an empty histogram.
+    /// # let h: shm_runtime::metrics::Histogram = unsafe { std::mem::zeroed() };
+    /// h.record(1_500);
+    /// assert_eq!(h.snapshot().buckets[1], 1); // 1.5 us: the 2 us bucket
+    /// ```
     pub fn record(&self, ns: u64) {
         self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
@@ -70,6 +94,16 @@ impl Histogram {
     }
 
     /// A copy of the counts (each read once; a value being recorded may be half in).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # // SAFETY: atomics only; all-zero bytes are an empty histogram.
+    /// # let h: shm_runtime::metrics::Histogram = unsafe { std::mem::zeroed() };
+    /// h.record(40_000);
+    /// let s = h.snapshot();
+    /// assert_eq!(s.quantile(0.5), Some(64e-6));
+    /// ```
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             buckets: self
@@ -84,6 +118,21 @@ impl Histogram {
 }
 
 /// The metrics of one lane (one model).
+///
+/// # Examples
+///
+/// Read from a running service with [`status`](crate::status):
+///
+/// ```
+/// use shm_runtime::{status, Client, ModelConfig, Server, ServerConfig};
+///
+/// let name = format!("doc-lane-metrics-{}", std::process::id());
+/// let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+/// Client::connect(&name)?.embed("echo", &["hi"])?;
+/// let m = &status(&name)?.lanes[0].metrics;
+/// assert!(m.end_to_end.count >= 1); // the warm-up request counts too
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct LaneMetrics {
@@ -111,6 +160,16 @@ pub const FINISH_REASONS: [&str; 4] = ["length", "stop", "cancelled", "timeout"]
 impl LaneMetrics {
     /// Records a request that ran: accepted at `accepted_ns`, started at `started_ns`, answered at
     /// `now_ns` (one clock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # // SAFETY: atomics only; all-zero bytes are empty metrics.
+    /// # let m: shm_runtime::metrics::LaneMetrics = unsafe { std::mem::zeroed() };
+    /// m.record_request(1_000, 3_000, 10_000);
+    /// let s = m.snapshot();
+    /// assert_eq!((s.queue.sum_ns, s.run.sum_ns, s.end_to_end.sum_ns), (2_000, 7_000, 9_000));
+    /// ```
     pub fn record_request(&self, accepted_ns: u64, started_ns: u64, now_ns: u64) {
         self.queue.record(started_ns.saturating_sub(accepted_ns));
         self.run.record(now_ns.saturating_sub(started_ns));
@@ -119,6 +178,20 @@ impl LaneMetrics {
 
     /// Records a finished generation: its token counts, its time to first token and total time in
     /// microseconds (as its backend measured), and why it ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{FinishReason, Usage};
+    /// # // SAFETY: atomics only; all-zero bytes are empty metrics.
+    /// # let m: shm_runtime::metrics::LaneMetrics = unsafe { std::mem::zeroed() };
+    /// let usage = Usage { prompt_tokens: 7, generated_tokens: 5, ttft_us: 80_000, total_us: 120_000 };
+    /// m.record_generation(&usage, FinishReason::Stop);
+    /// let s = m.snapshot();
+    /// assert_eq!((s.prompt_tokens, s.generated_tokens), (7, 5));
+    /// assert_eq!(s.inter_token.sum_ns, 10_000_000); // (120 - 80) ms over 4 gaps
+    /// assert!(s.finish.contains(&("stop".to_owned(), 1)));
+    /// ```
     pub fn record_generation(&self, usage: &crate::protocol::Usage, finish: FinishReason) {
         self.prompt_tokens
             .fetch_add(u64::from(usage.prompt_tokens), Ordering::Relaxed);
@@ -143,6 +216,16 @@ impl LaneMetrics {
     }
 
     /// A copy of every figure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # // SAFETY: atomics only; all-zero bytes are empty metrics.
+    /// # let m: shm_runtime::metrics::LaneMetrics = unsafe { std::mem::zeroed() };
+    /// let s = m.snapshot();
+    /// assert_eq!(s.end_to_end.count, 0);
+    /// assert_eq!(s.finish.len(), 4);
+    /// ```
     pub fn snapshot(&self) -> LaneMetricsSnapshot {
         LaneMetricsSnapshot {
             queue: self.queue.snapshot(),
@@ -162,6 +245,16 @@ impl LaneMetrics {
 }
 
 /// A histogram as read (see [`Histogram`]).
+///
+/// # Examples
+///
+/// ```
+/// # // SAFETY: atomics only; all-zero bytes are an empty histogram.
+/// # let h: shm_runtime::metrics::Histogram = unsafe { std::mem::zeroed() };
+/// h.record(2_000_000);
+/// let s = h.snapshot();
+/// assert_eq!(s.buckets.iter().sum::<u64>(), s.count);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HistogramSnapshot {
     /// Values per bucket, not cumulative; bucket `i` ends at [`bucket_bound_seconds`]`(i)`.
@@ -203,6 +296,17 @@ impl HistogramSnapshot {
 }
 
 /// Every figure of a [`LaneMetrics`], as read.
+///
+/// # Examples
+///
+/// ```
+/// # // SAFETY: atomics only; all-zero bytes are empty metrics.
+/// # let m: shm_runtime::metrics::LaneMetrics = unsafe { std::mem::zeroed() };
+/// let s = m.snapshot();
+/// let json = serde_json::to_value(&s)?; // as `status --json` shows it
+/// assert_eq!(json["generated_tokens"], 0);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LaneMetricsSnapshot {
     /// From acceptance to the start of the run.

@@ -806,6 +806,18 @@ impl Client {
 
     /// The most requests the server lets one client have in flight (its `max_inflight`); one
     /// more is refused with [`Error::Busy`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-max-in-flight-{}", std::process::id());
+    /// let mut config = ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]);
+    /// config.max_inflight = 8;
+    /// let _server = Server::start(config)?;
+    /// assert_eq!(Client::connect(&name)?.max_in_flight(), 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_in_flight(&self) -> u32 {
         self.conn.svc.header().max_inflight.load(Ordering::Relaxed)
     }
