@@ -1,5 +1,23 @@
 //! The echo backend: answers every task from the input itself, with no model. For tests and for
 //! measuring the runtime's own overhead.
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::{Client, GenerateOptions};
+//! # let name = format!("doc-echo-module-{}", std::process::id());
+//! # let models = vec![shm_runtime::ModelConfig::new("echo", "echo")];
+//! # let _server = shm_runtime::Server::start(shm_runtime::ServerConfig::new(&name, models))?;
+//!
+//! let client = Client::connect(&name)?;
+//! let g = client.generate("echo", "hello", &GenerateOptions::default())?;
+//! assert_eq!(g.text, "hello");
+//! let e = client.embed("echo", &["ab"])?; // a text's bytes as floats
+//! assert_eq!(e.row(0), [97.0, 98.0]);
+//! let c = client.classify("echo", &["positive"])?; // each text its own label
+//! assert_eq!((c[0].label.as_str(), c[0].score), ("positive", 1.0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use crate::backend::writer::{Out, TensorsWriter};
 use crate::backend::{Backend, BackendError, RunContext};
@@ -9,6 +27,43 @@ use crate::protocol::{
 };
 
 /// Echoes its input.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{echo::Echo, writer::Out, Backend};
+/// use shm_runtime::protocol::{access_request, access_response, u64_native, ArchivedBody, Input};
+/// use shm_runtime::protocol::{Params, Request, Task, Tensor, TensorData};
+/// # use shm_runtime::{backend as b, protocol as p};
+/// # /// Runs a backend outside a server: never stops, keeps what is streamed.
+/// # struct Ctx(Vec<p::StreamChunk>);
+/// # impl b::RunContext for Ctx {
+/// #     fn should_stop(&mut self) -> Option<b::Stop> {
+/// #         None
+/// #     }
+/// #     fn emit(&mut self, chunk: p::StreamChunk) -> Result<(), b::Stop> {
+/// #         self.0.push(chunk);
+/// #         Ok(())
+/// #     }
+/// #     fn deadline(&self) -> std::time::Instant {
+/// #         std::time::Instant::now() + std::time::Duration::from_secs(3600)
+/// #     }
+/// # }
+///
+/// let x = Tensor { name: "x".into(), shape: vec![2, 2], data: TensorData::I32(vec![1, 2, 3, 4]) };
+/// let input = Input::Tensors(vec![x]);
+/// let params = Params::default();
+/// let req = Request { id: 1, model: "echo".into(), task: Task::Tensors, input, params };
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&req)?;
+/// let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// chunk.resize(1024, 0);
+/// let mut out = Out::in_buffer(&mut chunk, req.id);
+/// // `Ctx`: a test's `RunContext`, which never stops (see `RunContext`).
+/// Echo.run(access_request(&bytes)?, &mut Ctx(Vec::new()), &mut out)?;
+/// let ArchivedBody::Tensors(ts) = &access_response(out.bytes().unwrap())?.body else { panic!() };
+/// assert_eq!((ts[0].name.as_str(), u64_native(&ts[0].shape)), ("x", &[2, 2][..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct Echo;
 

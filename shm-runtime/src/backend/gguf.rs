@@ -23,6 +23,21 @@
 //! llama.cpp's usual order: penalties, top-k, top-p, min-p, temperature, then a seeded draw
 //! (greedy at temperature 0, where only the penalties apply). Prompts: text, token ids, or chat
 //! messages formatted with the model's own chat template (from the GGUF metadata).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use shm_runtime::{Client, GenerateOptions, ModelConfig, Server, ServerConfig};
+//!
+//! let mut model = ModelConfig::new("tiny", "gguf");
+//! model.path = Some("models/tiny/tiny-llama.gguf".into());
+//! model.options.insert("parallel".into(), 2.into()); // two sequences per decode step
+//! let _server = Server::start(ServerConfig::new("svc", vec![model]))?;
+//! let options = GenerateOptions::new().max_tokens(8).stop(["\n"]);
+//! let g = Client::connect("svc")?.generate("tiny", "Once upon a time", &options)?;
+//! assert!(g.usage.completion_tokens <= 8);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
@@ -50,6 +65,17 @@ use crate::protocol::{
 /// # Errors
 ///
 /// When llama.cpp cannot be initialised.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::gguf::llama;
+///
+/// // One llama.cpp backend per process, shared by every GGUF model.
+/// let first = llama()?;
+/// assert!(std::ptr::eq(first, llama()?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn llama() -> Result<&'static LlamaBackend, String> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
@@ -65,6 +91,21 @@ pub fn llama() -> Result<&'static LlamaBackend, String> {
 }
 
 /// A loaded GGUF model.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shm_runtime::backend::{gguf::Gguf, Backend};
+/// use shm_runtime::protocol::Task;
+/// use shm_runtime::ModelConfig;
+///
+/// let mut model = ModelConfig::new("tiny", "gguf");
+/// model.path = Some("models/tiny/tiny-llama.gguf".into());
+/// let gguf = Gguf::load(&model)?;
+/// assert_eq!(gguf.tasks(), [Task::Generate]);
+/// assert!(gguf.stepper()?.is_some()); // it decodes step by step
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Gguf {
     model: LlamaModel,
     template: Option<LlamaChatTemplate>,
@@ -117,6 +158,18 @@ impl Gguf {
     /// # Errors
     ///
     /// A message naming what is missing or wrong.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::gguf::Gguf;
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut model = ModelConfig::new("tiny", "gguf");
+    /// assert_eq!(Gguf::load(&model).unwrap_err(), "a GGUF model needs a path to its .gguf file");
+    /// model.options.insert("ctx".into(), 4096.into());
+    /// assert!(Gguf::load(&model).unwrap_err().starts_with("unknown option \"ctx\""));
+    /// ```
     pub fn load(m: &ModelConfig) -> Result<Gguf, String> {
         for k in m.options.keys() {
             if !KNOWN_OPTIONS.contains(&k.as_str()) {
@@ -551,6 +604,16 @@ impl Stepper for GgufStepper<'_> {
 /// to 32 bits must. The one exception: llama.cpp takes `0xFFFF_FFFF` (`LLAMA_DEFAULT_SEED`) to
 /// mean "a new random seed each time", so that result becomes `0xFFFF_FFFE` and sampling stays
 /// reproducible. This is the only place where a seed loses bits.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::gguf::sampler_seed;
+///
+/// assert_eq!(sampler_seed(42), 42); // llama.cpp's own seed 42
+/// assert_eq!(sampler_seed((1 << 32) | 42), 1 ^ 42); // the high half counts too
+/// assert_eq!(sampler_seed(u64::from(u32::MAX)), u32::MAX - 1); // never "a random seed"
+/// ```
 pub fn sampler_seed(seed: u64) -> u32 {
     const LLAMA_DEFAULT_SEED: u32 = u32::MAX;
     let folded = (seed >> 32) as u32 ^ seed as u32;

@@ -13,6 +13,24 @@
 //! to 50 ms for more), `slots` (an integer 1..=64: continuous batching over that many sequences),
 //! `step_ms` (a number 0..=10000: the time of each step, of each `run` before it answers, and of
 //! each batch; default 0), `panic_on_load` (a boolean: the factory itself panics).
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::backend::panicking::{MESSAGE, TRIGGER};
+//! use shm_runtime::{Client, Error, GenerateOptions, ModelConfig, Server, ServerConfig};
+//! # let name = format!("doc-panicking-{}", std::process::id());
+//!
+//! let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("p", "panic")]))?;
+//! let client = Client::connect(&name)?;
+//! let options = GenerateOptions::default();
+//! // The panic is contained: the request that caused it gets a `Backend` error ...
+//! let err = client.generate("p", TRIGGER, &options).unwrap_err();
+//! assert!(matches!(&err, Error::Backend(m) if m.contains(MESSAGE)));
+//! // ... and a new instance of the backend answers the next one.
+//! assert_eq!(client.generate("p", "hello", &options)?.text, "hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,15 +41,177 @@ use crate::config::ModelConfig;
 use crate::protocol::{ArchivedInput, ArchivedRequest, FinishReason, StreamChunk, Task, Usage};
 
 /// The text on which a `panic` model panics.
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// use shm_runtime::backend::panicking::{Panicking, TRIGGER};
+/// use shm_runtime::backend::{writer::Out, Backend};
+/// use shm_runtime::protocol::access_request;
+/// use shm_runtime::ModelConfig;
+/// # use shm_runtime::{backend as b, protocol as p};
+/// # /// Runs a backend outside a server: never stops, keeps what is streamed.
+/// # struct Ctx(Vec<p::StreamChunk>);
+/// # impl b::RunContext for Ctx {
+/// #     fn should_stop(&mut self) -> Option<b::Stop> {
+/// #         None
+/// #     }
+/// #     fn emit(&mut self, chunk: p::StreamChunk) -> Result<(), b::Stop> {
+/// #         self.0.push(chunk);
+/// #         Ok(())
+/// #     }
+/// #     fn deadline(&self) -> std::time::Instant {
+/// #         std::time::Instant::now() + std::time::Duration::from_secs(3600)
+/// #     }
+/// # }
+/// # /// An archived generation request for `text`.
+/// # fn generate(text: &str) -> rkyv::util::AlignedVec {
+/// #     use shm_runtime::protocol::{Input, Params, Request, Task};
+/// #     let (input, params) = (Input::Text(text.into()), Params::default());
+/// #     let req = Request { id: 1, model: "p".into(), task: Task::Generate, input, params };
+/// #     rkyv::to_bytes::<rkyv::rancor::Error>(&req).unwrap()
+/// # }
+/// # std::panic::set_hook(Box::new(|_| {})); // quiet
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(1024, 0);
+/// # let mut out = Out::in_buffer(&mut chunk, 1);
+///
+/// let backend = Panicking::from_config(&ModelConfig::new("p", "panic"))?;
+/// let panicky = generate(TRIGGER);
+/// // `Ctx`: a test's `RunContext`, which never stops (see `RunContext`).
+/// let run = || backend.run(access_request(&panicky).unwrap(), &mut Ctx(Vec::new()), &mut out);
+/// assert!(catch_unwind(AssertUnwindSafe(run)).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const TRIGGER: &str = "panic";
 
 /// The text on which the stepper of a `panic` model panics while admitting it.
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// use shm_runtime::backend::panicking::{Panicking, ADMIT_TRIGGER};
+/// use shm_runtime::backend::Backend;
+/// use shm_runtime::protocol::access_request;
+/// use shm_runtime::ModelConfig;
+/// # /// An archived generation request for `text`.
+/// # fn generate(text: &str) -> rkyv::util::AlignedVec {
+/// #     use shm_runtime::protocol::{Input, Params, Request, Task};
+/// #     let (input, params) = (Input::Text(text.into()), Params::default());
+/// #     let req = Request { id: 1, model: "p".into(), task: Task::Generate, input, params };
+/// #     rkyv::to_bytes::<rkyv::rancor::Error>(&req).unwrap()
+/// # }
+/// # std::panic::set_hook(Box::new(|_| {})); // quiet
+///
+/// let mut model = ModelConfig::new("p", "panic");
+/// model.options.insert("slots".into(), 2.into());
+/// let backend = Panicking::from_config(&model)?;
+/// let mut stepper = backend.stepper()?.expect("with slots, it steps");
+/// let request = generate(ADMIT_TRIGGER);
+/// let admit = || stepper.admit(0, access_request(&request).unwrap());
+/// assert!(catch_unwind(AssertUnwindSafe(admit)).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const ADMIT_TRIGGER: &str = "panic in admit";
 
 /// The panic's message.
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// use shm_runtime::backend::panicking::{Panicking, MESSAGE, TRIGGER};
+/// use shm_runtime::backend::{writer::Out, Backend};
+/// use shm_runtime::protocol::access_request;
+/// use shm_runtime::ModelConfig;
+/// # use shm_runtime::{backend as b, protocol as p};
+/// # /// Runs a backend outside a server: never stops, keeps what is streamed.
+/// # struct Ctx(Vec<p::StreamChunk>);
+/// # impl b::RunContext for Ctx {
+/// #     fn should_stop(&mut self) -> Option<b::Stop> {
+/// #         None
+/// #     }
+/// #     fn emit(&mut self, chunk: p::StreamChunk) -> Result<(), b::Stop> {
+/// #         self.0.push(chunk);
+/// #         Ok(())
+/// #     }
+/// #     fn deadline(&self) -> std::time::Instant {
+/// #         std::time::Instant::now() + std::time::Duration::from_secs(3600)
+/// #     }
+/// # }
+/// # /// An archived generation request for `text`.
+/// # fn generate(text: &str) -> rkyv::util::AlignedVec {
+/// #     use shm_runtime::protocol::{Input, Params, Request, Task};
+/// #     let (input, params) = (Input::Text(text.into()), Params::default());
+/// #     let req = Request { id: 1, model: "p".into(), task: Task::Generate, input, params };
+/// #     rkyv::to_bytes::<rkyv::rancor::Error>(&req).unwrap()
+/// # }
+/// # std::panic::set_hook(Box::new(|_| {})); // quiet
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(1024, 0);
+/// # let mut out = Out::in_buffer(&mut chunk, 1);
+///
+/// let backend = Panicking::from_config(&ModelConfig::new("p", "panic"))?;
+/// let panicky = generate(TRIGGER);
+/// // `Ctx`: a test's `RunContext`, which never stops (see `RunContext`).
+/// let run = || backend.run(access_request(&panicky).unwrap(), &mut Ctx(Vec::new()), &mut out);
+/// let payload = catch_unwind(AssertUnwindSafe(run)).unwrap_err();
+/// assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some(MESSAGE));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const MESSAGE: &str = "the test backend was asked to panic";
 
 /// Generates its input and panics on [`TRIGGER`] (see the module docs).
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// use shm_runtime::backend::panicking::{Panicking, TRIGGER};
+/// use shm_runtime::backend::{writer::Out, Backend, BackendError};
+/// use shm_runtime::protocol::access_request;
+/// use shm_runtime::ModelConfig;
+/// # use shm_runtime::{backend as b, protocol as p};
+/// # /// Runs a backend outside a server: never stops, keeps what is streamed.
+/// # struct Ctx(Vec<p::StreamChunk>);
+/// # impl b::RunContext for Ctx {
+/// #     fn should_stop(&mut self) -> Option<b::Stop> {
+/// #         None
+/// #     }
+/// #     fn emit(&mut self, chunk: p::StreamChunk) -> Result<(), b::Stop> {
+/// #         self.0.push(chunk);
+/// #         Ok(())
+/// #     }
+/// #     fn deadline(&self) -> std::time::Instant {
+/// #         std::time::Instant::now() + std::time::Duration::from_secs(3600)
+/// #     }
+/// # }
+/// # /// An archived generation request for `text`.
+/// # fn generate(text: &str) -> rkyv::util::AlignedVec {
+/// #     use shm_runtime::protocol::{Input, Params, Request, Task};
+/// #     let (input, params) = (Input::Text(text.into()), Params::default());
+/// #     let req = Request { id: 1, model: "p".into(), task: Task::Generate, input, params };
+/// #     rkyv::to_bytes::<rkyv::rancor::Error>(&req).unwrap()
+/// # }
+/// # std::panic::set_hook(Box::new(|_| {})); // quiet
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(1024, 0);
+/// # let mut out = Out::in_buffer(&mut chunk, 1);
+///
+/// let backend = Panicking::from_config(&ModelConfig::new("p", "panic"))?;
+/// let (panicky, fine) = (generate(TRIGGER), generate("fine"));
+/// // `Ctx`: a test's `RunContext`, which never stops (see `RunContext`).
+/// let mut run = |req: &[u8]| {
+///     backend.run(access_request(req).unwrap(), &mut Ctx(Vec::new()), &mut out)
+/// };
+/// assert!(run(&fine).is_ok());
+/// assert!(catch_unwind(AssertUnwindSafe(|| run(&panicky))).is_err());
+/// // Poisoned: a server that did not replace it would see every later call fail.
+/// assert!(matches!(run(&fine), Err(BackendError::Failed(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Panicking {
     step: Duration,
@@ -53,6 +233,22 @@ impl Panicking {
     /// # Panics
     ///
     /// With `panic_on_load = true`, always.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::{panicking::Panicking, Backend};
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut model = ModelConfig::new("p", "panic");
+    /// model.options.insert("batch".into(), 4.into());
+    /// let backend = Panicking::from_config(&model)?;
+    /// assert_eq!(backend.batching().map(|b| b.max_batch), Some(4));
+    /// model.options.insert("batch".into(), 1.into());
+    /// let err = Panicking::from_config(&model).unwrap_err();
+    /// assert_eq!(err, "option batch must be an integer in 2..=64");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_config(m: &ModelConfig) -> Result<Panicking, String> {
         let int = |key: &str, range: std::ops::RangeInclusive<i64>| -> Result<_, String> {
             match m.options.get(key) {

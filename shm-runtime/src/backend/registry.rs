@@ -5,9 +5,38 @@ use crate::backend::{echo, sleep, Backend};
 use crate::config::ModelConfig;
 
 /// Makes a backend from a model's configuration.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{factory, Backend, Factory};
+/// use shm_runtime::protocol::Task;
+/// use shm_runtime::ModelConfig;
+///
+/// let make: Factory = factory("sleep").expect("built in");
+/// let mut model = ModelConfig::new("slow", "sleep");
+/// model.options.insert("slots".into(), 4.into());
+/// let backend = make(&model)?;
+/// assert_eq!(backend.tasks(), [Task::Generate]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type Factory = fn(&ModelConfig) -> Result<Box<dyn Backend>, LoadError>;
 
 /// Why a backend could not be made.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{load, LoadError};
+/// use shm_runtime::ModelConfig;
+///
+/// let err = load(&ModelConfig::new("m", "tensorrt")).err().unwrap();
+/// assert!(matches!(&err, LoadError::Unknown { name, .. } if name == "tensorrt"));
+/// let mut slow = ModelConfig::new("slow", "sleep");
+/// slow.options.insert("step_ms".into(), "fast".into());
+/// let err = load(&slow).err().unwrap();
+/// assert_eq!(err, LoadError::Failed("option step_ms must be a number".into()));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
     /// No backend of that name.
@@ -56,11 +85,42 @@ const BUILT_IN: &[(&str, Factory)] = &[
 ];
 
 /// A backend factory registered in code ([`ServerBuilder::backend`](crate::ServerBuilder::backend)).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use shm_runtime::backend::{echo::Echo, Backend, CustomFactory, LoadError};
+/// use shm_runtime::protocol::Task;
+/// use shm_runtime::ModelConfig;
+///
+/// // What `CustomBackends::register` keeps of a factory: any model served by the echo backend.
+/// let factory: CustomFactory = Arc::new(|m: &ModelConfig| match &m.path {
+///     None => Ok(Box::new(Echo) as Box<dyn Backend>),
+///     Some(_) => Err(LoadError::Failed("this backend loads no file".into())),
+/// });
+/// let backend = factory(&ModelConfig::new("m", "mirror"))?;
+/// assert!(backend.tasks().contains(&Task::Embed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type CustomFactory =
     std::sync::Arc<dyn Fn(&ModelConfig) -> Result<Box<dyn Backend>, LoadError> + Send + Sync>;
 
 /// Backends registered in code by the program that embeds the server, beside the built-in ones;
 /// a model's `backend` names one of either.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{echo::Echo, load_with};
+/// use shm_runtime::{ModelConfig, ServerConfig};
+///
+/// let mut config = ServerConfig::new("svc", vec![ModelConfig::new("m", "mirror")]);
+/// // A backend of this program's own, under a name of its own ...
+/// config.backends.register("mirror", |_: &ModelConfig| Ok::<_, String>(Echo));
+/// // ... which a server loads like the built-in ones.
+/// assert!(load_with(&config.models[0], &config.backends).is_ok());
+/// ```
 #[derive(Clone, Default)]
 pub struct CustomBackends {
     factories: Vec<(String, CustomFactory)>,
@@ -78,6 +138,24 @@ impl CustomBackends {
     /// Registers backend `name`, made for each model that names it by `factory` (which may
     /// refuse the model with a sentence saying why). A later registration of the same name
     /// replaces an earlier one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::{echo::Echo, load_with, CustomBackends, LoadError};
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut custom = CustomBackends::default();
+    /// custom.register("mirror", |m: &ModelConfig| match m.path {
+    ///     None => Ok(Echo),
+    ///     Some(_) => Err("mirror loads no model file"),
+    /// });
+    /// let mut model = ModelConfig::new("m", "mirror");
+    /// assert!(load_with(&model, &custom).is_ok());
+    /// model.path = Some("model.bin".into());
+    /// let refused = LoadError::Failed("mirror loads no model file".into());
+    /// assert_eq!(load_with(&model, &custom).err(), Some(refused));
+    /// ```
     pub fn register<B, E, F>(&mut self, name: &str, factory: F)
     where
         B: Backend + 'static,
@@ -94,11 +172,33 @@ impl CustomBackends {
     }
 
     /// The names registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::{echo::Echo, CustomBackends};
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut custom = CustomBackends::default();
+    /// custom.register("a", |_: &ModelConfig| Ok::<_, String>(Echo));
+    /// custom.register("b", |_: &ModelConfig| Ok::<_, String>(Echo));
+    /// custom.register("a", |_: &ModelConfig| Ok::<_, String>(Echo)); // replaces the first
+    /// assert_eq!(custom.names().collect::<Vec<_>>(), ["b", "a"]);
+    /// ```
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.factories.iter().map(|(n, _)| n.as_str())
     }
 
     /// Whether no backend is registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::{ModelConfig, ServerConfig};
+    ///
+    /// let config = ServerConfig::new("svc", vec![ModelConfig::new("echo", "echo")]);
+    /// assert!(config.backends.is_empty()); // built-in backends only
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.factories.is_empty()
     }
@@ -116,6 +216,22 @@ impl CustomBackends {
 /// # Errors
 ///
 /// As for [`load`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{echo::Echo, load_with, CustomBackends};
+/// use shm_runtime::ModelConfig;
+///
+/// let mut custom = CustomBackends::default();
+/// custom.register("mirror", |_: &ModelConfig| Ok::<_, String>(Echo));
+/// assert!(load_with(&ModelConfig::new("m", "mirror"), &custom).is_ok());
+/// assert!(load_with(&ModelConfig::new("m", "echo"), &custom).is_ok()); // built in
+/// // An unknown name's error lists the custom backends beside the built-in ones.
+/// let err = load_with(&ModelConfig::new("m", "mirorr"), &custom).err().unwrap();
+/// assert!(err.to_string().starts_with("unknown backend \"mirorr\" (known: echo, "));
+/// assert!(err.to_string().ends_with(", mirror)"));
+/// ```
 pub fn load_with(m: &ModelConfig, custom: &CustomBackends) -> Result<Box<dyn Backend>, LoadError> {
     match custom.get(&m.backend) {
         Some(f) => f(m),
@@ -130,6 +246,16 @@ pub fn load_with(m: &ModelConfig, custom: &CustomBackends) -> Result<Box<dyn Bac
 }
 
 /// Whether `name` is a built-in backend (of this build or behind a feature).
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::is_built_in;
+///
+/// assert!(is_built_in("echo"));
+/// assert!(is_built_in("gguf")); // even in a build without the gguf feature
+/// assert!(!is_built_in("mirror")); // a name free for a backend of your own
+/// ```
 pub fn is_built_in(name: &str) -> bool {
     factory(name).is_some() || FEATURES.contains(&name)
 }
@@ -138,6 +264,17 @@ pub fn is_built_in(name: &str) -> bool {
 const FEATURES: &[&str] = &["onnx", "gguf"];
 
 /// The factory of backend `name`, when this build has it.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::factory;
+/// use shm_runtime::ModelConfig;
+///
+/// let make = factory("echo").expect("echo is always built in");
+/// assert!(make(&ModelConfig::new("echo", "echo")).is_ok());
+/// assert!(factory("tensorrt").is_none());
+/// ```
 pub fn factory(name: &str) -> Option<Factory> {
     BUILT_IN.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
 }
@@ -147,6 +284,19 @@ pub fn factory(name: &str) -> Option<Factory> {
 /// # Errors
 ///
 /// [`LoadError`]: an unknown backend, one this build leaves out, or one that refuses the model.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{load, Backend};
+/// use shm_runtime::ModelConfig;
+///
+/// let mut model = ModelConfig::new("slow", "sleep");
+/// model.options.insert("slots".into(), 4.into());
+/// let backend = load(&model)?;
+/// assert!(backend.stepper()?.is_some()); // with slots, the sleep backend steps
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn load(m: &ModelConfig) -> Result<Box<dyn Backend>, LoadError> {
     if let Some(f) = factory(&m.backend) {
         return f(m);

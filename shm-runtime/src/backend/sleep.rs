@@ -1,5 +1,22 @@
 //! The sleep backend: takes a configurable time per request (or per streamed token), checking for
 //! cancel and deadline between steps. For tests of scheduling, deadlines, cancel and drain.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use shm_runtime::{Client, Error, GenerateOptions, ModelConfig, Server, ServerConfig};
+//!
+//! let mut slow = ModelConfig::new("slow", "sleep");
+//! slow.options.insert("step_ms".into(), 50.into());
+//! # let name = format!("doc-sleep-module-{}", std::process::id());
+//! let _server = Server::start(ServerConfig::new(&name, vec![slow]))?;
+//! let client = Client::connect(&name)?;
+//! // 20 tokens of 50 ms each cannot be done in 100 ms.
+//! let options = GenerateOptions::new().max_tokens(20).timeout(Duration::from_millis(100));
+//! assert_eq!(client.generate("slow", "hi", &options).err(), Some(Error::TimedOut));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +26,48 @@ use crate::config::ModelConfig;
 use crate::protocol::{ArchivedRequest, ArchivedTask, FinishReason, StreamChunk, Task, Usage};
 
 /// Sleeps `step` per token, `max_tokens` tokens.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shm_runtime::backend::{sleep::Sleep, writer::Out, Backend};
+/// use shm_runtime::protocol::{access_request, access_response, ArchivedBody};
+/// # use shm_runtime::{backend as b, protocol as p};
+/// # /// Runs a backend outside a server: never stops, keeps what is streamed.
+/// # struct Ctx(Vec<p::StreamChunk>);
+/// # impl b::RunContext for Ctx {
+/// #     fn should_stop(&mut self) -> Option<b::Stop> {
+/// #         None
+/// #     }
+/// #     fn emit(&mut self, chunk: p::StreamChunk) -> Result<(), b::Stop> {
+/// #         self.0.push(chunk);
+/// #         Ok(())
+/// #     }
+/// #     fn deadline(&self) -> std::time::Instant {
+/// #         std::time::Instant::now() + std::time::Duration::from_secs(3600)
+/// #     }
+/// # }
+/// # /// An archived generation request for `max_tokens` tokens.
+/// # fn generate(max_tokens: u32) -> rkyv::util::AlignedVec {
+/// #     use shm_runtime::protocol::{Input, Params, Request, Task};
+/// #     let params = Params { max_tokens, ..Params::default() };
+/// #     let input = Input::Text("hi".into());
+/// #     let req = Request { id: 1, model: "m".into(), task: Task::Generate, input, params };
+/// #     rkyv::to_bytes::<rkyv::rancor::Error>(&req).unwrap()
+/// # }
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(1024, 0);
+///
+/// let sleep = Sleep { step: Duration::from_millis(1), slots: None };
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// // `Ctx`: a test's `RunContext`, which never stops (see `RunContext`).
+/// sleep.run(access_request(&generate(3))?, &mut Ctx(Vec::new()), &mut out)?;
+/// let answer = access_response(out.bytes().unwrap())?;
+/// let ArchivedBody::Generation(g) = &answer.body else { panic!() };
+/// assert_eq!(g.text, "t0 t1 t2 "); // after 3 ms
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Sleep {
     /// Time per generated token (one step).
@@ -26,6 +85,24 @@ impl Sleep {
     /// # Errors
     ///
     /// A sentence naming the bad option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_runtime::backend::sleep::Sleep;
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut model = ModelConfig::new("slow", "sleep");
+    /// model.options.insert("step_ms".into(), 20.into());
+    /// model.options.insert("slots".into(), 8.into());
+    /// let sleep = Sleep::from_config(&model)?;
+    /// assert_eq!((sleep.step, sleep.slots), (Duration::from_millis(20), Some(8)));
+    /// model.options.insert("slots".into(), 100.into());
+    /// let err = Sleep::from_config(&model).unwrap_err();
+    /// assert_eq!(err, "option slots must be an integer in 1..=64");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_config(m: &ModelConfig) -> Result<Sleep, String> {
         let ms = match m.options.get("step_ms") {
             None => 10.0,

@@ -29,6 +29,18 @@ pub struct StopStrings {
 }
 
 /// What [`StopStrings::push`] released.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::{Released, StopStrings};
+///
+/// let mut stops = StopStrings::new(["\n\n"]);
+/// let first = stops.push("Hi.\n".into()); // "\n" could begin the stop sequence: held
+/// assert_eq!(first, Released { text: "Hi.".into(), stopped: false });
+/// let last = stops.push("\nBye".into());
+/// assert_eq!(last, Released { text: String::new(), stopped: true });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
     /// Text that follows what was released before.
@@ -39,6 +51,17 @@ pub struct Released {
 
 impl StopStrings {
     /// The stop sequences `stops` (empty ones are ignored).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::StopStrings;
+    /// use shm_runtime::protocol::Params;
+    ///
+    /// let params = Params { stop: vec!["</s>".into(), "User:".into()], ..Params::default() };
+    /// let mut stops = StopStrings::new(&params.stop);
+    /// assert_eq!(stops.push("Sure.</s>".into()).text, "Sure.");
+    /// ```
     pub fn new<S: Into<String>>(stops: impl IntoIterator<Item = S>) -> StopStrings {
         StopStrings {
             stops: stops
@@ -52,12 +75,39 @@ impl StopStrings {
     }
 
     /// Whether there are none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::StopStrings;
+    ///
+    /// assert!(StopStrings::new([""]).is_empty()); // empty stop sequences are ignored
+    /// let mut none = StopStrings::new(Vec::<String>::new());
+    /// assert_eq!(none.push("User:".into()).text, "User:"); // every piece passes as it comes
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.stops.is_empty()
     }
 
     /// Takes the next piece of text; returns what can be released now. After a stop sequence
     /// completed, releases nothing more.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::StopStrings;
+    ///
+    /// let mut stops = StopStrings::new(["User:"]);
+    /// let mut sent = String::new();
+    /// for piece in ["Sure", ". Us", "er: more"] {
+    ///     let released = stops.push(piece.to_owned());
+    ///     sent.push_str(&released.text);
+    ///     if released.stopped {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(sent, "Sure. ");
+    /// ```
     pub fn push(&mut self, piece: String) -> Released {
         if self.stopped {
             return Released {
@@ -102,11 +152,35 @@ impl StopStrings {
 
     /// The generation ended without a stop sequence: the text held back, released. Empty after
     /// a stop sequence.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::StopStrings;
+    ///
+    /// let mut stops = StopStrings::new(["User:"]);
+    /// assert_eq!(stops.push("Done. U".into()).text, "Done. ");
+    /// // The generation ended (max_tokens): what was held back is text after all.
+    /// assert_eq!(stops.finish(), "U");
+    /// ```
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 
     /// Whether a stop sequence completed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::StopStrings;
+    /// use shm_runtime::protocol::FinishReason;
+    ///
+    /// let mut stops = StopStrings::new(["\n"]);
+    /// stops.push("one\ntwo".into());
+    /// let finish = if stops.stopped() { FinishReason::Stop } else { FinishReason::Length };
+    /// assert_eq!(finish, FinishReason::Stop);
+    /// assert_eq!(stops.push("more".into()).text, ""); // nothing after a stop sequence
+    /// ```
     pub fn stopped(&self) -> bool {
         self.stopped
     }

@@ -14,6 +14,26 @@ use super::{ArchivedRequest, ArchivedResponse, Refusal, Request, REQUEST_HEAD};
 ///
 /// An [`ErrorCode::InvalidRequest`](super::ErrorCode::InvalidRequest) refusal naming what is
 /// malformed.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{access_request, Input, Params, Request, Task};
+///
+/// let req = Request {
+///     id: 3,
+///     model: "sentiment".into(),
+///     task: Task::Classify,
+///     input: Input::Text("good".into()),
+///     params: Params::default(),
+/// };
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&req)?;
+/// assert_eq!(access_request(&bytes)?.model, "sentiment");
+/// // Cut short, the same bytes are refused, not read.
+/// let refusal = access_request(&bytes[..bytes.len() - 1]).unwrap_err();
+/// assert!(refusal.message.starts_with("the request is not a valid archive"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest, Refusal> {
     rkyv::access::<ArchivedRequest, rancor::Error>(bytes)
         .map_err(|e| Refusal::invalid(format!("the request is not a valid archive: {e}")))
@@ -25,6 +45,19 @@ pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest, Refusal> {
 ///
 /// An [`ErrorCode::InvalidRequest`](super::ErrorCode::InvalidRequest) refusal naming what is
 /// malformed.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{access_response, ArchivedBody, Body, Response};
+///
+/// let resp = Response { id: 3, body: Body::Embedding(vec![1.0, 2.0]) };
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&resp)?;
+/// let answer = access_response(&bytes)?;
+/// assert!(matches!(&answer.body, ArchivedBody::Embedding(v) if v.len() == 2));
+/// assert!(access_response(&bytes[..8]).is_err()); // too short to be an answer
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse, Refusal> {
     rkyv::access::<ArchivedResponse, rancor::Error>(bytes)
         .map_err(|e| Refusal::invalid(format!("the response is not a valid archive: {e}")))
@@ -39,6 +72,28 @@ pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse, Refusal> {
 /// # Errors
 ///
 /// When `out` is too small.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{access_request, encode_into, Input, Params, Request, Task};
+///
+/// let req = Request {
+///     id: 1,
+///     model: "echo".into(),
+///     task: Task::Embed,
+///     input: Input::Tokens(vec![1, 2, 3]),
+///     params: Params::default(),
+/// };
+/// // Straight into the memory it is read from: a pool chunk, or here an aligned buffer.
+/// let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// chunk.resize(512, 0);
+/// let n = encode_into(&req, &mut chunk)?;
+/// assert_eq!(access_request(&chunk[..n])?.id, 1);
+/// // Too small a buffer is an error, not a panic.
+/// assert!(encode_into(&req, &mut [0u8; 32]).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn encode_into<T>(value: &T, out: &mut [u8]) -> Result<usize, rancor::Error>
 where
     T: for<'x, 'a> Serialize<

@@ -5,6 +5,21 @@
 //! untrusted on receipt (the chunk id and length are checked against the pool before use).
 
 /// What a descriptor says.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{Descriptor, DescriptorKind};
+///
+/// /// Whether a descriptor from the answer ring ends its request.
+/// fn is_final(d: &Descriptor) -> bool {
+///     use DescriptorKind::*;
+///     matches!(d.kind, Final | InlineError | Pong)
+/// }
+/// assert!(!is_final(&Descriptor::new(DescriptorKind::Partial, 0x2a, 64, 1)));
+/// assert!(is_final(&Descriptor::new(DescriptorKind::Final, 0x2b, 96, 1)));
+/// assert_eq!(DescriptorKind::Final as u8, 4); // the wire value
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DescriptorKind {
@@ -33,6 +48,15 @@ pub enum DescriptorKind {
 
 impl DescriptorKind {
     /// The kind with wire value `v`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::DescriptorKind;
+    ///
+    /// assert_eq!(DescriptorKind::from_u8(2), Some(DescriptorKind::Cancel));
+    /// assert_eq!(DescriptorKind::from_u8(0), None); // untrusted: unknown kinds are refused
+    /// ```
     #[inline]
     pub fn from_u8(v: u8) -> Option<DescriptorKind> {
         Some(match v {
@@ -51,6 +75,22 @@ impl DescriptorKind {
 
 /// Why an error answer came inline (in the descriptor, without a chunk): the sentence the client
 /// shows in place of the server's message.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{Descriptor, DescriptorKind, ErrorCode, InlineReason};
+///
+/// // A draining server refuses a request inline: the code in `len`, the reason in the chunk word.
+/// let code = ErrorCode::ShuttingDown as u32;
+/// let sent = Descriptor::new(DescriptorKind::InlineError, InlineReason::Draining as u64, code, 9);
+/// // What the client reads.
+/// let d = Descriptor::from_words(sent.to_words()).unwrap();
+/// let code = ErrorCode::from_u8(d.len as u8).unwrap();
+/// let why = InlineReason::from_u64(d.chunk);
+/// assert_eq!(why, InlineReason::Draining);
+/// assert_eq!(why.message(code), "the server is shutting down and takes no new requests");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum InlineReason {
@@ -68,6 +108,16 @@ pub enum InlineReason {
 
 impl InlineReason {
     /// The reason with wire value `v`; [`InlineReason::Unspecified`] for an unknown one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::InlineReason;
+    ///
+    /// assert_eq!(InlineReason::from_u64(2), InlineReason::ChunkNotHeld);
+    /// // A reason this client does not know (a newer server's):
+    /// assert_eq!(InlineReason::from_u64(99), InlineReason::Unspecified);
+    /// ```
     pub fn from_u64(v: u64) -> InlineReason {
         match v {
             1 => InlineReason::BadDescriptor,
@@ -79,6 +129,17 @@ impl InlineReason {
     }
 
     /// What the client says for an error of `code` that came inline for this reason.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{ErrorCode, InlineReason};
+    ///
+    /// // Without a reason, the code's own sentence.
+    /// assert_eq!(InlineReason::Unspecified.message(ErrorCode::Busy), "the service is busy");
+    /// let m = InlineReason::NoChunkForMessage.message(ErrorCode::Backend);
+    /// assert!(m.starts_with("the model failed; the server had no shared memory left"));
+    /// ```
     pub fn message(self, code: super::ErrorCode) -> String {
         match self {
             InlineReason::Unspecified => code.to_string(),
@@ -99,12 +160,47 @@ impl InlineReason {
 }
 
 /// Largest length a descriptor can carry (24 bits), hence the largest usable chunk.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{Descriptor, DescriptorKind, MAX_DESC_LEN};
+///
+/// let largest = Descriptor::new(DescriptorKind::Final, 0x2a, MAX_DESC_LEN as u32, 1);
+/// assert_eq!(Descriptor::from_words(largest.to_words()), Some(largest));
+/// // One byte more does not travel (servers refuse chunks this large at start).
+/// let over = Descriptor::new(DescriptorKind::Final, 0x2a, MAX_DESC_LEN as u32 + 1, 1);
+/// assert_eq!(Descriptor::from_words(over.to_words()).unwrap().len, 0);
+/// ```
 pub const MAX_DESC_LEN: usize = 0xFF_FFFF;
 
 /// A descriptor as it sits on a ring: `[chunk id, kind:8 | len:24 | ticket:32]`.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{Descriptor, DescriptorKind, DescriptorWords};
+///
+/// let words: DescriptorWords = Descriptor::new(DescriptorKind::Request, 0x2a, 300, 42).to_words();
+/// assert_eq!(words[0], 0x2a); // the chunk id
+/// assert_eq!(words[1], (1 << 56) | (300 << 32) | 42); // kind:8 | len:24 | ticket:32
+/// ```
 pub type DescriptorWords = [u64; 2];
 
 /// A ring descriptor: a request, a cancellation or an answer, naming a chunk of the pool.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{ticket, Descriptor, DescriptorKind};
+///
+/// // A client's 3rd request: 180 bytes of chunk 0x2a, pushed on a ring as two words ...
+/// let d = Descriptor::new(DescriptorKind::Request, 0x2a, 180, ticket(1, 3));
+/// let words = d.to_words();
+/// // ... and read back by the server, untrusted: an unknown kind is `None`.
+/// assert_eq!(Descriptor::from_words(words), Some(d));
+/// assert_eq!(Descriptor::from_words([0x2a, 0xff << 56]), None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Descriptor {
     /// What it says.
@@ -120,6 +216,16 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A descriptor of `kind` for `ticket` naming `len` bytes of chunk `chunk`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{Descriptor, DescriptorKind};
+    ///
+    /// // A health check names no chunk.
+    /// let ping = Descriptor::new(DescriptorKind::Ping, 0, 0, 17);
+    /// assert_eq!(ping.to_words(), [0, (7 << 56) | 17]);
+    /// ```
     #[inline]
     pub fn new(kind: DescriptorKind, chunk: u64, len: u32, ticket: u32) -> Descriptor {
         Descriptor {
@@ -131,6 +237,16 @@ impl Descriptor {
     }
 
     /// The two words that go on a ring.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{Descriptor, DescriptorKind};
+    ///
+    /// let words = Descriptor::new(DescriptorKind::Final, 0x2a, 96, 7).to_words();
+    /// assert_eq!(words[0], 0x2a);
+    /// assert_eq!(words[1] >> 56, DescriptorKind::Final as u64);
+    /// ```
     #[inline]
     pub fn to_words(self) -> DescriptorWords {
         [
@@ -142,12 +258,33 @@ impl Descriptor {
     }
 
     /// The ticket in two words taken from a ring, whatever their kind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::Descriptor;
+    ///
+    /// // Garbage of an unknown kind still names the request it claims to belong to.
+    /// let words = [0x2a, (0xee << 56) | 12];
+    /// assert_eq!(Descriptor::from_words(words), None);
+    /// assert_eq!(Descriptor::ticket_of(words), 12);
+    /// ```
     #[inline]
     pub fn ticket_of(words: DescriptorWords) -> u32 {
         words[1] as u32
     }
 
     /// Reads two words taken from a ring; `None` for an unknown kind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{Descriptor, DescriptorKind};
+    ///
+    /// let d = Descriptor::from_words([0x2a, (4 << 56) | (96 << 32) | 7]).unwrap();
+    /// assert_eq!(d, Descriptor::new(DescriptorKind::Final, 0x2a, 96, 7));
+    /// assert_eq!(Descriptor::from_words([0, 0]), None); // kind 0 is no kind
+    /// ```
     #[inline]
     pub fn from_words(words: DescriptorWords) -> Option<Descriptor> {
         Some(Descriptor {
@@ -163,12 +300,34 @@ impl Descriptor {
 /// client slot's epoch when it connected) in the top 8 bits, `seq` in the low 24. A client slot's
 /// rings outlive its holders, so descriptors of a previous holder (left in a request ring, or an
 /// answer delivered late) are told from the current holder's by their ticket alone.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{ticket, ticket_of_epoch};
+///
+/// let t = ticket(3, 41);
+/// assert_eq!(t, (3 << 24) | 41);
+/// assert!(ticket_of_epoch(t, 3));
+/// // The slot's previous holder (epoch 2) left a descriptor behind: told apart by its ticket.
+/// assert!(!ticket_of_epoch(ticket(2, 41), 3));
+/// ```
 #[inline]
 pub fn ticket(epoch: u32, seq: u32) -> u32 {
     (epoch << 24) | (seq & 0xFF_FFFF)
 }
 
 /// Whether `ticket` was issued by the connection of epoch `epoch` (see [`ticket`]).
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{ticket, ticket_of_epoch};
+///
+/// assert!(ticket_of_epoch(ticket(7, 1), 7));
+/// // Only the epoch's low 8 bits travel: epochs 256 apart share their tickets.
+/// assert!(ticket_of_epoch(ticket(7, 1), 7 + 256));
+/// ```
 #[inline]
 pub fn ticket_of_epoch(ticket: u32, epoch: u32) -> bool {
     ticket >> 24 == epoch & 0xFF

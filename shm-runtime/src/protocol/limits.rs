@@ -4,6 +4,24 @@
 use super::{ArchivedInput, ArchivedRequest, ArchivedTask, Refusal, PRIORITY_LEVELS};
 
 /// Semantic limits every request is checked against after bytecheck.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{access_request, check_request, Input, Limits, Params, Request};
+/// use shm_runtime::protocol::Task;
+///
+/// // A server for short prompts only (its configuration's `limits`).
+/// let limits = Limits { max_text_bytes: 1024, ..Limits::default() };
+/// let input = Input::Text("x".repeat(2000));
+/// let params = Params::default();
+/// let req = Request { id: 1, model: "m".into(), task: Task::Generate, input, params };
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&req)?;
+/// let refusal = check_request(access_request(&bytes)?, &limits).unwrap_err();
+/// assert_eq!(refusal.message, "text of 2000 bytes exceeds the limit of 1024");
+/// assert!(check_request(access_request(&bytes)?, &Limits::default()).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Longest text input or chat message, bytes.
@@ -61,6 +79,24 @@ impl Default for Limits {
 /// # Errors
 ///
 /// A sentence naming the first violated rule.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::protocol::{access_request, check_request, ErrorCode, Input, Limits, Params};
+/// use shm_runtime::protocol::{Request, Task};
+///
+/// let params = Params { max_tokens: 0, ..Params::default() };
+/// let input = Input::Text("Hello".into());
+/// let req = Request { id: 1, model: "smollm2".into(), task: Task::Generate, input, params };
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&req)?;
+/// // Bytecheck accepts it: the archive is sound. The limits do not: it asks for nothing.
+/// let archived = access_request(&bytes)?;
+/// let refusal = check_request(archived, &Limits::default()).unwrap_err();
+/// assert_eq!(refusal.code, ErrorCode::InvalidRequest);
+/// assert_eq!(refusal.message, "max_tokens must be at least 1 for generation");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn check_request(req: &ArchivedRequest, limits: &Limits) -> Result<(), Refusal> {
     first_broken_rule(req, limits).map_err(Refusal::invalid)
 }
@@ -263,30 +299,105 @@ compile_error!(
 
 native_slice!(
     /// The token ids of an archived token input as a native slice, without copying.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{access_request, tokens_native, ArchivedInput, Input, Params};
+    /// use shm_runtime::protocol::{Request, Task};
+    ///
+    /// let input = Input::Tokens(vec![101, 7592, 102]);
+    /// let params = Params::default();
+    /// let req = Request { id: 1, model: "m".into(), task: Task::Embed, input, params };
+    /// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&req)?;
+    /// let ArchivedInput::Tokens(t) = &access_request(&bytes)?.input else { panic!("not tokens") };
+    /// let ids: &[u32] = tokens_native(t); // the archive's own memory
+    /// assert_eq!(ids, [101, 7592, 102]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     tokens_native,
     rkyv::rend::u32_le,
     u32
 );
 native_slice!(
     /// The elements of an archived f32 tensor as a native slice, without copying.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{f32_native, ArchivedTensor, ArchivedTensorData, Tensor};
+    /// use shm_runtime::protocol::TensorData;
+    ///
+    /// let data = TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]);
+    /// let t = Tensor { name: "x".into(), shape: vec![4], data };
+    /// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&t)?;
+    /// let t = rkyv::access::<ArchivedTensor, rkyv::rancor::Error>(&bytes)?;
+    /// let ArchivedTensorData::F32(v) = &t.data else { panic!("not f32") };
+    /// let sum: f32 = f32_native(v).iter().sum();
+    /// assert_eq!(sum, 10.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     f32_native,
     rkyv::rend::f32_le,
     f32
 );
 native_slice!(
     /// The elements of an archived i64 tensor as a native slice, without copying.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{i64_native, ArchivedTensor, ArchivedTensorData, Tensor};
+    /// use shm_runtime::protocol::TensorData;
+    ///
+    /// let data = TensorData::I64(vec![101, 2023, 102]);
+    /// let ids = Tensor { name: "input_ids".into(), shape: vec![1, 3], data };
+    /// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&ids)?;
+    /// let t = rkyv::access::<ArchivedTensor, rkyv::rancor::Error>(&bytes)?;
+    /// let ArchivedTensorData::I64(v) = &t.data else { panic!("not i64") };
+    /// assert_eq!(i64_native(v).last(), Some(&102)); // [SEP]
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     i64_native,
     rkyv::rend::i64_le,
     i64
 );
 native_slice!(
     /// The elements of an archived i32 tensor as a native slice, without copying.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{i32_native, ArchivedTensor, ArchivedTensorData, Tensor};
+    /// use shm_runtime::protocol::TensorData;
+    ///
+    /// let data = TensorData::I32(vec![-1, 0, 1]);
+    /// let t = Tensor { name: "offsets".into(), shape: vec![3], data };
+    /// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&t)?;
+    /// let t = rkyv::access::<ArchivedTensor, rkyv::rancor::Error>(&bytes)?;
+    /// let ArchivedTensorData::I32(v) = &t.data else { panic!("not i32") };
+    /// assert_eq!(i32_native(v), [-1, 0, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     i32_native,
     rkyv::rend::i32_le,
     i32
 );
 native_slice!(
     /// The dimensions of an archived shape as a native slice, without copying.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{u64_native, ArchivedTensor, Tensor, TensorData};
+    ///
+    /// let t = Tensor { name: "x".into(), shape: vec![2, 3], data: TensorData::U8(vec![0; 6]) };
+    /// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&t)?;
+    /// let t = rkyv::access::<ArchivedTensor, rkyv::rancor::Error>(&bytes)?;
+    /// let shape: &[u64] = u64_native(&t.shape);
+    /// assert_eq!(shape.iter().product::<u64>() as usize, t.data.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     u64_native,
     rkyv::rend::u64_le,
     u64

@@ -6,6 +6,20 @@ use std::sync::OnceLock;
 use crate::config::cache_dir;
 
 /// The ONNX Runtime version the project is built and tested against.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::onnx::{find_library, ORT_VERSION};
+///
+/// // Where scripts/setup.sh puts the library this build expects.
+/// let file = format!("libonnxruntime.so.{ORT_VERSION}");
+/// let cached = shm_runtime::config::cache_dir().join("onnxruntime").join(file);
+/// if cached.is_file() && std::env::var_os("ORT_DYLIB_PATH").is_none() {
+///     assert_eq!(find_library()?, cached);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const ORT_VERSION: &str = "1.32.0";
 
 /// Finds the ONNX Runtime shared library: `ORT_DYLIB_PATH`, then
@@ -15,6 +29,18 @@ pub const ORT_VERSION: &str = "1.32.0";
 /// # Errors
 ///
 /// A message saying where it looked and how to get the library.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::onnx::find_library;
+///
+/// match find_library() {
+///     Ok(path) => println!("ONNX Runtime: {}", path.display()),
+///     // A sentence saying where it looked, and how to get the library.
+///     Err(why) => assert!(why.contains("ORT_DYLIB_PATH")),
+/// }
+/// ```
 pub fn find_library() -> Result<PathBuf, String> {
     let mut looked = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -76,6 +102,17 @@ pub fn find_library() -> Result<PathBuf, String> {
 /// # Errors
 ///
 /// When the library cannot be found or loaded.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shm_runtime::backend::onnx::environment;
+///
+/// // The library is loaded on first use; every ONNX model of the process shares it.
+/// let env = environment()?;
+/// assert!(std::ptr::eq(env, environment()?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn environment() -> Result<&'static ort::environment::Environment, String> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {

@@ -21,6 +21,21 @@
 //!
 //! ONNX Runtime itself is found by [`find_library`]: `ORT_DYLIB_PATH`, then the project's cache
 //! (`scripts/setup.sh` puts it there), then an `onnxruntime` Python package installed on the machine.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+//!
+//! let mut model = ModelConfig::new("tiny", "onnx");
+//! model.task = Some("embed".into());
+//! model.path = Some("models/tiny/embed.onnx".into());
+//! model.options.insert("pooling".into(), "mean".into());
+//! let _server = Server::start(ServerConfig::new("svc", vec![model]))?;
+//! let e = Client::connect("svc")?.embed("tiny", &["a cat", "a dog"])?;
+//! assert_eq!(e.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -43,6 +58,22 @@ mod text;
 pub use library::{environment, find_library, ORT_VERSION};
 
 /// How token states become one embedding per text.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shm_runtime::backend::onnx::{Onnx, Pooling};
+/// use shm_runtime::ModelConfig;
+///
+/// let mut model = ModelConfig::new("tiny", "onnx");
+/// model.task = Some("embed".into());
+/// model.path = Some("models/tiny/embed.onnx".into());
+/// model.options.insert("pooling".into(), "cls".into());
+/// let onnx = Onnx::load(&model)?;
+/// // Chosen by the `pooling` option; shown in the model's debug output.
+/// assert!(format!("{onnx:?}").contains(&format!("pooling: {:?}", Pooling::Cls)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
     /// Mean over the tokens the attention mask keeps.
@@ -74,9 +105,39 @@ struct Scratch {
 }
 
 /// Rows a text model runs together unless its `max_batch` option says otherwise.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shm_runtime::backend::onnx::{Onnx, DEFAULT_MAX_BATCH};
+/// use shm_runtime::backend::Backend;
+/// use shm_runtime::ModelConfig;
+///
+/// let mut model = ModelConfig::new("tiny", "onnx");
+/// model.task = Some("embed".into());
+/// model.path = Some("models/tiny/embed.onnx".into());
+/// let onnx = Onnx::load(&model)?; // no `max_batch` option
+/// assert_eq!(onnx.batching().map(|b| b.max_batch), Some(DEFAULT_MAX_BATCH));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_MAX_BATCH: usize = 8;
 
 /// A loaded ONNX model.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shm_runtime::backend::{onnx::Onnx, Backend};
+/// use shm_runtime::protocol::Task;
+/// use shm_runtime::ModelConfig;
+///
+/// let mut model = ModelConfig::new("tiny", "onnx");
+/// model.task = Some("classify".into());
+/// model.path = Some("models/tiny/classify.onnx".into());
+/// let onnx = Onnx::load(&model)?; // labels from classify.labels.txt beside it
+/// assert_eq!(onnx.tasks(), [Task::Classify]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Onnx {
     task: Task,
     tasks: [Task; 1],
@@ -157,6 +218,21 @@ impl Onnx {
     /// # Errors
     ///
     /// A message naming what is missing or wrong (library, model file, tokenizer, options).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::onnx::Onnx;
+    /// use shm_runtime::ModelConfig;
+    ///
+    /// let mut model = ModelConfig::new("tiny", "onnx");
+    /// model.path = Some("models/tiny/embed.onnx".into());
+    /// let err = Onnx::load(&model).unwrap_err();
+    /// assert_eq!(err, "an ONNX model needs a task: classify, embed or tensors");
+    /// model.task = Some("generate".into());
+    /// let err = Onnx::load(&model).unwrap_err();
+    /// assert!(err.starts_with("task \"generate\" is not an ONNX task"));
+    /// ```
     pub fn load(m: &ModelConfig) -> Result<Onnx, String> {
         for k in m.options.keys() {
             if !KNOWN_OPTIONS.contains(&k.as_str()) {

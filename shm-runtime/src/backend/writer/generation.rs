@@ -11,6 +11,27 @@ use super::{align, write_root_with, Out, OutOfRoom, Store, ROOT_ROOM};
 use crate::protocol::{FinishReason, TokenLogprob, TopLogprob, Usage};
 
 /// Appends a generation result in place; see [`Out::generation`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::Out;
+/// use shm_runtime::protocol::{access_response, ArchivedBody, FinishReason, Usage};
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(4096, 0);
+///
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// let mut g = out.generation(16, 64)?;
+/// for (id, piece) in [(9906, "Hello"), (11, ","), (1917, " world")] {
+///     g.push(id, piece)?; // as the model produces them
+/// }
+/// g.finish(FinishReason::Length, Usage { generated_tokens: 3, ..Usage::default() })?;
+/// let answer = access_response(out.bytes().unwrap())?;
+/// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
+/// assert_eq!(read.text, "Hello, world");
+/// assert_eq!(read.tokens, [9906, 11, 1917]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct GenerationWriter<'o, 'a> {
     pub(super) out: &'o mut Out<'a>,
@@ -19,6 +40,34 @@ pub struct GenerationWriter<'o, 'a> {
 
 /// Where a generation result stands, to keep it between decode steps without borrowing its
 /// [`Out`]: [`GenerationWriter::suspend`] and [`Out::resume_generation`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::{GenerationState, Out};
+/// use shm_runtime::protocol::{access_response, ArchivedBody, FinishReason, Usage};
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(4096, 0);
+///
+/// /// A sequence between decode steps: its answer, and where that stands.
+/// struct Seq<'a> {
+///     out: Out<'a>,
+///     state: GenerationState,
+/// }
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// let state = out.generation(8, 32)?.suspend();
+/// let mut seq = Seq { out, state };
+/// for (id, piece) in [(1, "a"), (2, "b")] {
+///     // One decode step: resume, append, suspend.
+///     let mut g = seq.out.resume_generation(seq.state);
+///     g.push(id, piece)?;
+///     seq.state = g.suspend();
+/// }
+/// seq.out.resume_generation(seq.state).finish(FinishReason::Length, Usage::default())?;
+/// let answer = access_response(seq.out.bytes().unwrap())?;
+/// assert!(matches!(&answer.body, ArchivedBody::Generation(g) if g.text == "ab"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct GenerationState {
     pub(super) buf_len: usize,
@@ -42,6 +91,21 @@ impl GenerationWriter<'_, '_> {
     /// # Errors
     ///
     /// [`OutOfRoom`] when the chunk is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    /// // A backend that produces text without token ids.
+    /// let mut g = out.generation(0, 16)?;
+    /// g.push_text("Hello, ")?;
+    /// g.push_text("world")?;
+    /// g.push_text(&"!".repeat(100))?; // past the 16 bytes guessed: the chunk has room
+    /// assert!(g.text().starts_with("Hello, world!!"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn push_text(&mut self, s: &str) -> Result<(), OutOfRoom> {
         let end = self.st.text_len + s.len();
@@ -68,6 +132,20 @@ impl GenerationWriter<'_, '_> {
     /// # Errors
     ///
     /// [`OutOfRoom`] past `max_tokens`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(3, 0)?; // room for 3 token ids
+    /// g.push_tokens(&[101, 102])?;
+    /// g.push_tokens(&[103])?;
+    /// assert_eq!(g.tokens(), 3);
+    /// assert!(g.push_tokens(&[104]).is_err()); // one more than the answer was sized for
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn push_tokens(&mut self, ids: &[u32]) -> Result<(), OutOfRoom> {
         if self.st.n_tokens + ids.len() > self.st.max_tokens {
@@ -88,6 +166,19 @@ impl GenerationWriter<'_, '_> {
     /// # Errors
     ///
     /// As [`push_text`](Self::push_text) and [`push_tokens`](Self::push_tokens).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(2, 16)?;
+    /// g.push(15496, "Hello")?;
+    /// g.push(0, "!")?;
+    /// assert_eq!((g.text(), g.tokens()), ("Hello!", 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn push(&mut self, id: u32, text: &str) -> Result<(), OutOfRoom> {
         self.push_tokens(&[id])?;
@@ -95,6 +186,24 @@ impl GenerationWriter<'_, '_> {
     }
 
     /// The text so far (for stop sequences).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    /// // Generate up to the end of the first line.
+    /// let mut g = out.generation(8, 64)?;
+    /// for (id, piece) in [(1, "The end"), (2, ".\n"), (3, "Q:")] {
+    ///     g.push(id, piece)?;
+    ///     if g.text().ends_with('\n') {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(g.text(), "The end.\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn text(&self) -> &str {
         let b = match &self.out.store {
             Store::Buf(b) => &b[..self.st.text_len],
@@ -109,11 +218,41 @@ impl GenerationWriter<'_, '_> {
     }
 
     /// Stops writing for now; [`Out::resume_generation`] continues.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(4, 16)?;
+    /// g.push(1, "a")?;
+    /// let state = g.suspend(); // `out` is free for other work between steps ...
+    /// let g = out.resume_generation(state); // ... and the answer goes on where it was
+    /// assert_eq!(g.text(), "a");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn suspend(self) -> GenerationState {
         self.st
     }
 
     /// Token ids so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{FinishReason, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    ///
+    /// let mut g = out.generation(4, 16)?;
+    /// g.push_tokens(&[5, 6, 7])?;
+    /// let usage = Usage { generated_tokens: g.tokens() as u32, ..Usage::default() };
+    /// assert_eq!(usage.generated_tokens, 3);
+    /// g.finish(FinishReason::Length, usage)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tokens(&self) -> usize {
         self.st.n_tokens
     }
@@ -123,6 +262,25 @@ impl GenerationWriter<'_, '_> {
     /// # Panics
     ///
     /// When `len` is not a char boundary of the text.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::protocol::{FinishReason, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    /// # let mut out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 1);
+    ///
+    /// let mut g = out.generation(4, 32)?;
+    /// g.push(1, "Answer: 4")?;
+    /// g.push(2, "\nUser:")?;
+    /// // The stop sequence "\nUser:" completed: the text ends before it (the token ids stay).
+    /// let at = g.text().find("\nUser:").unwrap();
+    /// g.truncate_text(at);
+    /// assert_eq!((g.text(), g.tokens()), ("Answer: 4", 2));
+    /// g.finish(FinishReason::Stop, Usage::default())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn truncate_text(&mut self, len: usize) {
         assert!(self.text().is_char_boundary(len));
         self.st.text_len = self.st.text_len.min(len);
@@ -133,6 +291,27 @@ impl GenerationWriter<'_, '_> {
     /// # Errors
     ///
     /// [`OutOfRoom`] when the root does not fit (never with the room reserved).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, ArchivedBody, ArchivedFinishReason};
+    /// use shm_runtime::protocol::{FinishReason, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(1, 8)?;
+    /// g.push(2, "")?; // end of sequence
+    /// let usage = Usage { prompt_tokens: 4, generated_tokens: 1, ..Usage::default() };
+    /// g.finish(FinishReason::Stop, usage)?;
+    /// assert!(out.written().is_some()); // the answer is complete
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
+    /// assert_eq!(read.finish, ArchivedFinishReason::Stop);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn finish(self, finish_reason: FinishReason, usage: Usage) -> Result<(), OutOfRoom> {
         self.finish_with_logprobs(finish_reason, usage, &[])
@@ -145,6 +324,27 @@ impl GenerationWriter<'_, '_> {
     /// # Errors
     ///
     /// [`OutOfRoom`] when no chunk can hold the answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, ArchivedBody, FinishReason, TokenLogprob};
+    /// use shm_runtime::protocol::{TopLogprob, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(1, 8)?;
+    /// g.push(3797, " cat")?;
+    /// let top = vec![TopLogprob { token: 3797, logprob: -0.1, text: " cat".into() }];
+    /// let logprob = TokenLogprob { logprob: -0.1, text: "a".into(), top };
+    /// g.finish_with_logprobs(FinishReason::Length, Usage::default(), &[logprob.clone()])?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
+    /// assert_eq!(read.logprobs[0].to_native(), logprob);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn finish_with_logprobs(
         mut self,
         finish_reason: FinishReason,

@@ -17,6 +17,27 @@
 //! The root is written through mirror types that archive as the protocol's own archived types
 //! (`#[rkyv(as = ...)]`) but point at payloads already in place; a unit test checks that an answer
 //! written this way is byte-for-byte the answer rkyv writes from the owned value.
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::backend::writer::{Out, OutOfRoom};
+//! use shm_runtime::protocol::{access_response, f32_native, ArchivedBody};
+//!
+//! // An answer to request 7, in a buffer (a server's answers go into pool chunks).
+//! let mut chunk = rkyv::util::AlignedVec::<16>::new();
+//! chunk.resize(4096, 0);
+//! let mut out = Out::in_buffer(&mut chunk, 7);
+//! // The vector is written where the client reads it; only the root is serialized behind it.
+//! out.embedding::<OutOfRoom>(3, |v| {
+//!     v.copy_from_slice(&[0.5, 1.5, 2.5]);
+//!     Ok(())
+//! })?;
+//! let answer = access_response(out.bytes().unwrap())?;
+//! let ArchivedBody::Embedding(v) = &answer.body else { panic!("not an embedding") };
+//! assert_eq!((answer.id.to_native(), f32_native(v)), (7, &[0.5, 1.5, 2.5][..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use rkyv::rancor;
 use rkyv::ser::allocator::SubAllocator;
@@ -28,6 +49,21 @@ use crate::protocol::{encode_into, ArchivedResponse, Body, Response};
 /// An answer that does not fit: no chunk is large enough, the pool is exhausted, or a writer went
 /// past the room it was given. The sentence says which. Backends turn it into
 /// `BackendError::Exhausted` (with `?`), which the client sees as `ResourceExhausted`.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::{Out, OutOfRoom};
+/// use shm_runtime::backend::BackendError;
+///
+/// let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// chunk.resize(64, 0);
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// let err = out.embedding::<OutOfRoom>(1000, |_| Ok(())).unwrap_err();
+/// assert!(err.0.starts_with("the answer needs 4256 bytes"));
+/// // In a backend, `?` makes it `BackendError::Exhausted`: the client sees `ResourceExhausted`.
+/// assert!(matches!(BackendError::from(err), BackendError::Exhausted(_)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct OutOfRoom(pub String);
@@ -46,6 +82,23 @@ enum Store<'a> {
 }
 
 /// The answer of one request, written in place. See the [module](self) docs.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::Out;
+/// use shm_runtime::protocol::{access_response, ArchivedBody, Body, LabelScore};
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(4096, 0);
+///
+/// // A backend's answer to request 3 (a server hands the `Out` to the backend's `run`).
+/// let mut out = Out::in_buffer(&mut chunk, 3);
+/// out.body(Body::Classification(vec![LabelScore { label: "spam".into(), score: 0.98 }]))?;
+/// let answer = access_response(out.bytes().unwrap())?;
+/// assert_eq!(answer.id, 3); // set by the `Out`
+/// assert!(matches!(&answer.body, ArchivedBody::Classification(c) if c[0].label == "spam"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Out<'a> {
     store: Store<'a>,
     id: u64,
@@ -65,6 +118,28 @@ impl std::fmt::Debug for Out<'_> {
 
 impl<'a> Out<'a> {
     /// An answer to request `id` that loans its chunk from `pool` as `owner` when it is written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::Body;
+    /// use shm_runtime::ring::pool::{Pool, PoolConfig};
+    /// use shm_runtime::ring::Region;
+    ///
+    /// let config = PoolConfig::small();
+    /// let region = Region::heap(Pool::bytes_for(&config));
+    /// Pool::init(&region, &config)?;
+    /// let pool = Pool::attach(&region)?;
+    /// let server = pool.register_owner()?;
+    /// let mut out = Out::in_pool(&pool, server, 5);
+    /// assert_eq!(pool.stats().in_use(), 0); // no chunk until the answer is written
+    /// out.body(Body::Embedding(vec![1.0; 16]))?;
+    /// assert_eq!(pool.stats().in_use(), 1);
+    /// drop(out); // an answer not handed on goes back to the pool
+    /// assert_eq!(pool.stats().in_use(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_pool(pool: &'a Pool, owner: OwnerId, id: u64) -> Out<'a> {
         Out {
             store: Store::Pool {
@@ -84,6 +159,21 @@ impl<'a> Out<'a> {
     /// # Panics
     ///
     /// When `buf` is not 16-byte aligned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, Body};
+    ///
+    /// // 16-byte aligned, as archives must be: `AlignedVec` is.
+    /// let mut buf = rkyv::util::AlignedVec::<16>::new();
+    /// buf.resize(1024, 0);
+    /// let mut out = Out::in_buffer(&mut buf, 1);
+    /// out.body(Body::Embedding(vec![0.5]))?;
+    /// assert!(access_response(out.bytes().unwrap()).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn in_buffer(buf: &'a mut [u8], id: u64) -> Out<'a> {
         assert!(
@@ -99,6 +189,15 @@ impl<'a> Out<'a> {
     }
 
     /// The id of the request this answers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(1024, 0);
+    /// let out = shm_runtime::backend::writer::Out::in_buffer(&mut chunk, 42);
+    /// assert_eq!(out.id(), 42); // the request's id, which its answers carry
+    /// ```
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -112,12 +211,43 @@ impl<'a> Out<'a> {
     }
 
     /// Bytes of the finished answer, `None` while nothing has been written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::Body;
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(1024, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// assert_eq!(out.written(), None); // a backend returning `Ok` now would have failed
+    /// out.body(Body::Embedding(vec![0.0; 4]))?;
+    /// assert!(out.written().unwrap() >= 4 * 4); // the archive's length
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn written(&self) -> Option<usize> {
         (self.len > 0).then_some(self.len)
     }
 
     /// The finished answer's bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, Body};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(1024, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 7);
+    /// assert!(out.bytes().is_none());
+    /// out.body(Body::Embedding(vec![0.25, 0.75]))?;
+    /// let answer = access_response(out.bytes().expect("written"))?; // what the client reads
+    /// assert_eq!(answer.id, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bytes(&self) -> Option<&[u8]> {
         let len = self.written()?;
         match &self.store {
@@ -213,6 +343,24 @@ impl<'a> Out<'a> {
     /// # Errors
     ///
     /// [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, ArchivedBody, Body, LabelScore};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// // The answer to a request of two texts: one classification each.
+    /// let best = |label: &str| vec![LabelScore { label: label.into(), score: 1.0 }];
+    /// let mut out = Out::in_buffer(&mut chunk, 3);
+    /// out.body(Body::Classifications(vec![best("spam"), best("ham")]))?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Classifications(c) = &answer.body else { panic!() };
+    /// assert_eq!(c[1][0].label, "ham");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn body(&mut self, body: Body) -> Result<(), OutOfRoom> {
         self.response(&Response { id: self.id, body })
     }
@@ -251,6 +399,27 @@ impl<'a> Out<'a> {
     /// # Errors
     ///
     /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::{Out, OutOfRoom};
+    /// use shm_runtime::protocol::{access_response, f32_native, ArchivedBody};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// out.embedding::<OutOfRoom>(3, |v| {
+    ///     v.copy_from_slice(&[3.0, 0.0, 4.0]); // a model's output ...
+    ///     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    ///     v.iter_mut().for_each(|x| *x /= norm); // ... normalised where the client reads it
+    ///     Ok(())
+    /// })?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Embedding(v) = &answer.body else { panic!() };
+    /// assert_eq!(f32_native(v), [0.6, 0.0, 0.8]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn embedding<E: From<OutOfRoom>>(
         &mut self,
@@ -274,6 +443,29 @@ impl<'a> Out<'a> {
     /// # Errors
     ///
     /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::{Out, OutOfRoom};
+    /// use shm_runtime::protocol::{access_response, f32_native, ArchivedBody};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let texts = ["a", "bc"];
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// out.embeddings::<OutOfRoom>(texts.len(), 3, |v| {
+    ///     for (row, text) in v.chunks_exact_mut(3).zip(texts) {
+    ///         row.fill(text.len() as f32);
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Embeddings(e) = &answer.body else { panic!() };
+    /// assert_eq!(e.dim, 3);
+    /// assert_eq!(f32_native(&e.values), [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn embeddings<E: From<OutOfRoom>>(
         &mut self,
         rows: usize,
@@ -305,6 +497,25 @@ impl<'a> Out<'a> {
     /// # Errors
     ///
     /// [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, ArchivedBody, FinishReason, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(2, 16)?; // up to 2 token ids, about 16 bytes of text
+    /// g.push(72, "H")?;
+    /// g.push(105, "i")?;
+    /// g.finish(FinishReason::Length, Usage::default())?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
+    /// assert_eq!((read.text.as_str(), read.tokens.len()), ("Hi", 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn generation(
         &mut self,
@@ -329,6 +540,22 @@ impl<'a> Out<'a> {
 
     /// Continues a generation result [suspended](GenerationWriter::suspend) with `state`, which
     /// must come from this `Out`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let state = out.generation(4, 16)?.suspend(); // started; `out` is free again
+    /// // ... at the next decode step:
+    /// let mut g = out.resume_generation(state);
+    /// g.push(1, "a")?;
+    /// assert_eq!((g.text(), g.tokens()), ("a", 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn resume_generation(&mut self, state: GenerationState) -> GenerationWriter<'_, 'a> {
         GenerationWriter {
@@ -344,6 +571,33 @@ impl<'a> Out<'a> {
     /// # Errors
     ///
     /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::{Out, OutOfRoom, TensorsWriter};
+    /// use shm_runtime::protocol::{access_response, ArchivedBody};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let payload = TensorsWriter::bytes_for::<f32>("logits", 2, 6)
+    ///     + TensorsWriter::bytes_for::<i64>("ids", 1, 2);
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// out.tensors::<OutOfRoom>(payload, |w| {
+    ///     w.add::<f32, OutOfRoom>("logits", &[2, 3], |d| {
+    ///         d.fill(0.5);
+    ///         Ok(())
+    ///     })?;
+    ///     w.add::<i64, OutOfRoom>("ids", &[2], |d| {
+    ///         d.copy_from_slice(&[7, 8]);
+    ///         Ok(())
+    ///     })
+    /// })?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Tensors(ts) = &answer.body else { panic!() };
+    /// assert_eq!((ts.len(), ts[1].name.as_str()), (2, "ids"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tensors<E: From<OutOfRoom>>(
         &mut self,
         payload: usize,

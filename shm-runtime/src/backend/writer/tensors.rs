@@ -11,6 +11,32 @@ pub(super) struct PlacedTensor {
 }
 
 /// Element types a tensor can have on the wire.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::{Elem, Out, OutOfRoom, TensorsWriter};
+/// use shm_runtime::protocol::{access_response, ArchivedBody, ArchivedTensorData};
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(4096, 0);
+///
+/// /// Answers one tensor of `shape` filled with `value`, of any element type.
+/// fn constant<T: Elem>(out: &mut Out<'_>, shape: &[u64], value: T) -> Result<(), OutOfRoom> {
+///     let n = shape.iter().product::<u64>() as usize;
+///     let payload = TensorsWriter::bytes_for::<T>("out", shape.len(), n);
+///     out.tensors(payload, |w| {
+///         w.add("out", shape, |d: &mut [T]| {
+///             d.fill(value);
+///             Ok(())
+///         })
+///     })
+/// }
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// constant(&mut out, &[2, 3], 1i64)?;
+/// let ArchivedBody::Tensors(ts) = &access_response(out.bytes().unwrap())?.body else { panic!() };
+/// assert!(matches!(&ts[0].data, ArchivedTensorData::I64(d) if d.len() == 6));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Elem: bytemuck::Pod {
     /// Its archived data variant over elements placed at `pos`.
     #[doc(hidden)]
@@ -39,6 +65,29 @@ impl Elem for u8 {
 }
 
 /// Adds output tensors in place; see [`Out::tensors`](super::Out::tensors).
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::backend::writer::{Out, OutOfRoom, TensorsWriter};
+/// use shm_runtime::protocol::{access_response, f32_native, ArchivedBody, ArchivedTensorData};
+/// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+/// # chunk.resize(4096, 0);
+///
+/// let probs = [0.1, 0.7, 0.2]; // a model's output
+/// let mut out = Out::in_buffer(&mut chunk, 1);
+/// let payload = TensorsWriter::bytes_for::<f32>("probs", 2, probs.len());
+/// out.tensors(payload, |w: &mut TensorsWriter<'_>| {
+///     w.add::<f32, OutOfRoom>("probs", &[1, 3], |d| {
+///         d.copy_from_slice(&probs); // straight into the chunk
+///         Ok(())
+///     })
+/// })?;
+/// let ArchivedBody::Tensors(ts) = &access_response(out.bytes().unwrap())?.body else { panic!() };
+/// let ArchivedTensorData::F32(d) = &ts[0].data else { panic!("not f32") };
+/// assert_eq!(f32_native(d), probs);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct TensorsWriter<'b> {
     pub(super) buf: &'b mut [u8],
     pub(super) at: usize,
@@ -56,6 +105,17 @@ impl std::fmt::Debug for TensorsWriter<'_> {
 
 impl TensorsWriter<'_> {
     /// Payload bytes of one tensor with this name, rank and element count of type `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::TensorsWriter;
+    ///
+    /// // The payload `Out::tensors` needs for a [1, 384] f32 output and a [1] i64 one.
+    /// let payload = TensorsWriter::bytes_for::<f32>("embedding", 2, 384)
+    ///     + TensorsWriter::bytes_for::<i64>("label", 1, 1);
+    /// assert!(payload >= 384 * 4 + 8); // the data, with room for names, shapes and alignment
+    /// ```
     pub fn bytes_for<T: Elem>(name: &str, rank: usize, elems: usize) -> usize {
         name.len() + 16 + rank * 8 + 16 + elems * std::mem::size_of::<T>() + 16
     }
@@ -65,6 +125,24 @@ impl TensorsWriter<'_> {
     /// # Errors
     ///
     /// What `fill` returns, or [`OutOfRoom`] when the chunk is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::{Out, OutOfRoom};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// out.tensors::<OutOfRoom>(256, |w| {
+    ///     w.add::<u8, OutOfRoom>("mask", &[2, 4], |d| {
+    ///         assert_eq!(d.len(), 8); // as many elements as the shape holds
+    ///         d.fill(1);
+    ///         Ok(())
+    ///     })
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add<T: Elem, E: From<OutOfRoom>>(
         &mut self,
         name: &str,
