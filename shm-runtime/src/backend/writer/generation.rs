@@ -338,7 +338,7 @@ impl GenerationWriter<'_, '_> {
     /// let mut g = out.generation(1, 8)?;
     /// g.push(3797, " cat")?;
     /// let top = vec![TopLogprob { token: 3797, logprob: -0.1, text: " cat".into() }];
-    /// let logprob = TokenLogprob { logprob: -0.1, text: "a".into(), top };
+    /// let logprob = TokenLogprob { logprob: -0.1, text: " cat".into(), top };
     /// g.finish_with_logprobs(FinishReason::Length, Usage::default(), &[logprob.clone()])?;
     /// let answer = access_response(out.bytes().unwrap())?;
     /// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
