@@ -20,7 +20,10 @@ if ! bash ci/nightly.sh; then
   [ -z "${CI:-}" ] || exit 1
   echo "test: no nightly tooling: the miri, TSan and fuzz steps will say SKIPPED"
 fi
-features=shm-runtime/onnx,shm-runtime/gguf,shm-runtime/async,shm-runtime-cli/onnx,shm-runtime-cli/gguf,shm-bench/onnx,shm-bench/gguf
+# The model backends everywhere: the library's, the benchmarks' (the soak) and the command's (its
+# gateway tests serve the demo's models).
+bench_features=shm-runtime/onnx,shm-runtime/gguf,shm-runtime/async,shm-bench/onnx,shm-bench/gguf
+features=$bench_features,shm-runtime-cli/onnx,shm-runtime-cli/gguf
 # Builds what the tests run (the criterion benches are checked by clippy in .ci/run, not built:
 # each is a large LTO link).
 step cargo test --release --workspace --features "$features" --no-run
@@ -42,9 +45,11 @@ fi
 step cargo test --release --manifest-path fuzz/Cargo.toml --target-dir target
 # Chaos: client processes killed every 200 ms, a garbage-writing client, a server killed under
 # waiting clients (docs/reliability.md); 20 s here, 120 s for the full bar.
-step cargo run --release -p shm-bench --features "$features" --bin soak -- --seconds 20
+step cargo run --release -p shm-bench --features "$bench_features" --bin soak -- --seconds 20
 step bash ci/loom.sh
 step bash ci/miri.sh
 step bash ci/tsan.sh
+# Every public item of the libraries has a code example (the examples run with the doc tests).
+step bash ci/doc-examples.sh
 # Each fuzz target for a short, bounded time (scripts/fuzz.sh 600 for a long run).
 step bash scripts/fuzz.sh "${SHM_FUZZ_SECONDS:-30}"

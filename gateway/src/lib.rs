@@ -44,6 +44,19 @@ use crate::error::ApiError;
 use crate::runtime::{Lease, Runtime};
 
 /// How a gateway serves.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shm_runtime_gateway::GatewayOptions;
+///
+/// let mut options = GatewayOptions::default();
+/// options.runtime.connections = 4; // four client connections to the runtime
+/// options.default_max_tokens = 256;
+/// options.keep_alive = Duration::from_secs(5);
+/// assert_eq!(options.max_body, 8 << 20);
+/// ```
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// How it uses the runtime (connections, queue, wait strategy).
@@ -68,6 +81,34 @@ impl Default for GatewayOptions {
 }
 
 /// A gateway onto one service.
+///
+/// # Examples
+///
+/// Serve a runtime's models over HTTP and ask for a completion:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use shm_runtime::{ModelConfig, Server, ServerConfig};
+/// use shm_runtime_gateway::{Gateway, GatewayOptions};
+///
+/// let name = format!("doc-gateway-{}", std::process::id());
+/// let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+/// let rt = tokio::runtime::Runtime::new()?;
+/// let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+/// let addr = listener.local_addr()?;
+/// let gateway = Gateway::new(&name, GatewayOptions::default());
+/// rt.spawn(async move { gateway.serve(listener, std::future::pending()).await });
+///
+/// let body = r#"{"model":"echo","prompt":"hello"}"#;
+/// let mut http = std::net::TcpStream::connect(addr)?;
+/// write!(http, "POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+///               content-length: {}\r\n\r\n{body}", body.len())?;
+/// let mut answer = String::new();
+/// http.read_to_string(&mut answer)?;
+/// assert!(answer.starts_with("HTTP/1.1 200"));
+/// assert!(answer.contains(r#""text":"hello""#));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Gateway {
     runtime: Runtime,
@@ -81,6 +122,14 @@ pub(crate) struct RequestId(pub(crate) String);
 
 impl Gateway {
     /// A gateway onto service `service` (connected on the first request that needs it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // No such service yet: the gateway starts anyway, and answers 503 until it exists.
+    /// let gateway = shm_runtime_gateway::Gateway::new("not-yet", Default::default());
+    /// # drop(gateway);
+    /// ```
     pub fn new(service: &str, options: GatewayOptions) -> Arc<Gateway> {
         Arc::new(Gateway {
             runtime: Runtime::new(service, options.runtime.clone()),
@@ -89,7 +138,18 @@ impl Gateway {
         })
     }
 
-    /// The routes, ready to serve.
+    /// The routes, ready to serve: to serve them with other routes of your own, or with your
+    /// own server loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axum::routing::get;
+    ///
+    /// let gateway = shm_runtime_gateway::Gateway::new("svc", Default::default());
+    /// let app = gateway.router().route("/version", get(|| async { "1.0" }));
+    /// # drop(app);
+    /// ```
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(generate::chat))
@@ -108,10 +168,22 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `shutdown` completes, then finishes the requests in progress.
+    /// Installs the process's metrics recorder first ([`metrics::install`]).
     ///
     /// # Errors
     ///
     /// When the listener fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn demo() -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let gateway = shm_runtime_gateway::Gateway::new("svc", Default::default());
+    /// // Until Ctrl-C.
+    /// gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+    /// # }
+    /// ```
     pub async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,

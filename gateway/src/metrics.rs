@@ -3,6 +3,18 @@
 //! crate). Names follow Prometheus' conventions: one `shm_runtime_` prefix, seconds, `_total`
 //! counters; histogram buckets grow by 2 from 1 us to about a minute, so microsecond figures
 //! resolve.
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::{status, ModelConfig, Server, ServerConfig};
+//!
+//! let name = format!("doc-gw-metrics-{}", std::process::id());
+//! let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+//! let text = shm_runtime_gateway::metrics::runtime_text(&name, Some(&status(&name)?));
+//! assert!(text.contains(&format!("shm_runtime_up{{service=\"{name}\"}} 1")));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -12,6 +24,13 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shm_runtime::ServiceStatus;
 
 /// The histogram buckets, in seconds: 1 us, 2 us, 4 us, ... 67 s.
+///
+/// # Examples
+///
+/// ```
+/// let b = shm_runtime_gateway::metrics::buckets();
+/// assert_eq!((b[0], b.len()), (1e-6, 27));
+/// ```
 pub fn buckets() -> Vec<f64> {
     (0..27).map(|i| 1e-6 * f64::from(1u32 << i)).collect()
 }
@@ -19,7 +38,15 @@ pub fn buckets() -> Vec<f64> {
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process's metrics recorder (once; later calls do nothing). Without it the
-/// gateway's own metrics are not kept.
+/// gateway's own metrics are not kept. [`Gateway::serve`](crate::Gateway::serve) calls it; call it
+/// yourself when you serve [`Gateway::router`](crate::Gateway::router) another way.
+///
+/// # Examples
+///
+/// ```
+/// shm_runtime_gateway::metrics::install();
+/// shm_runtime_gateway::metrics::install(); // the second call does nothing
+/// ```
 pub fn install() {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -79,6 +106,13 @@ fn esc(v: &str) -> String {
 
 /// The runtime's metrics for service `service` in Prometheus' text format; `status` is `None`
 /// when the service could not be read (then only `shm_runtime_up 0`).
+///
+/// # Examples
+///
+/// ```
+/// let text = shm_runtime_gateway::metrics::runtime_text("gone", None);
+/// assert!(text.ends_with("shm_runtime_up{service=\"gone\"} 0\n"));
+/// ```
 pub fn runtime_text(service: &str, status: Option<&ServiceStatus>) -> String {
     let mut o = String::new();
     let svc = esc(service);

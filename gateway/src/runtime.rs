@@ -24,6 +24,18 @@ use crate::error::ApiError;
 pub(crate) const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How the gateway uses the runtime.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::ring::WaitStrategy;
+/// use shm_runtime_gateway::RuntimeOptions;
+///
+/// let mut options = RuntimeOptions::default();
+/// options.queue = 64; // a 65th waiting request gets a 429 at once
+/// options.client.wait = WaitStrategy::default();
+/// assert_eq!(options.connections, 2);
+/// ```
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Client connections to the service (each has its own rings and one waiter thread).

@@ -6,12 +6,36 @@
 //! 2^i microseconds (1 us, 2 us, 4 us ... 2^26 us = 67 s), the last one everything longer; plus
 //! the sum of the values in nanoseconds and their count. Workers record a request after its final
 //! answer is on its way, so the round trip does not wait for the bookkeeping.
+//!
+//! # Examples
+//!
+//! ```
+//! use shm_runtime::{status, Client, GenerateOptions, ModelConfig, Server, ServerConfig};
+//!
+//! let name = format!("doc-metrics-{}", std::process::id());
+//! let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+//! let client = Client::connect(&name)?;
+//! client.generate("echo", "hello", &GenerateOptions::default())?;
+//! // Counted once the answer has left: a moment after the client has it.
+//! # std::thread::sleep(std::time::Duration::from_millis(50));
+//! let m = &status(&name)?.lanes[0].metrics;
+//! let p99 = m.end_to_end.quantile(0.99).expect("requests were counted");
+//! println!("echo: p99 <= {:.0} us, {} tokens generated", p99 * 1e6, m.generated_tokens);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::protocol::FinishReason;
 
 /// Buckets of a [`Histogram`]: 27 bounded ones (1 us to 2^26 us) and one for longer values.
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::metrics::{bucket_bound_seconds, BUCKETS};
+/// assert_eq!(bucket_bound_seconds(BUCKETS - 2), 67.108864); // the longest bounded bucket
+/// ```
 pub const BUCKETS: usize = 28;
 
 /// The upper bound of bucket `i` in seconds (`f64::INFINITY` for the last).
@@ -155,6 +179,13 @@ pub struct LaneMetrics {
 }
 
 /// The finish reasons in the order of [`LaneMetrics::finish`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_runtime::metrics::FINISH_REASONS;
+/// assert_eq!(FINISH_REASONS, ["length", "stop", "cancelled", "timeout"]);
+/// ```
 pub const FINISH_REASONS: [&str; 4] = ["length", "stop", "cancelled", "timeout"];
 
 impl LaneMetrics {
