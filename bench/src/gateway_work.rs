@@ -42,11 +42,17 @@ impl GatewayBench {
         let gateway = ChildProcess::spawn("gateway", &arg)?;
         let end = Instant::now() + Duration::from_secs(30);
         let (port, pid) = loop {
-            if let Some(line) = std::fs::read_to_string(&port_file).ok().filter(|s| s.ends_with('\n')) {
+            if let Some(line) = std::fs::read_to_string(&port_file)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+            {
                 let (port, pid) = line.trim().split_once(' ').context("port file")?;
                 break (port.parse::<u16>()?, pid.parse::<u32>()?);
             }
-            ensure!(Instant::now() < end, "the gateway did not listen within 30 s");
+            ensure!(
+                Instant::now() < end,
+                "the gateway did not listen within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let _ = std::fs::remove_file(&port_file);
@@ -112,12 +118,18 @@ impl RoundTrip for GatewayClient {
     fn round_trip(&mut self) -> Result<()> {
         self.conn.get_mut().write_all(&self.request)?;
         self.line.clear();
-        ensure!(self.conn.read_line(&mut self.line)? > 0, "the gateway hung up");
+        ensure!(
+            self.conn.read_line(&mut self.line)? > 0,
+            "the gateway hung up"
+        );
         let ok = self.line.split_ascii_whitespace().nth(1) == Some("200");
         let mut length = None;
         loop {
             self.line.clear();
-            ensure!(self.conn.read_line(&mut self.line)? > 0, "the gateway hung up");
+            ensure!(
+                self.conn.read_line(&mut self.line)? > 0,
+                "the gateway hung up"
+            );
             let header = self.line.trim_end();
             if header.is_empty() {
                 break;
@@ -132,7 +144,10 @@ impl RoundTrip for GatewayClient {
         self.body.resize(length, 0);
         self.conn.read_exact(&mut self.body)?;
         if !ok {
-            bail!("the gateway answered {}", String::from_utf8_lossy(&self.body));
+            bail!(
+                "the gateway answered {}",
+                String::from_utf8_lossy(&self.body)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&self.body)?;
         ensure!(v["choices"][0]["text"] == PROMPT, "not the echo: {v}");
@@ -193,7 +208,8 @@ pub fn gateway_rps(connections: usize, window: Duration) -> Result<f64> {
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
     }
     bench.stop()?;
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
@@ -202,7 +218,9 @@ pub fn gateway_rps(connections: usize, window: Duration) -> Result<f64> {
 /// The gateway child: `arg` is `SERVICE,PORT_FILE`; serves with the default options until
 /// SIGTERM, after writing `PORT PID` and a newline to the port file.
 fn serve_gateway(arg: &str) -> Result<()> {
-    let (service, port_file) = arg.split_once(',').context("gateway wants SERVICE,PORT_FILE")?;
+    let (service, port_file) = arg
+        .split_once(',')
+        .context("gateway wants SERVICE,PORT_FILE")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -213,7 +231,10 @@ fn serve_gateway(arg: &str) -> Result<()> {
         let tmp = format!("{port_file}.tmp");
         std::fs::write(&tmp, format!("{port} {}\n", std::process::id()))?;
         std::fs::rename(&tmp, port_file)?;
-        let gw = shm_runtime_gateway::Gateway::new(service, shm_runtime_gateway::GatewayOptions::default());
+        let gw = shm_runtime_gateway::Gateway::new(
+            service,
+            shm_runtime_gateway::GatewayOptions::default(),
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         gw.serve(listener, async move {
             term.recv().await;

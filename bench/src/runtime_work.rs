@@ -55,7 +55,8 @@ impl EchoServer {
 
     fn spawn(wait: &str, trusted_clients: bool, pinned: bool) -> Result<EchoServer> {
         let name = format!(
-            "bench-echo-{wait}-{trusted_clients}-{pinned}-{}",
+            "bench-echo-{}-{trusted_clients}-{pinned}-{}",
+            wait.replace(':', "_"),
             std::process::id()
         );
         let child = ChildProcess::spawn(

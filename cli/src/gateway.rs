@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use shm_runtime::ring::WaitStrategy;
-use shm_runtime::ClientOptions;
 use shm_runtime_gateway::{Gateway, GatewayOptions, RuntimeOptions};
 
 use crate::args;
@@ -36,10 +35,8 @@ pub(crate) struct HttpArgs {
 
 impl HttpArgs {
     fn options(&self) -> GatewayOptions {
-        let mut client = ClientOptions {
-            timeout: self.request_timeout,
-            ..ClientOptions::default()
-        };
+        let mut client = RuntimeOptions::default().client;
+        client.timeout = self.request_timeout;
         if let Some(w) = self.http_wait {
             client.wait = w;
         }

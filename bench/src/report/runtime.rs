@@ -145,7 +145,11 @@ pub(super) fn runtime(report: &mut Report, quick: bool) {
         report,
         "gateway_rps",
         "gateway requests per second, 16 keep-alive connections, median of 3",
-        || median_of(3, || gateway_work::gateway_rps(16, Duration::from_secs(if quick { 1 } else { 3 }))),
+        || {
+            median_of(3, || {
+                gateway_work::gateway_rps(16, Duration::from_secs(if quick { 1 } else { 3 }))
+            })
+        },
     );
     pinning(report, n);
     for (key, what, trusted_clients) in [
