@@ -69,6 +69,24 @@ fn write_text(out: &mut impl Write, name: &str, st: &ServiceStatus) -> std::io::
             l.panics,
             l.restarts
         )?;
+        let m = &l.metrics;
+        if let (Some(p50), Some(p99)) = (m.end_to_end.quantile(0.5), m.end_to_end.quantile(0.99)) {
+            write!(
+                out,
+                "  in the server (bucket bounds): p50 <= {}, p99 <= {}",
+                seconds(p50),
+                seconds(p99)
+            )?;
+            if let Some(ttft) = m.time_to_first_token.quantile(0.5) {
+                write!(
+                    out,
+                    "; first token p50 <= {}; {} tokens generated",
+                    seconds(ttft),
+                    m.generated_tokens
+                )?;
+            }
+            writeln!(out)?;
+        }
     }
     writeln!(out, "clients: {}", st.clients.len())?;
     for c in &st.clients {
@@ -105,4 +123,13 @@ fn write_text(out: &mut impl Write, name: &str, st: &ServiceStatus) -> std::io::
         )?;
     }
     Ok(())
+}
+
+/// A duration in seconds, in the unit that reads best.
+fn seconds(s: f64) -> String {
+    match s {
+        s if s < 1e-3 => format!("{:.0} us", s * 1e6),
+        s if s < 1.0 => format!("{:.1} ms", s * 1e3),
+        s => format!("{s:.1} s"),
+    }
 }
