@@ -110,6 +110,9 @@ const _: () = {
     assert!(std::mem::size_of::<SpscHeader>() == 640);
 };
 
+/// Most entries a ring may be initialised for (before rounding up, which keeps it at 2^30).
+const MAX_CAPACITY: usize = 1 << 30;
+
 fn slots_offset() -> usize {
     align_up(std::mem::size_of::<SpscHeader>(), REGION_ALIGN)
 }
@@ -138,7 +141,8 @@ pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
 ///
 /// # Errors
 ///
-/// [`AttachError::RegionTooSmall`] or [`AttachError::InvalidCapacity`].
+/// [`AttachError::RegionTooSmall`], or [`AttachError::InvalidCapacity`] for a capacity of 0 or
+/// above 2^30.
 ///
 /// # Examples
 ///
@@ -156,7 +160,7 @@ pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
 /// # Ok::<(), AttachError>(())
 /// ```
 pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError> {
-    if capacity == 0 || capacity > (1 << 30) {
+    if capacity == 0 || capacity > MAX_CAPACITY {
         return Err(AttachError::InvalidCapacity(capacity));
     }
     let cap = capacity.next_power_of_two();
@@ -204,7 +208,14 @@ pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError>
     Ok(())
 }
 
-/// A producer and a consumer over a fresh heap-backed ring (in-process use, tests, miri).
+/// A producer and a consumer over a fresh heap-backed ring of `capacity` entries (rounded up to a
+/// power of two): a convenience for in-process use, tests and miri, where a bad capacity is a
+/// programming error. Shared-memory rings go through [`init`], which returns an error instead.
+///
+/// # Panics
+///
+/// When `capacity` is 0 or above 2^30 (the range [`init`] accepts), with a message naming it and
+/// the valid range; the check comes before any memory is allocated.
 ///
 /// # Examples
 ///
@@ -215,7 +226,16 @@ pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError>
 /// tx.push(1).unwrap();
 /// assert_eq!(rx.pop(), Ok(1));
 /// ```
+///
+/// ```should_panic
+/// // panics: "spsc::heap: capacity 0 is out of range (1 ..= 1073741824)"
+/// let _ = shm_ring::spsc::heap::<u64>(0);
+/// ```
 pub fn heap<T: Pod>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    assert!(
+        (1..=MAX_CAPACITY).contains(&capacity),
+        "spsc::heap: capacity {capacity} is out of range (1 ..= {MAX_CAPACITY})"
+    );
     let region = Region::heap(bytes_for::<T>(capacity));
     init::<T>(&region, capacity).expect("heap region is sized for the ring");
     let p = Producer::attach(&region).expect("fresh ring");
@@ -929,6 +949,19 @@ mod tests {
         assert_eq!(rx.pop_into(&mut rest), 7);
         assert_eq!(&rest[..3], &items[5..8]);
         assert_eq!(&rest[3..7], &items[8..12]);
+    }
+
+    #[test]
+    #[should_panic(expected = "spsc::heap: capacity 0 is out of range (1 ..= 1073741824)")]
+    fn heap_with_no_capacity_panics_naming_the_valid_range() {
+        let _ = heap::<u64>(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "spsc::heap: capacity 1073741825 is out of range (1 ..= 1073741824)")]
+    fn heap_with_too_large_a_capacity_panics_before_allocating() {
+        // Checked first: the ring it would round up to needs 16 GiB.
+        let _ = heap::<u64>((1 << 30) + 1);
     }
 
     #[test]
