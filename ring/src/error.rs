@@ -48,6 +48,26 @@ pub enum AttachError {
     /// The capacity requested at init is zero or too large.
     #[error("invalid ring capacity {0}")]
     InvalidCapacity(usize),
+    /// The participant count requested at an MPMC ring's init is zero or above the limit
+    /// ([`mpmc::MAX_PARTICIPANTS`](crate::mpmc::MAX_PARTICIPANTS)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_ring::{mpmc, AttachError, Region};
+    ///
+    /// let region = Region::heap(mpmc::bytes_for::<u64>(8, 4));
+    /// let refused = mpmc::init::<u64>(&region, 8, 0).unwrap_err();
+    /// let max = mpmc::MAX_PARTICIPANTS;
+    /// assert_eq!(refused, AttachError::InvalidParticipants { participants: 0, max });
+    /// ```
+    #[error("invalid participant count {participants}: a ring takes 1 ..= {max}")]
+    InvalidParticipants {
+        /// The participant count requested.
+        participants: usize,
+        /// The most a ring takes.
+        max: usize,
+    },
     /// Another live process holds the role.
     #[error("the role is held by live process {pid}")]
     RoleTaken {
