@@ -136,6 +136,28 @@ impl<T> PushError<T> {
     }
 }
 
+/// The ring's shared indices contradict each other: the peer wrote garbage. What the batch
+/// operations [`spsc::Producer::push_slice`](crate::spsc::Producer::push_slice) and
+/// [`spsc::Consumer::pop_into`](crate::spsc::Consumer::pop_into) return instead of a count, where
+/// `push` and `pop` return [`PushError::Corrupted`] and [`PopError::Corrupted`].
+///
+/// # Examples
+///
+/// ```
+/// use shm_ring::{spsc, Corrupted};
+///
+/// let (mut tx, mut rx) = spsc::heap::<u32>(4);
+/// assert_eq!(tx.push_slice(&[1, 2]), Ok(2));
+/// let mut out = [0; 4];
+/// match rx.pop_into(&mut out) {
+///     Ok(n) => assert_eq!(out[..n], [1, 2]), // Ok(0): empty
+///     Err(Corrupted) => unreachable!("only a peer writing garbage makes this happen"),
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the ring's indices are corrupt")]
+pub struct Corrupted;
+
 /// Why a pop returned nothing.
 ///
 /// # Examples
