@@ -242,7 +242,8 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// 256 B .. 1 MiB in powers of four, about 24 MiB in all, 64 owners.
+    /// 256 B .. 1 MiB in powers of four, about 23 MiB in all ([`Pool::bytes_for`]: 23 MiB of
+    /// chunks and 132 KiB of tables), 64 owners.
     ///
     /// # Examples
     ///
@@ -250,6 +251,7 @@ impl PoolConfig {
     /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
     ///
     /// let config = PoolConfig::standard();
+    /// assert_eq!(Pool::bytes_for(&config).div_ceil(1 << 20), 24); // 23.1 MiB
     /// let region = Region::heap(Pool::bytes_for(&config));
     /// Pool::init(&region, &config)?;
     /// let pool = Pool::attach(&region)?;
@@ -295,7 +297,8 @@ impl PoolConfig {
         }
     }
 
-    /// A small pool for tests and examples (a few hundred KiB).
+    /// A small pool for tests and examples: 64 chunks of 256 B and 16 of 4 KiB, about 84 KiB in
+    /// all ([`Pool::bytes_for`]: 80 KiB of chunks and 3.5 KiB of tables), 8 owners.
     ///
     /// # Examples
     ///
@@ -303,7 +306,9 @@ impl PoolConfig {
     /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
     ///
     /// let config = PoolConfig::small();
-    /// assert!(Pool::bytes_for(&config) < 256 << 10);
+    /// assert_eq!(Pool::bytes_for(&config).div_ceil(1 << 10), 84); // 83.5 KiB
+    /// let chunks = 64 * 256 + 16 * 4096;
+    /// assert!(Pool::bytes_for(&config) - chunks < 4 << 10);
     /// let region = Region::heap(Pool::bytes_for(&config));
     /// Pool::init(&region, &config)?;
     /// # Ok::<(), shm_ring::pool::PoolAttachError>(())
