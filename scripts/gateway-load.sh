@@ -91,7 +91,7 @@ done
 [ "$code" = 200 ] || fail "/health answered $code, not 200, within 60 s: $(curl -s "$url/health")"
 echo "gateway-load: serving $svc on $url (server pid $server)"
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status" 2>/dev/null || fail "the server (pid $server) is gone: $(tail -3 "$tmp/serve.err")"; }
 metric() { # metric NAME: its value on /metrics (the sum over its series), 0 when absent
   curl -s "$url/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
 }
@@ -119,7 +119,7 @@ check() { # check OK MESSAGE: prints the summary line, counts a failure
 idle() {
   local start=$SECONDS st busy
   while :; do
-    st=$("$bin" status "$svc" --json)
+    st=$("$bin" status "$svc" --json 2>&1) || { echo "status failed: $st"; return 1; }
     busy=$(jq -r '[(.lanes[] | select(.queued > 0 or .running > 0) | "lane \(.model): queued \(.queued) running \(.running)"),
                    (.clients[] | select(.inflight > 0) | "client \(.slot): \(.inflight) in flight")] | join("; ")' <<<"$st")
     [ -z "$busy" ] && { echo "idle after $((SECONDS - start)) s"; return 0; }
@@ -192,8 +192,8 @@ round() {
     read -r code first t <"$tmp/stream$n.$i.w" || true
     if [ "$code" != 200 ]; then
       bad+=("stream $i: HTTP ${code:-none} after ${t:-?} s")
-    elif grep -q '"error"' "$tmp/stream$n.$i"; then
-      bad+=("stream $i: error event: $(grep -m1 '"error"' "$tmp/stream$n.$i")")
+    elif grep -q '^data: {"error"' "$tmp/stream$n.$i"; then
+      bad+=("stream $i: error event: $(grep -m1 '^data: {"error"' "$tmp/stream$n.$i")")
     elif [ "$(grep -v '^$' "$tmp/stream$n.$i" | tail -n1)" != "data: [DONE]" ]; then
       bad+=("stream $i: does not end with data: [DONE] (cut after $t s?)")
     elif ! grep -q '"content":"[^"]' "$tmp/stream$n.$i"; then
@@ -267,6 +267,8 @@ check "$([ "$http429" = 0 ] && echo 0 || echo 1)" "the gateway answered 429 $htt
 delta=$((rss2 - rss1))
 check "$([ $((${delta#-} * 100)) -le $((rss1 * rss_tolerance_pct)) ] && echo 0 || echo 1)" \
   "memory flat: server RSS $((rss_start / 1024)) MiB at start, $((rss1 / 1024)) MiB after round 1, $((rss2 / 1024)) MiB after round 2 ($((delta / 1024)) MiB, tolerance $rss_tolerance_pct %)"
+
+check "$(kill -0 "$server" 2>/dev/null && echo 0 || echo 1)" "the server (pid $server) is still running"
 
 if [ "$failures" -gt 0 ]; then
   echo "gateway-load: FAILED: $failures checks failed" >&2
