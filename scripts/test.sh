@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, doc, cross-process and model tests (real ONNX Runtime and llama.cpp
-# with real models), the root-only tests, the fuzz harnesses' own tests, a short chaos soak, then
-# loom, miri, ThreadSanitizer and a short fuzz run.
+# with real models), the root-only tests, the gateway under load (wrk) and behind nginx, the fuzz
+# harnesses' own tests, a short chaos soak, then loom, miri, ThreadSanitizer and a short fuzz run.
 # Idempotent: first fetches ONNX Runtime, the models and llama.cpp's build tools (scripts/setup.sh),
 # then the nightly toolchain with miri and rust-src, and cargo-fuzz (ci/nightly.sh). With CI set,
 # nothing is skipped: a step that cannot run fails the suite; without CI, the miri, TSan and fuzz
-# steps and the root-only tests say SKIPPED with the reason when they cannot run here.
+# steps, the root-only tests and the gateway's wrk and nginx steps (without root to install the
+# tool) say SKIPPED with the reason when they cannot run here.
 # Runs in the release profile, the one the benchmarks use, so llama.cpp is built once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,24 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "test: SKIPPED the root-only tests (shm-ring processes, the command's processes and permissions, --ignored): not root"
 fi
+# The gateway with existing tools, on the binary the tests above built (target/release/shm-runtime,
+# with the model features: the load test serves the demo's models): under load from wrk (256
+# connections on echo, 16 SmolLM2 streams), and behind nginx with one of two pairs killed. Each
+# script installs its tools with apt-get as root; without root and without the tool, SKIPPED
+# here, a failure with CI set (the script runs and says what is missing).
+gateway_step() { # gateway_step SCRIPT TOOL...: runs SCRIPT unless a TOOL is missing and cannot be installed
+  local script=$1 tool
+  shift
+  for tool in "$@"; do
+    if ! PATH=$PATH:/usr/sbin command -v "$tool" >/dev/null 2>&1 && [ "$(id -u)" != 0 ] && [ -z "${CI:-}" ]; then
+      echo "test: SKIPPED $script: $tool is missing and installing it needs root (Debian: apt-get install $tool)"
+      return 0
+    fi
+  done
+  step bash "$script" target/release/shm-runtime
+}
+gateway_step scripts/gateway-load.sh wrk curl jq
+gateway_step scripts/gateway-lb.sh nginx curl
 # The fuzz harnesses as plain tests (fuzz/ is outside the workspace; stable is enough). In the
 # workspace's target directory, so that the dependencies they share are not built twice.
 step cargo test --release --manifest-path fuzz/Cargo.toml --target-dir target
