@@ -23,6 +23,19 @@ use crate::error::ApiError;
 /// Least time between two attempts to connect to a missing service.
 pub(crate) const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Longest wait for the server to end the cancelled requests of a connection before a request
+/// is sent anyway.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// One request counted in the queue while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How the gateway uses the runtime.
 ///
 /// # Examples
@@ -72,6 +85,8 @@ impl Default for RuntimeOptions {
 #[derive(Debug)]
 pub(crate) struct Connections {
     clients: Vec<AsyncClient>,
+    /// The server's in-flight limit per client.
+    per_client: u32,
     permits: Arc<Semaphore>,
     models: Vec<String>,
 }
@@ -165,10 +180,11 @@ impl Runtime {
         let clients = (0..self.options.connections.max(1))
             .map(|_| AsyncClient::connect_with(&self.service, self.options.client.clone()))
             .collect::<Result<Vec<_>, Error>>()?;
-        let per_client = clients[0].blocking().max_in_flight().max(1) as usize;
+        let per_client = clients[0].blocking().max_in_flight().max(1);
         let models = clients[0].blocking().models();
         Ok(Connections {
-            permits: Arc::new(Semaphore::new(per_client * clients.len())),
+            per_client,
+            permits: Arc::new(Semaphore::new(per_client as usize * clients.len())),
             clients,
             models,
         })
@@ -184,17 +200,30 @@ impl Runtime {
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(ApiError::queue_full(self.options.queue));
                 }
+                // Counted out when the wait ends, also when its client leaves meanwhile (the
+                // future is dropped at the await).
+                let _waiting = Waiting(&self.waiting);
                 let permit = connections.permits.clone().acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
                 permit.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?
             }
         };
-        let client = connections
-            .clients
-            .iter()
-            .min_by_key(|c| c.blocking().in_flight())
-            .expect("at least one connection")
-            .clone();
+        // A request whose client left is cancelled at once, and its permit comes back at once,
+        // but the server counts it in flight until it has ended it: wait for a connection under
+        // the server's limit (a step of the model at most), rather than be refused as busy.
+        let pick = || {
+            connections
+                .clients
+                .iter()
+                .min_by_key(|c| (c.blocking().server_in_flight(), c.blocking().in_flight()))
+                .expect("at least one connection")
+        };
+        let settle = Instant::now() + SETTLE;
+        while pick().blocking().server_in_flight() >= connections.per_client
+            && Instant::now() < settle
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let client = pick().clone();
         Ok(Lease {
             client,
             connections,

@@ -435,3 +435,60 @@ fn every_metric_of_the_grafana_dashboard_is_in_a_live_scrape() {
         "the dashboard uses {missing:?}, not in the scrape:\n{scrape}"
     );
 }
+
+#[test]
+fn a_queued_request_whose_client_leaves_frees_its_place_in_the_queue() {
+    let name = unique_name("gw-queue-leave");
+    let mut c = ServerConfig::new(&name, vec![sleep_model("slow", 20.0)]);
+    c.pin = false;
+    c.max_inflight = 1;
+    let _server = Server::start(c).unwrap();
+    let mut options = GatewayOptions::default();
+    options.runtime.connections = 1;
+    options.runtime.queue = 1;
+    let gw = TestGateway::start(&name, options);
+    let body = |n: u32| json!({"model": "slow", "prompt": "x", "max_tokens": n}).to_string();
+    for _ in 0..3 {
+        // One runs; one waits in the queue, then its client leaves.
+        let running = gw.send("POST", "/v1/completions", Some(&body(10)), &[]);
+        wait_for("a request running", Duration::from_secs(2), || {
+            shm_runtime::status(&name).unwrap().lanes[0].running == 1
+        });
+        let queued = gw.send("POST", "/v1/completions", Some(&body(10)), &[]);
+        std::thread::sleep(Duration::from_millis(30));
+        drop(queued);
+        let mut running = running;
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut running, &mut raw).unwrap();
+        assert_eq!(common::Answer::parse(&raw).status, 200);
+    }
+    // The queue holds nobody: a request that has to wait is queued, not refused.
+    let running = gw.send("POST", "/v1/completions", Some(&body(10)), &[]);
+    wait_for("a request running", Duration::from_secs(2), || {
+        shm_runtime::status(&name).unwrap().lanes[0].running == 1
+    });
+    let a = gw.post("/v1/completions", &json!({"model": "slow", "prompt": "x", "max_tokens": 2}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    drop(running);
+}
+
+#[test]
+fn the_request_deadline_is_the_gateways() {
+    let name = unique_name("gw-deadline");
+    let _server = server(&name);
+    let mut options = GatewayOptions::default();
+    options.runtime.client.timeout = Duration::from_millis(300);
+    let gw = TestGateway::start(&name, options);
+    let start = Instant::now();
+    // 1000 tokens at 10 ms: 10 s, unless the deadline of 0.3 s ends it.
+    let a = gw.post("/v1/completions", &json!({"model": "slow", "prompt": "x", "max_tokens": 1000}));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "answered after {took:?}: {}", a.body);
+    // The server ends a generation past its deadline with what it has (finish `length` is not
+    // reached): a 200 with the partial text, or a 504 when nothing was generated.
+    assert!(a.status == 200 || a.status == 504, "{}: {}", a.status, a.body);
+    if a.status == 200 {
+        let text = a.json()["choices"][0]["text"].as_str().unwrap().to_owned();
+        assert!(text.len() < 1000, "{text}");
+    }
+}

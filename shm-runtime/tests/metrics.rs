@@ -21,10 +21,14 @@ fn each_model_keeps_its_latency_histograms_and_generation_counters() {
     config.pin = false;
     let _server = Server::start(config).unwrap();
     // Each model's warm-up request is counted a moment after its answer (and `start`) returned.
-    wait_for("the warm-up requests counted", Duration::from_secs(2), || {
-        let s = status(&name).unwrap();
-        s.lanes.iter().all(|l| l.metrics.end_to_end.count == 1)
-    });
+    wait_for(
+        "the warm-up requests counted",
+        Duration::from_secs(2),
+        || {
+            let s = status(&name).unwrap();
+            s.lanes.iter().all(|l| l.metrics.end_to_end.count == 1)
+        },
+    );
     let before = status(&name).unwrap();
     let client = Client::connect(&name).unwrap();
     for text in ["one", "three"] {

@@ -804,6 +804,29 @@ impl Client {
         inbox.pending.values().filter(|p| !p.abandoned).count()
     }
 
+    /// Requests of this connection the server counts in flight: accepted and not yet finished.
+    /// A request this client cancelled or gave up on stays counted until the server has ended
+    /// it, so this can exceed [`in_flight`](Self::in_flight) for a moment; the server refuses a
+    /// request beyond [`max_in_flight`](Self::max_in_flight) by this count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-server-in-flight-{}", std::process::id());
+    /// # let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+    /// let client = Client::connect(&name)?;
+    /// client.embed("echo", &["hi"])?;
+    /// // Answered: nothing left in flight (the count drops as the server releases the request).
+    /// # std::thread::sleep(std::time::Duration::from_millis(20));
+    /// assert_eq!(client.server_in_flight(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn server_in_flight(&self) -> u32 {
+        let entry = self.conn.svc.client(self.conn.slot);
+        entry.inflight.load(Ordering::Acquire)
+    }
+
     /// The most requests the server lets one client have in flight (its `max_inflight`); one
     /// more is refused with [`Error::Busy`].
     ///

@@ -9,7 +9,8 @@ use super::{Client, ResponseView, Stream};
 use crate::error::Error;
 use crate::protocol::{
     f32_native, tokens_native, ArchivedBody, ArchivedGeneration, ArchivedLabelScore,
-    ArchivedTokenLogprob, ChatMessage, FinishReason, Input, Params, Request, Task, TokenLogprob,
+    ArchivedTokenLogprob, ChatMessage, FinishReason, Input, Limits, Params, Request, Task,
+    TokenLogprob,
 };
 
 /// Embeddings read in place: one row per text, each of [`dim`](Self::dim) values, in the
@@ -541,7 +542,14 @@ fn texts_input<S: AsRef<str>>(texts: &[S]) -> Result<Input, Error> {
 }
 
 impl Client {
-    fn typed_request(&self, model: &str, task: Task, input: Input, params: Params) -> Request {
+    /// A request of the typed calls; one that sets no deadline gets the client's
+    /// ([`ClientOptions::timeout`](crate::ClientOptions::timeout)), so that the server gives up
+    /// when the client does.
+    fn typed_request(&self, model: &str, task: Task, input: Input, mut params: Params) -> Request {
+        if params.timeout_ms == 0 {
+            let ms = self.conn.options.timeout.as_millis();
+            params.timeout_ms = ms.clamp(1, u128::from(Limits::default().max_timeout_ms)) as u32;
+        }
         Request {
             id: self.next_request_id(),
             model: model.to_owned(),
