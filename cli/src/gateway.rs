@@ -31,6 +31,10 @@ pub(crate) struct HttpArgs {
     /// Deadline of a request in the runtime (5s, 500ms; a plain number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = args::duration)]
     request_timeout: Duration,
+    /// On SIGINT or SIGTERM, how long open HTTP requests (streams too) may take to finish before
+    /// they are dropped, which cancels them in the runtime; the listener closes at once.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration)]
+    http_grace: Duration,
 }
 
 impl HttpArgs {
@@ -100,12 +104,29 @@ pub(crate) fn run(
             "gateway for {service:?} on http://{local}"
         );
         let gw = Gateway::new(service, http.options());
-        let shutdown = async move {
+        let stopped = {
+            let stop = stop.clone();
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let serving = gw.serve(listener, stopped);
+        // The requests still open `http_grace` after the signal are dropped (and so cancelled).
+        let grace = async {
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            tokio::time::sleep(http.http_grace).await;
         };
-        gw.serve(listener, shutdown).await?;
+        tokio::select! {
+            served = serving => served?,
+            () = grace => tracing::warn!(
+                "HTTP requests still open {:.1} s after the stop signal: dropped",
+                http.http_grace.as_secs_f64()
+            ),
+        }
         Ok(())
     })
 }

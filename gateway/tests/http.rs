@@ -467,7 +467,10 @@ fn a_queued_request_whose_client_leaves_frees_its_place_in_the_queue() {
     wait_for("a request running", Duration::from_secs(2), || {
         shm_runtime::status(&name).unwrap().lanes[0].running == 1
     });
-    let a = gw.post("/v1/completions", &json!({"model": "slow", "prompt": "x", "max_tokens": 2}));
+    let a = gw.post(
+        "/v1/completions",
+        &json!({"model": "slow", "prompt": "x", "max_tokens": 2}),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     drop(running);
 }
@@ -481,12 +484,24 @@ fn the_request_deadline_is_the_gateways() {
     let gw = TestGateway::start(&name, options);
     let start = Instant::now();
     // 1000 tokens at 10 ms: 10 s, unless the deadline of 0.3 s ends it.
-    let a = gw.post("/v1/completions", &json!({"model": "slow", "prompt": "x", "max_tokens": 1000}));
+    let a = gw.post(
+        "/v1/completions",
+        &json!({"model": "slow", "prompt": "x", "max_tokens": 1000}),
+    );
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(3), "answered after {took:?}: {}", a.body);
+    assert!(
+        took < Duration::from_secs(3),
+        "answered after {took:?}: {}",
+        a.body
+    );
     // The server ends a generation past its deadline with what it has (finish `length` is not
     // reached): a 200 with the partial text, or a 504 when nothing was generated.
-    assert!(a.status == 200 || a.status == 504, "{}: {}", a.status, a.body);
+    assert!(
+        a.status == 200 || a.status == 504,
+        "{}: {}",
+        a.status,
+        a.body
+    );
     if a.status == 200 {
         let text = a.json()["choices"][0]["text"].as_str().unwrap().to_owned();
         assert!(text.len() < 1000, "{text}");
