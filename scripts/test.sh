@@ -27,8 +27,13 @@ bench_features=shm-runtime/onnx,shm-runtime/gguf,shm-runtime/async,shm-bench/onn
 features=$bench_features,shm-runtime-cli/onnx,shm-runtime-cli/gguf
 # Builds what the tests run (the criterion benches are checked by clippy in .ci/run, not built:
 # each is a large LTO link).
-step cargo test --release --workspace --features "$features" --no-run
-step cargo test --release --workspace --features "$features"
+step cargo test --release --workspace --features "$features" --lib --bins --tests --examples --no-run
+step cargo test --release --workspace --features "$features" --lib --bins --tests --examples
+# The documentation's examples (an example on every public item, most of them running against a
+# real server), in the dev profile and without the model features: in release with them, each
+# example links the whole runtime and llama.cpp (shm-runtime's 291 took 18 minutes); here the three
+# crates' 474 take about a minute once built.
+step cargo test -p shm-ring -p shm-runtime -p shm-runtime-gateway --doc --features shm-runtime/async
 # The tests that need root (a second user, segments of other users), marked #[ignore = "needs root"]:
 # shm-ring's processes and the command's (cli/) processes and permissions tests. --ignored also
 # runs the child-process entries, which do nothing unless started as a child. Same features as
