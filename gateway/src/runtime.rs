@@ -208,17 +208,19 @@ impl Runtime {
             }
         };
         // A request whose client left is cancelled at once, and its permit comes back at once,
-        // but the server counts it in flight until it has ended it: wait for a connection under
-        // the server's limit (a step of the model at most), rather than be refused as busy.
+        // but its ticket stays taken (and the server counts it) until the server has ended it:
+        // wait for a connection under the server's limit by that count (a step of the model at
+        // most), rather than be refused as busy. Without such tickets, the permits alone keep
+        // the least loaded connection under the limit.
         let pick = || {
             connections
                 .clients
                 .iter()
-                .min_by_key(|c| (c.blocking().server_in_flight(), c.blocking().in_flight()))
+                .min_by_key(|c| c.blocking().tickets_held())
                 .expect("at least one connection")
         };
         let settle = Instant::now() + SETTLE;
-        while pick().blocking().server_in_flight() >= connections.per_client
+        while pick().blocking().tickets_held() >= connections.per_client as usize
             && Instant::now() < settle
         {
             tokio::time::sleep(Duration::from_millis(1)).await;

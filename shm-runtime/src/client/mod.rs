@@ -804,6 +804,27 @@ impl Client {
         inbox.pending.values().filter(|p| !p.abandoned).count()
     }
 
+    /// Tickets this client holds: its requests in flight and those it gave up on (a timeout, a
+    /// dropped stream or future) whose final answer has not come back yet. The server may still
+    /// count the latter against [`max_in_flight`](Self::max_in_flight), so a caller that keeps
+    /// within the limit counts these.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_runtime::{Client, ModelConfig, Server, ServerConfig};
+    /// # let name = format!("doc-tickets-held-{}", std::process::id());
+    /// # let _server = Server::start(ServerConfig::new(&name, vec![ModelConfig::new("echo", "echo")]))?;
+    /// let client = Client::connect(&name)?;
+    /// assert_eq!(client.tickets_held(), 0);
+    /// client.embed("echo", &["hi"])?;
+    /// assert_eq!(client.tickets_held(), 0); // answered: the ticket is free again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tickets_held(&self) -> usize {
+        self.conn.inbox().pending.len()
+    }
+
     /// Requests of this connection the server counts in flight: accepted and not yet finished.
     /// A request this client cancelled or gave up on stays counted until the server has ended
     /// it, so this can exceed [`in_flight`](Self::in_flight) for a moment; the server refuses a
