@@ -2,9 +2,10 @@
 //! requests within what the runtime takes, and reconnection when the service restarts.
 //!
 //! The runtime refuses a client's request beyond its `max_inflight`; the gateway never sends it
-//! one. It holds `connections x max_inflight` permits: a request takes one before it goes to the
-//! least loaded connection (which then has fewer than `max_inflight` in flight), and keeps it
-//! until its answer (or its stream) ends. Requests without a permit wait in a bounded queue; a
+//! one. It holds `connections x max_inflight` permits, and `max_inflight` slots per connection: a
+//! request takes a permit, then a slot of the least loaded connection with one free, and keeps
+//! both until its answer (or its stream) ends; a request whose client left waits, besides, until
+//! the server has ended the cancelled requests that still hold tickets of its connection. Requests without a permit wait in a bounded queue; a
 //! request that finds the queue full gets a 429 at once.
 //!
 //! When a call finds the service gone (stopped, died, restarted, or this gateway disconnected),
@@ -88,6 +89,9 @@ pub(crate) struct Connections {
     /// The server's in-flight limit per client.
     per_client: u32,
     permits: Arc<Semaphore>,
+    /// Per connection, `max_inflight` permits: a request reserves its connection's slot before it
+    /// is sent, so that two requests never both take a connection's last one.
+    slots: Vec<Arc<Semaphore>>,
     models: Vec<String>,
 }
 
@@ -125,6 +129,7 @@ pub(crate) struct Lease {
     pub(crate) client: AsyncClient,
     pub(crate) connections: Arc<Connections>,
     _permit: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Runtime {
@@ -185,6 +190,9 @@ impl Runtime {
         Ok(Connections {
             per_client,
             permits: Arc::new(Semaphore::new(per_client as usize * clients.len())),
+            slots: (0..clients.len())
+                .map(|_| Arc::new(Semaphore::new(per_client as usize)))
+                .collect(),
             clients,
             models,
         })
@@ -207,29 +215,39 @@ impl Runtime {
                 permit.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?
             }
         };
-        // A request whose client left is cancelled at once, and its permit comes back at once,
-        // but its ticket stays taken (and the server counts it) until the server has ended it:
-        // wait for a connection under the server's limit by that count (a step of the model at
-        // most), rather than be refused as busy. Without such tickets, the permits alone keep
-        // the least loaded connection under the limit.
-        let pick = || {
-            connections
-                .clients
-                .iter()
-                .min_by_key(|c| c.blocking().tickets_held())
-                .expect("at least one connection")
+        // A slot of a connection, the least loaded first. The permits alone leave one free
+        // (they are as many as the slots), but a moment may pass before the request that gave
+        // one back has released it.
+        let mut order: Vec<usize> = (0..connections.clients.len()).collect();
+        order.sort_by_key(|&i| connections.clients[i].blocking().tickets_held());
+        let (index, slot) = loop {
+            let free = order.iter().find_map(|&i| {
+                connections.slots[i]
+                    .clone()
+                    .try_acquire_owned()
+                    .ok()
+                    .map(|p| (i, p))
+            });
+            match free {
+                Some(found) => break found,
+                None => tokio::task::yield_now().await,
+            }
         };
+        let client = connections.clients[index].clone();
+        // A request whose client left is cancelled at once and gives its slot back at once, but
+        // its ticket stays taken (and the server counts it) until the server has ended it: wait
+        // for that (a step of the model at most) rather than be refused as busy.
         let settle = Instant::now() + SETTLE;
-        while pick().blocking().tickets_held() >= connections.per_client as usize
+        while client.blocking().tickets_held() >= connections.per_client as usize
             && Instant::now() < settle
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let client = pick().clone();
         Ok(Lease {
             client,
             connections,
             _permit: permit,
+            _slot: slot,
         })
     }
 
