@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Model-checks the lock-free algorithms with loom (--cfg shm_loom swaps the atomics shim): the
-# models of tests/loom.rs, and the crate's own (--lib): a pool loan stopped half-way, and the wait
-# word's parked count cleared under live waiters.
+# models of tests/loom.rs, and the crate's own (--lib) that stop a pool loan half-way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f ring/tests/loom.rs ]; then

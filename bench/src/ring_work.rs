@@ -257,9 +257,9 @@ pub fn spsc_throughput(items: u64, batch: usize) -> Result<f64> {
     ctl.go().store(1, Ordering::Release);
     while next < items {
         let n = spin_for(|| match rx.pop_into(&mut buf) {
-            Ok(0) => None,
-            other => Some(other),
-        })??;
+            0 => None,
+            n => Some(n),
+        })?;
         for d in &buf[..n] {
             if d[0] != next {
                 bail!("descriptor {} arrived where {next} was due", d[0]);
@@ -290,9 +290,9 @@ fn spsc_producer(name: &str, items: u64, batch: usize) -> Result<()> {
         let mut sent = 0;
         while sent < n {
             sent += spin_for(|| match tx.push_slice(&buf[sent..n]) {
-                Ok(0) => None,
-                other => Some(other),
-            })??;
+                0 => None,
+                k => Some(k),
+            })?;
         }
         next += n as u64;
     }

@@ -48,26 +48,6 @@ pub enum AttachError {
     /// The capacity requested at init is zero or too large.
     #[error("invalid ring capacity {0}")]
     InvalidCapacity(usize),
-    /// The participant count requested at an MPMC ring's init is zero or above the limit
-    /// ([`mpmc::MAX_PARTICIPANTS`](crate::mpmc::MAX_PARTICIPANTS)).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use shm_ring::{mpmc, AttachError, Region};
-    ///
-    /// let region = Region::heap(mpmc::bytes_for::<u64>(8, 4));
-    /// let refused = mpmc::init::<u64>(&region, 8, 0).unwrap_err();
-    /// let max = mpmc::MAX_PARTICIPANTS;
-    /// assert_eq!(refused, AttachError::InvalidParticipants { participants: 0, max });
-    /// ```
-    #[error("invalid participant count {participants}: a ring takes 1 ..= {max}")]
-    InvalidParticipants {
-        /// The participant count requested.
-        participants: usize,
-        /// The most a ring takes.
-        max: usize,
-    },
     /// Another live process holds the role.
     #[error("the role is held by live process {pid}")]
     RoleTaken {
@@ -135,28 +115,6 @@ impl<T> PushError<T> {
         }
     }
 }
-
-/// The ring's shared indices contradict each other: the peer wrote garbage. What the batch
-/// operations [`spsc::Producer::push_slice`](crate::spsc::Producer::push_slice) and
-/// [`spsc::Consumer::pop_into`](crate::spsc::Consumer::pop_into) return instead of a count, where
-/// `push` and `pop` return [`PushError::Corrupted`] and [`PopError::Corrupted`].
-///
-/// # Examples
-///
-/// ```
-/// use shm_ring::{spsc, Corrupted};
-///
-/// let (mut tx, mut rx) = spsc::heap::<u32>(4);
-/// assert_eq!(tx.push_slice(&[1, 2]), Ok(2));
-/// let mut out = [0; 4];
-/// match rx.pop_into(&mut out) {
-///     Ok(n) => assert_eq!(out[..n], [1, 2]), // Ok(0): empty
-///     Err(Corrupted) => unreachable!("only a peer writing garbage makes this happen"),
-/// }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the ring's indices are corrupt")]
-pub struct Corrupted;
 
 /// Why a pop returned nothing.
 ///

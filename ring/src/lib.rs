@@ -54,7 +54,7 @@ pub mod spsc;
 mod sync;
 pub mod wait;
 
-pub use error::{AttachError, Corrupted, PopError, PushError};
+pub use error::{AttachError, PopError, PushError};
 pub use memory::{HeapMemory, Memory, Region, RegionError};
 pub use process::{Liveness, ProcessToken};
 pub use segment::{

@@ -242,8 +242,7 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// 256 B .. 1 MiB in powers of four, about 23 MiB in all ([`Pool::bytes_for`]: 23 MiB of
-    /// chunks and 132 KiB of tables), 64 owners.
+    /// 256 B .. 1 MiB in powers of four, about 24 MiB in all, 64 owners.
     ///
     /// # Examples
     ///
@@ -251,7 +250,6 @@ impl PoolConfig {
     /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
     ///
     /// let config = PoolConfig::standard();
-    /// assert_eq!(Pool::bytes_for(&config).div_ceil(1 << 20), 24); // 23.1 MiB
     /// let region = Region::heap(Pool::bytes_for(&config));
     /// Pool::init(&region, &config)?;
     /// let pool = Pool::attach(&region)?;
@@ -297,8 +295,7 @@ impl PoolConfig {
         }
     }
 
-    /// A small pool for tests and examples: 64 chunks of 256 B and 16 of 4 KiB, about 84 KiB in
-    /// all ([`Pool::bytes_for`]: 80 KiB of chunks and 3.5 KiB of tables), 8 owners.
+    /// A small pool for tests and examples (a few hundred KiB).
     ///
     /// # Examples
     ///
@@ -306,9 +303,7 @@ impl PoolConfig {
     /// use shm_ring::{pool::{Pool, PoolConfig}, Region};
     ///
     /// let config = PoolConfig::small();
-    /// assert_eq!(Pool::bytes_for(&config).div_ceil(1 << 10), 84); // 83.5 KiB
-    /// let chunks = 64 * 256 + 16 * 4096;
-    /// assert!(Pool::bytes_for(&config) - chunks < 4 << 10);
+    /// assert!(Pool::bytes_for(&config) < 256 << 10);
     /// let region = Region::heap(Pool::bytes_for(&config));
     /// Pool::init(&region, &config)?;
     /// # Ok::<(), shm_ring::pool::PoolAttachError>(())
@@ -781,8 +776,7 @@ pub enum ChunkError {
         /// Owner word found.
         found: u64,
     },
-    /// An owner that must be registered is not: the receiver of a hand-over, or the holder named
-    /// to [`Pool::chunk_slice`] or [`Pool::copy_chunk`].
+    /// The new owner is not registered.
     #[error("owner {0} is not registered in this pool")]
     UnknownOwner(u32),
     /// The chunk would move from an owner to itself.
@@ -1310,18 +1304,6 @@ impl Pool {
         Some(unsafe { &*self.owners.as_ptr().add(i as usize) })
     }
 
-    /// `owner`'s entry if `owner` is registered: inside the owner table, and its entry held by a
-    /// process (not vacant, and not parked by an `unregister_owner` that left a loan intent for a
-    /// later pass). One load of the entry's token, on the cache line the caller touches next.
-    #[inline]
-    fn registered_entry(&self, owner: OwnerId) -> Option<&OwnerEntry> {
-        let entry = self.owner_entry(owner)?;
-        // SYNC(role): Acquire, as the other reads of a token that decide whether an entry is held
-        // (`claim_slot`, `owner_token`); the check orders nothing else.
-        let token = entry.token.load(Ordering::Acquire);
-        (token != 0 && token != PARKED_TOKEN).then_some(entry)
-    }
-
     /// The share table entry of `owner` (same index as its owner entry).
     fn owner_shares(&self, owner: OwnerId) -> Option<&OwnerShares> {
         let i = owner.0.checked_sub(1)?;
@@ -1434,8 +1416,7 @@ impl Pool {
     }
 
     /// Returns every chunk `owner` holds and frees its entry (for an owner leaving cleanly, when
-    /// none of its threads loans any more). Does nothing and returns 0 unless this process holds
-    /// `owner`'s entry (registered it and has not let it go).
+    /// none of its threads loans any more).
     ///
     /// # Examples
     ///
@@ -1455,14 +1436,8 @@ impl Pool {
         let Some(entry) = self.owner_entry(owner) else {
             return 0;
         };
-        let me = ProcessToken::current();
-        // Only the process that registered `owner` lets it go: the chunks of an entry another
-        // process holds stay its own, and a vacant or parked entry has nothing to give back here.
-        // SYNC(role): Relaxed: our own token, stored by this process.
-        if entry.token.load(Ordering::Relaxed) != me.raw() {
-            return 0;
-        }
         let (n, settled) = self.reclaim_entry(owner, entry);
+        let me = ProcessToken::current();
         if settled {
             release_slot(&entry.token, me);
         } else {
@@ -1741,8 +1716,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`LoanError::TooLarge`], [`LoanError::Exhausted`], [`LoanError::QuotaExceeded`],
-    /// [`LoanError::UnknownOwner`] when `owner` is not registered (never was, or has left),
-    /// [`LoanError::Corrupted`].
+    /// [`LoanError::UnknownOwner`], [`LoanError::Corrupted`].
     ///
     /// # Examples
     ///
@@ -1762,10 +1736,8 @@ impl Pool {
     /// ```
     #[inline]
     pub fn loan(&self, owner: OwnerId, size: usize) -> Result<Loan<'_>, LoanError> {
-        // Registered, not merely inside the table: a chunk loaned under a vacant entry would be
-        // freed by `reclaim_orphans` while the loan still holds it.
         let entry = self
-            .registered_entry(owner)
+            .owner_entry(owner)
             .ok_or(LoanError::UnknownOwner(owner.0))?;
         let first = self
             .classes
@@ -2045,8 +2017,8 @@ impl Pool {
     /// # Errors
     ///
     /// [`ChunkError::OutOfRange`] for a bad id, [`ChunkError::NotOwned`] when `from` does not hold it
-    /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`] when
-    /// `to` is not registered, [`ChunkError::SameOwner`] when `from == to`.
+    /// under that generation (stale, forged, already moved), [`ChunkError::UnknownOwner`],
+    /// [`ChunkError::SameOwner`] when `from == to`.
     ///
     /// # Examples
     ///
@@ -2125,11 +2097,12 @@ impl Pool {
         if from == to {
             return Err(ChunkError::SameOwner(to.0));
         }
-        // A vacant (or parked) owner entry cannot receive chunks: nobody would ever return them.
-        // (A receiver that leaves between this check and the CAS is caught by `reclaim_orphans`.)
-        let to_entry = self
-            .registered_entry(to)
-            .ok_or(ChunkError::UnknownOwner(to.0))?;
+        let to_entry = self.owner_entry(to).ok_or(ChunkError::UnknownOwner(to.0))?;
+        // A vacant owner entry cannot receive chunks: nobody would ever return them. (A receiver
+        // that leaves between this check and the CAS is caught by `reclaim_orphans`.)
+        if to_entry.token.load(Ordering::Acquire) == 0 {
+            return Err(ChunkError::UnknownOwner(to.0));
+        }
         let from_entry = self
             .owner_entry(from)
             .ok_or(ChunkError::UnknownOwner(from.0))?;
@@ -2184,8 +2157,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`ChunkError::OutOfRange`] for a bad id, [`ChunkError::UnknownOwner`] when `owner` is not
-    /// registered, [`ChunkError::NotOwned`] when it does not hold the chunk under that generation.
+    /// As for [`adopt`](Self::adopt).
     ///
     /// # Examples
     ///
@@ -2215,11 +2187,6 @@ impl Pool {
     /// The start and size of chunk `id`, checked to be held by `owner` under that generation now.
     fn owned_chunk(&self, id: ChunkId, owner: OwnerId) -> Result<(*mut u8, usize), ChunkError> {
         let (class, h) = self.locate(id)?;
-        // A chunk held under an id nobody holds is an orphan, which `reclaim_orphans` may free
-        // and another loan take while the caller reads it.
-        if self.registered_entry(owner).is_none() {
-            return Err(ChunkError::UnknownOwner(owner.0));
-        }
         let expected = (u64::from(id.generation()) << 32) | u64::from(owner.0);
         // SYNC(owner): Acquire pairs with the Release/AcqRel of the CAS that gave us the chunk, so
         // the previous owner's writes are visible.
@@ -3364,95 +3331,6 @@ mod tests {
             p.adopt(again.id(), client, OwnerId(999)),
             Err(ChunkError::UnknownOwner(999))
         ));
-    }
-
-    #[test]
-    fn an_owner_id_that_is_not_registered_gets_no_chunk() {
-        let p = pool(&PoolConfig::small());
-        let me = p.register_owner().unwrap();
-        // Inside the owner table, never registered.
-        let stranger = OwnerId::from_raw(5).unwrap();
-        assert_eq!(
-            p.loan(stranger, 10).unwrap_err(),
-            LoanError::UnknownOwner(5)
-        );
-        assert_eq!(
-            p.loan_until(stranger, 10, Instant::now() + Duration::from_millis(1))
-                .unwrap_err(),
-            LoanError::UnknownOwner(5)
-        );
-        assert_eq!((p.held_by(stranger), p.stats().in_use()), (0, 0));
-        // Had the loan gone through, the chunk would have belonged to a vacant entry, which
-        // `reclaim_orphans` frees while the loan is still held: two holders of one chunk.
-        assert_eq!(p.reclaim_orphans(), 0);
-        // An owner that has left is not registered either.
-        let left = p.register_owner().unwrap();
-        drop(p.loan(left, 10).unwrap());
-        assert_eq!(p.unregister_owner(left), 0);
-        assert_eq!(
-            p.loan(left, 10).unwrap_err(),
-            LoanError::UnknownOwner(left.get())
-        );
-        // Nor is one whose entry `unregister_owner` parked for a later reclaim pass.
-        let parked = p.register_owner().unwrap();
-        p.owner_entry(parked)
-            .unwrap()
-            .token
-            .store(PARKED_TOKEN, Ordering::Relaxed);
-        assert_eq!(
-            p.loan(parked, 10).unwrap_err(),
-            LoanError::UnknownOwner(parked.get())
-        );
-        assert_eq!(p.stats().in_use(), 0);
-        // Nor can such an id be handed a chunk, or read one through `chunk_slice`/`copy_chunk`.
-        let id = p.loan(me, 10).unwrap().into_id();
-        for nobody in [stranger, left, parked] {
-            assert_eq!(
-                p.adopt(id, me, nobody).unwrap_err(),
-                ChunkError::UnknownOwner(nobody.get())
-            );
-        }
-        assert_eq!(p.held_by(me), 1);
-        // An orphan: a chunk whose owner left while it was being handed to it.
-        let orphan = p.loan(me, 10).unwrap().into_id();
-        let h = p.locate(orphan).unwrap().1;
-        let word = h.owner.load(Ordering::Relaxed);
-        h.owner.store(
-            (word >> 32 << 32) | u64::from(left.get()),
-            Ordering::Relaxed,
-        );
-        assert_eq!(
-            p.chunk_slice(orphan, left).unwrap_err(),
-            ChunkError::UnknownOwner(left.get())
-        );
-        assert_eq!(
-            p.copy_chunk(orphan, left, &mut [0u64; 1]).unwrap_err(),
-            ChunkError::UnknownOwner(left.get())
-        );
-    }
-
-    #[test]
-    fn unregister_owner_leaves_an_entry_it_does_not_hold_alone() {
-        let p = pool(&PoolConfig::small());
-        let other = p.register_owner().unwrap();
-        let e = p.owner_entry(other).unwrap();
-        // The entry of another process (a token that is not ours; whether it lives does not
-        // matter to `unregister_owner`).
-        let theirs = ProcessToken::current().raw() ^ (1 << 40);
-        e.token.store(theirs, Ordering::Relaxed);
-        let held = p.loan(other, 10).unwrap();
-        assert_eq!(p.unregister_owner(other), 0, "its chunks stay its own");
-        assert_eq!((p.held_by(other), p.stats().in_use()), (1, 1));
-        assert_eq!(e.token.load(Ordering::Relaxed), theirs);
-        drop(held);
-        e.token
-            .store(ProcessToken::current().raw(), Ordering::Relaxed);
-        // A vacant entry: nothing to do, and it stays vacant.
-        let vacant = OwnerId::from_raw(7).unwrap();
-        assert_eq!(p.unregister_owner(vacant), 0);
-        assert_eq!(p.owner_token(vacant), None);
-        assert_eq!(p.unregister_owner(other), 0);
-        assert_eq!(p.stats().owners, 0);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::process::{claim_slot, release_slot, slot_vacant, ProcessToken};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::wait::{WaitStrategy, WaitWord};
 
-pub use crate::error::{AttachError, Corrupted, PopError, PushError};
+pub use crate::error::{AttachError, PopError, PushError};
 
 /// Magic of an initialised SPSC ring header ("SPSC").
 ///
@@ -110,9 +110,6 @@ const _: () = {
     assert!(std::mem::size_of::<SpscHeader>() == 640);
 };
 
-/// Most entries a ring may be initialised for (before rounding up, which keeps it at 2^30).
-const MAX_CAPACITY: usize = 1 << 30;
-
 fn slots_offset() -> usize {
     align_up(std::mem::size_of::<SpscHeader>(), REGION_ALIGN)
 }
@@ -141,8 +138,7 @@ pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
 ///
 /// # Errors
 ///
-/// [`AttachError::RegionTooSmall`], or [`AttachError::InvalidCapacity`] for a capacity of 0 or
-/// above 2^30.
+/// [`AttachError::RegionTooSmall`] or [`AttachError::InvalidCapacity`].
 ///
 /// # Examples
 ///
@@ -160,7 +156,7 @@ pub fn bytes_for<T: Pod>(capacity: usize) -> usize {
 /// # Ok::<(), AttachError>(())
 /// ```
 pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError> {
-    if capacity == 0 || capacity > MAX_CAPACITY {
+    if capacity == 0 || capacity > (1 << 30) {
         return Err(AttachError::InvalidCapacity(capacity));
     }
     let cap = capacity.next_power_of_two();
@@ -208,14 +204,7 @@ pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError>
     Ok(())
 }
 
-/// A producer and a consumer over a fresh heap-backed ring of `capacity` entries (rounded up to a
-/// power of two): a convenience for in-process use, tests and miri, where a bad capacity is a
-/// programming error. Shared-memory rings go through [`init`], which returns an error instead.
-///
-/// # Panics
-///
-/// When `capacity` is 0 or above 2^30 (the range [`init`] accepts), with a message naming it and
-/// the valid range; the check comes before any memory is allocated.
+/// A producer and a consumer over a fresh heap-backed ring (in-process use, tests, miri).
 ///
 /// # Examples
 ///
@@ -226,16 +215,7 @@ pub fn init<T: Pod>(region: &Region, capacity: usize) -> Result<(), AttachError>
 /// tx.push(1).unwrap();
 /// assert_eq!(rx.pop(), Ok(1));
 /// ```
-///
-/// ```should_panic
-/// // panics: "spsc::heap: capacity 0 is out of range (1 ..= 1073741824)"
-/// let _ = shm_ring::spsc::heap::<u64>(0);
-/// ```
 pub fn heap<T: Pod>(capacity: usize) -> (Producer<T>, Consumer<T>) {
-    assert!(
-        (1..=MAX_CAPACITY).contains(&capacity),
-        "spsc::heap: capacity {capacity} is out of range (1 ..= {MAX_CAPACITY})"
-    );
     let region = Region::heap(bytes_for::<T>(capacity));
     init::<T>(&region, capacity).expect("heap region is sized for the ring");
     let p = Producer::attach(&region).expect("fresh ring");
@@ -465,7 +445,7 @@ impl<T: Pod> Producer<T> {
     /// use shm_ring::spsc;
     ///
     /// let (mut tx, mut rx) = spsc::heap::<u64>(4);
-    /// tx.push_slice(&[1, 2, 3]).unwrap();
+    /// tx.push_slice(&[1, 2, 3]);
     /// assert_eq!(tx.free_slots(), 1);
     /// rx.pop().unwrap();
     /// assert_eq!(tx.free_slots(), 2);
@@ -475,19 +455,14 @@ impl<T: Pod> Producer<T> {
             .map_or(0, |used| (self.shared.cap - used) as usize)
     }
 
-    /// Reloads the consumer's index; `None` if it contradicts ours (the cached copy is then left
-    /// as it was, so a corrupt index is never acted on, only reported, each time it is read).
+    /// Reloads the consumer's index; `None` if it contradicts ours.
     #[inline]
     fn refresh_head(&mut self) -> Option<u64> {
         // SYNC(head): Acquire pairs with the consumer's SeqCst swap in `Consumer::advance`: the
         // consumer has finished reading every slot before `head`, so we may overwrite them.
-        let head = self.shared.hdr().head.load(Ordering::Acquire);
-        let used = self.tail.wrapping_sub(head);
-        if used > self.shared.cap {
-            return None;
-        }
-        self.cached_head = head;
-        Some(used)
+        self.cached_head = self.shared.hdr().head.load(Ordering::Acquire);
+        let used = self.tail.wrapping_sub(self.cached_head);
+        (used <= self.shared.cap).then_some(used)
     }
 
     /// Pushes one entry without waiting.
@@ -526,13 +501,7 @@ impl<T: Pod> Producer<T> {
         Ok(())
     }
 
-    /// Pushes as many entries of `values` as fit, publishing them at once. Returns how many
-    /// (`Ok(0)` when the ring is full).
-    ///
-    /// # Errors
-    ///
-    /// [`Corrupted`] when the consumer's index is impossible (as [`push`](Self::push) reports
-    /// [`PushError::Corrupted`]); nothing is pushed.
+    /// Pushes as many entries of `values` as fit, publishing them at once. Returns how many.
     ///
     /// # Examples
     ///
@@ -540,16 +509,15 @@ impl<T: Pod> Producer<T> {
     /// use shm_ring::spsc;
     ///
     /// let (mut tx, mut rx) = spsc::heap::<u32>(4);
-    /// assert_eq!(tx.push_slice(&[1, 2, 3, 4, 5, 6]), Ok(4)); // as many as fit
-    /// assert_eq!(tx.push_slice(&[5, 6]), Ok(0)); // full
+    /// assert_eq!(tx.push_slice(&[1, 2, 3, 4, 5, 6]), 4); // as many as fit
     /// let mut out = [0; 8];
-    /// assert_eq!(rx.pop_into(&mut out), Ok(4));
+    /// assert_eq!(rx.pop_into(&mut out), 4);
     /// assert_eq!(out[..4], [1, 2, 3, 4]);
     /// ```
-    pub fn push_slice(&mut self, values: &[T]) -> Result<usize, Corrupted> {
+    pub fn push_slice(&mut self, values: &[T]) -> usize {
         let free = match self.refresh_head() {
             Some(used) => (self.shared.cap - used) as usize,
-            None => return Err(Corrupted),
+            None => return 0,
         };
         let n = free.min(values.len());
         for (i, v) in values[..n].iter().enumerate() {
@@ -561,7 +529,7 @@ impl<T: Pod> Producer<T> {
         if n > 0 {
             self.publish(self.tail.wrapping_add(n as u64));
         }
-        Ok(n)
+        n
     }
 
     #[inline]
@@ -686,7 +654,7 @@ impl<T: Pod> Consumer<T> {
     /// let region = Region::heap(spsc::bytes_for::<u64>(8));
     /// spsc::init::<u64>(&region, 8)?;
     /// let mut tx = spsc::Producer::<u64>::attach(&region)?;
-    /// tx.push_slice(&[1, 2]).unwrap();
+    /// tx.push_slice(&[1, 2]);
     /// let mut rx = spsc::Consumer::<u64>::attach(&region)?;
     /// assert_eq!(rx.pop(), Ok(1));
     /// drop(rx);
@@ -732,7 +700,7 @@ impl<T: Pod> Consumer<T> {
     /// use shm_ring::spsc;
     ///
     /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
-    /// tx.push_slice(&[1, 2, 3]).unwrap();
+    /// tx.push_slice(&[1, 2, 3]);
     /// assert_eq!(rx.len(), 3);
     /// ```
     pub fn len(&mut self) -> usize {
@@ -755,19 +723,13 @@ impl<T: Pod> Consumer<T> {
         self.len() == 0
     }
 
-    /// Reloads the producer's index; `None` if it contradicts ours (the cached copy is then left
-    /// as it was: a later `pop` must not read the slots a corrupt index claims are published).
     #[inline]
     fn refresh_tail(&mut self) -> Option<u64> {
         // SYNC(tail): Acquire pairs with the producer's SeqCst swap in `Producer::publish`: every
         // slot before tail is fully written.
-        let tail = self.shared.hdr().tail.load(Ordering::Acquire);
-        let avail = tail.wrapping_sub(self.head);
-        if avail > self.shared.cap {
-            return None;
-        }
-        self.cached_tail = tail;
-        Some(avail)
+        self.cached_tail = self.shared.hdr().tail.load(Ordering::Acquire);
+        let avail = self.cached_tail.wrapping_sub(self.head);
+        (avail <= self.shared.cap).then_some(avail)
     }
 
     /// Pops one entry without waiting.
@@ -802,12 +764,7 @@ impl<T: Pod> Consumer<T> {
         Ok(value)
     }
 
-    /// Pops up to `out.len()` entries at once. Returns how many (`Ok(0)` when the ring is empty).
-    ///
-    /// # Errors
-    ///
-    /// [`Corrupted`] when the producer's index is impossible (as [`pop`](Self::pop) reports
-    /// [`PopError::Corrupted`]); nothing is popped.
+    /// Pops up to `out.len()` entries at once. Returns how many.
     ///
     /// # Examples
     ///
@@ -815,17 +772,16 @@ impl<T: Pod> Consumer<T> {
     /// use shm_ring::spsc;
     ///
     /// let (mut tx, mut rx) = spsc::heap::<u64>(8);
-    /// tx.push_slice(&[1, 2, 3, 4, 5]).unwrap();
+    /// tx.push_slice(&[1, 2, 3, 4, 5]);
     /// let mut batch = [0; 4];
-    /// assert_eq!(rx.pop_into(&mut batch), Ok(4));
+    /// assert_eq!(rx.pop_into(&mut batch), 4);
     /// assert_eq!(batch, [1, 2, 3, 4]);
-    /// assert_eq!(rx.pop_into(&mut batch), Ok(1));
-    /// assert_eq!(rx.pop_into(&mut batch), Ok(0)); // empty
+    /// assert_eq!(rx.pop_into(&mut batch), 1);
     /// ```
-    pub fn pop_into(&mut self, out: &mut [T]) -> Result<usize, Corrupted> {
+    pub fn pop_into(&mut self, out: &mut [T]) -> usize {
         let avail = match self.refresh_tail() {
             Some(a) => a as usize,
-            None => return Err(Corrupted),
+            None => return 0,
         };
         let n = avail.min(out.len());
         for (i, o) in out[..n].iter_mut().enumerate() {
@@ -838,7 +794,7 @@ impl<T: Pod> Consumer<T> {
         if n > 0 {
             self.advance(self.head.wrapping_add(n as u64));
         }
-        Ok(n)
+        n
     }
 
     #[inline]
@@ -964,28 +920,15 @@ mod tests {
     fn batch_push_and_pop() {
         let (mut tx, mut rx) = heap::<[u64; 2]>(8);
         let items: Vec<[u64; 2]> = (0..12).map(|i| [i, i * 2]).collect();
-        assert_eq!(tx.push_slice(&items), Ok(8));
+        assert_eq!(tx.push_slice(&items), 8);
         let mut out = [[0u64; 2]; 5];
-        assert_eq!(rx.pop_into(&mut out), Ok(5));
+        assert_eq!(rx.pop_into(&mut out), 5);
         assert_eq!(&out[..], &items[..5]);
-        assert_eq!(tx.push_slice(&items[8..]), Ok(4));
+        assert_eq!(tx.push_slice(&items[8..]), 4);
         let mut rest = [[0u64; 2]; 16];
-        assert_eq!(rx.pop_into(&mut rest), Ok(7));
+        assert_eq!(rx.pop_into(&mut rest), 7);
         assert_eq!(&rest[..3], &items[5..8]);
         assert_eq!(&rest[3..7], &items[8..12]);
-    }
-
-    #[test]
-    #[should_panic(expected = "spsc::heap: capacity 0 is out of range (1 ..= 1073741824)")]
-    fn heap_with_no_capacity_panics_naming_the_valid_range() {
-        let _ = heap::<u64>(0);
-    }
-
-    #[test]
-    #[should_panic(expected = "spsc::heap: capacity 1073741825 is out of range (1 ..= 1073741824)")]
-    fn heap_with_too_large_a_capacity_panics_before_allocating() {
-        // Checked first: the ring it would round up to needs 16 GiB.
-        let _ = heap::<u64>((1 << 30) + 1);
     }
 
     #[test]
@@ -1053,37 +996,6 @@ mod tests {
         // Out of cached room: the producer reads head, and an index that puts more than the
         // capacity in use is corruption, not a full ring.
         assert!(matches!(tx.push(9), Err(PushError::Corrupted(9))));
-    }
-
-    #[test]
-    fn batch_operations_report_corrupt_indices_as_push_and_pop_do() {
-        let region = Region::heap(bytes_for::<u64>(4));
-        init::<u64>(&region, 4).unwrap();
-        let mut tx = Producer::<u64>::attach(&region).unwrap();
-        let mut rx = Consumer::<u64>::attach(&region).unwrap();
-        // SAFETY: test-only write through the header's atomics.
-        let h = unsafe { region.ptr_at::<SpscHeader>(0).unwrap().as_ref() };
-        let mut out = [0u64; 4];
-        assert_eq!(rx.pop_into(&mut out), Ok(0), "empty");
-        // A tail more than the capacity ahead: corruption, not entries to read, however often
-        // it is read, and through either kind of pop.
-        h.tail.store(1000, Ordering::Relaxed);
-        assert_eq!(rx.pop_into(&mut out), Err(Corrupted));
-        assert_eq!(rx.pop(), Err(PopError::Corrupted));
-        assert_eq!(rx.pop(), Err(PopError::Corrupted), "still not followed");
-        assert_eq!(rx.pop_into(&mut out), Err(Corrupted));
-        assert_eq!(rx.len(), 0);
-        h.tail.store(0, Ordering::Relaxed);
-        assert_eq!(rx.pop_into(&mut out), Ok(0), "empty again once repaired");
-        // A head that puts more than the capacity in use.
-        h.head.store(u64::MAX - 5, Ordering::Relaxed);
-        assert_eq!(tx.push_slice(&[1, 2]), Err(Corrupted));
-        assert_eq!(tx.free_slots(), 0);
-        h.head.store(0, Ordering::Relaxed);
-        assert_eq!(tx.push_slice(&[1, 2, 3, 4, 5]), Ok(4));
-        assert_eq!(tx.push_slice(&[5]), Ok(0), "full");
-        assert_eq!(rx.pop_into(&mut out), Ok(4));
-        assert_eq!(out, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -5,30 +5,17 @@
 //!
 //! ```text
 //! waiter                                   waker
-//! e = epoch; waiters += 1 (SeqCst)         publish data            (Release)
+//! waiters += 1            (SeqCst)         publish data            (Release)
 //! fence(SeqCst)                            fence(SeqCst)
 //! s = seq                                  if waiters != 0 {
-//! if !ready() && epoch == e {                  seq += 1
-//!     futex_wait(seq, s, timeout)              futex_wake(seq)
-//! }                                        }
-//! if epoch == e && waiters != 0 { waiters -= 1 }
+//! if ready() { waiters -= 1; return }          seq += 1
+//! futex_wait(seq, s, timeout)                  futex_wake(seq)
+//! waiters -= 1                             }
 //! ```
 //!
 //! Either the waker sees `waiters != 0`, or the waiter's `ready()` sees the data (the two SeqCst
 //! fences order each side's store before its load). If the waker bumps `seq` after the waiter read
 //! `s`, `futex_wait` returns at once because the word no longer holds `s`.
-//!
-//! The count shares its word with an epoch (`epoch:8 | waiters:24`), for [`WaitWord::clear_parked`],
-//! which sets the count to zero under a new epoch and then wakes (`seq += 1`, `futex_wake`). A
-//! waiter counted in an older epoch is no longer counted: it neither sleeps any more (a waker would
-//! not see it) nor takes itself off the count when it leaves (which would take another waiter's
-//! place, or wrap the count). It needs no other check: if its `s` is from after the clear's bump,
-//! its epoch check sees the new epoch (the bump is a Release after the epoch moved, `s` an Acquire
-//! read); if from before, its `futex_wait` returns at once or is woken by the clear. It returns
-//! unready, and its caller parks again, counted in the new epoch. The decrement never goes below
-//! zero, whatever a peer wrote into the word. (The epoch wraps after 256 clears: a waiter still
-//! parking across a multiple of 256 of them would be taken for counted, and could withdraw another
-//! waiter's count, which would then miss wake-ups until its park times out.)
 //!
 //! # Examples
 //!
@@ -56,8 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::sync::{fence, AtomicU32, Ordering};
 
-/// The shared part of a wait point: a futex word and the count of parked waiters (with the epoch
-/// of [`clear_parked`](Self::clear_parked); see the [module documentation](self)). Lives in shared
+/// The shared part of a wait point: a futex word and the count of parked waiters. Lives in shared
 /// memory, one per direction of each ring.
 ///
 /// # Examples
@@ -80,7 +66,6 @@ use crate::sync::{fence, AtomicU32, Ordering};
 #[derive(Debug)]
 pub struct WaitWord {
     seq: AtomicU32,
-    /// `epoch:8 | count:24`: parked waiters counted since the last `clear_parked`.
     waiters: AtomicU32,
     #[cfg(shm_loom)]
     kernel: loom_futex::Kernel,
@@ -88,17 +73,6 @@ pub struct WaitWord {
 
 #[cfg(not(shm_loom))]
 const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
-
-/// The waiter count's bits of `WaitWord::waiters`; the epoch has the rest.
-const COUNT_MASK: u32 = (1 << 24) - 1;
-/// One epoch in `WaitWord::waiters`.
-const EPOCH_ONE: u32 = 1 << 24;
-
-/// Whether two values of `WaitWord::waiters` have the same epoch.
-#[inline]
-fn same_epoch(a: u32, b: u32) -> bool {
-    (a ^ b) & !COUNT_MASK == 0
-}
 
 impl WaitWord {
     /// A word with no waiters. Construct it in place (`ptr::write`) in shared memory before any
@@ -151,7 +125,7 @@ impl WaitWord {
         // SYNC(park): this fence pairs with the fence in `park`: either we see the waiter's
         // increment, or the waiter's `ready()` sees our publication.
         fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) & COUNT_MASK != 0 {
+        if self.waiters.load(Ordering::Relaxed) != 0 {
             self.wake_all();
         }
     }
@@ -183,7 +157,7 @@ impl WaitWord {
     #[inline]
     pub fn notify_after_rmw(&self) {
         // SYNC(park): SeqCst load after the caller's SeqCst RMW; pairs with the fence in `park`.
-        if self.waiters.load(Ordering::SeqCst) & COUNT_MASK != 0 {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
             self.wake_all();
         }
     }
@@ -215,55 +189,20 @@ impl WaitWord {
     /// assert_eq!(word.parked(), 0);
     /// ```
     pub fn parked(&self) -> u32 {
-        self.waiters.load(Ordering::Relaxed) & COUNT_MASK
+        self.waiters.load(Ordering::Relaxed)
     }
 
     /// Announces a waiter that will never withdraw (what a process killed while parked leaves).
     #[cfg(all(test, not(shm_loom)))]
     pub(crate) fn leak_waiter_for_test(&self) {
-        self.announce();
-    }
-
-    /// Counts the caller as a waiter; returns the word as it was just after (its epoch is the
-    /// caller's).
-    #[inline]
-    fn announce(&self) -> u32 {
-        // SYNC(park): SeqCst, the waiter's store of the Dekker handshake (see `park`).
-        self.waiters.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
-    }
-
-    /// Whether the waiter that `announce` returned `announced` to is still counted: no
-    /// `clear_parked` since.
-    #[inline]
-    fn still_counted(&self, announced: u32) -> bool {
-        // SYNC(park): Relaxed: when it matters (the waiter read `seq` after a clear's bump) the
-        // Acquire read of `seq` already orders the clear's exchange before this load.
-        same_epoch(self.waiters.load(Ordering::Relaxed), announced)
-    }
-
-    /// Takes the waiter that `announce` returned `announced` to off the count, unless a
-    /// `clear_parked` has forgotten it since (or the count is zero, whatever a peer wrote).
-    #[inline]
-    fn withdraw(&self, announced: u32) {
-        // SYNC(park): Relaxed, as the decrement always was: a waker reading the count too high
-        // makes one needless wake syscall, never a lost one.
-        let _ = self
-            .waiters
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                (same_epoch(w, announced) && w & COUNT_MASK != 0).then(|| w - 1)
-            });
+        self.waiters.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forgets every announced waiter. A process killed while parked never takes itself off the
     /// count, and from then on every notify makes a wake syscall; whoever knows that nobody can be
     /// parked here any more (the only side that waits on this word is being taken over) calls this
-    /// to restore the free notify.
-    ///
-    /// A wrong call (a live waiter is parked or about to park) costs that waiter one spurious
-    /// wake-up and nothing else: it is woken at once, re-checks, and parks again counted anew. No
-    /// wake-up is lost, and the count stays exact: a waiter forgotten by the clear does not take
-    /// itself off the count when it leaves (the count has an epoch that the clear moves on; see the
-    /// [module documentation](self)).
+    /// to restore the free notify. A live waiter that is in fact parked is woken (its timeout
+    /// passes and it re-checks), so the worst a wrong call costs is one delayed wake-up.
     ///
     /// # Examples
     ///
@@ -279,13 +218,7 @@ impl WaitWord {
     /// assert_eq!(word.parked(), 0);
     /// ```
     pub fn clear_parked(&self) {
-        // SYNC(park): Relaxed: the Release bump of `seq` in `wake_all` comes after it, and a
-        // waiter that reads the bumped `seq` (Acquire) sees the new epoch (see `still_counted`).
-        let _ = self
-            .waiters
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                Some((w & !COUNT_MASK).wrapping_add(EPOCH_ONE))
-            });
+        self.waiters.store(0, Ordering::Relaxed);
         self.wake_all();
     }
 
@@ -298,22 +231,18 @@ impl WaitWord {
 
     /// Parks until `ready()` holds, `deadline` passes, or a wake-up arrives (callers loop).
     fn park(&self, deadline: Instant, ready: &mut impl FnMut() -> bool) -> bool {
-        let announced = self.announce();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         // SYNC(park): pairs with the fence in `notify`.
         fence(Ordering::SeqCst);
-        // SYNC(seq): Acquire pairs with the Release bump in `wake_all` (of a notify, or of a
-        // `clear_parked`, whose new epoch `still_counted` then sees).
         let s = self.seq.load(Ordering::Acquire);
         let done = ready();
-        // Forgotten by a `clear_parked` since the announcement: a waker would not see us, so do
-        // not sleep; the caller re-checks and parks again, counted anew.
-        if !done && self.still_counted(announced) {
+        if !done {
             let now = Instant::now();
             if now < deadline {
                 self.futex_wait(s, deadline - now);
             }
         }
-        self.withdraw(announced);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
         done
     }
 
@@ -604,164 +533,10 @@ mod tests {
         );
     }
 
-    /// Polls `cond` for up to `secs` seconds.
-    fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-        let until = Instant::now() + Duration::from_secs(secs);
-        while !cond() {
-            if Instant::now() >= until {
-                return false;
-            }
-            std::thread::yield_now();
-        }
-        true
-    }
-
-    #[test]
-    fn clearing_the_count_under_a_live_waiter_keeps_it_exact() {
-        let shared = Arc::new((WaitWord::new(), AtomicU64::new(0)));
-        let peer = Arc::clone(&shared);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let waiter = std::thread::spawn(move || {
-            let never_spin = WaitStrategy::SpinThenPark {
-                spin: Duration::ZERO,
-            };
-            let woken =
-                never_spin.wait_until(&peer.0, deadline, || peer.1.load(Ordering::Acquire) == 1);
-            (woken, Instant::now())
-        });
-        let word = &shared.0;
-        assert!(eventually(20, || word.parked() == 1), "the waiter parks");
-        // A wrong call: the waiter is alive. It is woken, finds nothing and parks again,
-        // counted once.
-        word.clear_parked();
-        assert!(
-            eventually(20, || word.parked() == 1),
-            "the waiter is counted again, once (count {})",
-            word.parked()
-        );
-        shared.1.store(1, Ordering::Release);
-        word.notify();
-        let (woken, at) = waiter.join().unwrap();
-        assert_eq!(woken, Ok(()));
-        assert!(at < deadline, "woken by the notify, not by its deadline");
-        assert_eq!(word.parked(), 0, "the count went back to zero, not below");
-        let seq = word.seq.load(Ordering::Relaxed);
-        word.notify();
-        assert_eq!(
-            word.seq.load(Ordering::Relaxed),
-            seq,
-            "notify is free again"
-        );
-    }
-
-    #[test]
-    fn a_waiter_leaving_after_a_clear_does_not_take_a_later_waiters_place() {
-        let word = WaitWord::new();
-        let never = || false;
-        // Announced, then cleared (as by a `clear_parked` that took it for dead), then a second
-        // waiter announced: the first one leaving must not withdraw the second one's count.
-        let first = word.announce();
-        word.clear_parked();
-        let second = word.announce();
-        assert_eq!(word.parked(), 1);
-        word.withdraw(first);
-        assert_eq!(word.parked(), 1, "the second waiter is still counted");
-        word.withdraw(second);
-        assert_eq!(word.parked(), 0);
-        // A count cleared under the only waiter stays at zero when it leaves.
-        let only = word.announce();
-        word.clear_parked();
-        word.withdraw(only);
-        assert_eq!(word.parked(), 0);
-        // And a whole park with a clear in the middle of it.
-        let never_spin = WaitStrategy::SpinThenPark {
-            spin: Duration::ZERO,
-        };
-        let soon = Instant::now() + Duration::from_millis(1);
-        assert_eq!(never_spin.wait_until(&word, soon, never), Err(WaitTimedOut));
-        assert_eq!(word.parked(), 0);
-    }
-
     #[test]
     fn notify_without_waiters_leaves_seq_alone() {
         let word = WaitWord::new();
         word.notify();
         assert_eq!(word.seq.load(Ordering::Relaxed), 0);
-    }
-}
-
-/// loom models of the park/wake protocol with a `clear_parked` in the middle. They park through
-/// `WaitWord::park` itself (the spin phase of `WaitStrategy::wait_until` multiplies the
-/// interleavings beyond what loom can explore), so they live here rather than in
-/// `tests/loom.rs`; `ci/loom.sh` runs both.
-#[cfg(all(test, shm_loom))]
-mod loom_tests {
-    use super::*;
-
-    use loom::sync::atomic::AtomicBool;
-    use loom::sync::Arc;
-    use loom::thread;
-
-    /// A wrong `clear_parked` (a waiter is alive and parking) racing that waiter, then a waker:
-    /// the waiter is never left asleep (loom reports a deadlock if it is: its futex wait has no
-    /// timeout here), and the count ends at zero.
-    #[test]
-    fn a_wrong_clear_racing_a_park_and_a_notify_loses_no_wake_up() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(|| {
-            let shared = Arc::new((WaitWord::new(), AtomicBool::new(false)));
-            let clearer = {
-                let shared = Arc::clone(&shared);
-                thread::spawn(move || shared.0.clear_parked())
-            };
-            let waker = {
-                let shared = Arc::clone(&shared);
-                thread::spawn(move || {
-                    shared.1.store(true, Ordering::Release);
-                    shared.0.notify();
-                })
-            };
-            let far = Instant::now() + Duration::from_secs(3600);
-            let mut ready = || shared.1.load(Ordering::Acquire);
-            // What `wait_until` does once its spin phase is over.
-            while !(shared.0.park(far, &mut ready) || ready()) {}
-            clearer.join().unwrap();
-            waker.join().unwrap();
-            assert_eq!(shared.0.parked(), 0);
-        });
-    }
-
-    /// Two waiters, one of them forgotten by a `clear_parked` while it parks: neither is left
-    /// asleep by the waker, and the count ends at zero (the forgotten one does not withdraw the
-    /// other's count when it leaves).
-    #[test]
-    fn a_waiter_forgotten_by_a_clear_does_not_withdraw_another() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(2);
-        builder.check(|| {
-            let shared = Arc::new((WaitWord::new(), AtomicBool::new(false)));
-            let far = Instant::now() + Duration::from_secs(3600);
-            let park_until_ready = move |shared: &(WaitWord, AtomicBool)| {
-                let mut ready = || shared.1.load(Ordering::Acquire);
-                while !(shared.0.park(far, &mut ready) || ready()) {}
-            };
-            let second = {
-                let shared = Arc::clone(&shared);
-                thread::spawn(move || park_until_ready(&shared))
-            };
-            let waker = {
-                let shared = Arc::clone(&shared);
-                thread::spawn(move || {
-                    shared.0.clear_parked();
-                    shared.1.store(true, Ordering::Release);
-                    shared.0.notify();
-                })
-            };
-            park_until_ready(&shared);
-            second.join().unwrap();
-            waker.join().unwrap();
-            assert_eq!(shared.0.parked(), 0);
-        });
     }
 }
