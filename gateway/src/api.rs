@@ -50,6 +50,15 @@ pub(crate) struct Sampling {
     pub(crate) repetition_penalty: Option<f32>,
 }
 
+impl Sampling {
+    /// Whether a stream ends with the usage chunk (`stream_options.include_usage`).
+    pub(crate) fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
 /// The content of a chat message: a string, or a list of parts of which the text ones count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -186,11 +186,7 @@ pub(crate) async fn chat(
     if req.sampling.stream {
         let stream = lease.client.chat_stream(&req.model, &msgs, &opts);
         let stream = gw.check(&lease, stream)?;
-        let include_usage = req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
+        let include_usage = req.sampling.include_usage();
         let meta = Meta {
             object: "chat.completion.chunk",
             ..meta
@@ -272,11 +268,7 @@ pub(crate) async fn completions(
     if req.sampling.stream {
         let stream = lease.client.stream(&req.model, prompt, &opts);
         let stream = gw.check(&lease, stream)?;
-        let include_usage = req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
+        let include_usage = req.sampling.include_usage();
         let flavour = Flavour::Completion {
             echo: req.echo.then(|| prompt.clone()),
         };
