@@ -26,6 +26,7 @@ use crate::service::{
 #[cfg(feature = "async")]
 mod asynchronous;
 mod counts;
+mod embeddings;
 pub(crate) mod health;
 mod hooks;
 mod inbox;
