@@ -124,7 +124,7 @@ impl Client {
     }
 
     /// The most requests the server lets one client have in flight (its `max_inflight`); one
-    /// more is refused with [`Error::Busy`].
+    /// more is refused with [`Error::Busy`](crate::Error::Busy).
     ///
     /// # Examples
     ///
