@@ -7,6 +7,8 @@
 #   scripts/setup.sh onnx       ONNX Runtime, the model scripts' Python environment, MiniLM models
 #   scripts/setup.sh gguf       the build tools of llama.cpp, the model scripts' Python
 #                               environment, SmolLM2
+#   scripts/setup.sh python     the Python package (python/), built with maturin and installed
+#                               into that Python environment
 #   scripts/setup.sh all        every part
 #
 # Idempotent: a part whose files are all in place does nothing and prints nothing. Everything comes
@@ -302,6 +304,43 @@ part_gguf() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# python part
+
+# The package's sources: the extension and the Rust crates it builds on. A change to any of them
+# rebuilds it (the copy of their hash in the venv is the stamp).
+python_sources_hash() {
+    (cd "$ROOT" && find python/Cargo.toml python/Cargo.lock python/pyproject.toml python/src \
+        python/pysrc shm-runtime/Cargo.toml shm-runtime/src ring/Cargo.toml ring/src \
+        -type f ! -name '*.so' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -d' ' -f1
+}
+
+ensure_python_package() {
+    local stamp=$VENV/.shm_runtime.sha256 want
+    # The checkout's path too: the install is editable (it imports from python/pysrc).
+    want=$(printf '%s %s' "$ROOT" "$(python_sources_hash)" | sha256sum | cut -d' ' -f1)
+    if [[ -f $stamp && $(cat "$stamp") == "$want" ]] \
+        && "$PY" -c 'import shm_runtime' 2>/dev/null; then
+        return 0
+    fi
+    command -v cargo >/dev/null || die "building the Python package needs cargo (rustup.rs)"
+    say "building the Python package shm_runtime (maturin develop --release, python/)"
+    # In the workspace's target directory, beside the other builds (python/ is outside the
+    # workspace, so this is its own build of the crates it shares).
+    (cd "$ROOT/python" && VIRTUAL_ENV=$VENV PATH=$VENV/bin:$PATH \
+        CARGO_TARGET_DIR=$ROOT/target/python "$VENV/bin/maturin" develop --release --quiet >&2) \
+        || die "maturin develop failed in python/"
+    "$PY" -c 'import shm_runtime' || die "the built package does not import"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+part_python() {
+    ensure_venv
+    ensure_python_package
+    results+=("shm_runtime       the Python package, in $VENV")
+}
+
+# ---------------------------------------------------------------------------------------------
 
 parts=()
 if [[ $# -eq 0 ]]; then set -- all; fi
@@ -309,12 +348,13 @@ for arg in "$@"; do
     case $arg in
         onnx) parts+=(onnx) ;;
         gguf) parts+=(gguf) ;;
-        all) parts+=(onnx gguf) ;;
+        python) parts+=(python) ;;
+        all) parts+=(onnx gguf python) ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
             exit 0
             ;;
-        *) die "unknown part '$arg' (known: onnx, gguf, all)" ;;
+        *) die "unknown part '$arg' (known: onnx, gguf, python, all)" ;;
     esac
 done
 

@@ -46,6 +46,13 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "test: SKIPPED the root-only tests (shm-ring processes, the command's processes and permissions, --ignored): not root"
 fi
+# The Python package (python/, built and installed into the project's venv by setup.sh) against
+# real servers: the binaries built above (the server with the model features, the `infer` and
+# `generate` programs whose answers it must match) and the demo's models.
+# The venv is where setup.sh puts it (the same rule as the Rust side's cache).
+venv=${SHM_RUNTIME_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shm-runtime}/venv
+step env SHM_RUNTIME_BIN="$PWD/target/release/shm-runtime" CARGO_TARGET_DIR="$PWD/target/python" \
+  "$venv/bin/python" -m pytest -q python/tests
 # The gateway with existing tools, on the binary the tests above built (target/release/shm-runtime,
 # with the model features: the load test serves the demo's models): under load from wrk (256
 # connections on echo, 16 SmolLM2 streams), and behind nginx with one of two pairs killed. Each

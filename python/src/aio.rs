@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
-use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use futures_core::Stream as _;
+use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
@@ -256,7 +256,11 @@ impl Task {
         drop(done);
         self.finish(py);
         // The future may have been cancelled meanwhile: then nobody wants the result.
-        if future.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true) {
+        if future
+            .call_method0("done")
+            .and_then(|d| d.is_truthy())
+            .unwrap_or(true)
+        {
             return;
         }
         let set = match ready(py) {
@@ -304,7 +308,9 @@ pub(crate) struct AsyncClient {
 
 impl AsyncClient {
     fn client(&self) -> PyResult<shm_runtime::AsyncClient> {
-        lock(&self.inner).clone().ok_or_else(|| closed(&self.service))
+        lock(&self.inner)
+            .clone()
+            .ok_or_else(|| closed(&self.service))
     }
 
     /// The running loop's bridge, made on first use.
@@ -397,7 +403,12 @@ impl AsyncClient {
 
     /// Awaitable `Client.embed`.
     #[pyo3(signature = (texts, *, model))]
-    fn embed(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, model: String) -> PyResult<Py<PyAny>> {
+    fn embed(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        model: String,
+    ) -> PyResult<Py<PyAny>> {
         let texts = options::texts(texts)?;
         let c = self.client()?;
         self.spawn(py, async move {
@@ -442,7 +453,15 @@ impl AsyncClient {
         stop: Option<Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         self.spawn(py, async move {
             let r = c.generate(&model, &prompt, &o).await;
@@ -466,7 +485,15 @@ impl AsyncClient {
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let m = options::messages(messages)?;
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         self.spawn(py, async move {
             let r = c.chat(&model, &m, &o).await;
@@ -489,7 +516,15 @@ impl AsyncClient {
         stop: Option<Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<AsyncTextStream> {
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let bridge = self.bridge(py)?;
         let s = py.detach(|| c.stream(model, prompt, &o)).py(py)?;
@@ -512,7 +547,15 @@ impl AsyncClient {
         timeout: Option<f64>,
     ) -> PyResult<AsyncTextStream> {
         let m = options::messages(messages)?;
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let bridge = self.bridge(py)?;
         let s = py.detach(|| c.chat_stream(model, &m, &o)).py(py)?;
@@ -527,7 +570,10 @@ impl AsyncClient {
         let t = options::timeout(timeout.unwrap_or(this.timeout))?;
         let c = this.client()?;
         let bridge = this.bridge(py)?;
-        let ask = Health { client: c, timeout: t };
+        let ask = Health {
+            client: c,
+            timeout: t,
+        };
         Ok(bridge
             .event_loop
             .bind(py)
@@ -559,7 +605,11 @@ impl AsyncClient {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<Py<PyAny>> {
+    fn __aexit__(
+        &self,
+        py: Python<'_>,
+        _exc: &Bound<'_, pyo3::types::PyTuple>,
+    ) -> PyResult<Py<PyAny>> {
         self.close(py);
         done_future(py, py.None())
     }

@@ -31,7 +31,10 @@ impl Classification {
     }
 
     fn __repr__(&self) -> String {
-        format!("Classification(label={:?}, score={:.4})", self.label, self.score)
+        format!(
+            "Classification(label={:?}, score={:.4})",
+            self.label, self.score
+        )
     }
 }
 

@@ -79,7 +79,10 @@ impl Client {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// Embeds `texts` (one str or a sequence of them) with `model`, in one request.
@@ -122,7 +125,15 @@ impl Client {
         stop: Option<Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<Generation> {
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let g = py.detach(|| c.generate(model, prompt, &o)).py(py)?;
         Ok(g.into())
@@ -145,7 +156,15 @@ impl Client {
         timeout: Option<f64>,
     ) -> PyResult<Generation> {
         let m = options::messages(messages)?;
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let g = py.detach(|| c.chat(model, &m, &o)).py(py)?;
         Ok(g.into())
@@ -167,7 +186,15 @@ impl Client {
         stop: Option<Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<TextStream> {
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let s = py.detach(|| c.stream(model, prompt, &o)).py(py)?;
         Ok(TextStream::new(s))
@@ -189,7 +216,15 @@ impl Client {
         timeout: Option<f64>,
     ) -> PyResult<TextStream> {
         let m = options::messages(messages)?;
-        let o = Sampling { max_tokens, temperature, top_p, seed, stop, timeout }.options()?;
+        let o = Sampling {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            timeout,
+        }
+        .options()?;
         let c = self.client()?;
         let s = py.detach(|| c.chat_stream(model, &m, &o)).py(py)?;
         Ok(TextStream::new(s))

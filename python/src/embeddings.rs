@@ -66,7 +66,9 @@ fn ssize(n: usize) -> ffi::Py_ssize_t {
 }
 
 fn released() -> PyErr {
-    PyBufferError::new_err("these embeddings were released: their shared memory went back to the server")
+    PyBufferError::new_err(
+        "these embeddings were released: their shared memory went back to the server",
+    )
 }
 
 #[pymethods]
@@ -149,7 +151,10 @@ impl Embeddings {
 
     fn __repr__(&self) -> String {
         let state = if self.released() { ", released" } else { "" };
-        format!("Embeddings(len={}, dim={}{state})", self.shape[0], self.shape[1])
+        format!(
+            "Embeddings(len={}, dim={}{state})",
+            self.shape[0], self.shape[1]
+        )
     }
 
     /// # Safety
@@ -199,11 +204,7 @@ impl Embeddings {
             // Without PyBUF_ND the consumer asked for plain bytes: one dimension, no shape.
             let nd = flags & ffi::PyBUF_ND == ffi::PyBUF_ND;
             (*view).ndim = if nd { 2 } else { 1 };
-            (*view).shape = if nd {
-                shape
-            } else {
-                std::ptr::null_mut()
-            };
+            (*view).shape = if nd { shape } else { std::ptr::null_mut() };
             (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
                 strides
             } else {

@@ -36,7 +36,9 @@ pub(crate) fn texts(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         out.push(s.to_str()?.to_owned());
     }
     if out.is_empty() {
-        return Err(PyValueError::new_err("texts is empty: give at least one text"));
+        return Err(PyValueError::new_err(
+            "texts is empty: give at least one text",
+        ));
     }
     Ok(out)
 }
@@ -152,9 +154,8 @@ pub(crate) fn messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
     for (i, item) in items.enumerate() {
         let item = item?;
         let field = |v: Option<Bound<'_, PyAny>>, name: &str| -> PyResult<String> {
-            let v = v.ok_or_else(|| {
-                PyValueError::new_err(format!("messages[{i}] has no \"{name}\""))
-            })?;
+            let v =
+                v.ok_or_else(|| PyValueError::new_err(format!("messages[{i}] has no \"{name}\"")))?;
             v.cast::<PyString>()
                 .map_err(|_| {
                     PyTypeError::new_err(format!(
