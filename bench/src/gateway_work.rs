@@ -64,6 +64,11 @@ impl GatewayBench {
         })
     }
 
+    /// The port the gateway listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A client on a new keep-alive connection.
     ///
     /// # Errors

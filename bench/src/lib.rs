@@ -13,6 +13,7 @@ pub mod gguf_work;
 #[cfg(feature = "onnx")]
 pub mod onnx_work;
 pub mod peers;
+pub mod python_work;
 pub mod report;
 pub mod ring_work;
 pub mod runtime_work;

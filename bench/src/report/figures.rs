@@ -56,3 +56,8 @@ pub(super) fn median_of(n: usize, mut f: impl FnMut() -> Result<f64>) -> Result<
     let mut runs = (0..n).map(|_| f()).collect::<Result<Vec<_>>>()?;
     Ok(crate::stats::median(&mut runs))
 }
+
+/// The median of `values`, or None when there are none.
+pub(super) fn median_of_values(mut values: Vec<f64>) -> Option<f64> {
+    (!values.is_empty()).then(|| crate::stats::median(&mut values))
+}

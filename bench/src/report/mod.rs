@@ -27,6 +27,7 @@ mod gguf;
 mod onnx;
 mod peers;
 mod plot;
+mod python;
 mod rings;
 mod runtime;
 mod seed;
@@ -41,7 +42,7 @@ struct Args {
 }
 
 /// The report's parts, in the order they run.
-const PARTS: [&str; 5] = ["rings", "runtime", "seed", "onnx", "gguf"];
+const PARTS: [&str; 6] = ["rings", "runtime", "seed", "onnx", "gguf", "python"];
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -112,6 +113,9 @@ pub fn main() -> Result<()> {
     }
     if run("gguf") {
         gguf::gguf(&mut report, args.quick);
+    }
+    if run("python") {
+        python::python(&mut report, args.quick);
     }
     report.set("report_seconds", started.elapsed().as_secs_f64());
     report.write(&args.out)?;
