@@ -70,7 +70,7 @@ fn part(py: &Path, args: &[&str]) -> Result<Value> {
 /// A number at `path` (keys) of `v`.
 fn num(v: &Value, path: &[&str]) -> Result<f64> {
     path.iter()
-        .fold(Some(v), |v, k| v.and_then(|v| v.get(k)))
+        .try_fold(v, |v, k| v.get(k))
         .and_then(Value::as_f64)
         .ok_or_else(|| anyhow!("no {} in {v}", path.join(".")))
 }
