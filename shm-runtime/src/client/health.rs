@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::inbox::Pending;
+use super::submit::ring_full;
 use super::Client;
 use crate::error::Error;
 use crate::protocol::{Descriptor, DescriptorKind};
@@ -209,7 +210,7 @@ impl Client {
             .push(Descriptor::new(DescriptorKind::Ping, 0, 0, ticket).to_words());
         if let Err(e) = pushed {
             conn.inbox().pending.remove(&ticket);
-            return Err(super::ring_full(lane, conn.requests[lane].capacity(), e));
+            return Err(ring_full(lane, conn.requests[lane].capacity(), e));
         }
         conn.svc.lane(lane).doorbell.notify();
         match conn.next_for(ticket, deadline) {

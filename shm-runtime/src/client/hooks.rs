@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use shm_ring::pool::ChunkId;
 
-use super::{loan_error, ring_full, Client, Ticket};
+use super::submit::{loan_error, ring_full};
+use super::{Client, Ticket};
 use crate::error::Error;
 use crate::protocol::{Descriptor, DescriptorKind};
 

@@ -64,14 +64,22 @@ pub const PROTOCOL_VERSION: u32 = 6;
 
 mod codec;
 mod descriptor;
+mod errors;
 mod head;
 mod limits;
+mod params;
+mod request;
+mod response;
+mod tensor;
 #[cfg(test)]
 mod tests;
-mod types;
 
 pub use codec::*;
 pub use descriptor::*;
+pub use errors::*;
 pub use head::*;
 pub use limits::*;
-pub use types::*;
+pub use params::*;
+pub use request::*;
+pub use response::*;
+pub use tensor::*;

@@ -1,16 +1,18 @@
 //! The archive's root, written behind payloads already in place: mirror types that archive as
-//! the protocol's own archived types, and the writer over the chunk's tail.
+//! the protocol's own archived types, the writer over the chunk's tail, and `write_root`, which
+//! serializes a root there.
 
 use std::marker::PhantomData;
 
-use rkyv::rancor::{Fallible, Source};
+use rkyv::rancor::{self, Fallible, Source};
+use rkyv::ser::allocator::SubAllocator;
 use rkyv::ser::{Positional, Writer};
 use rkyv::string::repr::{ArchivedStringRepr, INLINE_CAPACITY};
 use rkyv::string::ArchivedString;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
-use super::ROOT_ROOM;
+use super::{OutOfRoom, ROOT_ROOM};
 use crate::protocol::{
     ArchivedBody, ArchivedEmbeddingRows, ArchivedErrorBody, ArchivedGeneration, ArchivedResponse,
     ArchivedStreamChunk, ArchivedTensor, ArchivedTensorData, Body, ErrorCode, FinishReason,
@@ -229,6 +231,76 @@ pub enum TensorDataOut {
     I64(Placed<i64>),
     I32(Placed<i32>),
     U8(Placed<u8>),
+}
+
+/// The rkyv serializer of an answer's root: writes behind the payload, with a fixed scratch.
+type RootSerializer<'x, 'c> =
+    rkyv::api::low::LowSerializer<Tail<'x>, SubAllocator<'c>, rancor::Error>;
+
+/// Serializes `root` into `tail`, which starts at position `base` of the chunk; returns the
+/// answer's length (the root is its last part).
+///
+/// The root's own bytes are resolved straight into the chunk: the placed payloads leave nothing
+/// for the serializer to write except the arrays of tensor entries.
+#[inline]
+pub(super) fn write_root<T>(tail: &mut [u8], base: usize, root: &T) -> Result<usize, OutOfRoom>
+where
+    T: Archive + for<'c, 'x> Serialize<RootSerializer<'x, 'c>>,
+{
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    write_root_with(tail, base, root, &mut scratch)
+}
+
+/// [`write_root`] with the serializer's scratch space given (the resolvers of the arrays it
+/// serializes live there meanwhile).
+pub(super) fn write_root_with<T>(
+    tail: &mut [u8],
+    base: usize,
+    root: &T,
+    scratch: &mut [std::mem::MaybeUninit<u8>],
+) -> Result<usize, OutOfRoom>
+where
+    T: Archive + for<'c, 'x> Serialize<RootSerializer<'x, 'c>>,
+{
+    let exhausted = |e: rancor::Error| OutOfRoom(format!("the answer does not fit its chunk: {e}"));
+    let mut ser = rkyv::ser::Serializer::new(
+        Tail {
+            buf: &mut *tail,
+            base,
+            len: 0,
+        },
+        SubAllocator::new(scratch),
+        (),
+    );
+    let resolver = root
+        .serialize(rancor::Strategy::<_, rancor::Error>::wrap(&mut ser))
+        .map_err(exhausted)?;
+    let written = ser.into_writer().len;
+    let (size, align_to) = (
+        std::mem::size_of::<T::Archived>(),
+        std::mem::align_of::<T::Archived>(),
+    );
+    const { assert!(std::mem::align_of::<ArchivedResponse>() <= 16) };
+    let pos = align(base + written, align_to);
+    let (from, to) = (pos - base, pos - base + size);
+    if to > tail.len() {
+        return Err(OutOfRoom(
+            "no room behind the payload for the answer's root".into(),
+        ));
+    }
+    let dst = &mut tail[from..to];
+    dst.fill(0);
+    // SAFETY: `dst` is `size` zeroed (so initialized) bytes, borrowed exclusively, at position
+    // `pos` of a chunk whose start is 16-byte aligned (Out::in_buffer asserts it; pool chunks are
+    // 64-byte aligned), and `pos` is a multiple of the root's alignment (at most 16, asserted
+    // above), so the pointer is aligned for T::Archived.
+    let place = unsafe { Place::new_unchecked(pos, dst.as_mut_ptr().cast::<T::Archived>()) };
+    root.resolve(resolver, place);
+    Ok(pos + size)
+}
+
+pub(super) fn align(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
 }
 
 /// A first guess at the bytes an owned answer needs.

@@ -6,8 +6,10 @@ use std::mem::{size_of, MaybeUninit};
 
 use rkyv::Archive;
 
-use super::archive::{BodyOut, Entries, GenerationOut, Placed, PlacedStr, ResponseOut};
-use super::{align, write_root_with, Out, OutOfRoom, Store, ROOT_ROOM};
+use super::archive::{
+    align, write_root_with, BodyOut, Entries, GenerationOut, Placed, PlacedStr, ResponseOut,
+};
+use super::{Out, OutOfRoom, Store, ROOT_ROOM};
 use crate::protocol::{FinishReason, TokenLogprob, TopLogprob, Usage};
 
 /// Appends a generation result in place; see [`Out::generation`].
@@ -75,6 +77,81 @@ pub struct GenerationState {
     pub(super) tokens_at: usize,
     pub(super) n_tokens: usize,
     pub(super) max_tokens: usize,
+}
+
+impl<'a> Out<'a> {
+    /// Starts a generation result with room for `max_tokens` token ids and, as a first guess,
+    /// `text_hint` bytes of text (it grows past that while the chunk has room).
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// use shm_runtime::protocol::{access_response, ArchivedBody, FinishReason, Usage};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let mut g = out.generation(2, 16)?; // up to 2 token ids, about 16 bytes of text
+    /// g.push(72, "H")?;
+    /// g.push(105, "i")?;
+    /// g.finish(FinishReason::Length, Usage::default())?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Generation(read) = &answer.body else { panic!() };
+    /// assert_eq!((read.text.as_str(), read.tokens.len()), ("Hi", 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn generation(
+        &mut self,
+        max_tokens: usize,
+        text_hint: usize,
+    ) -> Result<GenerationWriter<'_, 'a>, OutOfRoom> {
+        let tokens_at = align(text_hint.max(16), 16);
+        let want = tokens_at + max_tokens * 4 + ROOT_ROOM;
+        // Loan a little extra so that text beyond the guess rarely needs the tokens moved.
+        let buf_len = self.room(want + want / 2)?.len();
+        Ok(GenerationWriter {
+            out: self,
+            st: GenerationState {
+                buf_len,
+                text_len: 0,
+                tokens_at,
+                n_tokens: 0,
+                max_tokens,
+            },
+        })
+    }
+
+    /// Continues a generation result [suspended](GenerationWriter::suspend) with `state`, which
+    /// must come from this `Out`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::Out;
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// let state = out.generation(4, 16)?.suspend(); // started; `out` is free again
+    /// // ... at the next decode step:
+    /// let mut g = out.resume_generation(state);
+    /// g.push(1, "a")?;
+    /// assert_eq!((g.text(), g.tokens()), ("a", 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn resume_generation(&mut self, state: GenerationState) -> GenerationWriter<'_, 'a> {
+        GenerationWriter {
+            out: self,
+            st: state,
+        }
+    }
 }
 
 impl GenerationWriter<'_, '_> {

@@ -1,7 +1,9 @@
 //! Tensor answers: each output tensor's data lent in place inside the chunk.
 
-use super::archive::{Placed, TensorDataOut};
-use super::{align, OutOfRoom, ROOT_ROOM};
+use super::archive::{
+    align, write_root, BodyOut, Entries, Placed, PlacedStr, ResponseOut, TensorDataOut, TensorOut,
+};
+use super::{Out, OutOfRoom, ROOT_ROOM};
 
 /// Where a tensor's parts were placed: (position, length) of its name, shape and data.
 pub(super) struct PlacedTensor {
@@ -61,6 +63,77 @@ impl Elem for i32 {
 impl Elem for u8 {
     fn placed(pos: usize, len: usize) -> TensorDataOut {
         TensorDataOut::U8(Placed::new(pos, len))
+    }
+}
+
+impl Out<'_> {
+    /// Writes named tensors: `fill` adds them one after another with [`TensorsWriter::add`].
+    /// `payload` is the bytes all their names, shapes and data need together (see
+    /// [`TensorsWriter::bytes_for`]).
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns, or [`OutOfRoom`] when no chunk can hold it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_runtime::backend::writer::{Out, OutOfRoom, TensorsWriter};
+    /// use shm_runtime::protocol::{access_response, ArchivedBody};
+    /// # let mut chunk = rkyv::util::AlignedVec::<16>::new();
+    /// # chunk.resize(4096, 0);
+    ///
+    /// let payload = TensorsWriter::bytes_for::<f32>("logits", 2, 6)
+    ///     + TensorsWriter::bytes_for::<i64>("ids", 1, 2);
+    /// let mut out = Out::in_buffer(&mut chunk, 1);
+    /// out.tensors::<OutOfRoom>(payload, |w| {
+    ///     w.add::<f32, OutOfRoom>("logits", &[2, 3], |d| {
+    ///         d.fill(0.5);
+    ///         Ok(())
+    ///     })?;
+    ///     w.add::<i64, OutOfRoom>("ids", &[2], |d| {
+    ///         d.copy_from_slice(&[7, 8]);
+    ///         Ok(())
+    ///     })
+    /// })?;
+    /// let answer = access_response(out.bytes().unwrap())?;
+    /// let ArchivedBody::Tensors(ts) = &answer.body else { panic!() };
+    /// assert_eq!((ts.len(), ts[1].name.as_str()), (2, "ids"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tensors<E: From<OutOfRoom>>(
+        &mut self,
+        payload: usize,
+        fill: impl FnOnce(&mut TensorsWriter<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let id = self.id;
+        let buf = self.room(payload + ROOT_ROOM + 64)?;
+        let mut w = TensorsWriter {
+            buf,
+            at: 0,
+            placed: Vec::new(),
+        };
+        fill(&mut w)?;
+        let TensorsWriter { buf, at, placed } = w;
+        let (data, tail) = buf.split_at_mut(at);
+        let tensors: Vec<TensorOut<'_>> = placed
+            .iter()
+            .map(|p| TensorOut {
+                name: PlacedStr {
+                    // SAFETY: the name was copied in from a &str by `add`, so the bytes are UTF-8.
+                    text: unsafe { std::str::from_utf8_unchecked(&data[p.name.0..p.name.1]) },
+                    pos: p.name.0,
+                },
+                shape: Placed::new(p.shape.0, p.shape.1),
+                data: p.data,
+            })
+            .collect();
+        let root = ResponseOut {
+            id,
+            body: BodyOut::Tensors(Entries(&tensors)),
+        };
+        self.len = write_root(tail, at, &root)?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 //! Answers written in place are byte-for-byte the answers rkyv writes from owned values.
 
+use rkyv::rancor;
+
 use super::*;
 use crate::protocol::{
     access_response, FinishReason, Generation, LabelScore, Tensor, TensorData, TokenLogprob,
