@@ -5,6 +5,7 @@
 
 mod aio;
 mod answers;
+mod bridge;
 mod client;
 mod embeddings;
 mod errors;
